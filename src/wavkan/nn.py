@@ -1,0 +1,120 @@
+"""Wav-KAN modules with the paper's parameters, initialisation and state_dict keys."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .ops import BACKENDS, wavkan_linear
+from .wavelets import get_wavelet
+
+__all__ = ["WavKANLinear", "WavKAN"]
+
+# Saved by the paper's KANLinear but never used in its output; accepted on load and dropped.
+_UNUSED_PAPER_KEYS = ("weight1",)
+
+
+def _check_features(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class WavKANLinear(nn.Module):
+    """A Wav-KAN layer: a learnable wavelet on every edge, then BatchNorm (as in the paper).
+
+    Input (..., in_features), any leading dims like ``nn.Linear``; output (..., out_features).
+    Parameters ``scale``, ``translation``, ``wavelet_weights``: (out_features, in_features),
+    initialised to ones, zeros and ``kaiming_uniform_(a=sqrt(5))``. ``bn`` is a
+    ``BatchNorm1d(out_features)`` over all leading dims; ``batch_norm=False`` leaves it out.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        wavelet: str = "mexican_hat",
+        batch_norm: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.in_features = _check_features("in_features", in_features)
+        self.out_features = _check_features("out_features", out_features)
+        self.wavelet = get_wavelet(wavelet).name
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        shape = (out_features, in_features)
+        self.scale = nn.Parameter(torch.ones(shape, **factory))
+        self.translation = nn.Parameter(torch.zeros(shape, **factory))
+        self.wavelet_weights = nn.Parameter(torch.empty(shape, **factory))
+        self.bn = nn.BatchNorm1d(out_features, **factory) if batch_norm else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.scale.fill_(1.0)
+            self.translation.zero_()
+        nn.init.kaiming_uniform_(self.wavelet_weights, a=math.sqrt(5))
+        if self.bn is not None:
+            self.bn.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = wavkan_linear(x, self.scale, self.translation, self.wavelet_weights, self.wavelet, self.backend)
+        if self.bn is None:
+            return y
+        return self.bn(y.reshape(-1, self.out_features)).reshape(y.shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key in _UNUSED_PAPER_KEYS:
+            state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"wavelet={self.wavelet!r}, batch_norm={self.bn is not None}, backend={self.backend!r}"
+        )
+
+
+class WavKAN(nn.Module):
+    """The paper's network: a stack of ``WavKANLinear`` layers, ``layers.0``, ``layers.1``, ...
+
+    ``layers_hidden`` lists the widths, e.g. [784, 32, 10]. No activation between layers: the
+    wavelets are the nonlinearity. Every layer, the last included, ends in BatchNorm, as in the
+    paper. A state_dict saved by the paper's ``KAN`` loads with ``load_state_dict``.
+    """
+
+    def __init__(
+        self,
+        layers_hidden: Sequence[int],
+        wavelet: str = "mexican_hat",
+        batch_norm: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        widths = list(layers_hidden)
+        if len(widths) < 2:
+            raise ValueError(f"layers_hidden needs at least two widths (in, out), got {widths}")
+        self.layers_hidden = widths
+        self.layers = nn.ModuleList(
+            WavKANLinear(i, o, wavelet, batch_norm, backend, device=device, dtype=dtype)
+            for i, o in zip(widths[:-1], widths[1:])
+        )
+
+    @property
+    def wavelet(self) -> str:
+        return self.layers[0].wavelet
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x

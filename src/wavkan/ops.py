@@ -1,0 +1,153 @@
+"""The Wav-KAN op: input checks, backend choice, and its ``torch.library`` registration.
+
+``wavkan_linear`` is the public functional. It flattens leading dims, folds a wavelet's input
+window into the weights (so autograd carries the window's factor to ``grad_weights``), and
+calls the custom op ``wavkan::linear``, whose backward is the custom op
+``wavkan::linear_backward``. Both have fake implementations, so ``torch.compile`` traces
+through them without a graph break, and both dispatch to a backend:
+
+- ``"reference"``: pure PyTorch (``wavkan.reference``), any device, any float dtype;
+- ``"triton"``: the fused kernels (``wavkan.kernels``) on CUDA tensors, or on CPU tensors
+  under ``TRITON_INTERPRET=1``. They compute in fp32, so float64 inputs stay on the
+  reference, which keeps float64 exact;
+- ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed, else reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .wavelets import get_wavelet
+
+__all__ = ["BACKENDS", "wavkan_linear", "resolve_backend"]
+
+BACKENDS = ("auto", "reference", "triton")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """The backend that will run for ``x``: "reference" or "triton"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "reference" or x.dtype == torch.float64:
+        return "reference"
+    if backend == "auto":
+        return "triton" if (x.is_cuda and _HAS_TRITON) else "reference"
+    if not _HAS_TRITON:
+        raise RuntimeError("backend='triton' needs the triton package: pip install 'wavkan[triton]'")
+    if not x.is_cuda and not _interpreting():
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors (x is on {x.device}); CPU tensors run the kernels "
+            "only under Triton's interpreter (TRITON_INTERPRET=1 set before wavkan is imported)"
+        )
+    return "triton"
+
+
+def _check_inputs(x, scale, translation, weights) -> None:
+    named = (("x", x), ("scale", scale), ("translation", translation), ("wavelet_weights", weights))
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"all tensors must be on one device: x is on {x.device}, {name} on {t.device}")
+    if scale.dim() != 2 or scale.shape[0] < 1 or scale.shape[1] < 1:
+        raise ValueError(f"scale must have shape (out_features, in_features) with both >= 1, got {tuple(scale.shape)}")
+    for name, t in named[2:]:
+        if t.shape != scale.shape:
+            raise ValueError(f"{name} must have the shape of scale {tuple(scale.shape)}, got {tuple(t.shape)}")
+    if x.dim() < 1 or x.shape[-1] != scale.shape[1]:
+        raise ValueError(f"x must have shape (..., in_features={scale.shape[1]}), got {tuple(x.shape)}")
+
+
+# --- the custom ops -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("wavkan::linear", mutates_args=())
+def _linear(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str) -> Tensor:
+    if backend == "triton":
+        from .kernels import wavkan_fwd
+
+        return wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
+    return reference.reference_forward(x, scale, translation, weights, wavelet)
+
+
+@_linear.register_fake
+def _(x, scale, translation, weights, wavelet, backend):
+    return x.new_empty((x.shape[0], scale.shape[0]))
+
+
+@torch.library.custom_op("wavkan::linear_backward", mutates_args=())
+def _linear_backward(
+    grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        from .kernels import wavkan_bwd
+
+        return wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet))
+    return reference.reference_backward(grad, x, scale, translation, weights, wavelet)
+
+
+@_linear_backward.register_fake
+def _(grad, x, scale, translation, weights, wavelet, backend):
+    return (
+        x.new_empty(x.shape),
+        scale.new_empty(scale.shape),
+        translation.new_empty(translation.shape),
+        weights.new_empty(weights.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, scale, translation, weights, wavelet, backend = inputs
+    ctx.save_for_backward(x, scale, translation, weights)
+    ctx.wavelet, ctx.backend = wavelet, backend
+
+
+def _backward(ctx, grad):
+    x, scale, translation, weights = ctx.saved_tensors
+    grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend)
+    return (*grads, None, None)
+
+
+_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- the functional -------------------------------------------------------------------------
+
+
+def wavkan_linear(
+    x: Tensor,
+    scale: Tensor,
+    translation: Tensor,
+    wavelet_weights: Tensor,
+    wavelet: str = "mexican_hat",
+    backend: str = "auto",
+) -> Tensor:
+    """Wav-KAN layer before BatchNorm: ``y[..., o] = sum_i w[o,i] H[i] psi((x[..., i] - t[o,i]) / s[o,i])``.
+
+    x: (..., in_features), any strides; scale, translation, wavelet_weights: (out_features,
+    in_features). Returns (..., out_features) in the dtype of x. H is the wavelet's input
+    window (shannon's Hamming window; 1 for the others). ``backend``: "auto", "reference" or
+    "triton" (see the module docstring).
+    """
+    wav = get_wavelet(wavelet)
+    _check_inputs(x, scale, translation, wavelet_weights)
+    chosen = resolve_backend(backend, x)
+    out_features, in_features = scale.shape
+    if wav.window is not None:
+        wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
+    lead = x.shape[:-1]
+    y = torch.ops.wavkan.linear(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen)
+    return y.reshape(*lead, out_features)

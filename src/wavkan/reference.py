@@ -1,0 +1,111 @@
+"""Pure-PyTorch Wav-KAN layer: the oracle for the kernels, and the backend that runs anywhere.
+
+All functions take ``x: (B, in)`` and parameters ``scale, translation, weights: (out, in)``;
+``weights`` already carries a wavelet's input window (see ``wavkan.wavelets``).
+
+    z[b,o,i]  = (x[b,i] - translation[o,i]) / scale[o,i]
+    y[b,o]    = sum_i weights[o,i] * psi(z[b,o,i])
+
+Gradients, for g = dL/dy (B, out) and psi, dpsi at z[b,o,i]:
+
+    grad_x[b,i]           =  sum_o g[b,o] * weights[o,i] * dpsi / scale[o,i]
+    grad_weights[o,i]     =  sum_b g[b,o] * psi
+    grad_translation[o,i] = -sum_b g[b,o] * weights[o,i] * dpsi / scale[o,i]
+    grad_scale[o,i]       = -sum_b g[b,o] * weights[o,i] * dpsi * z / scale[o,i]
+
+``wavkan_linear_unchunked`` is the paper's formula: it materialises B x out x in tensors and
+lets autograd differentiate it. ``reference_forward``/``reference_backward`` compute the same
+in blocks of at most ``chunk_elements`` edges-times-rows, recomputing psi in the backward, so
+their extra memory is bounded by about 8 * chunk_elements * 4 bytes (fp32; twice that in
+float64) whatever the batch size.
+
+Arithmetic is fp32 for fp32/bf16/fp16 inputs and float64 for float64 inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .wavelets import get_wavelet
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "compute_dtype",
+    "reference_forward",
+    "reference_backward",
+    "wavkan_linear_unchunked",
+]
+
+# 2^22 edge-rows per block: ~16 MB per fp32 temporary, ~130 MB peak for the backward's eight.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blocks(B: int, OUT: int, IN: int, chunk_elements: int):
+    """(b0, b1, o0, o1) blocks whose rows * outs * IN stays within chunk_elements."""
+    outs = min(OUT, max(1, chunk_elements // IN))
+    rows = min(B, max(1, chunk_elements // (outs * IN)))
+    for b0 in range(0, B, rows):
+        for o0 in range(0, OUT, outs):
+            yield b0, min(b0 + rows, B), o0, min(o0 + outs, OUT)
+
+
+def wavkan_linear_unchunked(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet) -> Tensor:
+    """The paper's formula, differentiable by autograd: holds several (B, out, in) tensors.
+
+    x: (B, in); scale, translation, weights: (out, in) -> (B, out). Used as a baseline in the
+    benchmark and as an independent check of the chunked path in the tests.
+    """
+    z = (x.unsqueeze(1) - translation) / scale
+    return (get_wavelet(wavelet).psi(z) * weights).sum(dim=2)
+
+
+def reference_forward(x, scale, translation, weights, wavelet, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """y = sum_i weights * psi(z): x (B, in), params (out, in) -> (B, out) in x's dtype."""
+    wav = get_wavelet(wavelet)
+    out_dtype = x.dtype
+    cd = compute_dtype(out_dtype)
+    x, s, t, w = (a.to(cd) for a in (x, scale, translation, weights))
+    inv_s = s.reciprocal()
+    B, IN = x.shape
+    OUT = s.shape[0]
+    y = torch.empty(B, OUT, dtype=cd, device=x.device)
+    for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
+        z = (x[b0:b1, None, :] - t[o0:o1]) * inv_s[o0:o1]
+        psi, _ = wav.psi_dpsi(z, False)
+        y[b0:b1, o0:o1] = torch.einsum("boi,oi->bo", psi, w[o0:o1])
+    return y.to(out_dtype)
+
+
+def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elements: int = CHUNK_ELEMENTS):
+    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy of shape (B, out).
+
+    Each gradient comes back in the dtype of the tensor it differentiates.
+    """
+    wav = get_wavelet(wavelet)
+    cd = compute_dtype(x.dtype)
+    g, xc, s, t, w = (a.to(cd) for a in (grad, x, scale, translation, weights))
+    inv_s = s.reciprocal()
+    w_over_s = w * inv_s
+    B, IN = xc.shape
+    OUT = s.shape[0]
+    gx = torch.zeros(B, IN, dtype=cd, device=x.device)
+    gw = torch.zeros(OUT, IN, dtype=cd, device=x.device)
+    sum_q = torch.zeros(OUT, IN, dtype=cd, device=x.device)
+    sum_qz = torch.zeros(OUT, IN, dtype=cd, device=x.device)
+    for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
+        z = (xc[b0:b1, None, :] - t[o0:o1]) * inv_s[o0:o1]
+        psi, dpsi = wav.psi_dpsi(z, True)
+        gb = g[b0:b1, o0:o1]
+        gw[o0:o1] += torch.einsum("bo,boi->oi", gb, psi)
+        q = dpsi.mul_(gb.unsqueeze(-1))  # g * dpsi, in place of dpsi
+        gx[b0:b1] += torch.einsum("boi,oi->bi", q, w_over_s[o0:o1])
+        sum_q[o0:o1] += q.sum(0)
+        sum_qz[o0:o1] += q.mul_(z).sum(0)
+    g_t = -w_over_s * sum_q
+    g_s = -w_over_s * sum_qz
+    return gx.to(x.dtype), g_s.to(scale.dtype), g_t.to(translation.dtype), gw.to(weights.dtype)
