@@ -1,0 +1,211 @@
+"""Fused backward: grad_x and the three parameter gradients, psi and dpsi recomputed.
+
+With g = dL/dy (B, out), a = 1/s, z = x a - t a and psi, dpsi at z[b, o, i]:
+
+    grad_x[b, i] = sum_o g[b, o] (w a)[o, i] dpsi        reduce over out: tile (B, in)
+    grad_w[o, i] = sum_b g[b, o] psi                      reduce over B:   tile (out, in)
+    grad_t[o, i] = -(w a)[o, i] sum_b g[b, o] dpsi
+    grad_s[o, i] = -(w a)[o, i] sum_b g[b, o] dpsi z
+
+Two kernels, one per reduction axis, each holding its accumulators in registers for the whole
+loop: ``_wavkan_bwd_dx_kernel`` (tile (BLOCK_B, BLOCK_IN), loop over out) and
+``_wavkan_bwd_dparams_kernel`` (tile (BLOCK_OUT, BLOCK_IN), loop over B). When the tiles
+cannot fill the GPU, SPLIT programs share a tile's loop and write fp32 partials, summed after
+in a fixed order: no atomics, bitwise-deterministic results.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .config import KernelConfig, cdiv, choose_split, default_config
+from .device import wavelet_psi_dpsi
+
+
+@triton.jit
+def _wavkan_bwd_dx_kernel(
+    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, dx_ptr,
+    B, IN, OUT,
+    stride_xb, stride_xi, stride_gb, stride_go,
+    stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
+    stride_dk, stride_db,
+    OUT_PER_SPLIT,
+    WAVELET: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_i = pid_i * BLOCK_IN + tl.arange(0, BLOCK_IN)
+    mask_b = offs_b < B
+    mask_i = offs_i < IN
+    rows = offs_b.to(tl.int64)
+    cols = offs_i.to(tl.int64)
+    x = tl.load(
+        x_ptr + rows[:, None] * stride_xb + cols[None, :] * stride_xi,
+        mask=mask_b[:, None] & mask_i[None, :], other=0.0,
+    ).to(tl.float32)
+
+    o_start = pid_k * OUT_PER_SPLIT
+    o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
+    o0 = o_start.to(tl.int64)
+    g_ptrs = g_ptr + rows * stride_gb + o0 * stride_go
+    s_ptrs = s_ptr + o0 * stride_so + cols * stride_si
+    t_ptrs = t_ptr + o0 * stride_to + cols * stride_ti
+    w_ptrs = w_ptr + o0 * stride_wo + cols * stride_wi
+    acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
+    for _ in range(o_start, o_end):
+        g = tl.load(g_ptrs, mask=mask_b, other=0.0).to(tl.float32)
+        s = tl.load(s_ptrs, mask=mask_i, other=1.0).to(tl.float32)
+        t = tl.load(t_ptrs, mask=mask_i, other=0.0).to(tl.float32)
+        w = tl.load(w_ptrs, mask=mask_i, other=0.0).to(tl.float32)
+        a = 1.0 / s
+        z = x * a[None, :] - (t * a)[None, :]
+        _, dpsi = wavelet_psi_dpsi(z, WAVELET)
+        acc += (g[:, None] * (w * a)[None, :]) * dpsi
+        g_ptrs += stride_go
+        s_ptrs += stride_so
+        t_ptrs += stride_to
+        w_ptrs += stride_wo
+
+    dx_ptrs = dx_ptr + pid_k.to(tl.int64) * stride_dk + rows[:, None] * stride_db + cols[None, :]
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_i[None, :])
+
+
+@triton.jit
+def _wavkan_bwd_dparams_kernel(
+    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr,
+    B, IN, OUT,
+    stride_xb, stride_xi, stride_gb, stride_go,
+    stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
+    stride_dk, stride_do,
+    ROWS_PER_SPLIT,
+    FINAL: tl.constexpr, WAVELET: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+):
+    pid_o = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_o = pid_o * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
+    offs_i = pid_i * BLOCK_IN + tl.arange(0, BLOCK_IN)
+    mask_o = offs_o < OUT
+    mask_i = offs_i < IN
+    mask = mask_o[:, None] & mask_i[None, :]
+    o = offs_o[:, None].to(tl.int64)
+    i = offs_i[None, :].to(tl.int64)
+    s = tl.load(s_ptr + o * stride_so + i * stride_si, mask=mask, other=1.0).to(tl.float32)
+    t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
+    a = 1.0 / s
+    c = -t * a
+
+    b_start = pid_k * ROWS_PER_SPLIT
+    b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
+    b0 = b_start.to(tl.int64)
+    x_ptrs = x_ptr + b0 * stride_xb + offs_i.to(tl.int64) * stride_xi
+    g_ptrs = g_ptr + b0 * stride_gb + offs_o.to(tl.int64) * stride_go
+    acc_w = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    acc_q = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    acc_qz = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    for _ in range(b_start, b_end):
+        xr = tl.load(x_ptrs, mask=mask_i, other=0.0).to(tl.float32)
+        g = tl.load(g_ptrs, mask=mask_o, other=0.0).to(tl.float32)
+        z = a * xr[None, :] + c
+        psi, dpsi = wavelet_psi_dpsi(z, WAVELET)
+        gcol = g[:, None]
+        acc_w += gcol * psi
+        q = gcol * dpsi
+        acc_q += q
+        acc_qz += q * z
+        x_ptrs += stride_xb
+        g_ptrs += stride_gb
+
+    dst = pid_k.to(tl.int64) * stride_dk + o * stride_do + i
+    if FINAL:
+        w = tl.load(w_ptr + o * stride_wo + i * stride_wi, mask=mask, other=0.0).to(tl.float32)
+        wa = w * a
+        tl.store(dw_ptr + dst, acc_w.to(dw_ptr.dtype.element_ty), mask=mask)
+        tl.store(dt_ptr + dst, (-wa * acc_q).to(dt_ptr.dtype.element_ty), mask=mask)
+        tl.store(ds_ptr + dst, (-wa * acc_qz).to(ds_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(dw_ptr + dst, acc_w, mask=mask)
+        tl.store(dt_ptr + dst, acc_q, mask=mask)
+        tl.store(ds_ptr + dst, acc_qz, mask=mask)
+
+
+def _param_strides(scale, translation, weights):
+    return (scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
+            weights.stride(0), weights.stride(1))
+
+
+def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
+    """grad_x: (B, in) in x's dtype, for grad = dL/dy (B, out)."""
+    B, IN = x.shape
+    OUT = scale.shape[0]
+    dx = torch.empty((B, IN), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return dx
+    cfg = config or default_config("bwd_dx", x.device)
+    tiles = cdiv(B, cfg.block_m) * cdiv(IN, cfg.block_n)
+    split = choose_split(cfg, tiles, OUT, x.device)
+    per_split = cdiv(OUT, split)
+    split = cdiv(OUT, per_split)
+    out = dx if split == 1 else torch.empty((split, B, IN), dtype=torch.float32, device=x.device)
+    grid = (cdiv(B, cfg.block_m), cdiv(IN, cfg.block_n), split)
+    _wavkan_bwd_dx_kernel[grid](
+        x, grad, scale, translation, weights, out, B, IN, OUT,
+        x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+        *_param_strides(scale, translation, weights),
+        B * IN if split > 1 else 0, IN,
+        per_split,
+        WAVELET=wavelet.code, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split > 1:
+        dx.copy_(out.sum(dim=0))
+    return dx
+
+
+def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
+    """(grad_scale, grad_translation, grad_weights), each (out, in) in its parameter's dtype."""
+    B, IN = x.shape
+    OUT = scale.shape[0]
+    cfg = config or default_config("bwd_dparams", x.device)
+    tiles = cdiv(OUT, cfg.block_m) * cdiv(IN, cfg.block_n)
+    split = choose_split(cfg, tiles, B, x.device) if B > 0 else 1
+    per_split = cdiv(max(B, 1), split)
+    split = cdiv(max(B, 1), per_split)
+    final = split == 1
+    if final:
+        ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))
+        stride_dk = 0
+    else:
+        partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)
+        ds, dt, dw = partials[2], partials[1], partials[0]
+        stride_dk = OUT * IN
+    grid = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n), split)
+    _wavkan_bwd_dparams_kernel[grid](
+        x, grad, scale, translation, weights, ds, dt, dw, B, IN, OUT,
+        x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+        *_param_strides(scale, translation, weights),
+        stride_dk, IN,
+        per_split,
+        FINAL=final, WAVELET=wavelet.code, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if final:
+        return ds, dt, dw
+    sum_w, sum_q, sum_qz = partials.sum(dim=1)
+    wa = weights.float() * scale.float().reciprocal()
+    return (
+        (-wa * sum_qz).to(scale.dtype),
+        (-wa * sum_q).to(translation.dtype),
+        sum_w.to(weights.dtype),
+    )
+
+
+def wavkan_bwd(grad, x, scale, translation, weights, wavelet):
+    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, out)."""
+    dx = wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet)
+    ds, dt, dw = wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet)
+    return dx, ds, dt, dw

@@ -1,0 +1,76 @@
+"""Launch configuration shared by the launchers: tile sizes and how to split the reductions.
+
+On the GPU the sizes come from the tables below (measured on an H200; see benchmarks/NOTES.md).
+Under Triton's interpreter (CPU tensors) one big-tile config is used: the interpreter is slow
+per operation, not per element.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Processors to fill: the GPU's SM count; 1 for the interpreter."""
+    if device.type != "cuda":
+        return 1
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes, warps and the split of the reduction loop across programs.
+
+    ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
+    (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
+    launcher pick the number of programs that share one tile's reduction loop.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+    split: Optional[int] = None
+    programs_per_sm: int = 4
+
+    def with_split(self, split: int) -> "KernelConfig":
+        return replace(self, split=split)
+
+
+_GPU = {
+    "fwd": KernelConfig(64, 64, num_warps=4),
+    "bwd_dx": KernelConfig(64, 64, num_warps=4),
+    "bwd_dparams": KernelConfig(64, 64, num_warps=4),
+}
+_INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
+
+
+def default_config(kind: str, device: torch.device) -> KernelConfig:
+    return _INTERPRETER if device.type != "cuda" else _GPU[kind]
+
+
+def choose_split(cfg: KernelConfig, tiles: int, loop_len: int, device: torch.device, min_per_split: int = 32) -> int:
+    """Programs per tile so that about ``programs_per_sm`` programs land on every SM."""
+    if cfg.split is not None:
+        return max(1, min(cfg.split, loop_len))
+    target = cfg.programs_per_sm * sm_count(device)
+    split = min(cdiv(target, tiles), max(1, loop_len // min_per_split))
+    return max(1, split)
