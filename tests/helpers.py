@@ -1,0 +1,35 @@
+"""Shared test helpers: random layer inputs, error measures, the per-dtype tolerance table."""
+
+from __future__ import annotations
+
+import torch
+
+# Kernel vs float64 reference, relative norm error ||a - ref|| / ||ref||.
+FP32_TOL = {"output": 1e-5, "grad": 1e-4}
+# bf16/fp16: at most this many times PyTorch's own error in that dtype, plus an absolute floor.
+LOW_PRECISION_FACTOR = 2.0
+LOW_PRECISION_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def layer_inputs(B, IN, OUT, dtype=torch.float32, device="cpu", lead=()):
+    """x (*lead, B, IN), and params (OUT, IN) with scale != 1 and translation != 0."""
+    x = torch.randn(*lead, B, IN, dtype=torch.float64, device=device) * 1.5
+    scale = torch.rand(OUT, IN, dtype=torch.float64, device=device) * 1.5 + 0.5
+    translation = torch.randn(OUT, IN, dtype=torch.float64, device=device) * 0.7
+    weights = torch.randn(OUT, IN, dtype=torch.float64, device=device) / IN**0.5
+    return tuple(t.to(dtype) for t in (x, scale, translation, weights))
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.double(), ref.double()
+    assert torch.isfinite(a).all(), "non-finite values"
+    denom = ref.norm().item()
+    return (a - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def grads_of(fn, tensors, grad_out):
+    """Output and the gradients of every tensor in ``tensors`` for a given dL/dy."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    y = fn(*leaves)
+    y.backward(grad_out)
+    return y.detach(), [leaf.grad for leaf in leaves]
