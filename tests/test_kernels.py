@@ -1,0 +1,202 @@
+"""The Triton kernels against the reference: output and every gradient, every wavelet.
+
+On a machine without a GPU these run through Triton's interpreter on CPU tensors (small
+shapes); with a GPU they run on it, and the ``gpu``-marked cases add the large shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_inputs, rel_err
+
+from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
+from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
+from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _check(B, IN, OUT, wavelet, dtype, device, lead=(), strided=False, rows=None):
+    """Run the fused op and compare it with the float64 reference.
+
+    ``rows``: when set, only these rows carry a nonzero dL/dy and are compared, so that the
+    float64 reference stays cheap on huge shapes; the kernels still run on every row.
+    """
+    x, s, t, w = layer_inputs(B, IN, OUT, dtype, device, lead)
+    if strided:  # the same values behind a transposed, non-contiguous view
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+        assert not x.is_contiguous()
+    x2 = x.reshape(-1, IN)
+    n = x2.shape[0]
+    g = torch.randn(*x.shape[:-1], OUT, dtype=dtype, device=device)
+    if rows is not None:
+        keep = torch.zeros(n, dtype=torch.bool, device=device)
+        keep[rows] = True
+        g = g * keep.reshape(*x.shape[:-1], 1).to(dtype)
+    else:
+        rows = torch.arange(n, device=device)
+
+    leaves = [a.detach().requires_grad_() for a in (x, s, t, w)]
+    y = wavkan_linear(*leaves, wavelet=wavelet, backend="triton")
+    y.backward(g)
+    assert y.dtype == dtype and y.shape == (*x.shape[:-1], OUT)
+    got = [y.reshape(-1, OUT)[rows], leaves[0].grad.reshape(-1, IN)[rows]] + [p.grad for p in leaves[1:]]
+    assert all(gr.dtype == dtype for gr in got[1:])
+
+    # float64 reference on the compared rows, window folded in as the op does.
+    wav = get_wavelet(wavelet)
+    window = wav.window(IN, torch.float64, device) if wav.window else 1.0
+    xr, gr = x2[rows].double(), g.reshape(-1, OUT)[rows].double()
+    s64, t64, w64 = s.double(), t.double(), w.double()
+    y_ref = reference_forward(xr, s64, t64, w64 * window, wavelet)
+    gx_ref, gs_ref, gt_ref, gw_ref = reference_backward(gr, xr, s64, t64, w64 * window, wavelet)
+    expected = [y_ref, gx_ref, gs_ref, gt_ref, gw_ref * window]
+    names = ["y", "grad_x", "grad_scale", "grad_translation", "grad_weights"]
+
+    if dtype == torch.float32:
+        for name, a, e in zip(names, got, expected):
+            tol = FP32_TOL["output"] if name == "y" else FP32_TOL["grad"]
+            assert rel_err(a, e) < tol, (name, rel_err(a, e))
+        return
+    # Low precision: at most twice PyTorch's own error computing the paper's formula in dtype.
+    own = [a.detach().requires_grad_() for a in (x2[rows], s, t, w)]
+    y_own = wavkan_linear_unchunked(own[0], own[1], own[2], own[3] * window.to(dtype) if wav.window else own[3], wavelet)
+    y_own.backward(g.reshape(-1, OUT)[rows])
+    theirs = [y_own] + [a.grad for a in own]
+    for name, a, b, e in zip(names, got, theirs, expected):
+        # Where PyTorch overflows in dtype (meyer's polynomial in fp16), its error is taken as
+        # that of rounding the exact result to dtype, the least any dtype-valued answer has.
+        own_err = rel_err(b, e) if torch.isfinite(b).all() else rel_err(e.to(dtype), e)
+        bound = LOW_PRECISION_FACTOR * own_err + LOW_PRECISION_FLOOR[dtype]
+        assert rel_err(a, e) <= bound, (name, rel_err(a, e), bound)
+
+
+SMALL_SHAPES = [(1, 1, 1), (7, 33, 5), (3, 40, 70), (33, 7, 1)]
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_small_shapes(wavelet, dtype, shape, kernel_device):
+    _check(*shape, wavelet, DTYPES[dtype], kernel_device)
+
+
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_bf16_leading_dims_and_strided(wavelet, kernel_device):
+    _check(5, 19, 6, wavelet, torch.bfloat16, kernel_device, lead=(2,), strided=True)
+
+
+def test_bf16_inputs_are_upcast(kernel_device):
+    """With bf16 inputs the kernel's only error is rounding the result to bf16; arithmetic in
+    bf16 itself would be far worse."""
+    x, s, t, w = layer_inputs(16, 300, 8, torch.bfloat16, kernel_device)
+    y = wavkan_linear(x, s, t, w, backend="triton")
+    exact = reference_forward(x.double(), s.double(), t.double(), w.double(), "mexican_hat")
+    assert rel_err(y, exact) < 2**-8  # bf16 has 8 significant bits: half an ulp is 2^-9
+    assert rel_err(y.float(), exact) == pytest.approx(rel_err(exact.to(torch.bfloat16), exact), rel=0.5)
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd_dx", "bwd_dparams"])
+def test_split_reductions_match_unsplit(kind, kernel_device):
+    x, s, t, w = layer_inputs(37, 70, 9, torch.float32, kernel_device)
+    g = torch.randn(37, 9, device=kernel_device)
+    wav = get_wavelet("morlet")
+    cfg = KernelConfig(16, 16, num_warps=1, num_stages=1)
+    if kind == "fwd":
+        one, three = (wavkan_fwd(x, s, t, w, wav, cfg.with_split(k)) for k in (1, 3))
+        expected = [reference_forward(x.double(), s.double(), t.double(), w.double(), "morlet")]
+        one, three = [one], [three]
+    else:
+        fn = wavkan_bwd_dx if kind == "bwd_dx" else wavkan_bwd_dparams
+        one, three = (fn(g, x, s, t, w, wav, cfg.with_split(k)) for k in (1, 3))
+        one, three = (list(r) if isinstance(r, tuple) else [r] for r in (one, three))
+        ref = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), "morlet")
+        expected = [ref[0]] if kind == "bwd_dx" else list(ref[1:])
+    for a, b, e in zip(one, three, expected):
+        assert rel_err(a, e) < 1e-5 and rel_err(b, e) < 1e-5
+
+
+def test_deterministic(kernel_device):
+    x, s, t, w = layer_inputs(29, 45, 13, torch.float32, kernel_device)
+    g = torch.randn(29, 13, device=kernel_device)
+    results = []
+    for _ in range(2):
+        leaves = [a.detach().clone().requires_grad_() for a in (x, s, t, w)]
+        y = wavkan_linear(*leaves, wavelet="shannon", backend="triton")
+        y.backward(g)
+        results.append([y] + [a.grad for a in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_compile_fullgraph_traces_the_layer(kernel_device):
+    layer = WavKANLinear(11, 6, "dog", backend="triton").to(kernel_device)
+    x = torch.randn(9, 11, device=kernel_device)
+    compiled = torch.compile(layer, fullgraph=True)
+    eager_y = layer(x)
+    y = compiled(x)
+    assert torch.allclose(y, eager_y, atol=1e-5)
+    y.sum().backward()
+    grad_compiled = layer.scale.grad.clone()
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert torch.allclose(grad_compiled, layer.scale.grad, atol=1e-5)
+
+
+def test_autocast(kernel_device):
+    model = torch.nn.Sequential(torch.nn.Linear(10, 12), WavKANLinear(12, 5, backend="triton")).to(kernel_device)
+    x = torch.randn(8, 10, device=kernel_device)
+    reference = model(x)
+    dtype = torch.bfloat16
+    with torch.autocast(kernel_device.type, dtype=dtype):
+        y = model(x)
+    y.float().sum().backward()
+    assert model[1].scale.grad is not None and model[1].scale.grad.dtype == torch.float32
+    assert rel_err(y.float(), reference) < 5e-2
+
+
+# --- GPU only: the shapes the interpreter cannot afford -----------------------------------
+
+ROWS_TO_CHECK = 256
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_gpu_large(wavelet, dtype):
+    rows = torch.randperm(4096, device="cuda")[:ROWS_TO_CHECK]
+    _check(4096, 1024, 1024, wavelet, DTYPES[dtype], torch.device("cuda"), rows=rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_batch_one_leading_dims_strided(dtype):
+    for wavelet in WAVELETS:
+        _check(1, 1000, 127, wavelet, DTYPES[dtype], torch.device("cuda"))
+        _check(4, 333, 65, wavelet, DTYPES[dtype], torch.device("cuda"), lead=(3,), strided=True)
+
+
+@pytest.mark.gpu
+def test_gpu_more_than_2_31_input_elements():
+    B, IN, OUT = (1 << 21) + 3, 1024, 3  # B * IN = 2^31 + 3072
+    rows = torch.cat([torch.arange(64), torch.arange(B - 64, B)]).cuda()
+    _check(B, IN, OUT, "mexican_hat", torch.float16, torch.device("cuda"), rows=rows)
+
+
+@pytest.mark.gpu
+def test_gpu_peak_memory_forward_backward():
+    B, IN, OUT = 4096, 1024, 1024
+    x, s, t, w = (a.requires_grad_() for a in layer_inputs(B, IN, OUT, torch.float32, "cuda"))
+    g = torch.randn(B, OUT, device="cuda")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = wavkan_linear(x, s, t, w, backend="triton")
+    y.backward(g)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    # bytes of the output and of the gradients: x, params, g are in `base` already
+    owned = 4 * (B * OUT + B * IN + 3 * OUT * IN)
+    inputs = 4 * (B * IN + 3 * OUT * IN + B * OUT)
+    assert base + extra < 1.2 * (inputs + owned), (extra, inputs + owned)
