@@ -1,0 +1,106 @@
+"""Tile-config sweep of the fused kernels on a GPU: the data behind kernels/config.py.
+
+    PYTHONPATH=src python benchmarks/kernel_sweep.py [--out DIR] [--quick]
+
+For each kernel (forward, grad_x, parameter gradients) and each B in {64, 256, 1024, 4096}
+at in = out = 1024 (mexican_hat, fp32), times every candidate config (median of
+triton.testing.do_bench) and prints evaluations per second and the fraction of the exp2
+ceiling measured in the same run. Also dumps the resource report (registers, spills) and the
+PTX/SASS of the default forward kernel, for benchmarks/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import torch
+import triton
+import triton.testing
+
+from wavkan import get_wavelet
+from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
+from wavkan.kernels.ceiling import measure_exp2_rate
+
+SIZE = 1024
+BATCHES = (64, 256, 1024, 4096)
+
+
+def candidates(quick: bool):
+    tiles = [(64, 64, 4), (128, 64, 4), (64, 128, 4), (128, 128, 8), (128, 64, 8), (32, 64, 2), (64, 32, 2)]
+    if quick:
+        tiles = tiles[:3]
+    for (m, n, w), stages, pps in itertools.product(tiles, (1, 2), (2, 4, 8)):
+        yield KernelConfig(m, n, num_warps=w, num_stages=stages, programs_per_sm=pps)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--wavelet", default="mexican_hat")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("no GPU: nothing to sweep")
+        return 0
+    torch.manual_seed(0)
+    n_exp, times = measure_exp2_rate()
+    ceiling = n_exp / (sorted(times)[len(times) // 2] * 1e-3)
+    print(f"exp2 ceiling: {ceiling:.3e}/s on {torch.cuda.get_device_name()}", flush=True)
+    wav = get_wavelet(args.wavelet)
+    rows = []
+    for B in BATCHES:
+        x = torch.randn(B, SIZE, device="cuda")
+        s = torch.rand(SIZE, SIZE, device="cuda") + 0.5
+        t = torch.randn(SIZE, SIZE, device="cuda") * 0.5
+        w = torch.randn(SIZE, SIZE, device="cuda") / 32
+        g = torch.randn(B, SIZE, device="cuda")
+        kernels = {
+            "fwd": lambda c: wavkan_fwd(x, s, t, w, wav, c),
+            "bwd_dx": lambda c: wavkan_bwd_dx(g, x, s, t, w, wav, c),
+            "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
+        }
+        for name, fn in kernels.items():
+            best = None
+            for cfg in candidates(args.quick):
+                try:
+                    ms = triton.testing.do_bench(lambda: fn(cfg), warmup=5, rep=30, return_mode="median")
+                except Exception as exc:  # a config the compiler refuses (registers, shared memory)
+                    print(f"  {name} B={B} {cfg}: failed {type(exc).__name__}: {exc}"[:200])
+                    continue
+                rate = B * SIZE * SIZE / (ms * 1e-3)
+                rows.append({"kernel": name, "B": B, "cfg": cfg.__dict__, "ms": ms, "rate": rate, "frac": rate / ceiling})
+                if best is None or ms < best[0]:
+                    best = (ms, cfg)
+            ms, cfg = best
+            print(f"{name:12s} B={B:5d} best {ms:8.4f} ms  {B*SIZE*SIZE/ms/1e9:.3e} eval/s  "
+                  f"{B*SIZE*SIZE/(ms*1e-3)/ceiling:6.1%} of exp ceiling  {cfg}", flush=True)
+    with open(os.path.join(args.out, "sweep.json"), "w") as f:
+        json.dump({"ceiling": ceiling, "rows": rows}, f, indent=1)
+
+    # Resource report and code of the forward kernel at its default config (B = 4096).
+    from wavkan.kernels.config import cdiv, default_config
+    from wavkan.kernels.forward import _wavkan_fwd_kernel, pack_edge_constants
+
+    cfg = default_config("fwd", x.device)
+    pack = pack_edge_constants(s, t, w)
+    y = torch.empty(B, SIZE, device="cuda")
+    compiled = _wavkan_fwd_kernel[(cdiv(B, cfg.block_m), cdiv(SIZE, cfg.block_n), 1)](
+        x, pack, y, B, SIZE, SIZE, SIZE * SIZE, x.stride(0), x.stride(1), 0, SIZE, SIZE,
+        WAVELET=wav.code, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    print(f"fwd kernel {cfg}: regs {compiled.n_regs} spills {compiled.n_spills}")
+    for ext in ("ptx", "ttgir"):
+        with open(os.path.join(args.out, f"fwd.{ext}"), "w") as f:
+            f.write(compiled.asm[ext])
+    with open(os.path.join(args.out, "fwd.cubin"), "wb") as f:
+        f.write(compiled.asm["cubin"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
