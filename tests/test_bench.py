@@ -1,0 +1,261 @@
+"""The benchmark's plumbing on any machine: its arithmetic, CSV, table, the no-GPU exit, the
+paper-equivalent baseline network, and the exp2 ceiling kernel's values (interpreter on CPU).
+Nothing here times anything."""
+
+import argparse
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wavkan import WAVELETS, WavKAN, wavkan_linear
+from wavkan import bench
+
+
+def test_main_without_gpu_prints_message_and_returns_0(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out_dir = tmp_path / "results"
+    assert bench.main(["--quick", "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "no CUDA GPU" in printed and "nothing was timed" in printed
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "text, shape",
+    [("256x1024x512", (256, 1024, 512)), ("1x1x1", (1, 1, 1)), ("64X7X33", (64, 7, 33)), ("8*4*2", (8, 4, 2))],
+)
+def test_parse_shape(text, shape):
+    assert bench.parse_shape(text) == shape
+
+
+@pytest.mark.parametrize("text", ["256x1024", "256x1024x512x2", "ax1x2", "0x1x1", "4x-1x2", "", "2.5x1x1"])
+def test_parse_shape_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="BxINxOUT"):
+        bench.parse_shape(text)
+
+
+def test_bad_shape_on_the_command_line_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--shape", "12x3"])
+    assert info.value.code == 2
+    assert "BxINxOUT" in capsys.readouterr().err
+
+
+def test_percentile_interpolates_like_numpy():
+    values = [3.0, 1.0, 2.0, 5.0, 4.0]
+    assert bench.percentile(values, 50) == 3.0
+    assert bench.percentile(values, 20) == pytest.approx(1.8)
+    assert bench.percentile(values, 80) == pytest.approx(4.2)
+    assert bench.percentile(values, 0) == 1.0 and bench.percentile(values, 100) == 5.0
+    assert bench.percentile([7.5], 20) == 7.5
+    rng = np.random.default_rng(0)
+    xs = list(rng.random(37))
+    for q in (10, 20, 50, 80, 95):
+        assert bench.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    with pytest.raises(ValueError):
+        bench.percentile([], 50)
+    with pytest.raises(ValueError):
+        bench.percentile([1.0], 101)
+
+
+def test_summarize():
+    assert bench.summarize([2.0, 1.0, 4.0, 3.0]) == {
+        "median_ms": 2.5,
+        "p20_ms": pytest.approx(1.6),
+        "p80_ms": pytest.approx(3.4),
+        "reps": 4,
+    }
+
+
+def test_throughput_arithmetic():
+    evals = 256 * 1024 * 1024
+    eps, xps, frac = bench.throughput(evals, 6.33, 1, 3.83e12)
+    assert eps == pytest.approx(evals / 6.33e-3) == pytest.approx(4.2407e10, rel=1e-4)
+    assert xps == eps
+    assert frac == pytest.approx(eps / 3.83e12) == pytest.approx(0.011072, rel=1e-3)
+    # full: two passes, so twice the exp2 rate for the same evaluations per second
+    eps2, xps2, frac2 = bench.throughput(evals, 2.0, 2, 4e12)
+    assert eps2 == pytest.approx(evals / 2e-3)
+    assert xps2 == pytest.approx(2 * eps2)
+    assert frac2 == pytest.approx(2 * evals / 2e-3 / 4e12)
+    assert bench.throughput(10, 1.0, 1, None) == (1e4, 1e4, None)
+    with pytest.raises(ValueError):
+        bench.throughput(10, 0.0, 1, 1.0)
+
+
+def test_recorded_rows_reproduce_design_percentages():
+    rows = bench.recorded_rows()
+    assert all(r["source"] == "recorded" for r in rows)
+    pct = {
+        (r["provider"], r["mode"], r["B"]): round(100 * r["frac_ceiling"])
+        for r in rows
+        if r["level"] == "op" and r["frac_ceiling"] is not None
+    }
+    # DESIGN.md section 4: forward ms (fraction of the exp ceiling)
+    assert pct[("reference-eager", "forward", 256)] == 1
+    assert pct[("reference-compiled", "forward", 256)] == 17
+    assert pct[("seed-naive-cuda", "forward", 256)] == 3
+    assert pct[("seed-tiled-cuda", "forward", 256)] == 5
+    assert pct[("reference-compiled", "forward", 4096)] == 20
+    assert pct[("seed-tiled-cuda", "forward", 4096)] == 37
+    net = {(r["provider"], r["mode"]): r for r in rows if r["level"] == "network"}
+    assert net[("paper-eager", "forward")]["median_ms"] == 26.14
+    assert net[("seed-tiled-cuda", "backward")]["peak_abs_gb"] == pytest.approx(4.17)
+    assert net[("mlp", "forward")]["evals_per_s"] is None  # no wavelet evaluations in an MLP
+    ceiling = [r for r in rows if r["level"] == "ceiling"]
+    assert len(ceiling) == 1 and ceiling[0]["evals_per_s"] == 3.83e12
+
+
+def test_network_evals_and_shape():
+    assert bench.network_evals([1024] * 5 + [128], 256) == 256 * (4 * 1024 * 1024 + 1024 * 128) == 1107296256
+    assert bench.network_evals([784, 32, 10], 64) == 64 * (784 * 32 + 32 * 10)
+    assert bench.network_shape((1024, 128), 256) == "B256:1024-128"
+
+
+def test_memory_and_repetition_helpers():
+    # 4096 x 1024 x 1024 fp32: 17.2 GB a tensor, 8 of them for the forward
+    fits, need = bench.eager_fits((4096, 1024, 1024), 4, "forward", 130e9)
+    assert need == 4096 * 1024 * 1024 * 4 * 8 and not fits
+    fits, need = bench.eager_fits((1024, 1024, 1024), 4, "full", 139e9)
+    assert need == 1024**3 * 4 * 10 and fits
+    assert bench.input_set_bytes((64, 1024, 512), 4) == (64 * 1024 + 3 * 512 * 1024 + 64 * 512) * 4
+    assert bench.input_sets_needed(13 * 2**20, 50 * 2**20) == 8
+    assert bench.input_sets_needed(10**9, 50 * 2**20) == 3
+    assert bench.input_sets_needed(1, 50 * 2**20) == 16
+    b = bench.Budget(warmup=3, target_s=0.25, min_reps=10, max_reps=200)
+    assert bench.choose_reps(1.0, b) == 200
+    assert bench.choose_reps(5.0, b) == 50
+    assert bench.choose_reps(80.0, b) == 10
+    assert bench.choose_reps(0.0, b) == 200
+    assert bench.choose_reps(80.0, bench.Budget(fixed_reps=7)) == 7
+
+
+def _row(**kw):
+    base = dict(level="op", source="measured", provider="wavkan", wavelet="mexican_hat", dtype="fp32",
+                mode="forward", B=256, IN=1024, OUT=1024, evals=256 * 1024 * 1024, ceiling=4e12)  # fmt: skip
+    base.update(kw)
+    return bench.make_row(**base)
+
+
+def test_make_row_statistics_and_units():
+    r = _row(times_ms=[0.2, 0.1, 0.3, 0.4, 0.5], peak_bytes=2.5e9, peak_abs_bytes=3e9, first_call_s=1.5)
+    assert r["median_ms"] == pytest.approx(0.3) and r["p20_ms"] == pytest.approx(0.18) and r["reps"] == 5
+    assert r["evals_per_s"] == pytest.approx(256 * 1024 * 1024 / 0.3e-3)
+    assert r["frac_ceiling"] == pytest.approx(256 * 1024 * 1024 / 0.3e-3 / 4e12)
+    assert r["peak_gb"] == 2.5 and r["peak_abs_gb"] == 3.0
+    assert r["shape"] == "256x1024x1024"
+    skipped = _row(mode="full", passes=2, status="skipped", note="too big")
+    assert skipped["median_ms"] is None and skipped["evals_per_s"] is None and skipped["passes"] == 2
+
+
+def test_write_csv_columns_and_values(tmp_path):
+    rows = [_row(times_ms=[1.0, 2.0, 3.0], peak_bytes=1e9), _row(provider="reference-eager", status="oom", note="x")]
+    path = tmp_path / "r.csv"
+    bench.write_csv(rows, path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
+        got = list(reader)
+    assert len(got) == 2
+    assert got[0]["median_ms"] == "2" and got[0]["p20_ms"] == "1.4" and got[0]["peak_gb"] == "1"
+    assert got[0]["evals"] == str(256 * 1024 * 1024) and got[0]["passes"] == "1"
+    assert float(got[0]["evals_per_s"]) == pytest.approx(256 * 1024 * 1024 / 2e-3, rel=1e-5)
+    assert got[1]["status"] == "oom" and got[1]["median_ms"] == "" and got[1]["gpu"] == ""
+    for name in ("level", "source", "provider", "wavelet", "dtype", "mode", "shape", "gpu", "torch", "triton", "date"):
+        assert name in bench.CSV_COLUMNS
+
+
+def test_format_table_is_fixed_width():
+    rows = [_row(times_ms=[6.33] * 3), _row(provider="reference-eager", mode="full", status="skipped", note="big")]
+    lines = bench.format_table(rows, bench.OP_TABLE).splitlines()
+    assert lines[0].split()[:4] == ["src", "provider", "mode", "B"]
+    assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "42.4", "1.1",
+                                "-", "ok"]  # fmt: skip
+    assert lines[2].endswith("skipped: big")
+    # the numeric columns line up
+    assert lines[1].index("6.33") + 4 == lines[0].index("median ms") + len("median ms")
+
+
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_paper_baseline_matches_the_package(wavelet):
+    torch.manual_seed(1)
+    widths = [7, 5, 3]
+    ours = WavKAN(widths, wavelet, backend="reference", dtype=torch.float64)
+    with torch.no_grad():
+        for layer in ours.layers:
+            layer.scale.uniform_(0.5, 1.5)
+            layer.translation.normal_(0, 0.3)
+    paper = bench.PaperWavKAN(widths, wavelet, backend="reference", dtype=torch.float64)
+    paper.load_state_dict(ours.state_dict())
+    x = torch.randn(11, 7, dtype=torch.float64)
+    torch.testing.assert_close(paper(x), ours(x), rtol=1e-10, atol=1e-12)
+    layer = ours.layers[0]
+    args = (x, layer.scale, layer.translation, layer.wavelet_weights)
+    torch.testing.assert_close(
+        bench.paper_linear(*args, wavelet), wavkan_linear(*args, wavelet, backend="reference"), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_mlp_baseline_shape():
+    mlp = bench.make_mlp([8, 6, 4])
+    assert [type(m).__name__ for m in mlp] == ["Linear", "BatchNorm1d", "Linear", "BatchNorm1d"]
+    assert mlp(torch.randn(5, 8)).shape == (5, 4)
+
+
+def test_dry_run_writes_csv_plots_and_table(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert bench.main(["--dry-run", "--quick", "--out", str(out), "--wavelet", "morlet"]) == 0
+    printed = capsys.readouterr().out
+    assert "DRY RUN" in printed and "Op level" in printed and "Network level" in printed
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    fake = [r for r in rows if r["source"] == "dry-run"]
+    ops = {(r["provider"], r["mode"], r["shape"]) for r in fake if r["level"] == "op"}
+    assert ops == {
+        (p, m, s) for p in bench.OP_PROVIDERS for m in bench.MODES for s in ("256x1024x1024", "4096x1024x1024")
+    }
+    assert {r["provider"] for r in fake if r["level"] == "network"} == set(bench.NET_PROVIDERS)
+    assert all(r["wavelet"] in ("morlet", "") for r in fake)
+    # the paper's formula at 4096 x 1024 x 1024 fp32 needs ~172 GB for the backward: skipped
+    skipped = [r for r in fake if r["status"] == "skipped"]
+    assert {(r["provider"], r["shape"]) for r in skipped} == {("reference-eager", "4096x1024x1024")}
+    rec = [r for r in rows if r["source"] == "recorded"]
+    assert any(r["provider"] == "seed-tiled-cuda" and r["median_ms"] == "3" for r in rec)
+    if pytest.importorskip("matplotlib"):
+        assert (out / "op_throughput_morlet_fp32.png").stat().st_size > 0
+        assert (out / "network_morlet_fp32.png").stat().st_size > 0
+
+
+def _chains_reference(programs, block, n_iter, c):
+    idx = np.arange(programs * block)
+    seed = idx.astype(np.float32) * np.float32(1e-9)
+    total = np.zeros(programs * block, dtype=np.float32)
+    chains = []
+    for j in range(8):
+        a = seed + np.float32((j + 1) / 8)
+        for _ in range(n_iter):
+            a = np.exp2(a * np.float32(c))
+        chains.append(a)
+    total = ((chains[0] + chains[1]) + (chains[2] + chains[3])) + ((chains[4] + chains[5]) + (chains[6] + chains[7]))
+    return total
+
+
+def test_exp2_ceiling_kernel_values(kernel_device):
+    pytest.importorskip("triton")
+    from wavkan.kernels.ceiling import CHAINS, exp2_chains
+
+    programs, block, n_iter = 3, 16, 5
+    out = torch.full((programs * block,), math.nan, device=kernel_device)
+    n_exp = exp2_chains(out, n_iter, c=-1.0, block=block, num_warps=1)
+    assert n_exp == programs * block * CHAINS * n_iter
+    expected = torch.from_numpy(_chains_reference(programs, block, n_iter, -1.0))
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-6)
+    # converging to 8 times the fixed point of a = 2^-a
+    long = torch.empty(block, device=kernel_device)
+    exp2_chains(long, 60, block=block, num_warps=1)
+    assert torch.allclose(long.cpu(), torch.full((block,), 8 * 0.641185744), rtol=1e-5)
+    with pytest.raises(ValueError):
+        exp2_chains(torch.empty(10, device=kernel_device), 1, block=16)
