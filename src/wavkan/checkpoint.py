@@ -7,13 +7,13 @@ sees either the old file or the new one, never a partial one, whenever the write
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, IO
 
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "build_model", "CHECKPOINT_FORMAT"]
 
 # Bumped when the checkpoint's layout changes incompatibly.
 CHECKPOINT_FORMAT = 1
@@ -40,7 +40,9 @@ def atomic_write(path, write: Callable[[IO[bytes]], Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are private (0600); O_EXCL with mode 0666 honours the umask instead.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -72,3 +74,13 @@ def load_checkpoint(path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a wavkan checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def build_model(config: dict, backend: str = "auto"):
+    """An untrained ``WavKAN`` of a run's config (keys ``layers``, ``wavelet``), on the CPU.
+
+    Seed the RNG first for a reproducible initialisation; a checkpoint's weights replace it.
+    """
+    from .nn import WavKAN  # here, so that writing files does not import the model
+
+    return WavKAN(list(config["layers"]), wavelet=config["wavelet"], backend=backend)

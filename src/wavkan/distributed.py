@@ -15,6 +15,7 @@ Both keep ``BatchNorm1d``'s state_dict keys, so checkpoints load into a plain ``
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,12 +28,14 @@ from torch import Tensor, nn
 __all__ = [
     "DistContext",
     "context_from_env",
+    "resolve_device",
     "init_process_group",
     "destroy_process_group",
     "all_reduce_sum",
     "AllReduceBatchNorm1d",
     "sync_batchnorm",
     "new_group_like_world",
+    "wrap_ddp",
 ]
 
 
@@ -63,6 +66,23 @@ def context_from_env(env=None) -> DistContext:
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
     return DistContext(rank, world, local)
+
+
+def resolve_device(name: str, ctx: DistContext = DistContext()) -> torch.device:
+    """"auto" is CUDA when available, else CPU. On CUDA each rank takes GPU ``local_rank``."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA device (is this a CPU build of torch?)")
+    index = ctx.local_rank if ctx.enabled else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK {index} but only {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init_process_group(ctx: DistContext, device: torch.device) -> None:
@@ -177,6 +197,17 @@ def sync_batchnorm(model: nn.Module, device: torch.device, process_group=None) -
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     return AllReduceBatchNorm1d.convert(model, process_group)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` without per-step buffer broadcasts: with synchronised
+    BatchNorm every rank's running statistics are already equal. (torch 2.13 renames the
+    option ``forward_sync_buffers``; older versions only know ``broadcast_buffers``.)"""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    params = inspect.signature(DDP.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
 def new_group_like_world() -> Optional[object]:
