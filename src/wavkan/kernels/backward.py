@@ -32,7 +32,7 @@ def _wavkan_bwd_dx_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     stride_dk, stride_db,
     OUT_PER_SPLIT,
-    WAVELET: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -63,7 +63,7 @@ def _wavkan_bwd_dx_kernel(
         w = tl.load(w_ptrs, mask=mask_i, other=0.0).to(tl.float32)
         a = 1.0 / s
         z = x * a[None, :] - (t * a)[None, :]
-        _, dpsi = wavelet_psi_dpsi(z, WAVELET)
+        _, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         acc += (g[:, None] * (w * a)[None, :]) * dpsi
         g_ptrs += stride_go
         s_ptrs += stride_so
@@ -82,7 +82,7 @@ def _wavkan_bwd_dparams_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     stride_dk, stride_do,
     ROWS_PER_SPLIT,
-    FINAL: tl.constexpr, WAVELET: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -111,7 +111,7 @@ def _wavkan_bwd_dparams_kernel(
         xr = tl.load(x_ptrs, mask=mask_i, other=0.0).to(tl.float32)
         g = tl.load(g_ptrs, mask=mask_o, other=0.0).to(tl.float32)
         z = a * xr[None, :] + c
-        psi, dpsi = wavelet_psi_dpsi(z, WAVELET)
+        psi, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         gcol = g[:, None]
         acc_w += gcol * psi
         q = gcol * dpsi
@@ -158,7 +158,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         *_param_strides(scale, translation, weights),
         B * IN if split > 1 else 0, IN,
         per_split,
-        WAVELET=wavelet.code, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
+        WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
@@ -190,7 +190,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         *_param_strides(scale, translation, weights),
         stride_dk, IN,
         per_split,
-        FINAL=final, WAVELET=wavelet.code, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
+        FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if final:

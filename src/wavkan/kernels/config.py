@@ -58,7 +58,7 @@ class KernelConfig:
 _GPU = {
     "fwd": KernelConfig(64, 64, num_warps=4),
     "bwd_dx": KernelConfig(64, 64, num_warps=4),
-    "bwd_dparams": KernelConfig(64, 64, num_warps=4),
+    "bwd_dparams": KernelConfig(64, 64, num_warps=8),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 

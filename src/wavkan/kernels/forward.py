@@ -8,8 +8,10 @@ programs share a tile's ``in`` loop and write fp32 partials that are summed in a
 order afterwards (deterministic, no atomics).
 
 The edge constants are packed once per call by ``_wavkan_pack_kernel`` into a (3, in, out)
-fp32 buffer [1/s, -t/s, w], transposed so the kernel's per-step loads are coalesced, and so
-the inner step needs no division.
+fp32 buffer [k/s, -k t/s, w m], transposed so the kernel's per-step loads are coalesced and
+the inner step needs no division; (k, m) = ``device.FOLD[wavelet]`` fold the Gaussian's
+log2(e)/2 and the wavelet's constant factor into the edge, so that mexican_hat costs one
+MUFU.EX2 and five fp32 instructions per evaluation.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import triton
 import triton.language as tl
 
 from .config import KernelConfig, cdiv, choose_split, default_config
-from .device import wavelet_psi
+from .device import FOLD, wavelet_psi_folded
 
 
 @triton.jit
 def _wavkan_pack_kernel(
     s_ptr, t_ptr, w_ptr, pack_ptr,
-    IN, OUT, PLANE,
+    IN, OUT, PLANE, z_scale, w_scale,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
@@ -37,11 +39,11 @@ def _wavkan_pack_kernel(
     s = tl.load(s_ptr + o * stride_so + i * stride_si, mask=mask, other=1.0).to(tl.float32)
     t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + o * stride_wo + i * stride_wi, mask=mask, other=0.0).to(tl.float32)
-    a = 1.0 / s
+    a = z_scale / s
     dst = pack_ptr + i * OUT + o
     tl.store(dst, a, mask=mask)
     tl.store(dst + PLANE, -t * a, mask=mask)
-    tl.store(dst + 2 * PLANE, w, mask=mask)
+    tl.store(dst + 2 * PLANE, w * w_scale, mask=mask)
 
 
 @triton.jit
@@ -50,7 +52,7 @@ def _wavkan_fwd_kernel(
     B, IN, OUT, PLANE,
     stride_xb, stride_xi, stride_yk, stride_yb,
     IN_PER_SPLIT,
-    WAVELET: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -71,7 +73,7 @@ def _wavkan_fwd_kernel(
         c = tl.load(a_ptrs + PLANE, mask=mask_o, other=0.0)
         w = tl.load(a_ptrs + 2 * PLANE, mask=mask_o, other=0.0)
         z = x[:, None] * a[None, :] + c[None, :]
-        acc += w[None, :] * wavelet_psi(z, WAVELET)
+        acc += w[None, :] * wavelet_psi_folded(z, WAVELET, FAST)
         x_ptrs += stride_xi
         a_ptrs += OUT
 
@@ -79,14 +81,16 @@ def _wavkan_fwd_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_o[None, :])
 
 
-def pack_edge_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(3, in, out) fp32: [1/scale, -translation/scale, weights], each transposed."""
+def pack_edge_constants(scale, translation, weights, wavelet) -> torch.Tensor:
+    """(3, in, out) fp32: [k/scale, -k translation/scale, weights m], each transposed,
+    with (k, m) = FOLD[wavelet.code]."""
     OUT, IN = scale.shape
+    z_scale, w_scale = FOLD[wavelet.code]
     pack = torch.empty((3, IN, OUT), dtype=torch.float32, device=scale.device)
     block = 32
     grid = (cdiv(OUT, block), cdiv(IN, block))
     _wavkan_pack_kernel[grid](
-        scale, translation, weights, pack, IN, OUT, IN * OUT,
+        scale, translation, weights, pack, IN, OUT, IN * OUT, z_scale, w_scale,
         scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
         weights.stride(0), weights.stride(1),
         BLOCK_OUT=block, BLOCK_IN=block,
@@ -103,7 +107,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     if B == 0:
         return y
     cfg = config or default_config("fwd", x.device)
-    pack = pack_edge_constants(scale, translation, weights)
+    pack = pack_edge_constants(scale, translation, weights, wavelet)
     tiles = cdiv(B, cfg.block_m) * cdiv(OUT, cfg.block_n)
     split = choose_split(cfg, tiles, IN, x.device)
     in_per_split = cdiv(IN, split)
@@ -114,7 +118,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         x, pack, out, B, IN, OUT, IN * OUT,
         x.stride(0), x.stride(1), B * OUT if split > 1 else 0, OUT,
         in_per_split,
-        WAVELET=wavelet.code, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+        WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:

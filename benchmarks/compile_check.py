@@ -1,0 +1,100 @@
+"""Compile every kernel for an H100/H200 (sm_90) without a GPU and report its resources.
+
+    python benchmarks/compile_check.py [--sass DIR]
+
+Uses Triton's ahead-of-time compiler and the ptxas bundled with Triton, so it runs on a CPU
+machine: it catches compile errors before GPU time is spent, and prints registers, spills
+and the count of each SASS instruction class in every kernel (MUFU = special-function unit,
+FFMA/FMUL/FADD = the fp32 pipe), which is what benchmarks/NOTES.md reasons with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from wavkan import WAVELETS, get_wavelet
+from wavkan.kernels import backward, forward
+from wavkan.kernels.config import default_config
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def _signature(fn, pointers: dict, constexprs: dict):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def kernels(wavelet: str):
+    code = get_wavelet(wavelet).code
+    fwd = default_config("fwd", _cuda())
+    dx = default_config("bwd_dx", _cuda())
+    dp = default_config("bwd_dparams", _cuda())
+    f32 = "*fp32"
+    yield "fwd", forward._wavkan_fwd_kernel, {"x_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
+        {"WAVELET": code, "FAST": True, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+    yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
+        {k: f32 for k in ("x_ptr", "g_ptr", "s_ptr", "t_ptr", "w_ptr", "dx_ptr")}, \
+        {"WAVELET": code, "FAST": True, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
+    yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
+        {k: f32 for k in ("x_ptr", "g_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
+        {"FINAL": True, "WAVELET": code, "FAST": True, "BLOCK_OUT": dp.block_m, "BLOCK_IN": dp.block_n}, dp
+
+
+def _cuda():
+    import torch
+
+    return torch.device("cuda")
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([cuobjdump, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sass", help="write each kernel's SASS into this folder")
+    p.add_argument("--wavelet", default="all")
+    args = p.parse_args()
+    names = WAVELETS if args.wavelet == "all" else [args.wavelet]
+    for wavelet in names:
+        for name, fn, pointers, constexprs, cfg in kernels(wavelet):
+            src = ASTSource(fn, _signature(fn, pointers, constexprs), constexprs)
+            options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            compiled = triton.compile(src, target=TARGET, options=options)
+            sass = _cuobjdump(compiled.asm["cubin"], "-sass")
+            usage = _cuobjdump(compiled.asm["cubin"], "-res-usage")
+            regs = int(re.search(r"REG:(\d+)", usage).group(1))
+            stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+            ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass))
+            print(f"{wavelet:12s} {name:12s} regs={regs:3d} stack={stack} "
+                  f"MUFU={ops['MUFU']} FFMA={ops['FFMA']} FMUL={ops['FMUL']} FADD={ops['FADD']} "
+                  f"LDG={ops['LDG']} total={sum(ops.values())}")
+            if args.sass:
+                os.makedirs(args.sass, exist_ok=True)
+                with open(os.path.join(args.sass, f"{wavelet}.{name}.sass"), "w") as f:
+                    f.write(sass)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
