@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark on the H200 machine: run from the repository root, with OUT set to the folder
 # whose contents come back. Writes $OUT/bench/{results.csv,*.png} and the log $OUT/bench.log.
-# Extra arguments go to the benchmark (e.g. --quick). About 3-5 minutes for the default set.
+# Extra arguments go to the benchmark (e.g. --quick). About 2 minutes for the default set (H200, cold).
 set -euo pipefail
 : "${OUT:?set OUT to the output folder}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"

@@ -131,6 +131,10 @@ def test_memory_and_repetition_helpers():
     assert bench.choose_reps(80.0, b) == 10
     assert bench.choose_reps(0.0, b) == 200
     assert bench.choose_reps(80.0, bench.Budget(fixed_reps=7)) == 7
+    # the GPU spin that lets the host queue a call ahead: 1.5x its host time + 0.05 ms, at most 5 ms
+    assert bench.spin_ms_for(0.1) == pytest.approx(0.2)
+    assert bench.spin_ms_for(0.0) == pytest.approx(0.05)
+    assert bench.spin_ms_for(40.0) == 5.0
 
 
 def _row(**kw):
@@ -169,11 +173,12 @@ def test_write_csv_columns_and_values(tmp_path):
 
 
 def test_format_table_is_fixed_width():
-    rows = [_row(times_ms=[6.33] * 3), _row(provider="reference-eager", mode="full", status="skipped", note="big")]
+    rows = [_row(times_ms=[6.33] * 3, host_ms=0.0512),
+            _row(provider="reference-eager", mode="full", status="skipped", note="big")]  # fmt: skip
     lines = bench.format_table(rows, bench.OP_TABLE).splitlines()
     assert lines[0].split()[:4] == ["src", "provider", "mode", "B"]
     assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "42.4", "1.1",
-                                "-", "ok"]  # fmt: skip
+                                "-", "0.0512", "ok"]  # fmt: skip
     assert lines[2].endswith("skipped: big")
     # the numeric columns line up
     assert lines[1].index("6.33") + 4 == lines[0].index("median ms") + len("median ms")

@@ -23,7 +23,11 @@ network computing each layer with the paper's formula), ``paper-compiled`` and `
 (nn.Linear + BatchNorm1d per layer, no activation: the seed's MLP row).
 
 Figures: median, p20, p80 of per-repetition CUDA-event times (after warm-up; inputs rotate
-among at least 3 sets, more when a set fits twice in L2); evaluations per second = B*in*out
+among at least 3 sets, more when a set fits twice in L2). At the op level a GPU spin
+(``torch.cuda._sleep``) is queued before each start event so the host has queued the whole
+call before the GPU gets there: the events time GPU work, and the host's own time per call is
+reported beside it (``host_ms``). The network level keeps the seed's protocol as it is
+(events around the call, host time included when the GPU waits). Evaluations per second = B*in*out
 (summed over layers for a network) / median time, counted the same way in every mode; the
 fraction of the exp2 ceiling = evals * passes / time / ceiling, passes = 1 for forward and
 backward and 2 for full (one exp2 per evaluation and pass); peak memory above what was
@@ -116,7 +120,7 @@ RECORDED_NET = (
 CSV_COLUMNS = (
     "level", "source", "provider", "wavelet", "dtype", "mode", "shape", "B", "IN", "OUT",
     "median_ms", "p20_ms", "p80_ms", "reps", "evals", "passes", "evals_per_s", "exps_per_s",
-    "frac_ceiling", "ceiling_per_s", "peak_gb", "peak_abs_gb", "first_call_s", "status", "note",
+    "frac_ceiling", "ceiling_per_s", "peak_gb", "peak_abs_gb", "host_ms", "first_call_s", "status", "note",
     "gpu", "torch", "triton", "cuda", "date",
 )  # fmt: skip
 
@@ -210,6 +214,11 @@ class Budget:
 QUICK_BUDGET = Budget(warmup=2, target_s=0.08, min_reps=5, max_reps=50)
 
 
+def spin_ms_for(host_ms: float) -> float:
+    """GPU spin before each timed op call: 1.5x the host's time for the call plus 0.05 ms, at most 5 ms."""
+    return min(5.0, 1.5 * max(0.0, host_ms) + 0.05)
+
+
 def choose_reps(est_ms: float, budget: Budget) -> int:
     if budget.fixed_reps is not None:
         return max(1, budget.fixed_reps)
@@ -221,12 +230,12 @@ def choose_reps(est_ms: float, budget: Budget) -> int:
 def make_row(
     *, level, source, provider, wavelet="", dtype="", mode="", shape=None, B=None, IN=None, OUT=None,
     times_ms=None, median_ms=None, evals=None, passes=1, ceiling=None, peak_bytes=None,
-    peak_abs_bytes=None, first_call_s=None, status="ok", note="",
+    peak_abs_bytes=None, host_ms=None, first_call_s=None, status="ok", note="",
 ) -> dict:  # fmt: skip
     """One CSV row; statistics from ``times_ms`` (or a bare ``median_ms`` for recorded figures)."""
     row = dict.fromkeys(CSV_COLUMNS)
     row.update(level=level, source=source, provider=provider, wavelet=wavelet, dtype=dtype, mode=mode,
-               B=B, IN=IN, OUT=OUT, status=status, note=note, first_call_s=first_call_s)  # fmt: skip
+               B=B, IN=IN, OUT=OUT, status=status, note=note, host_ms=host_ms, first_call_s=first_call_s)  # fmt: skip
     row["shape"] = shape if shape is not None else (f"{B}x{IN}x{OUT}" if B is not None else "")
     if times_ms:
         row.update(summarize(times_ms))
@@ -316,6 +325,7 @@ _TABLE = {
     "ceil": ("%ceil", 6, True, lambda r: _fmt(None if r["frac_ceiling"] is None else 100 * r["frac_ceiling"], ".1f")),
     "peak": ("peak GB", 8, True, lambda r: _fmt(r["peak_gb"], ".3g")),
     "abs": ("abs GB", 7, True, lambda r: _fmt(r["peak_abs_gb"], ".3g")),
+    "host": ("host ms", 8, True, lambda r: _fmt(r["host_ms"], ".3g")),
     "status": ("status", 0, False, lambda r: _status_cell(r)),
 }
 _SRC_TAGS = {"measured": "meas", RECORDED_SOURCE: "rec", "dry-run": "fake", "given": "giv"}
@@ -327,7 +337,7 @@ def _status_cell(r: dict) -> str:
         note = note.replace(RECORDED_NOTE, "").strip("; ")
     return (r["status"] + (f": {note}" if note else ""))[:72]
 
-OP_TABLE = ("src", "provider", "mode", "shape", "median", "p20", "p80", "geval", "ceil", "peak", "status")
+OP_TABLE = ("src", "provider", "mode", "shape", "median", "p20", "p80", "geval", "ceil", "peak", "host", "status")
 NET_TABLE = ("src", "provider", "wavelet", "mode", "median", "p20", "p80", "geval", "ceil", "peak", "abs", "status")
 
 
@@ -383,7 +393,10 @@ def format_report(rows: Sequence[dict]) -> str:
     out.append(
         "\nGeval/s = B*in*out (summed over layers) / median time; %ceil = Geval/s * passes / exp2 ceiling"
         " (passes = 2 for full, else 1);\npeak GB = peak allocated above what was allocated before the step;"
-        " abs GB = max_memory_allocated; rec = recorded in DESIGN.md, not measured."
+        " abs GB = max_memory_allocated; rec = recorded in DESIGN.md, not measured.\nOp times are GPU times"
+        " (the host queued each call ahead); host ms = the host's time per call: where it exceeds the median,"
+        " a loop of calls is host-bound.\nNetwork times follow the seed's protocol: events around the call,"
+        " host time included whenever the GPU waits for it."
     )
     return "\n".join(out)
 
@@ -437,6 +450,7 @@ class Measurement:
     peak_bytes: Optional[float]
     peak_abs_bytes: Optional[float]
     first_call_s: Optional[float]
+    host_ms: Optional[float] = None
 
 
 class FirstCallError(RuntimeError):
@@ -513,6 +527,7 @@ class CudaRunner:
         props = torch.cuda.get_device_properties(self.device)
         self.gpu = props.name
         self.l2_bytes = getattr(props, "L2_cache_size", 0) or 50 * 2**20
+        self.spin_cycles_per_ms = self._calibrate_spin()
 
     def environment(self) -> dict:
         return {"gpu": self.gpu, "torch": torch.__version__, "triton": _triton_version(),
@@ -653,19 +668,40 @@ class CudaRunner:
 
     # timing
 
-    @staticmethod
-    def _time(run, prepare, indices) -> list:
-        pairs = []
+    def _calibrate_spin(self) -> float:
+        """Cycles of ``torch.cuda._sleep`` per ms (0 when this torch has no ``_sleep``)."""
+        sleep = getattr(torch.cuda, "_sleep", None)
+        if sleep is None:
+            return 0.0
+        sleep(1000)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        sleep(1_000_000)
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end)
+        return 1e6 / ms if ms > 0 else 0.0
+
+    def _time(self, run, prepare, indices, spin_ms: float = 0.0) -> tuple:
+        """(GPU ms, host ms) per repetition. With ``spin_ms`` a GPU spin of that length is queued
+        before each start event, so the host has queued the whole call before the GPU reaches it
+        and the events time the GPU work alone; host ms is the wall time of the call itself."""
+        cycles = int(spin_ms * self.spin_cycles_per_ms)
+        pairs, host = [], []
         for i in indices:
             state = prepare(i) if prepare is not None else None
+            if cycles > 0:
+                torch.cuda._sleep(cycles)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             run(i, state)
+            host.append((time.perf_counter() - t0) * 1e3)
             end.record()
             pairs.append((start, end))
             state = None
         torch.cuda.synchronize()
-        return [s.elapsed_time(e) for s, e in pairs]
+        return [s.elapsed_time(e) for s, e in pairs], host
 
     @staticmethod
     def _peak(run, prepare) -> tuple:
@@ -685,11 +721,12 @@ class CudaRunner:
         except Exception as exc:
             raise FirstCallError("first call failed") from exc
         first = time.perf_counter() - t0
-        warm = self._time(run, prepare, range(1, 1 + max(1, self.budget.warmup)))
+        warm, warm_host = self._time(run, prepare, range(1, 1 + max(1, self.budget.warmup)))
         reps = choose_reps(percentile(warm, 50), self.budget)
-        times = self._time(run, prepare, range(1 + len(warm), 1 + len(warm) + reps))
+        spin = spin_ms_for(percentile(warm_host, 50))
+        times, host = self._time(run, prepare, range(1 + len(warm), 1 + len(warm) + reps), spin)
         peak, peak_abs = self._peak(run, prepare)
-        return Measurement(times, peak, peak_abs, first)
+        return Measurement(times, peak, peak_abs, first, percentile(host, 50))
 
 
 class FakeRunner:
@@ -734,7 +771,7 @@ class FakeRunner:
         B, IN, OUT = shape
         ms = B * IN * OUT * {"forward": 1.0, "backward": 1.5, "full": 2.5}[mode] / self.RATES[provider] * 1e3 + 0.005
         peak = B * IN * OUT * 4 * EAGER_TENSORS[mode] if provider == "reference-eager" else B * OUT * 4
-        return Measurement(self._times(ms), peak, peak + 1e8, 0.0)
+        return Measurement(self._times(ms), peak, peak + 1e8, 0.0, 0.05)
 
     def network_model(self, provider, wavelet, dtype_name):
         return provider
@@ -808,7 +845,7 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                         m = runner.measure_op(fwd, inputs, mode)
                         row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
                                        peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
-                                       first_call_s=m.first_call_s)  # fmt: skip
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s)  # fmt: skip
                     except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
                         status, note = _failure(exc, compiled=provider in COMPILED)
                         if status == "compile-failed":
