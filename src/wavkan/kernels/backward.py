@@ -22,14 +22,14 @@ import triton.language as tl
 
 from .config import KernelConfig, cdiv, choose_split, default_config
 from .device import wavelet_psi_dpsi
+from .staging import pack_edge_constants
 
 
 @triton.jit
 def _wavkan_bwd_dx_kernel(
-    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, dx_ptr,
-    B, IN, OUT,
+    x_ptr, g_ptr, pack_ptr, dx_ptr,
+    B, IN, OUT, IN_PAD, PLANE,
     stride_xb, stride_xi, stride_gb, stride_go,
-    stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     stride_dk, stride_db,
     OUT_PER_SPLIT,
     WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
@@ -50,25 +50,19 @@ def _wavkan_bwd_dx_kernel(
 
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
-    o0 = o_start.to(tl.int64)
-    g_ptrs = g_ptr + rows * stride_gb + o0 * stride_go
-    s_ptrs = s_ptr + o0 * stride_so + cols * stride_si
-    t_ptrs = t_ptr + o0 * stride_to + cols * stride_ti
-    w_ptrs = w_ptr + o0 * stride_wo + cols * stride_wi
+    g_rows = g_ptr + rows * stride_gb
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
-    for _ in range(o_start, o_end):
-        g = tl.load(g_ptrs, mask=mask_b, other=0.0).to(tl.float32)
-        s = tl.load(s_ptrs, mask=mask_i, other=1.0).to(tl.float32)
-        t = tl.load(t_ptrs, mask=mask_i, other=0.0).to(tl.float32)
-        w = tl.load(w_ptrs, mask=mask_i, other=0.0).to(tl.float32)
-        a = 1.0 / s
-        z = x * a[None, :] - (t * a)[None, :]
+    for o in range(o_start, o_end):
+        ol = tl.cast(o, tl.int64)
+        g = tl.load(g_rows + ol * stride_go, mask=mask_b, other=0.0).to(tl.float32)
+        # Packed row o: [1/s, -t/s, w/s], in padded to whole tiles (zero weight there).
+        edge = pack_ptr + ol * IN_PAD + offs_i
+        a = tl.load(edge)
+        c = tl.load(edge + PLANE)
+        w_over_s = tl.load(edge + 2 * PLANE)
+        z = x * a[None, :] + c[None, :]
         _, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
-        acc += (g[:, None] * (w * a)[None, :]) * dpsi
-        g_ptrs += stride_go
-        s_ptrs += stride_so
-        t_ptrs += stride_to
-        w_ptrs += stride_wo
+        acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
     dx_ptrs = dx_ptr + pid_k.to(tl.int64) * stride_dk + rows[:, None] * stride_db + cols[None, :]
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_i[None, :])
@@ -101,15 +95,15 @@ def _wavkan_bwd_dparams_kernel(
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
-    b0 = b_start.to(tl.int64)
-    x_ptrs = x_ptr + b0 * stride_xb + offs_i.to(tl.int64) * stride_xi
-    g_ptrs = g_ptr + b0 * stride_gb + offs_o.to(tl.int64) * stride_go
+    x_cols = x_ptr + offs_i.to(tl.int64) * stride_xi
+    g_cols = g_ptr + offs_o.to(tl.int64) * stride_go
     acc_w = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_q = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_qz = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
-    for _ in range(b_start, b_end):
-        xr = tl.load(x_ptrs, mask=mask_i, other=0.0).to(tl.float32)
-        g = tl.load(g_ptrs, mask=mask_o, other=0.0).to(tl.float32)
+    for b in range(b_start, b_end):
+        bl = tl.cast(b, tl.int64)
+        xr = tl.load(x_cols + bl * stride_xb, mask=mask_i, other=0.0).to(tl.float32)
+        g = tl.load(g_cols + bl * stride_gb, mask=mask_o, other=0.0).to(tl.float32)
         z = a * xr[None, :] + c
         psi, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         gcol = g[:, None]
@@ -117,8 +111,6 @@ def _wavkan_bwd_dparams_kernel(
         q = gcol * dpsi
         acc_q += q
         acc_qz += q * z
-        x_ptrs += stride_xb
-        g_ptrs += stride_gb
 
     dst = pid_k.to(tl.int64) * stride_dk + o * stride_do + i
     if FINAL:
@@ -146,6 +138,8 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     if B == 0:
         return dx
     cfg = config or default_config("bwd_dx", x.device)
+    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
+    pack = pack_edge_constants(scale, translation, weights, in_pad, transpose=False, w_over_s=True)
     tiles = cdiv(B, cfg.block_m) * cdiv(IN, cfg.block_n)
     split = choose_split(cfg, tiles, OUT, x.device)
     per_split = cdiv(OUT, split)
@@ -153,9 +147,8 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     out = dx if split == 1 else torch.empty((split, B, IN), dtype=torch.float32, device=x.device)
     grid = (cdiv(B, cfg.block_m), cdiv(IN, cfg.block_n), split)
     _wavkan_bwd_dx_kernel[grid](
-        x, grad, scale, translation, weights, out, B, IN, OUT,
+        x, grad, pack, out, B, IN, OUT, in_pad, OUT * in_pad,
         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-        *_param_strides(scale, translation, weights),
         B * IN if split > 1 else 0, IN,
         per_split,
         WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,

@@ -29,7 +29,8 @@ MORLET_OMEGA0 = tl.constexpr(5.0)
 PI = tl.constexpr(3.141592653589793)
 HALF_PI = tl.constexpr(0.5 * math.pi)
 MEYER_DAUX_C = tl.constexpr(-140.0 * math.pi)  # aux'(v) = -pi sin(pi/2 nu) 140 (u (1 - u))^3
-# Below this |z|, shannon's dpsi uses its series: (z cos z - sin z) / z^2 cancels in fp32.
+# Below this |z|, shannon's psi and dpsi use their series: (z cos z - sin z) / z^2 cancels
+# in fp32, and the fast sine's absolute error would be amplified by 1/z.
 SHANNON_SERIES_BELOW = tl.constexpr(0.5)
 
 
@@ -79,6 +80,17 @@ def fcos(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _sinc(z, FAST: tl.constexpr):
+    # sin(z)/z; near 0 its series, exact to rounding below 0.5, because the fast sine's
+    # absolute error (2^-21) would be divided by a small z.
+    near = tl.abs(z) < SHANNON_SERIES_BELOW
+    safe = tl.where(near, 1.0, z)
+    z2 = z * z
+    series = 1.0 + z2 * (-1.0 / 6.0 + z2 * (1.0 / 120.0 + z2 * (-1.0 / 5040.0 + z2 * (1.0 / 362880.0))))
+    return tl.where(near, series, fsin(safe, FAST) / safe)
+
+
+@triton.jit
 def _meyer_nu(u):
     u2 = u * u
     return u2 * u2 * (35.0 + u * (-84.0 + u * (70.0 - 20.0 * u)))
@@ -105,9 +117,7 @@ def wavelet_psi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
         half_pi_nu = _meyer_nu(2.0 * v - 1.0) * HALF_PI
         return fsin(v * PI, FAST) * _meyer_aux(v, half_pi_nu, FAST)
     else:  # SHANNON
-        zero = zs == 0.0
-        safe = tl.where(zero, 1.0, zs)
-        return tl.where(zero, 1.0, fsin(safe, FAST) / safe)
+        return _sinc(zs, FAST)
 
 
 @triton.jit
@@ -138,12 +148,10 @@ def wavelet_psi_dpsi(z, WAVELET: tl.constexpr, FAST: tl.constexpr):
         sign = tl.where(z > 0.0, 1.0, tl.where(z < 0.0, -1.0, 0.0))
         return sin_piv * aux, sign * dpsi_dv
     else:  # SHANNON
-        zero = z == 0.0
-        safe = tl.where(zero, 1.0, z)
+        near = tl.abs(z) < SHANNON_SERIES_BELOW
+        safe = tl.where(near, 1.0, z)
         s = fsin(safe, FAST)
-        c = fcos(safe, FAST)
-        psi = tl.where(zero, 1.0, s / safe)
-        direct = (safe * c - s) / (safe * safe)
+        direct = (safe * fcos(safe, FAST) - s) / (safe * safe)
         z2 = z * z
         series = z * (-1.0 / 3.0 + z2 * (1.0 / 30.0 + z2 * (-1.0 / 840.0 + z2 * (1.0 / 45360.0))))
-        return psi, tl.where(tl.abs(z) < SHANNON_SERIES_BELOW, series, direct)
+        return _sinc(z, FAST), tl.where(near, series, direct)
