@@ -294,7 +294,7 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     totals = Totals(device)
     graphed = None
     lr_tensor = None
-    if use_graphs:
+    if use_graphs and start_epoch < config.epochs:
         # After loading the checkpoint: the graph keeps the addresses of the optimizer's state.
         lr_tensor = LrTensor(optimizer, device)
         graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals)
