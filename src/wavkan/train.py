@@ -397,9 +397,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=d.dataset,
                    help="mnist, fashion-mnist, a folder of the four idx files (gz or not), or a .npz with "
                         "train_images, train_labels, test_images, test_labels")
-    p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet)
-    p.add_argument("--layers", type=_layers, default=d.layers, help="comma-separated widths, e.g. 784,32,10")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet, help="mother wavelet of every edge")
+    p.add_argument("--layers", type=_layers, default=argparse.SUPPRESS, help="comma-separated widths (default: 784,32,10)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (a resumed run may raise it)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, over all DDP ranks")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
