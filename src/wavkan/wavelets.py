@@ -32,19 +32,22 @@ MORLET_OMEGA0 = 5.0
 SHANNON_SERIES_BELOW = {torch.float32: 0.5, torch.float64: 0.1}
 
 
-def _gauss(z: Tensor) -> Tensor:
-    return torch.exp(-0.5 * z * z)
+def _gauss(z2: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z2)
 
 
 def _mexican_hat(z: Tensor, need_dpsi: bool):
     z2 = z * z
-    ce = MEXICAN_HAT_C * _gauss(z)
-    psi = (z2 - 1.0) * ce
-    return psi, (z * (3.0 - z2) * ce if need_dpsi else None)
+    ce = MEXICAN_HAT_C * _gauss(z2)
+    if not _differentiable(z):
+        # The reference backward's path: in-place steps save memory passes on CPU.
+        psi = (z2 - 1.0).mul_(ce)
+        return psi, (z2.neg_().add_(3.0).mul_(z).mul_(ce) if need_dpsi else None)
+    return (z2 - 1.0) * ce, (z * (3.0 - z2) * ce if need_dpsi else None)
 
 
 def _morlet(z: Tensor, need_dpsi: bool):
-    e = _gauss(z)
+    e = _gauss(z * z)
     c = torch.cos(MORLET_OMEGA0 * z)
     psi = c * e
     if not need_dpsi:
@@ -53,8 +56,17 @@ def _morlet(z: Tensor, need_dpsi: bool):
 
 
 def _dog(z: Tensor, need_dpsi: bool):
-    e = _gauss(z)
-    return -z * e, ((z * z - 1.0) * e if need_dpsi else None)
+    z2 = z * z
+    e = _gauss(z2)
+    psi = -z * e
+    if not need_dpsi:
+        return psi, None
+    return psi, (z2.sub_(1.0).mul_(e) if not _differentiable(z) else (z2 - 1.0) * e)
+
+
+def _differentiable(z: Tensor) -> bool:
+    """Whether autograd records ops on z (then no in-place tricks)."""
+    return z.requires_grad and torch.is_grad_enabled()
 
 
 def _meyer_nu(u: Tensor) -> Tensor:
