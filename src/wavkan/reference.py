@@ -70,22 +70,22 @@ def reference_forward(x, scale, translation, weights, wavelet, chunk_elements: i
     out_dtype = x.dtype
     cd = compute_dtype(out_dtype)
     x, s, t, w = (a.to(cd) for a in (x, scale, translation, weights))
-    inv_s, shift = _edge_affine(s, t)
+    inv_s = s.reciprocal()
     B, IN = x.shape
     OUT = s.shape[0]
     y = torch.empty(B, OUT, dtype=cd, device=x.device)
     for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
-        z = torch.addcmul(shift[o0:o1], x[b0:b1, None, :], inv_s[o0:o1])
+        z = _z(x[b0:b1], t[o0:o1], inv_s[o0:o1])
         psi, _ = wav.psi_dpsi(z, False)
         # In-place products and plain sums: on CPU these beat einsum's strided batched matmul.
         y[b0:b1, o0:o1] = psi.mul_(w[o0:o1]).sum(-1)
     return y.to(out_dtype)
 
 
-def _edge_affine(s: Tensor, t: Tensor):
-    """z = x * (1/s) + (-t/s): one fused multiply-add per evaluation instead of a sub and a div."""
-    inv_s = s.reciprocal()
-    return inv_s, -t * inv_s
+def _z(x: Tensor, t: Tensor, inv_s: Tensor) -> Tensor:
+    """(x - t) / s as (x - t) * (1/s): exactly 0 where x == t, as in the paper's code, which
+    matters where dpsi jumps at 0 (meyer: abs'(0) = 0)."""
+    return (x[:, None, :] - t).mul_(inv_s)
 
 
 def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elements: int = CHUNK_ELEMENTS):
@@ -96,7 +96,7 @@ def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elem
     wav = get_wavelet(wavelet)
     cd = compute_dtype(x.dtype)
     g, xc, s, t, w = (a.to(cd) for a in (grad, x, scale, translation, weights))
-    inv_s, shift = _edge_affine(s, t)
+    inv_s = s.reciprocal()
     w_over_s = w * inv_s
     B, IN = xc.shape
     OUT = s.shape[0]
@@ -105,7 +105,7 @@ def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elem
     sum_q = torch.zeros(OUT, IN, dtype=cd, device=x.device)
     sum_qz = torch.zeros(OUT, IN, dtype=cd, device=x.device)
     for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
-        z = torch.addcmul(shift[o0:o1], xc[b0:b1, None, :], inv_s[o0:o1])
+        z = _z(xc[b0:b1], t[o0:o1], inv_s[o0:o1])
         psi, dpsi = wav.psi_dpsi(z, True)
         gb = g[b0:b1, o0:o1].unsqueeze(-1)
         gw[o0:o1] += psi.mul_(gb).sum(0)

@@ -55,12 +55,12 @@ def _wavkan_bwd_dx_kernel(
     for o in range(o_start, o_end):
         ol = tl.cast(o, tl.int64)
         g = tl.load(g_rows + ol * stride_go, mask=mask_b, other=0.0).to(tl.float32)
-        # Packed row o: [1/s, -t/s, w/s], in padded to whole tiles (zero weight there).
+        # Packed row o: [1/s, t, w/s], in padded to whole tiles (zero weight there).
         edge = pack_ptr + ol * IN_PAD + offs_i
         a = tl.load(edge)
-        c = tl.load(edge + PLANE)
+        t = tl.load(edge + PLANE)
         w_over_s = tl.load(edge + 2 * PLANE)
-        z = x * a[None, :] + c[None, :]
+        z = (x - t[None, :]) * a[None, :]
         _, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
@@ -91,7 +91,6 @@ def _wavkan_bwd_dparams_kernel(
     s = tl.load(s_ptr + o * stride_so + i * stride_si, mask=mask, other=1.0).to(tl.float32)
     t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
     a = 1.0 / s
-    c = -t * a
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
@@ -104,7 +103,7 @@ def _wavkan_bwd_dparams_kernel(
         bl = tl.cast(b, tl.int64)
         xr = tl.load(x_cols + bl * stride_xb, mask=mask_i, other=0.0).to(tl.float32)
         g = tl.load(g_cols + bl * stride_gb, mask=mask_o, other=0.0).to(tl.float32)
-        z = a * xr[None, :] + c
+        z = (xr[None, :] - t) * a  # exactly 0 where x == t, like the reference
         psi, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         gcol = g[:, None]
         acc_w += gcol * psi
@@ -139,7 +138,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         return dx
     cfg = config or default_config("bwd_dx", x.device)
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    pack = pack_edge_constants(scale, translation, weights, in_pad, transpose=False, w_over_s=True)
+    pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True)
     tiles = cdiv(B, cfg.block_m) * cdiv(IN, cfg.block_n)
     split = choose_split(cfg, tiles, OUT, x.device)
     per_split = cdiv(OUT, split)

@@ -68,9 +68,13 @@ def default_config(kind: str, device: torch.device) -> KernelConfig:
 
 
 def choose_split(cfg: KernelConfig, tiles: int, loop_len: int, device: torch.device, min_per_split: int = 32) -> int:
-    """Programs per tile so that about ``programs_per_sm`` programs land on every SM."""
+    """Programs per tile: 1 once the tiles fill every SM, else enough for ``programs_per_sm``
+    programs per SM (the partials cost memory and a reduction, so only when SMs would idle)."""
     if cfg.split is not None:
         return max(1, min(cfg.split, loop_len))
-    target = cfg.programs_per_sm * sm_count(device)
+    sms = sm_count(device)
+    if tiles >= sms:
+        return 1
+    target = cfg.programs_per_sm * sms
     split = min(cdiv(target, tiles), max(1, loop_len // min_per_split))
     return max(1, split)

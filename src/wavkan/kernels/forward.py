@@ -78,7 +78,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
     xt = stage_x(x, b_pad)
     z_scale, w_scale = FOLD[wavelet.code]
-    pack = pack_edge_constants(scale, translation, weights, out_pad, transpose=True, z_scale=z_scale, w_scale=w_scale)
+    pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
     tiles = (b_pad // cfg.block_m) * (out_pad // cfg.block_n)
     split = choose_split(cfg, tiles, IN, x.device)
     in_per_split = cdiv(IN, split)
