@@ -5,8 +5,8 @@
 For each kernel (forward, grad_x, parameter gradients) and each B in {64, 256, 1024, 4096}
 at in = out = 1024 (mexican_hat, fp32), times every candidate config (median of
 triton.testing.do_bench) and prints evaluations per second and the fraction of the exp2
-ceiling measured in the same run. Also dumps the resource report (registers, spills) and the
-PTX/SASS of the default forward kernel, for benchmarks/NOTES.md.
+ceiling measured in the same run; each tile config with and without the loop's software
+prefetch. Registers, spills and SASS come from benchmarks/compile_check.py (no GPU needed).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import sys
 
 import torch
 import triton
@@ -29,12 +28,17 @@ SIZE = 1024
 BATCHES = (64, 256, 1024, 4096)
 
 
-def candidates(quick: bool):
-    tiles = [(64, 64, 4), (64, 64, 8), (128, 64, 4), (64, 128, 4), (128, 128, 8), (128, 64, 8), (32, 64, 4), (64, 32, 4)]
-    if quick:
-        tiles = tiles[:3]
-    for (m, n, w), stages, pps in itertools.product(tiles, (1, 2), (2, 4)):
-        yield KernelConfig(m, n, num_warps=w, num_stages=stages, programs_per_sm=pps)
+TILES = {
+    "fwd": [(64, 64, 4, 1), (128, 64, 4, 1), (128, 64, 8, 1), (64, 128, 4, 1)],
+    "bwd_dx": [(64, 64, 8, 2), (64, 64, 4, 1), (128, 64, 8, 2), (32, 64, 4, 1)],
+    "bwd_dparams": [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 128, 8, 2)],
+}
+
+
+def candidates(kernel: str, quick: bool):
+    tiles = TILES[kernel][:2] if quick else TILES[kernel]
+    for (m, n, w, stages), prefetch in itertools.product(tiles, (True, False)):
+        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch)
 
 
 def main() -> int:
@@ -65,13 +69,15 @@ def main() -> int:
         }
         for name, fn in kernels.items():
             best = None
-            for cfg in candidates(args.quick):
+            for cfg in candidates(name, args.quick):
                 try:
                     ms = triton.testing.do_bench(lambda: fn(cfg), warmup=5, rep=30, return_mode="median")
                 except Exception as exc:  # a config the compiler refuses (registers, shared memory)
                     print(f"  {name} B={B} {cfg}: failed {type(exc).__name__}: {exc}"[:200])
                     continue
                 rate = B * SIZE * SIZE / (ms * 1e-3)
+                print(f"  {name:12s} B={B:5d} {ms:8.4f} ms {rate / ceiling:6.1%}  {cfg.block_m}x{cfg.block_n} "
+                      f"w{cfg.num_warps} s{cfg.num_stages} prefetch={cfg.prefetch} split={cfg.split}")
                 rows.append({"kernel": name, "B": B, "cfg": cfg.__dict__, "ms": ms, "rate": rate, "frac": rate / ceiling})
                 if best is None or ms < best[0]:
                     best = (ms, cfg)
@@ -81,24 +87,6 @@ def main() -> int:
     with open(os.path.join(args.out, "sweep.json"), "w") as f:
         json.dump({"ceiling": ceiling, "rows": rows}, f, indent=1)
 
-    # Resource report and code of the forward kernel at its default config (B = 4096).
-    from wavkan.kernels.config import cdiv, default_config
-    from wavkan.kernels.forward import _wavkan_fwd_kernel, pack_edge_constants
-
-    cfg = default_config("fwd", x.device)
-    pack = pack_edge_constants(s, t, w, wav)
-    y = torch.empty(B, SIZE, device="cuda")
-    compiled = _wavkan_fwd_kernel[(cdiv(B, cfg.block_m), cdiv(SIZE, cfg.block_n), 1)](
-        x, pack, y, B, SIZE, SIZE, SIZE * SIZE, x.stride(0), x.stride(1), 0, SIZE, SIZE,
-        WAVELET=wav.code, FAST=True, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    print(f"fwd kernel {cfg}: regs {compiled.n_regs} spills {compiled.n_spills}")
-    for ext in ("ptx", "ttgir"):
-        with open(os.path.join(args.out, f"fwd.{ext}"), "w") as f:
-            f.write(compiled.asm[ext])
-    with open(os.path.join(args.out, "fwd.cubin"), "wb") as f:
-        f.write(compiled.asm["cubin"])
     return 0
 
 

@@ -26,13 +26,33 @@ from .staging import pack_edge_constants
 
 
 @triton.jit
+def _dx_operands(g_rows, pack_ptr, o, stride_go, IN_PAD, PLANE, mask_b, offs_i):
+    """Step o's operands: g[:, o] (BLOCK_B) and packed row o [1/s, t, w/s] (BLOCK_IN; in is
+    padded to whole tiles with zero weight)."""
+    ol = tl.cast(o, tl.int64)
+    edge = pack_ptr + ol * IN_PAD + offs_i
+    g = tl.load(g_rows + ol * stride_go, mask=mask_b, other=0.0).to(tl.float32)
+    return g, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
+
+
+@triton.jit
+def _dparams_operands(x_cols, g_cols, b, stride_xb, stride_gb, mask_i, mask_o):
+    """Step b's operands: x[b, i-tile] and g[b, o-tile], in fp32."""
+    bl = tl.cast(b, tl.int64)
+    xr = tl.load(x_cols + bl * stride_xb, mask=mask_i, other=0.0).to(tl.float32)
+    g = tl.load(g_cols + bl * stride_gb, mask=mask_o, other=0.0).to(tl.float32)
+    return xr, g
+
+
+@triton.jit
 def _wavkan_bwd_dx_kernel(
     x_ptr, g_ptr, pack_ptr, dx_ptr,
     B, IN, OUT, IN_PAD, PLANE,
     stride_xb, stride_xi, stride_gb, stride_go,
     stride_dk, stride_db,
     OUT_PER_SPLIT,
-    WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -52,14 +72,14 @@ def _wavkan_bwd_dx_kernel(
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
     g_rows = g_ptr + rows * stride_gb
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
+    g_next, a_next, t_next, ws_next = _dx_operands(g_rows, pack_ptr, o_start, stride_go, IN_PAD, PLANE, mask_b, offs_i)
     for o in range(o_start, o_end):
-        ol = tl.cast(o, tl.int64)
-        g = tl.load(g_rows + ol * stride_go, mask=mask_b, other=0.0).to(tl.float32)
-        # Packed row o: [1/s, t, w/s], in padded to whole tiles (zero weight there).
-        edge = pack_ptr + ol * IN_PAD + offs_i
-        a = tl.load(edge)
-        t = tl.load(edge + PLANE)
-        w_over_s = tl.load(edge + 2 * PLANE)
+        if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
+            g, a, t, w_over_s = g_next, a_next, t_next, ws_next
+            g_next, a_next, t_next, ws_next = _dx_operands(
+                g_rows, pack_ptr, tl.minimum(o + 1, o_end - 1), stride_go, IN_PAD, PLANE, mask_b, offs_i)
+        else:
+            g, a, t, w_over_s = _dx_operands(g_rows, pack_ptr, o, stride_go, IN_PAD, PLANE, mask_b, offs_i)
         z = (x - t[None, :]) * a[None, :]
         _, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
@@ -76,7 +96,7 @@ def _wavkan_bwd_dparams_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     stride_dk, stride_do,
     ROWS_PER_SPLIT,
-    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -99,10 +119,14 @@ def _wavkan_bwd_dparams_kernel(
     acc_w = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_q = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_qz = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    x_next, g_next = _dparams_operands(x_cols, g_cols, b_start, stride_xb, stride_gb, mask_i, mask_o)
     for b in range(b_start, b_end):
-        bl = tl.cast(b, tl.int64)
-        xr = tl.load(x_cols + bl * stride_xb, mask=mask_i, other=0.0).to(tl.float32)
-        g = tl.load(g_cols + bl * stride_gb, mask=mask_o, other=0.0).to(tl.float32)
+        if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
+            xr, g = x_next, g_next
+            x_next, g_next = _dparams_operands(
+                x_cols, g_cols, tl.minimum(b + 1, b_end - 1), stride_xb, stride_gb, mask_i, mask_o)
+        else:
+            xr, g = _dparams_operands(x_cols, g_cols, b, stride_xb, stride_gb, mask_i, mask_o)
         z = (xr[None, :] - t) * a  # exactly 0 where x == t, like the reference
         psi, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
         gcol = g[:, None]
@@ -136,7 +160,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     dx = torch.empty((B, IN), dtype=x.dtype, device=x.device)
     if B == 0:
         return dx
-    cfg = config or default_config("bwd_dx", x.device)
+    cfg = config or default_config("bwd_dx", x.device, B)
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
     pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True)
     tiles = cdiv(B, cfg.block_m) * cdiv(IN, cfg.block_n)
@@ -150,7 +174,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
         B * IN if split > 1 else 0, IN,
         per_split,
-        WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
@@ -162,7 +186,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     """(grad_scale, grad_translation, grad_weights), each (out, in) in its parameter's dtype."""
     B, IN = x.shape
     OUT = scale.shape[0]
-    cfg = config or default_config("bwd_dparams", x.device)
+    cfg = config or default_config("bwd_dparams", x.device, B)
     tiles = cdiv(OUT, cfg.block_m) * cdiv(IN, cfg.block_n)
     split = choose_split(cfg, tiles, B, x.device) if B > 0 else 1
     per_split = cdiv(max(B, 1), split)
@@ -182,7 +206,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         *_param_strides(scale, translation, weights),
         stride_dk, IN,
         per_split,
-        FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
+        FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if final:

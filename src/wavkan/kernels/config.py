@@ -50,21 +50,31 @@ class KernelConfig:
     num_stages: int = 2
     split: Optional[int] = None
     programs_per_sm: int = 4
+    prefetch: bool = True
 
     def with_split(self, split: int) -> "KernelConfig":
         return replace(self, split=split)
 
 
+# From benchmarks/kernel_sweep.py on an H200 (benchmarks/NOTES.md): the forward prefers
+# 128-row tiles once B fills the GPU, the rest 64 x 64; both backward kernels need 8 warps
+# (with 4, the parameter kernel's three accumulators and grad_x's prefetched operands spill).
 _GPU = {
-    "fwd": KernelConfig(64, 64, num_warps=4),
-    "bwd_dx": KernelConfig(64, 64, num_warps=4),
-    "bwd_dparams": KernelConfig(64, 64, num_warps=8),
+    "fwd": KernelConfig(64, 64, num_warps=4, num_stages=1),
+    "fwd_large_b": KernelConfig(128, 64, num_warps=4, num_stages=1),
+    "bwd_dx": KernelConfig(64, 64, num_warps=8, num_stages=2),
+    "bwd_dparams": KernelConfig(64, 64, num_warps=8, num_stages=2),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
+LARGE_B = 1024
 
 
-def default_config(kind: str, device: torch.device) -> KernelConfig:
-    return _INTERPRETER if device.type != "cuda" else _GPU[kind]
+def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConfig:
+    if device.type != "cuda":
+        return _INTERPRETER
+    if kind == "fwd" and rows >= LARGE_B:
+        return _GPU["fwd_large_b"]
+    return _GPU[kind]
 
 
 def choose_split(cfg: KernelConfig, tiles: int, loop_len: int, device: torch.device, min_per_split: int = 32) -> int:

@@ -32,12 +32,21 @@ from .staging import pack_edge_constants, stage_x
 
 
 @triton.jit
+def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o):
+    """Step i's operands: x[:, i] (BLOCK_B) and row i of the three edge planes (BLOCK_OUT)."""
+    row = tl.cast(i, tl.int64)
+    edge = pack_ptr + row * OUT_PAD + offs_o
+    return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
+
+
+@triton.jit
 def _wavkan_fwd_kernel(
     xt_ptr, pack_ptr, y_ptr,
     B, IN, OUT, B_PAD, OUT_PAD, PLANE,
     stride_yk, stride_yb,
     IN_PER_SPLIT,
-    WAVELET: tl.constexpr, FAST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -47,15 +56,18 @@ def _wavkan_fwd_kernel(
     i_start = pid_k * IN_PER_SPLIT
     i_end = tl.minimum(i_start + IN_PER_SPLIT, IN)
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
+    # Row offsets in 64 bits (in * B_PAD can pass 2^31); both pads are whole tiles, so the
+    # loads need no mask and stay 16-byte aligned.
+    x_next, a_next, c_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
     for i in range(i_start, i_end):
-        # Row offsets in 64 bits (in * B_PAD can pass 2^31); both pads are whole tiles, so
-        # the loads need no mask and stay 16-byte aligned.
-        row = tl.cast(i, tl.int64)
-        x = tl.load(xt_ptr + row * B_PAD + offs_b)
-        edge = pack_ptr + row * OUT_PAD + offs_o
-        a = tl.load(edge)
-        c = tl.load(edge + PLANE)
-        w = tl.load(edge + 2 * PLANE)
+        if PREFETCH:
+            # Issue the next step's loads before this step's arithmetic, so their latency
+            # hides behind it (Triton does not pipeline loads that feed no dot).
+            x, a, c, w = x_next, a_next, c_next, w_next
+            x_next, a_next, c_next, w_next = _fwd_operands(
+                xt_ptr, pack_ptr, tl.minimum(i + 1, i_end - 1), B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
+        else:
+            x, a, c, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
         z = x[:, None] * a[None, :] + c[None, :]
         acc += w[None, :] * wavelet_psi_folded(z, WAVELET, FAST)
 
@@ -73,7 +85,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     y = torch.empty((B, OUT), dtype=x.dtype, device=x.device)
     if B == 0:
         return y
-    cfg = config or default_config("fwd", x.device)
+    cfg = config or default_config("fwd", x.device, B)
     b_pad = cdiv(B, cfg.block_m) * cfg.block_m
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
     xt = stage_x(x, b_pad)
@@ -89,7 +101,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         xt, pack, out, B, IN, OUT, b_pad, out_pad, IN * out_pad,
         B * OUT if split > 1 else 0, OUT,
         in_per_split,
-        WAVELET=wavelet.code, FAST=x.is_cuda, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
