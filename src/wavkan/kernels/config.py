@@ -56,14 +56,15 @@ class KernelConfig:
         return replace(self, split=split)
 
 
-# From benchmarks/kernel_sweep.py on an H200 (benchmarks/NOTES.md): the forward prefers
-# 128-row tiles once B fills the GPU, the rest 64 x 64; both backward kernels need 8 warps
-# (with 4, the parameter kernel's three accumulators and grad_x's prefetched operands spill).
+# From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v4). The
+# forward's register prefetch pays at small B (B=64: 21.5% of the exp ceiling against 15.2%)
+# but costs occupancy in the 128-row tile used from B=1024 (B=4096: 46.6% against 67.4%).
+# grad_x gains from it at every B; the parameter kernel is best with 32 x 64 tiles, without.
 _GPU = {
-    "fwd": KernelConfig(64, 64, num_warps=4, num_stages=1),
-    "fwd_large_b": KernelConfig(128, 64, num_warps=4, num_stages=1),
-    "bwd_dx": KernelConfig(64, 64, num_warps=8, num_stages=2),
-    "bwd_dparams": KernelConfig(64, 64, num_warps=8, num_stages=2),
+    "fwd": KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True),
+    "fwd_large_b": KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=False),
+    "bwd_dx": KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True),
+    "bwd_dparams": KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=False),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 LARGE_B = 1024
