@@ -2,9 +2,10 @@
 
 ``wavkan_linear`` is the public functional. It flattens leading dims, folds a wavelet's input
 window into the weights (so autograd carries the window's factor to ``grad_weights``), and
-calls the custom op ``wavkan::linear``, whose backward is the custom op
-``wavkan::linear_backward``. Both have fake implementations, so ``torch.compile`` traces
-through them without a graph break, and both dispatch to a backend:
+runs the op. Under ``torch.compile`` that is the custom op ``wavkan::linear``, whose backward
+is the custom op ``wavkan::linear_backward``; both have fake implementations, so the compiler
+traces through them without a graph break. Eager calls take an ``autograd.Function`` over the
+same two implementations, which costs less host time per call. Either dispatches to a backend:
 
 - ``"reference"``: pure PyTorch (``wavkan.reference``), any device, any float dtype;
 - ``"triton"``: the fused kernels (``wavkan.kernels``) on CUDA tensors, or on CPU tensors
@@ -71,16 +72,31 @@ def _check_inputs(x, scale, translation, weights) -> None:
         raise ValueError(f"x must have shape (..., in_features={scale.shape[1]}), got {tuple(x.shape)}")
 
 
-# --- the custom ops -------------------------------------------------------------------------
+# --- the op, once per backend ------------------------------------------------------------
 
 
-@torch.library.custom_op("wavkan::linear", mutates_args=())
-def _linear(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str) -> Tensor:
+def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str):
     if backend == "triton":
         from .kernels import wavkan_fwd
 
         return wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
     return reference.reference_forward(x, scale, translation, weights, wavelet)
+
+
+def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: str):
+    if backend == "triton":
+        from .kernels import wavkan_bwd
+
+        return wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet))
+    return reference.reference_backward(grad, x, scale, translation, weights, wavelet)
+
+
+# --- for torch.compile: custom ops with fake implementations --------------------------------
+
+
+@torch.library.custom_op("wavkan::linear", mutates_args=())
+def _linear(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str) -> Tensor:
+    return _forward_impl(x, scale, translation, weights, wavelet, backend)
 
 
 @_linear.register_fake
@@ -92,11 +108,7 @@ def _(x, scale, translation, weights, wavelet, backend):
 def _linear_backward(
     grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if backend == "triton":
-        from .kernels import wavkan_bwd
-
-        return wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet))
-    return reference.reference_backward(grad, x, scale, translation, weights, wavelet)
+    return _backward_impl(grad, x, scale, translation, weights, wavelet, backend)
 
 
 @_linear_backward.register_fake
@@ -124,6 +136,27 @@ def _backward(ctx, grad):
 _linear.register_autograd(_backward, setup_context=_setup_context)
 
 
+# --- for eager calls: the same implementations without the custom-op layer -----------------
+
+
+class _EagerLinear(torch.autograd.Function):
+    """Eager calls skip the custom-op dispatcher's per-call Python work (its wrapper was the
+    largest single host cost in benchmarks/host_profile.py on the H200); torch.compile traces
+    the custom op instead. Both run ``_forward_impl`` and ``_backward_impl``."""
+
+    @staticmethod
+    def forward(ctx, x, scale, translation, weights, wavelet, backend):
+        ctx.save_for_backward(x, scale, translation, weights)
+        ctx.wavelet, ctx.backend = wavelet, backend
+        return _forward_impl(x, scale, translation, weights, wavelet, backend)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, scale, translation, weights = ctx.saved_tensors
+        return (*_backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend), None, None)
+
+
 # --- the functional -------------------------------------------------------------------------
 
 
@@ -149,5 +182,6 @@ def wavkan_linear(
     if wav.window is not None:
         wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
     lead = x.shape[:-1]
-    y = torch.ops.wavkan.linear(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen)
+    op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
+    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen)
     return y.reshape(*lead, out_features)
