@@ -13,11 +13,13 @@ LOW_PRECISION_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 def layer_inputs(B, IN, OUT, dtype=torch.float32, device="cpu", lead=()):
     """x (*lead, B, IN), and params (OUT, IN) with scale != 1 and translation != 0."""
-    x = torch.randn(*lead, B, IN, dtype=torch.float64, device=device) * 1.5
-    scale = torch.rand(OUT, IN, dtype=torch.float64, device=device) * 1.5 + 0.5
-    translation = torch.randn(OUT, IN, dtype=torch.float64, device=device) * 0.7
-    weights = torch.randn(OUT, IN, dtype=torch.float64, device=device) / IN**0.5
-    return tuple(t.to(dtype) for t in (x, scale, translation, weights))
+    # Drawn in float32 (float64 for float64): the > 2^31-element case stays at 8 GB.
+    draw = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(*lead, B, IN, dtype=draw, device=device).mul_(1.5).to(dtype)
+    scale = torch.rand(OUT, IN, dtype=draw, device=device) * 1.5 + 0.5
+    translation = torch.randn(OUT, IN, dtype=draw, device=device) * 0.7
+    weights = torch.randn(OUT, IN, dtype=draw, device=device) / IN**0.5
+    return (x,) + tuple(t.to(dtype) for t in (scale, translation, weights))
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
