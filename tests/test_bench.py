@@ -94,7 +94,7 @@ def test_recorded_rows_reproduce_design_percentages():
         for r in rows
         if r["level"] == "op" and r["frac_ceiling"] is not None
     }
-    # DESIGN.md section 4: forward ms (fraction of the exp ceiling)
+    # benchmarks/RECORDED.md: forward ms (fraction of the exp ceiling)
     assert pct[("reference-eager", "forward", 256)] == 1
     assert pct[("reference-compiled", "forward", 256)] == 17
     assert pct[("seed-naive-cuda", "forward", 256)] == 3

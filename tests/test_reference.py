@@ -13,7 +13,7 @@ from wavkan.reference import reference_backward, reference_forward, wavkan_linea
 
 
 def _psi_scalar(name, z, i, n_in):
-    """psi of one edge from DESIGN's table, with scalar math (no torch)."""
+    """psi of one edge from the wavelet definitions, in scalar math (no torch)."""
     e = math.exp(-z * z / 2)
     if name == "mexican_hat":
         return 2 / (math.sqrt(3) * math.pi**0.25) * (z * z - 1) * e

@@ -16,7 +16,7 @@ Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``reference-ea
 paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
 ``reference-compiled`` (``torch.compile(..., dynamic=False)`` of it, compiled once per shape).
 
-Network level, the seed's protocol (DESIGN.md section 4): widths 1024-1024-1024-1024-1024-128,
+Network level, the seed's protocol (benchmarks/RECORDED.md): widths 1024-1024-1024-1024-1024-128,
 BatchNorm in every layer, batch 256, MSE loss against a random target, CUDA events around
 ``model(x)`` and around ``loss.backward()``. Providers ``wavkan``, ``paper-eager`` (the same
 network computing each layer with the paper's formula), ``paper-compiled`` and ``mlp``
@@ -32,7 +32,7 @@ reported beside it (``host_ms``). The network level keeps the seed's protocol as
 fraction of the exp2 ceiling = evals * passes / time / ceiling, passes = 1 for forward and
 backward and 2 for full (one exp2 per evaluation and pass); peak memory above what was
 allocated before the timed step. The exp2 ceiling is measured first
-(``wavkan.kernels.ceiling``). DESIGN.md's figures for the seed's CUDA kernels, which cannot
+(``wavkan.kernels.ceiling``). The recorded figures for the seed's CUDA kernels (benchmarks/RECORDED.md), which cannot
 be rerun, are added as rows marked "recorded".
 
 Without a CUDA GPU it says so and returns 0; it never times the CPU or Triton's interpreter.
@@ -88,11 +88,11 @@ NO_GPU_MESSAGE = (
     "kernels with CUDA events and does not run on the CPU or Triton's interpreter; nothing was timed."
 )
 
-# --- DESIGN.md section 4: recorded on an H200, fp32, mexican_hat, one run, 2026-11-28 ---------
+# --- benchmarks/RECORDED.md: recorded on an H200, fp32, mexican_hat, one run, 2026-11-28 ---------
 
 RECORDED_SOURCE = "recorded"
-RECORDED_NOTE = "DESIGN.md 4 (H200 fp32 2026-11-28), not measured here"
-RECORDED_CEILING = 3.83e12  # exp2 per second, DESIGN.md section 3
+RECORDED_NOTE = "recorded (benchmarks/RECORDED.md, H200 fp32 2026-11-28), not measured here"
+RECORDED_CEILING = 3.83e12  # exp2 per second, benchmarks/RECORDED.md
 # provider, mode, (B, IN, OUT), median ms or None, extra GB or None, status, note
 RECORDED_OP = (
     ("reference-eager", "forward", (256, 1024, 1024), 6.33, None, "ok", ""),
@@ -263,8 +263,8 @@ def ceiling_row(source: str, rate: Optional[float], times_ms=None, n_exp=None, s
 
 
 def recorded_rows() -> list:
-    """DESIGN.md sections 3-4 as rows (source "recorded"): the seed's figures cannot be rerun here."""
-    rows = [ceiling_row(RECORDED_SOURCE, RECORDED_CEILING, note="DESIGN.md 3 (H200, 2026-11-28), not measured here")]
+    """benchmarks/RECORDED.md as rows (source "recorded"): the seed's figures cannot be rerun here."""
+    rows = [ceiling_row(RECORDED_SOURCE, RECORDED_CEILING, note="recorded (benchmarks/RECORDED.md, H200, 2026-11-28), not measured here")]
     for provider, mode, (B, IN, OUT), ms, extra_gb, status, note in RECORDED_OP:
         rows.append(make_row(
             level="op", source=RECORDED_SOURCE, provider=provider, wavelet="mexican_hat", dtype="fp32",
@@ -393,7 +393,7 @@ def format_report(rows: Sequence[dict]) -> str:
     out.append(
         "\nGeval/s = B*in*out (summed over layers) / median time; %ceil = Geval/s * passes / exp2 ceiling"
         " (passes = 2 for full, else 1);\npeak GB = peak allocated above what was allocated before the step;"
-        " abs GB = max_memory_allocated; rec = recorded in DESIGN.md, not measured.\nOp times are GPU times"
+        " abs GB = max_memory_allocated; rec = recorded (benchmarks/RECORDED.md), not measured.\nOp times are GPU times"
         " (the host queued each call ahead); host ms = the host's time per call: where it exceeds the median,"
         " a loop of calls is host-bound.\nNetwork times follow the seed's protocol: events around the call,"
         " host time included whenever the GPU waits for it."
@@ -1000,7 +1000,7 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
             ax.set_yscale("log")
             ax.set_ylabel("ms (median)")
             ax.set_title(f"network {'-'.join(map(str, NET_WIDTHS))}, batch {NET_BATCH}: {wavelet or 'mlp'}, {dtype}"
-                         "\nhatched: recorded in DESIGN.md, not measured here")  # fmt: skip
+                         "\nhatched: recorded (benchmarks/RECORDED.md), not measured here")  # fmt: skip
             ax.legend()
             fig.tight_layout()
             path = os.path.join(out_dir, f"network_{wavelet or 'mlp'}_{dtype}.png")
@@ -1031,7 +1031,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per row after the first (default: 3)")
     p.add_argument("--ceiling", type=float, default=None, help="exp2/s to use instead of measuring it")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-recorded", action="store_true", help="leave out the DESIGN.md recorded rows")
+    p.add_argument("--no-recorded", action="store_true", help="leave out the recorded rows (benchmarks/RECORDED.md)")
     # fake timings through the whole plumbing, for tests and CPU checks: not a benchmark
     p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     return p

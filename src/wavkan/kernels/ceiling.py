@@ -1,7 +1,7 @@
 """The exp2 throughput ceiling of the GPU, measured on the spot for the benchmark.
 
 The fused Wav-KAN forward is bound by the exponential unit: one ``exp2`` per evaluation
-(DESIGN.md section 3). This kernel measures that unit's rate alone. Every program holds
+(benchmarks/RECORDED.md). This kernel measures that unit's rate alone. Every program holds
 ``CHAINS`` independent accumulators per element and iterates ``a = exp2(a * c)`` on each,
 ``n_iter`` times: each step depends on the previous one (nothing can be folded, hoisted or
 vectorised away: ``c`` and ``n_iter`` are runtime arguments), while the independent chains
