@@ -229,23 +229,21 @@ def test_dry_run_writes_csv_plots_and_table(tmp_path, capsys):
     assert {(r["provider"], r["shape"]) for r in skipped} == {("reference-eager", "4096x1024x1024")}
     rec = [r for r in rows if r["source"] == "recorded"]
     assert any(r["provider"] == "seed-tiled-cuda" and r["median_ms"] == "3" for r in rec)
-    if pytest.importorskip("matplotlib"):
-        assert (out / "op_throughput_morlet_fp32.png").stat().st_size > 0
-        assert (out / "network_morlet_fp32.png").stat().st_size > 0
+    # matplotlib is in the test extra: the plots are always made here.
+    assert (out / "op_throughput_morlet_fp32.png").stat().st_size > 0
+    assert (out / "network_morlet_fp32.png").stat().st_size > 0
 
 
 def _chains_reference(programs, block, n_iter, c):
     idx = np.arange(programs * block)
     seed = idx.astype(np.float32) * np.float32(1e-9)
-    total = np.zeros(programs * block, dtype=np.float32)
     chains = []
     for j in range(8):
         a = seed + np.float32((j + 1) / 8)
         for _ in range(n_iter):
             a = np.exp2(a * np.float32(c))
         chains.append(a)
-    total = ((chains[0] + chains[1]) + (chains[2] + chains[3])) + ((chains[4] + chains[5]) + (chains[6] + chains[7]))
-    return total
+    return ((chains[0] + chains[1]) + (chains[2] + chains[3])) + ((chains[4] + chains[5]) + (chains[6] + chains[7]))
 
 
 def test_exp2_ceiling_kernel_values(kernel_device):

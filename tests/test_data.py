@@ -213,7 +213,8 @@ def test_to_device_limits_and_dtypes(raw):
     assert d.train_y.dtype == torch.int64
     assert d.train_y.tolist() == raw.train_labels[:4].tolist()
     torch.testing.assert_close(d.test_x, normalize(torch.from_numpy(raw.test_images[:2])))
-    assert d.num_classes == int(max(raw.train_labels[:4].max(), raw.test_labels[:2].max())) + 1
+    expected_classes = int(max(raw.train_labels[:4].max(), raw.test_labels[:2].max())) + 1
+    assert d.num_classes == expected_classes
     with pytest.raises(ValueError, match=">= 1"):
         to_device(raw, "cpu", limit_train=0)
 
@@ -225,3 +226,14 @@ def test_epoch_permutation_is_a_function_of_seed_and_epoch():
     assert torch.equal(p, epoch_permutation(1000, seed=3, epoch=2))
     assert not torch.equal(p, epoch_permutation(1000, seed=3, epoch=1))
     assert not torch.equal(p, epoch_permutation(1000, seed=4, epoch=2))
+
+
+def test_check_layers_fit_names_the_mismatch():
+    from wavkan.data import DataMismatchError, check_layers_fit
+
+    check_layers_fit([784, 32, 10], 784, 10, "mnist")
+    check_layers_fit([784, 32, 12], 784, 10, "mnist")  # spare outputs are allowed
+    with pytest.raises(DataMismatchError, match="layers start with 64 inputs, but mnist has 784 features"):
+        check_layers_fit([64, 10], 784, 10, "mnist")
+    with pytest.raises(DataMismatchError, match="layers end with 5 outputs, but the labels of mnist have 10 classes"):
+        check_layers_fit([784, 5], 784, 10, "mnist")

@@ -301,7 +301,7 @@ def test_user_errors_are_reported_without_traceback(synth, tmp_path, capsys):
     assert train_main(base[:2] + ["--layers", "784,12,4"] + base[4:] + ["--overwrite"]) == 2
     assert "layers start with 784 inputs, but" in capsys.readouterr().err
     assert train_main(base[:2] + ["--layers", "64,12,3"] + base[4:] + ["--overwrite"]) == 2
-    assert "labels have 4 classes" in capsys.readouterr().err
+    assert "have 4 classes" in capsys.readouterr().err
     assert train_main(["--dataset", str(tmp_path / "none")] + base[2:]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--cuda-graph needs a CUDA device"):
@@ -309,6 +309,21 @@ def test_user_errors_are_reported_without_traceback(synth, tmp_path, capsys):
     # --resume without a checkpoint starts a new run.
     assert train_main(base[:-1] + [str(tmp_path / "fresh"), "--resume"]) == 0
     assert "no checkpoint in" in capsys.readouterr().out
+    # A file that is no dataset, and CUDA where there is none: messages, not tracebacks.
+    (tmp_path / "x.csv").write_text("1,2\n")
+    assert train_main(["--dataset", str(tmp_path / "x.csv")] + base[2:] + ["--overwrite"]) == 2
+    assert "wavkan train: error:" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert train_main(base[:-5] + ["--device", "cuda", "--no-progress", "--out", str(tmp_path / "c")]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--layers", "784,,10"], ["--batch-size", "-5"], ["--eval-batch-size", "0"]])
+def test_malformed_options_are_refused(option, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(option)
+    assert e.value.code == 2
+    assert option[0] in capsys.readouterr().err
 
 
 def test_cli_dispatch(monkeypatch, capsys):
@@ -431,3 +446,16 @@ def test_two_gpu_ddp_equals_one_gpu(tmp_path):
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert_same_run(load_checkpoint(out / "checkpoint.pt")["history"], single.history, tol=1e-4)
+
+
+def test_evaluate_refuses_a_batch_size_below_one():
+    from wavkan import WavKAN
+    from wavkan.evaluate import evaluate
+
+    model = WavKAN([3, 2], backend="reference")
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    loss, acc = evaluate(model, x, y, batch_size=3)
+    assert 0 <= acc <= 1 and loss > 0
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
+            evaluate(model, x, y, batch_size=bad)

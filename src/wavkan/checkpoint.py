@@ -33,6 +33,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temps(folder, names) -> None:
+    """Delete temp files that writes of ``names`` left in ``folder`` when killed (SIGKILL skips
+    atomic_write's cleanup)."""
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*{_TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write(path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, and rename it to ``path``.
 
@@ -41,7 +52,7 @@ def atomic_write(path, write: Callable[[IO[bytes]], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp: its files are private (0600); O_EXCL with mode 0666 honours the umask instead.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

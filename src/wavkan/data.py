@@ -68,6 +68,20 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset is not on this machine; the message says what to install or pass."""
 
 
+class DataMismatchError(ValueError):
+    """A network's widths do not fit a dataset's features or classes."""
+
+
+def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str) -> None:
+    """The first width must equal the features per sample, the last cover every class."""
+    if layers[0] != num_features:
+        raise DataMismatchError(f"layers start with {layers[0]} inputs, but {dataset} has {num_features} "
+                                f"features per sample (e.g. --layers {num_features},32,10)")
+    if layers[-1] < num_classes:
+        raise DataMismatchError(f"layers end with {layers[-1]} outputs, but the labels of {dataset} have "
+                                f"{num_classes} classes")
+
+
 @dataclass(frozen=True)
 class RawData:
     """A dataset as stored: uint8 images (N, H, W) and uint8 labels (N,) for each split."""

@@ -41,6 +41,8 @@ def evaluate(
     n = x.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate on an empty test set")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lo, hi = 0, n
     if ctx is not None and ctx.enabled:
         shard = torch.arange(n).tensor_split(ctx.world_size)[ctx.rank]
@@ -78,7 +80,7 @@ def evaluate_checkpoint(
     limit; None: the whole test set). Returns dict(test_loss, test_acc, samples, dataset, epoch).
     """
     from .checkpoint import build_model, load_checkpoint
-    from .data import load_raw, to_device
+    from .data import check_layers_fit, load_raw, to_device
 
     state = load_checkpoint(checkpoint)
     config = state["config"]
@@ -90,14 +92,21 @@ def evaluate_checkpoint(
     model.to(dev)
     # One training row: only the test split is needed on the device.
     data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
-    if data.num_features != model.layers_hidden[0]:
-        raise ValueError(
-            f"the checkpoint's model takes {model.layers_hidden[0]} inputs, "
-            f"dataset {dataset!r} has {data.num_features} features"
-        )
+    check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset)
     loss, acc = evaluate(model, data.test_x, data.test_y, batch_size)
     return {"test_loss": loss, "test_acc": acc, "samples": data.test_x.shape[0], "dataset": dataset,
             "epoch": state["epoch"]}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -112,18 +121,16 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="score the first N test samples (default: the run's limit; 0: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto")
-    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="rows per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="rows per forward pass")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
-    from .data import DataNotFoundError
-
     args = build_parser(prog).parse_args(argv)
     limit = None if args.limit_test == 0 else args.limit_test
     try:
         r = evaluate_checkpoint(args.checkpoint, args.dataset, args.device, args.backend, limit, args.batch_size)
-    except (DataNotFoundError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing data/file, bad input, no CUDA
         print(f"wavkan evaluate: error: {e}", file=sys.stderr)
         return 2
     print(

@@ -40,9 +40,9 @@ import torch
 from torch import Tensor
 
 from . import distributed as dist_utils
-from .checkpoint import CHECKPOINT_FORMAT, build_model, load_checkpoint, save_checkpoint
-from .data import DataNotFoundError, dataset_name, epoch_permutation, load_raw, to_device
-from .evaluate import EVAL_BATCH_SIZE, evaluate
+from .checkpoint import CHECKPOINT_FORMAT, build_model, load_checkpoint, remove_stale_temps, save_checkpoint
+from .data import check_layers_fit, dataset_name, epoch_permutation, load_raw, to_device
+from .evaluate import EVAL_BATCH_SIZE, evaluate, positive_int
 from .metrics import plot_curves, write_metrics_csv
 from .ops import resolve_backend
 from .progress import EpochProgress
@@ -99,7 +99,7 @@ class TrainConfig:
             raise ConfigError(f"unknown wavelet {self.wavelet!r}; expected one of {', '.join(WAVELETS)}")
         if len(self.layers) < 2 or any(int(w) < 1 for w in self.layers):
             raise ConfigError(f"layers needs at least two widths >= 1, got {self.layers}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -245,18 +245,11 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     elif config.resume:
         _log(ctx, f"no checkpoint in {out}: starting a new run")
     if ctx.is_main:
-        # Temp files of writes cut short by a kill (SIGKILL skips atomic_write's cleanup).
-        for name in (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME):
-            for stale in out.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        remove_stale_temps(out, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME))
 
     data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
     layers = [int(w) for w in config.layers]
-    if layers[0] != data.num_features:
-        raise ConfigError(f"layers start with {layers[0]} inputs, but {config.dataset} has {data.num_features} "
-                          f"features per sample (e.g. --layers {data.num_features},32,10)")
-    if layers[-1] < data.num_classes:
-        raise ConfigError(f"layers end with {layers[-1]} outputs, but the labels have {data.num_classes} classes")
+    check_layers_fit(layers, data.num_features, data.num_classes, config.dataset)
     n_train = data.train_x.shape[0]
     bounds = batch_bounds(n_train, config.batch_size, max(2, ctx.world_size))
     if not bounds:
@@ -378,13 +371,12 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
 
 
 def _layers(text: str) -> list:
+    # Every field must be an int ("784,,10" is an error, not [784, 10]); TrainConfig.validate
+    # checks the widths themselves.
     try:
-        widths = [int(w) for w in text.replace(" ", "").split(",") if w]
+        return [int(w) for w in text.replace(" ", "").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints like 784,32,10, got {text!r}") from None
-    if len(widths) < 2 or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"need at least two widths >= 1, got {text!r}")
-    return widths
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -400,7 +392,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet, help="mother wavelet of every edge")
     p.add_argument("--layers", type=_layers, default=argparse.SUPPRESS, help="comma-separated widths (default: 784,32,10)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (a resumed run may raise it)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, over all DDP ranks")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="global batch, over all DDP ranks")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--gamma", type=float, default=d.gamma, help="ExponentialLR factor per epoch")
@@ -416,7 +408,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="rows per evaluation pass")
+    p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="rows per evaluation pass")
     return p
 
 
@@ -429,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     args = build_parser(prog).parse_args(argv)
     try:
         train(config_from_args(args))
-    except (DataNotFoundError, ConfigError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing data, bad input, no CUDA
         print(f"{prog or 'wavkan train'}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
