@@ -329,10 +329,10 @@ def test_malformed_options_are_refused(option, capsys):
 def test_cli_dispatch(monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("wavkan.bench")
-    fake.main = lambda argv=None: calls.append(argv) or 7
+    fake.main = lambda argv=None, prog=None: calls.append((argv, prog)) or 7
     monkeypatch.setitem(sys.modules, "wavkan.bench", fake)
     assert cli.main(["bench", "--quick"]) == 7
-    assert calls == [["--quick"]]
+    assert calls == [(["--quick"], "wavkan bench")]
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])
     assert e.value.code == 0

@@ -1010,9 +1010,9 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
     return paths
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="wavkan bench",
+        prog=prog or "wavkan bench",
         description="Benchmark the fused Wav-KAN op and network (CUDA GPU only): forward, backward and "
         "full times, evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
     )
@@ -1037,8 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: Optional[str] = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print(NO_GPU_MESSAGE)
         return 0
@@ -1076,4 +1076,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m wavkan.bench"))

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 __all__ = ["main", "COMMANDS"]
 
-# name -> (module, help). Every module has main(argv) -> int.
+# name -> (module, help). Every module has main(argv, prog) -> int.
 COMMANDS = {
     "train": ("wavkan.train", "train a Wav-KAN classifier (defaults: the paper's MNIST protocol)"),
     "evaluate": ("wavkan.evaluate", "score a checkpoint on a test set"),
@@ -39,8 +39,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[command][0])
-    if command == "bench":
-        return int(module.main(rest) or 0)  # bench.main takes argv only
     return int(module.main(rest, prog=f"wavkan {command}") or 0)
 
 
