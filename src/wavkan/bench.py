@@ -45,6 +45,7 @@ import csv
 import datetime
 import gc
 import importlib.metadata
+import io
 import math
 import os
 import sys
@@ -56,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import atomic_write
 from .nn import WavKAN
 from .ops import wavkan_linear
 from .reference import wavkan_linear_unchunked
@@ -299,12 +301,13 @@ def _csv_value(v) -> str:
 
 
 def write_csv(rows: Sequence[dict], path) -> None:
-    """Write ``rows`` with the columns CSV_COLUMNS (missing keys left empty)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+    """Write ``rows`` with the columns CSV_COLUMNS (missing keys left empty), atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _fmt(v, spec: str) -> str:
@@ -899,19 +902,18 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
     Returns the written paths; [] with a note when matplotlib is missing."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'wavkan[bench]')")
         return []
+    from .plotting import new_figure, save_png
+
     paths = []
     ceilings = [(r["source"], r["evals_per_s"]) for r in rows if r["level"] == "ceiling" and r["evals_per_s"]]
     ok = [r for r in rows if r["status"] == "ok" and r["median_ms"] is not None]
     measured = [r for r in ok if r["source"] != RECORDED_SOURCE]
     recorded = [r for r in ok if r["source"] == RECORDED_SOURCE]
 
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     known = list(OP_PROVIDERS) + [p for p in NET_PROVIDERS if p not in OP_PROVIDERS]
     extra = []
 
@@ -931,7 +933,8 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
     for wavelet, dtype in groups("op"):
         sel = [r for r in measured if r["level"] == "op" and (r["wavelet"], r["dtype"]) == (wavelet, dtype)]
         modes = [m for m in MODES if any(r["mode"] == m for r in sel)]
-        fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.5), squeeze=False)
+        fig = new_figure((5.5 * len(modes), 4.5))
+        axes = fig.subplots(1, len(modes), squeeze=False)
         for ax, mode in zip(axes[0], modes):
             lines = {}
             for r in sel:
@@ -964,10 +967,7 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"op_throughput_{wavelet}_{dtype}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_png(fig, os.path.join(out_dir, f"op_throughput_{wavelet}_{dtype}.png"), dpi=120))
 
     net_keys = []
     for r in measured:
@@ -985,7 +985,8 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
                     if r["level"] == "network":
                         bars.setdefault(f"{r['provider']} (rec.)", {})[r["mode"]] = r["median_ms"]
             names = list(bars)
-            fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5))
+            fig = new_figure((max(6, 1.1 * len(names) + 2), 4.5))
+            ax = fig.subplots()
             width = 0.4
             for k, mode in enumerate(("forward", "backward")):
                 xs = [j + (k - 0.5) * width for j in range(len(names))]
@@ -1003,10 +1004,7 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
                          "\nhatched: recorded (benchmarks/RECORDED.md), not measured here")  # fmt: skip
             ax.legend()
             fig.tight_layout()
-            path = os.path.join(out_dir, f"network_{wavelet or 'mlp'}_{dtype}.png")
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save_png(fig, os.path.join(out_dir, f"network_{wavelet or 'mlp'}_{dtype}.png"), dpi=120))
     return paths
 
 

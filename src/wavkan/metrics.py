@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .checkpoint import atomic_write
+from .plotting import new_figure, save_png
 
 __all__ = ["COLUMNS", "write_metrics_csv", "read_metrics_csv", "plot_curves"]
 
@@ -44,16 +45,11 @@ def read_metrics_csv(path) -> list[dict]:
 def plot_curves(path, history: Sequence[dict], title: str = "") -> bool:
     """Loss and accuracy (train and test) per epoch, as a PNG. False when matplotlib is missing."""
     try:
-        # The object-oriented API with the Agg canvas: no pyplot, so no global backend switch
-        # and no display needed.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        fig = new_figure((10, 4), layout="constrained")
     except ImportError:
         warnings.warn("matplotlib is not installed: no curves.png (pip install 'wavkan[train]')", stacklevel=2)
         return False
     epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "-o"), ("test", "-s")):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split, markersize=4)
@@ -67,5 +63,5 @@ def plot_curves(path, history: Sequence[dict], title: str = "") -> bool:
             ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     if title:
         fig.suptitle(title)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    save_png(fig, path, dpi=100)
     return True
