@@ -12,6 +12,7 @@ import torch
 
 from wavkan import WAVELETS, WavKAN, wavkan_linear
 from wavkan import bench
+from wavkan.bench import models, protocol, report
 
 
 def test_main_without_gpu_prints_message_and_returns_0(monkeypatch, capsys, tmp_path):
@@ -28,13 +29,13 @@ def test_main_without_gpu_prints_message_and_returns_0(monkeypatch, capsys, tmp_
     [("256x1024x512", (256, 1024, 512)), ("1x1x1", (1, 1, 1)), ("64X7X33", (64, 7, 33)), ("8*4*2", (8, 4, 2))],
 )
 def test_parse_shape(text, shape):
-    assert bench.parse_shape(text) == shape
+    assert protocol.parse_shape(text) == shape
 
 
 @pytest.mark.parametrize("text", ["256x1024", "256x1024x512x2", "ax1x2", "0x1x1", "4x-1x2", "", "2.5x1x1"])
 def test_parse_shape_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError, match="BxINxOUT"):
-        bench.parse_shape(text)
+        protocol.parse_shape(text)
 
 
 def test_bad_shape_on_the_command_line_exits_2(capsys):
@@ -46,23 +47,23 @@ def test_bad_shape_on_the_command_line_exits_2(capsys):
 
 def test_percentile_interpolates_like_numpy():
     values = [3.0, 1.0, 2.0, 5.0, 4.0]
-    assert bench.percentile(values, 50) == 3.0
-    assert bench.percentile(values, 20) == pytest.approx(1.8)
-    assert bench.percentile(values, 80) == pytest.approx(4.2)
-    assert bench.percentile(values, 0) == 1.0 and bench.percentile(values, 100) == 5.0
-    assert bench.percentile([7.5], 20) == 7.5
+    assert protocol.percentile(values, 50) == 3.0
+    assert protocol.percentile(values, 20) == pytest.approx(1.8)
+    assert protocol.percentile(values, 80) == pytest.approx(4.2)
+    assert protocol.percentile(values, 0) == 1.0 and protocol.percentile(values, 100) == 5.0
+    assert protocol.percentile([7.5], 20) == 7.5
     rng = np.random.default_rng(0)
     xs = list(rng.random(37))
     for q in (10, 20, 50, 80, 95):
-        assert bench.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+        assert protocol.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
     with pytest.raises(ValueError):
-        bench.percentile([], 50)
+        protocol.percentile([], 50)
     with pytest.raises(ValueError):
-        bench.percentile([1.0], 101)
+        protocol.percentile([1.0], 101)
 
 
 def test_summarize():
-    assert bench.summarize([2.0, 1.0, 4.0, 3.0]) == {
+    assert protocol.summarize([2.0, 1.0, 4.0, 3.0]) == {
         "median_ms": 2.5,
         "p20_ms": pytest.approx(1.6),
         "p80_ms": pytest.approx(3.4),
@@ -72,22 +73,22 @@ def test_summarize():
 
 def test_throughput_arithmetic():
     evals = 256 * 1024 * 1024
-    eps, xps, frac = bench.throughput(evals, 6.33, 1, 3.83e12)
+    eps, xps, frac = protocol.throughput(evals, 6.33, 1, 3.83e12)
     assert eps == pytest.approx(evals / 6.33e-3) == pytest.approx(4.2407e10, rel=1e-4)
     assert xps == eps
     assert frac == pytest.approx(eps / 3.83e12) == pytest.approx(0.011072, rel=1e-3)
     # full: two passes, so twice the exp2 rate for the same evaluations per second
-    eps2, xps2, frac2 = bench.throughput(evals, 2.0, 2, 4e12)
+    eps2, xps2, frac2 = protocol.throughput(evals, 2.0, 2, 4e12)
     assert eps2 == pytest.approx(evals / 2e-3)
     assert xps2 == pytest.approx(2 * eps2)
     assert frac2 == pytest.approx(2 * evals / 2e-3 / 4e12)
-    assert bench.throughput(10, 1.0, 1, None) == (1e4, 1e4, None)
+    assert protocol.throughput(10, 1.0, 1, None) == (1e4, 1e4, None)
     with pytest.raises(ValueError):
-        bench.throughput(10, 0.0, 1, 1.0)
+        protocol.throughput(10, 0.0, 1, 1.0)
 
 
 def test_recorded_rows_reproduce_design_percentages():
-    rows = bench.recorded_rows()
+    rows = protocol.recorded_rows()
     assert all(r["source"] == "recorded" for r in rows)
     pct = {
         (r["provider"], r["mode"], r["B"]): round(100 * r["frac_ceiling"])
@@ -110,38 +111,38 @@ def test_recorded_rows_reproduce_design_percentages():
 
 
 def test_network_evals_and_shape():
-    assert bench.network_evals([1024] * 5 + [128], 256) == 256 * (4 * 1024 * 1024 + 1024 * 128) == 1107296256
-    assert bench.network_evals([784, 32, 10], 64) == 64 * (784 * 32 + 32 * 10)
-    assert bench.network_shape((1024, 128), 256) == "B256:1024-128"
+    assert protocol.network_evals([1024] * 5 + [128], 256) == 256 * (4 * 1024 * 1024 + 1024 * 128) == 1107296256
+    assert protocol.network_evals([784, 32, 10], 64) == 64 * (784 * 32 + 32 * 10)
+    assert protocol.network_shape((1024, 128), 256) == "B256:1024-128"
 
 
 def test_memory_and_repetition_helpers():
     # 4096 x 1024 x 1024 fp32: 17.2 GB a tensor, 8 of them for the forward
-    fits, need = bench.eager_fits((4096, 1024, 1024), 4, "forward", 130e9)
+    fits, need = protocol.eager_fits((4096, 1024, 1024), 4, "forward", 130e9)
     assert need == 4096 * 1024 * 1024 * 4 * 8 and not fits
-    fits, need = bench.eager_fits((1024, 1024, 1024), 4, "full", 139e9)
+    fits, need = protocol.eager_fits((1024, 1024, 1024), 4, "full", 139e9)
     assert need == 1024**3 * 4 * 10 and fits
-    assert bench.input_set_bytes((64, 1024, 512), 4) == (64 * 1024 + 3 * 512 * 1024 + 64 * 512) * 4
-    assert bench.input_sets_needed(13 * 2**20, 50 * 2**20) == 8
-    assert bench.input_sets_needed(10**9, 50 * 2**20) == 3
-    assert bench.input_sets_needed(1, 50 * 2**20) == 16
-    b = bench.Budget(warmup=3, target_s=0.25, min_reps=10, max_reps=200)
-    assert bench.choose_reps(1.0, b) == 200
-    assert bench.choose_reps(5.0, b) == 50
-    assert bench.choose_reps(80.0, b) == 10
-    assert bench.choose_reps(0.0, b) == 200
-    assert bench.choose_reps(80.0, bench.Budget(fixed_reps=7)) == 7
+    assert protocol.input_set_bytes((64, 1024, 512), 4) == (64 * 1024 + 3 * 512 * 1024 + 64 * 512) * 4
+    assert protocol.input_sets_needed(13 * 2**20, 50 * 2**20) == 8
+    assert protocol.input_sets_needed(10**9, 50 * 2**20) == 3
+    assert protocol.input_sets_needed(1, 50 * 2**20) == 16
+    b = protocol.Budget(warmup=3, target_s=0.25, min_reps=10, max_reps=200)
+    assert protocol.choose_reps(1.0, b) == 200
+    assert protocol.choose_reps(5.0, b) == 50
+    assert protocol.choose_reps(80.0, b) == 10
+    assert protocol.choose_reps(0.0, b) == 200
+    assert protocol.choose_reps(80.0, protocol.Budget(fixed_reps=7)) == 7
     # the GPU spin that lets the host queue a call ahead: 1.5x its host time + 0.05 ms, at most 5 ms
-    assert bench.spin_ms_for(0.1) == pytest.approx(0.2)
-    assert bench.spin_ms_for(0.0) == pytest.approx(0.05)
-    assert bench.spin_ms_for(40.0) == 5.0
+    assert protocol.spin_ms_for(0.1) == pytest.approx(0.2)
+    assert protocol.spin_ms_for(0.0) == pytest.approx(0.05)
+    assert protocol.spin_ms_for(40.0) == 5.0
 
 
 def _row(**kw):
     base = dict(level="op", source="measured", provider="wavkan", wavelet="mexican_hat", dtype="fp32",
                 mode="forward", B=256, IN=1024, OUT=1024, evals=256 * 1024 * 1024, ceiling=4e12)  # fmt: skip
     base.update(kw)
-    return bench.make_row(**base)
+    return protocol.make_row(**base)
 
 
 def test_make_row_statistics_and_units():
@@ -158,10 +159,10 @@ def test_make_row_statistics_and_units():
 def test_write_csv_columns_and_values(tmp_path):
     rows = [_row(times_ms=[1.0, 2.0, 3.0], peak_bytes=1e9), _row(provider="reference-eager", status="oom", note="x")]
     path = tmp_path / "r.csv"
-    bench.write_csv(rows, path)
+    report.write_csv(rows, path)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
+        assert tuple(reader.fieldnames) == protocol.CSV_COLUMNS
         got = list(reader)
     assert len(got) == 2
     assert got[0]["median_ms"] == "2" and got[0]["p20_ms"] == "1.4" and got[0]["peak_gb"] == "1"
@@ -169,13 +170,13 @@ def test_write_csv_columns_and_values(tmp_path):
     assert float(got[0]["evals_per_s"]) == pytest.approx(256 * 1024 * 1024 / 2e-3, rel=1e-5)
     assert got[1]["status"] == "oom" and got[1]["median_ms"] == "" and got[1]["gpu"] == ""
     for name in ("level", "source", "provider", "wavelet", "dtype", "mode", "shape", "gpu", "torch", "triton", "date"):
-        assert name in bench.CSV_COLUMNS
+        assert name in protocol.CSV_COLUMNS
 
 
 def test_format_table_is_fixed_width():
     rows = [_row(times_ms=[6.33] * 3, host_ms=0.0512),
             _row(provider="reference-eager", mode="full", status="skipped", note="big")]  # fmt: skip
-    lines = bench.format_table(rows, bench.OP_TABLE).splitlines()
+    lines = report.format_table(rows, report.OP_TABLE).splitlines()
     assert lines[0].split()[:4] == ["src", "provider", "mode", "B"]
     assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "42.4", "1.1",
                                 "-", "0.0512", "ok"]  # fmt: skip
@@ -193,19 +194,19 @@ def test_paper_baseline_matches_the_package(wavelet):
         for layer in ours.layers:
             layer.scale.uniform_(0.5, 1.5)
             layer.translation.normal_(0, 0.3)
-    paper = bench.PaperWavKAN(widths, wavelet, backend="reference", dtype=torch.float64)
+    paper = models.PaperWavKAN(widths, wavelet, backend="reference", dtype=torch.float64)
     paper.load_state_dict(ours.state_dict())
     x = torch.randn(11, 7, dtype=torch.float64)
     torch.testing.assert_close(paper(x), ours(x), rtol=1e-10, atol=1e-12)
     layer = ours.layers[0]
     args = (x, layer.scale, layer.translation, layer.wavelet_weights)
     torch.testing.assert_close(
-        bench.paper_linear(*args, wavelet), wavkan_linear(*args, wavelet, backend="reference"), rtol=1e-10, atol=1e-12
+        models.paper_linear(*args, wavelet), wavkan_linear(*args, wavelet, backend="reference"), rtol=1e-10, atol=1e-12
     )
 
 
 def test_mlp_baseline_shape():
-    mlp = bench.make_mlp([8, 6, 4])
+    mlp = models.make_mlp([8, 6, 4])
     assert [type(m).__name__ for m in mlp] == ["Linear", "BatchNorm1d", "Linear", "BatchNorm1d"]
     assert mlp(torch.randn(5, 8)).shape == (5, 4)
 
@@ -220,9 +221,9 @@ def test_dry_run_writes_csv_plots_and_table(tmp_path, capsys):
     fake = [r for r in rows if r["source"] == "dry-run"]
     ops = {(r["provider"], r["mode"], r["shape"]) for r in fake if r["level"] == "op"}
     assert ops == {
-        (p, m, s) for p in bench.OP_PROVIDERS for m in bench.MODES for s in ("256x1024x1024", "4096x1024x1024")
+        (p, m, s) for p in protocol.OP_PROVIDERS for m in protocol.MODES for s in ("256x1024x1024", "4096x1024x1024")
     }
-    assert {r["provider"] for r in fake if r["level"] == "network"} == set(bench.NET_PROVIDERS)
+    assert {r["provider"] for r in fake if r["level"] == "network"} == set(protocol.NET_PROVIDERS)
     assert all(r["wavelet"] in ("morlet", "") for r in fake)
     # the paper's formula at 4096 x 1024 x 1024 fp32 needs ~172 GB for the backward: skipped
     skipped = [r for r in fake if r["status"] == "skipped"]

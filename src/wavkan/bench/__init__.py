@@ -1,0 +1,235 @@
+"""Benchmark: the fused Wav-KAN op and network against the paper's formula, eager and compiled.
+
+    python -m wavkan.bench [--quick] [--out DIR] [--wavelet NAME|all] [--dtype fp32|bf16|fp16]
+                           [--shape BxINxOUT ...] [--level all|op|network] ...
+
+Op level (one layer, no BatchNorm), modes:
+
+- ``forward``: ``y = f(x, scale, translation, weights)`` with inputs that require grad (the
+  training forward: it builds the autograd graph, which is dropped untimed);
+- ``backward``: ``y.backward(g)`` alone; the forward that builds the graph runs before the
+  start event of every repetition, outside the timed region. All four gradients (x, scale,
+  translation, weights) are computed;
+- ``full``: forward and backward together.
+
+Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``reference-eager`` (the
+paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
+``reference-compiled`` (``torch.compile(..., dynamic=False)`` of it, compiled once per shape).
+
+Network level, the seed's protocol (benchmarks/RECORDED.md): widths 1024-1024-1024-1024-1024-128,
+BatchNorm in every layer, batch 256, MSE loss against a random target, CUDA events around
+``model(x)`` and around ``loss.backward()``. Providers ``wavkan``, ``paper-eager`` (the same
+network computing each layer with the paper's formula), ``paper-compiled`` and ``mlp``
+(nn.Linear + BatchNorm1d per layer, no activation: the seed's MLP row).
+
+Figures: median, p20, p80 of per-repetition CUDA-event times (after warm-up; inputs rotate
+among at least 3 sets, more when a set fits twice in L2). At the op level a GPU spin
+(``torch.cuda._sleep``) is queued before each start event so the host has queued the whole
+call before the GPU gets there: the events time GPU work, and the host's own time per call is
+reported beside it (``host_ms``). The network level keeps the seed's protocol as it is
+(events around the call, host time included when the GPU waits). Evaluations per second = B*in*out
+(summed over layers for a network) / median time, counted the same way in every mode; the
+fraction of the exp2 ceiling = evals * passes / time / ceiling, passes = 1 for forward and
+backward and 2 for full (one exp2 per evaluation and pass); peak memory above what was
+allocated before the timed step. The exp2 ceiling is measured first
+(``wavkan.kernels.ceiling``). The recorded figures for the seed's CUDA kernels (benchmarks/RECORDED.md), which cannot
+be rerun, are added as rows marked "recorded".
+
+Without a CUDA GPU it says so and returns 0; it never times the CPU or Triton's interpreter.
+
+Modules: ``protocol`` (what is measured, the recorded baselines, the pure arithmetic),
+``models`` (the baselines' networks), ``runners`` (CUDA-event timing; a fake runner for
+``--dry-run``), ``report`` (CSV, table, plots); this module runs them and parses the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+import torch
+
+from ..wavelets import WAVELETS
+from .protocol import (
+    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
+    OP_PROVIDERS, PASSES, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, ceiling_row,
+    eager_fits, make_row, network_evals, network_shape, parse_shape, percentile, recorded_rows,
+)
+from .report import format_report, plot_results, write_csv
+from .runners import CudaRunner, FakeRunner, _failure
+
+__all__ = ["main", "build_parser"]
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _log(row: dict) -> None:
+    msg = f"[{row['level']}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
+    if row["status"] == "ok" and row["median_ms"] is not None:
+        msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
+        if row["frac_ceiling"] is not None:
+            msg += f", {row['evals_per_s']:.3g} evals/s, {100 * row['frac_ceiling']:.1f}% of exp2 ceiling"
+        if row["peak_gb"] is not None:
+            msg += f", peak +{row['peak_gb']:.3g} GB"
+    else:
+        msg += f"{row['status']}" + (f" ({row['note']})" if row["note"] else "")
+    print(msg, flush=True)
+
+
+def _ceiling_rows(runner, given: Optional[float]) -> tuple:
+    """(row, ceiling in exp2/s) measured on the spot, or given, or the recorded one on failure."""
+    if given is not None:
+        return ceiling_row("given", given, note="--ceiling on the command line"), given
+    try:
+        n_exp, times = runner.measure_ceiling()
+    except Exception as exc:  # noqa: BLE001 - report, fall back to the recorded ceiling
+        status, note = _failure(exc, compiled=False)
+        note = f"{note}; %ceil uses the recorded {RECORDED_CEILING:.3g}/s"
+        return ceiling_row(runner.source, None, status=status, note=note), RECORDED_CEILING
+    ceiling = n_exp / (percentile(times, 50) * 1e-3)
+    row = ceiling_row(runner.source, ceiling, times_ms=times, n_exp=n_exp, note="wavkan.kernels.ceiling")
+    return row, ceiling
+
+
+def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling) -> list:
+    rows = []
+    for shape in shapes:
+        B, IN, OUT = shape
+        inputs = runner.op_inputs(shape, dtype_name)
+        for wavelet in wavelets:
+            for provider in providers:
+                base = dict(level="op", source=runner.source, provider=provider, wavelet=wavelet, dtype=dtype_name,
+                            B=B, IN=IN, OUT=OUT, evals=B * IN * OUT, ceiling=ceiling)  # fmt: skip
+                fwd, compile_failed = None, None
+                for mode in modes:
+                    if provider == "reference-eager":
+                        fits, need = eager_fits(shape, DTYPE_BYTES[dtype_name], mode, runner.free_bytes())
+                        if not fits:
+                            rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="skipped",
+                                                 note=f"needs ~{need / GB:.0f} GB > free memory"))  # fmt: skip
+                            _log(rows[-1])
+                            continue
+                    if compile_failed is not None:
+                        rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="compile-failed",
+                                             note=compile_failed))  # fmt: skip
+                        _log(rows[-1])
+                        continue
+                    try:
+                        if fwd is None:
+                            fwd = runner.op_function(provider, wavelet)
+                        m = runner.measure_op(fwd, inputs, mode)
+                        row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
+                                       peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s)  # fmt: skip
+                    except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
+                        status, note = _failure(exc, compiled=provider in COMPILED)
+                        if status == "compile-failed":
+                            compile_failed = note
+                        row = make_row(**base, mode=mode, passes=PASSES[mode], status=status, note=note)
+                    finally:
+                        runner.release_grads(inputs)
+                        runner.cleanup()
+                    rows.append(row)
+                    _log(row)
+                fwd = None
+        del inputs
+        runner.cleanup()
+    return rows
+
+
+def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
+    rows = []
+    shape = network_shape(NET_WIDTHS, NET_BATCH)
+    evals = network_evals(NET_WIDTHS, NET_BATCH)
+    for wi, wavelet in enumerate(wavelets):
+        for provider in providers:
+            if provider == "mlp" and wi > 0:
+                continue  # no wavelet: once is enough
+            base = dict(level="network", source=runner.source, provider=provider,
+                        wavelet="" if provider == "mlp" else wavelet, dtype=dtype_name, shape=shape, B=NET_BATCH,
+                        IN=NET_WIDTHS[0], OUT=NET_WIDTHS[-1], evals=None if provider == "mlp" else evals,
+                        ceiling=ceiling)  # fmt: skip
+            model = None
+            try:
+                model = runner.network_model(provider, wavelet, dtype_name)
+                fwd, bwd = runner.measure_network(model, dtype_name)
+                new = [make_row(**base, mode=mode, times_ms=m.times_ms, peak_bytes=m.peak_bytes,
+                                peak_abs_bytes=m.peak_abs_bytes, first_call_s=m.first_call_s)
+                       for mode, m in (("forward", fwd), ("backward", bwd))]  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                status, note = _failure(exc, compiled=provider in COMPILED)
+                new = [make_row(**base, mode=mode, status=status, note=note) for mode in ("forward", "backward")]
+            finally:
+                model = None
+                runner.cleanup()
+            for row in new:
+                rows.append(row)
+                _log(row)
+    return rows
+
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog or "wavkan bench",
+        description="Benchmark the fused Wav-KAN op and network (CUDA GPU only): forward, backward and "
+        "full times, evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
+    )
+    p.add_argument("--out", default="bench-results", help="output folder for results.csv and plots (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a fast subset: shapes 256x1024x1024 and 4096x1024x1024, fewer reps")
+    p.add_argument("--level", choices=("all", "op", "network"), default="all", help="what to run (default: %(default)s)")
+    p.add_argument("--shape", type=parse_shape, action="append", metavar="BxINxOUT",
+                   help="op shape, repeatable; replaces the default B in {64,256,1024,4096} x 1024 x 1024")  # fmt: skip
+    p.add_argument("--wavelet", choices=(*WAVELETS, "all"), default="mexican_hat", help="default: %(default)s")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="default: %(default)s")
+    p.add_argument("--mode", choices=MODES, nargs="+", default=list(MODES), help="op modes (default: all)")
+    p.add_argument("--provider", choices=OP_PROVIDERS, nargs="+", default=list(OP_PROVIDERS), help="op providers (default: all)")
+    p.add_argument("--net-provider", choices=NET_PROVIDERS, nargs="+", default=list(NET_PROVIDERS),
+                   help="network providers (default: all)")  # fmt: skip
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default: fill ~0.25 s, 10..200)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per row after the first (default: 3)")
+    p.add_argument("--ceiling", type=float, default=None, help="exp2/s to use instead of measuring it")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-recorded", action="store_true", help="leave out the recorded rows (benchmarks/RECORDED.md)")
+    # fake timings through the whole plumbing, for tests and CPU checks: not a benchmark
+    p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None, prog: Optional[str] = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print(NO_GPU_MESSAGE)
+        return 0
+    budget = QUICK_BUDGET if args.quick else Budget()
+    if args.reps is not None or args.warmup is not None:
+        budget = Budget(warmup=budget.warmup if args.warmup is None else args.warmup, target_s=budget.target_s,
+                        min_reps=budget.min_reps, max_reps=budget.max_reps, fixed_reps=args.reps)  # fmt: skip
+    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    wavelets = list(WAVELETS) if args.wavelet == "all" else [args.wavelet]
+    runner = FakeRunner(budget) if args.dry_run else CudaRunner(budget)
+    env = runner.environment()
+    if args.dry_run:
+        print("DRY RUN: made-up timings to check the CSV/plot/table plumbing; nothing is measured.")
+    print(f"wavkan bench on {env['gpu']}: torch {env['torch']}, triton {env['triton']}, cuda {env['cuda'] or '-'}")
+
+    ceiling_row, ceiling = _ceiling_rows(runner, args.ceiling)
+    _log(ceiling_row)
+    rows = [ceiling_row]
+    if args.level in ("all", "op"):
+        rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, args.dtype, ceiling)
+    if args.level in ("all", "network"):
+        rows += run_network_level(runner, wavelets, args.net_provider, args.dtype, ceiling)
+    if not args.no_recorded:
+        rows += [r for r in recorded_rows() if args.level == "all" or r["level"] in (args.level, "ceiling")]
+    for row in rows:
+        row.update(env if row["source"] != RECORDED_SOURCE else {"gpu": "NVIDIA H200 (recorded)", "date": "2026-11-28"})
+
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "results.csv")
+    write_csv(rows, csv_path)
+    plots = [] if args.no_plots else plot_results(rows, args.out)
+    print("\n" + format_report(rows))
+    print(f"\nwrote {csv_path}" + "".join(f"\nwrote {p}" for p in plots))
+    return 0

@@ -1,0 +1,50 @@
+"""The baselines' networks: the paper's formula as a WavKAN, and an MLP of the same widths."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from ..nn import WavKAN
+from ..reference import wavkan_linear_unchunked
+from ..wavelets import get_wavelet
+
+# --- the paper's network, for the eager and compiled baselines ---------------------------------
+
+
+def paper_linear(x, scale, translation, wavelet_weights, wavelet="mexican_hat"):
+    """The paper's layer before BN, as its code computes it: materialises (B, out, in) tensors.
+
+    x: (B, in); scale, translation, wavelet_weights: (out, in) -> (B, out); ``wavelet``: a name
+    or a ``Wavelet``. Shannon's Hamming window multiplies the weights here, as in the paper.
+    """
+    wav = get_wavelet(wavelet)
+    if wav.window is not None:
+        in_features = scale.shape[1]
+        wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
+    return wavkan_linear_unchunked(x, scale, translation, wavelet_weights, wav)
+
+
+class PaperWavKAN(WavKAN):
+    """``WavKAN`` with the same parameters, computing every layer as the paper's code does
+    (``paper_linear``, autograd backward) followed by its BatchNorm: the eager baseline."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wav = get_wavelet(self.wavelet)  # resolved outside any compiled region
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = paper_linear(x, layer.scale, layer.translation, layer.wavelet_weights, self._wav)
+            if layer.bn is not None:
+                x = layer.bn(x)
+        return x
+
+
+def make_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
+    """nn.Linear + BatchNorm1d per layer, same widths, no activation (the seed's MLP row)."""
+    mods = []
+    for i, o in zip(widths[:-1], widths[1:]):
+        mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.BatchNorm1d(o, device=device, dtype=dtype)]
+    return nn.Sequential(*mods)

@@ -1,0 +1,238 @@
+"""What the benchmark measures and the pure arithmetic around it: shapes, providers, the
+recorded baselines, statistics, throughput, repetition and memory budgets, result rows."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+# --- what is measured ---------------------------------------------------------------------
+
+DEFAULT_SHAPES = tuple((b, 1024, 1024) for b in (64, 256, 1024, 4096))
+QUICK_SHAPES = ((256, 1024, 1024), (4096, 1024, 1024))
+MODES = ("forward", "backward", "full")
+PASSES = {"forward": 1, "backward": 1, "full": 2}
+OP_PROVIDERS = ("wavkan", "reference-eager", "reference-compiled")
+NET_PROVIDERS = ("wavkan", "paper-eager", "paper-compiled", "mlp")
+COMPILED = ("reference-compiled", "paper-compiled")
+NET_WIDTHS = (1024, 1024, 1024, 1024, 1024, 128)
+NET_BATCH = 256
+NET_INPUT_SETS = 3
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# (B, out, in) tensors the paper's formula holds at its peak under autograd (mexican_hat:
+# x - t, z, -z/2, exp, C*exp, z^2 - 1, psi, psi*w; the backward adds gradients of as many).
+EAGER_TENSORS = {"forward": 8, "backward": 10, "full": 10}
+MIN_INPUT_SETS, MAX_INPUT_SETS = 3, 16
+GB = 1e9
+
+NO_GPU_MESSAGE = (
+    "wavkan bench: no CUDA GPU (torch.cuda.is_available() is False). The benchmark times CUDA "
+    "kernels with CUDA events and does not run on the CPU or Triton's interpreter; nothing was timed."
+)
+
+# --- benchmarks/RECORDED.md: recorded on an H200, fp32, mexican_hat, one run, 2026-11-28 ---------
+
+RECORDED_SOURCE = "recorded"
+RECORDED_NOTE = "recorded (benchmarks/RECORDED.md, H200 fp32 2026-11-28), not measured here"
+RECORDED_CEILING = 3.83e12  # exp2 per second, benchmarks/RECORDED.md
+# provider, mode, (B, IN, OUT), median ms or None, extra GB or None, status, note
+RECORDED_OP = (
+    ("reference-eager", "forward", (256, 1024, 1024), 6.33, None, "ok", ""),
+    ("reference-compiled", "forward", (256, 1024, 1024), 0.408, None, "ok", ""),
+    ("seed-naive-cuda", "forward", (256, 1024, 1024), 2.21, None, "ok", ""),
+    ("seed-tiled-cuda", "forward", (256, 1024, 1024), 1.46, None, "ok", ""),
+    ("reference-eager", "forward", (4096, 1024, 1024), None, None, "skipped", "out of reach: 17 GB a tensor"),
+    ("reference-compiled", "forward", (4096, 1024, 1024), 5.70, None, "ok", ""),
+    ("seed-tiled-cuda", "forward", (4096, 1024, 1024), 3.00, None, "ok", ""),
+    ("reference-eager", "full", (1024, 1024, 1024), 80.9, 28.0, "ok", ""),
+    ("reference-compiled", "full", (1024, 1024, 1024), 6.47, 4.0, "ok", ""),
+    ("seed-tiled-cuda", "forward", (1024, 1024, 1024), 1.45, None, "ok", ""),
+    ("seed-naive-cuda", "backward", (1024, 1024, 1024), 15.2, None, "ok", ""),
+    ("seed-tiled+naive-bwd", "full", (1024, 1024, 1024), 16.65, 16.0, "ok", "sum of tiled fwd and naive bwd"),
+)
+# provider, forward ms, backward ms, peak forward GB, peak backward GB (max_memory_allocated)
+RECORDED_NET = (
+    ("paper-eager", 26.14, 58.58, 22.14, 22.14),
+    ("paper-compiled", 1.91, 4.69, 0.14, 1.17),
+    ("seed-naive-cuda", 9.19, 16.76, 1.12, 4.42),
+    ("seed-tiled-cuda", 9.13, 16.75, 0.13, 4.17),
+    ("mlp", 0.83, 1.66, 0.09, 0.10),
+)
+
+CSV_COLUMNS = (
+    "level", "source", "provider", "wavelet", "dtype", "mode", "shape", "B", "IN", "OUT",
+    "median_ms", "p20_ms", "p80_ms", "reps", "evals", "passes", "evals_per_s", "exps_per_s",
+    "frac_ceiling", "ceiling_per_s", "peak_gb", "peak_abs_gb", "host_ms", "first_call_s", "status", "note",
+    "gpu", "torch", "triton", "cuda", "date",
+)  # fmt: skip
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> tuple:
+    """"256x1024x512" -> (256, 1024, 512): B x IN x OUT, each a positive int."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be BxINxOUT with three positive ints, e.g. 256x1024x1024; got {text!r}")
+    return dims
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    xs = sorted(float(v) for v in values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(times_ms: Sequence[float]) -> dict:
+    """{"median_ms", "p20_ms", "p80_ms", "reps"} of per-repetition times."""
+    return {
+        "median_ms": percentile(times_ms, 50),
+        "p20_ms": percentile(times_ms, 20),
+        "p80_ms": percentile(times_ms, 80),
+        "reps": len(times_ms),
+    }
+
+
+def throughput(evals: float, ms: float, passes: int, ceiling: Optional[float]) -> tuple:
+    """(evals/s, exp2/s, fraction of the ceiling) for ``evals`` evaluations per pass done in ``ms``.
+
+    evals/s = evals / time; exp2/s = evals * passes / time (one exp2 per evaluation and pass:
+    the least the op must compute); fraction = exp2/s / ceiling (None without a ceiling).
+    """
+    if ms <= 0:
+        raise ValueError(f"time must be positive, got {ms} ms")
+    evals_per_s = evals / (ms * 1e-3)
+    exps_per_s = evals_per_s * passes
+    return evals_per_s, exps_per_s, (exps_per_s / ceiling if ceiling else None)
+
+
+def network_evals(widths: Sequence[int], batch: int) -> int:
+    """Wavelet evaluations of one pass of a Wav-KAN network: batch * sum of in*out over layers."""
+    return batch * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+
+
+def eager_fits(shape: tuple, dtype_bytes: int, mode: str, free_bytes: float) -> tuple:
+    """(fits, bytes needed): the paper's formula holds EAGER_TENSORS[mode] tensors of B*out*in."""
+    B, IN, OUT = shape
+    need = B * IN * OUT * dtype_bytes * EAGER_TENSORS[mode]
+    return need <= free_bytes, need
+
+
+def input_set_bytes(shape: tuple, dtype_bytes: int) -> int:
+    """Bytes of one op input set: x (B, in), scale/translation/weights (out, in), g (B, out)."""
+    B, IN, OUT = shape
+    return (B * IN + 3 * OUT * IN + B * OUT) * dtype_bytes
+
+
+def input_sets_needed(set_bytes: int, l2_bytes: int) -> int:
+    """Enough input sets that rotating among them spans twice the L2 cache, within [3, 16]."""
+    return max(MIN_INPUT_SETS, min(MAX_INPUT_SETS, math.ceil(2 * l2_bytes / max(1, set_bytes))))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Repetitions: ``warmup`` untimed-for-the-result calls, then enough timed ones to fill
+    ``target_s`` at the warm-up's median, within [min_reps, max_reps] (``fixed_reps`` overrides)."""
+
+    warmup: int = 3
+    target_s: float = 0.25
+    min_reps: int = 10
+    max_reps: int = 200
+    fixed_reps: Optional[int] = None
+
+
+QUICK_BUDGET = Budget(warmup=2, target_s=0.08, min_reps=5, max_reps=50)
+
+
+def spin_ms_for(host_ms: float) -> float:
+    """GPU spin before each timed op call: 1.5x the host's time for the call plus 0.05 ms, at most 5 ms."""
+    return min(5.0, 1.5 * max(0.0, host_ms) + 0.05)
+
+
+def choose_reps(est_ms: float, budget: Budget) -> int:
+    if budget.fixed_reps is not None:
+        return max(1, budget.fixed_reps)
+    if est_ms <= 0:
+        return budget.max_reps
+    return int(max(budget.min_reps, min(budget.max_reps, budget.target_s * 1e3 / est_ms)))
+
+
+def make_row(
+    *, level, source, provider, wavelet="", dtype="", mode="", shape=None, B=None, IN=None, OUT=None,
+    times_ms=None, median_ms=None, evals=None, passes=1, ceiling=None, peak_bytes=None,
+    peak_abs_bytes=None, host_ms=None, first_call_s=None, status="ok", note="",
+) -> dict:  # fmt: skip
+    """One CSV row; statistics from ``times_ms`` (or a bare ``median_ms`` for recorded figures)."""
+    row = dict.fromkeys(CSV_COLUMNS)
+    row.update(level=level, source=source, provider=provider, wavelet=wavelet, dtype=dtype, mode=mode,
+               B=B, IN=IN, OUT=OUT, status=status, note=note, host_ms=host_ms, first_call_s=first_call_s)  # fmt: skip
+    row["shape"] = shape if shape is not None else (f"{B}x{IN}x{OUT}" if B is not None else "")
+    if times_ms:
+        row.update(summarize(times_ms))
+    elif median_ms is not None:
+        row["median_ms"] = median_ms
+    if evals is not None:
+        row["evals"], row["passes"] = evals, passes
+        if row["median_ms"] is not None:
+            row["evals_per_s"], row["exps_per_s"], row["frac_ceiling"] = throughput(
+                evals, row["median_ms"], passes, ceiling
+            )
+    row["ceiling_per_s"] = ceiling
+    row["peak_gb"] = None if peak_bytes is None else peak_bytes / GB
+    row["peak_abs_gb"] = None if peak_abs_bytes is None else peak_abs_bytes / GB
+    return row
+
+
+def ceiling_row(source: str, rate: Optional[float], times_ms=None, n_exp=None, status="ok", note="") -> dict:
+    """The exp2 ceiling as a row: evals_per_s = exps_per_s = the rate (exp2/s), evals = exp2 per launch."""
+    row = make_row(level="ceiling", source=source, provider="exp2-ceiling", times_ms=times_ms, evals=n_exp,
+                   ceiling=rate, status=status, note=note)  # fmt: skip
+    if rate is not None:
+        row.update(evals_per_s=rate, exps_per_s=rate, frac_ceiling=1.0)
+    return row
+
+
+def recorded_rows() -> list:
+    """benchmarks/RECORDED.md as rows (source "recorded"): the seed's figures cannot be rerun here."""
+    rows = [ceiling_row(RECORDED_SOURCE, RECORDED_CEILING, note="recorded (benchmarks/RECORDED.md, H200, 2026-11-28), not measured here")]
+    for provider, mode, (B, IN, OUT), ms, extra_gb, status, note in RECORDED_OP:
+        rows.append(make_row(
+            level="op", source=RECORDED_SOURCE, provider=provider, wavelet="mexican_hat", dtype="fp32",
+            mode=mode, B=B, IN=IN, OUT=OUT, median_ms=ms, evals=B * IN * OUT, passes=PASSES[mode],
+            ceiling=RECORDED_CEILING, peak_bytes=None if extra_gb is None else extra_gb * GB, status=status,
+            note="; ".join(n for n in (note, RECORDED_NOTE) if n),
+        ))  # fmt: skip
+    net_shape = network_shape(NET_WIDTHS, NET_BATCH)
+    evals = network_evals(NET_WIDTHS, NET_BATCH)
+    for provider, fwd_ms, bwd_ms, fwd_gb, bwd_gb in RECORDED_NET:
+        for mode, ms, gb in (("forward", fwd_ms, fwd_gb), ("backward", bwd_ms, bwd_gb)):
+            rows.append(make_row(
+                level="network", source=RECORDED_SOURCE, provider=provider,
+                wavelet="" if provider == "mlp" else "mexican_hat", dtype="fp32", mode=mode, shape=net_shape,
+                B=NET_BATCH, IN=NET_WIDTHS[0], OUT=NET_WIDTHS[-1], median_ms=ms,
+                evals=None if provider == "mlp" else evals, ceiling=RECORDED_CEILING, peak_abs_bytes=gb * GB,
+                note=RECORDED_NOTE,
+            ))  # fmt: skip
+    return rows
+
+
+def network_shape(widths: Sequence[int], batch: int) -> str:
+    return f"B{batch}:" + "-".join(str(w) for w in widths)
