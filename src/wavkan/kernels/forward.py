@@ -105,5 +105,5 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
-        torch.sum(out, dim=0, out=y) if x.dtype == torch.float32 else y.copy_(out.sum(dim=0))
+        y.copy_(out.sum(dim=0))  # fixed-order sum of the partials, rounded once to x's dtype
     return y
