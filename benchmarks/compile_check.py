@@ -28,6 +28,7 @@ from wavkan.kernels.config import default_config
 TARGET = GPUTarget("cuda", 90, 32)
 ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PLANE", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
                 "stride_wo", "stride_do", "stride_db"}
+FLOATS = {"z_scale", "psi_scale", "dpsi_scale"}
 
 
 def _signature(fn, pointers: dict, constexprs: dict):
@@ -37,6 +38,8 @@ def _signature(fn, pointers: dict, constexprs: dict):
             sig[name] = "constexpr"
         elif name in pointers:
             sig[name] = pointers[name]
+        elif name in FLOATS:
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     return sig
@@ -49,13 +52,14 @@ def kernels(wavelet: str):
     dp = default_config("bwd_dparams", _cuda())
     f32 = "*fp32"
     yield "fwd", forward._wavkan_fwd_kernel, {"xt_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
-        {"WAVELET": code, "FAST": True, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
-        {k: f32 for k in ("x_ptr", "g_ptr", "pack_ptr", "dx_ptr")}, \
-        {"WAVELET": code, "FAST": True, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
+        {k: f32 for k in ("x_ptr", "gt_ptr", "pack_ptr", "dx_ptr")}, \
+        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
     yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
-        {k: f32 for k in ("x_ptr", "g_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
-        {"FINAL": True, "WAVELET": code, "FAST": True, "BLOCK_OUT": dp.block_m, "BLOCK_IN": dp.block_n}, dp
+        {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
+        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "BLOCK_OUT": dp.block_m,
+         "BLOCK_IN": dp.block_n}, dp
 
 
 def _cuda():
@@ -72,10 +76,34 @@ def _cuobjdump(cubin: bytes, flag: str) -> str:
         return subprocess.run([cuobjdump, flag, f.name], capture_output=True, text=True, check=True).stdout
 
 
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);")
+
+
+def _instructions(sass: str) -> list:
+    """(address, opcode class, operands) of every SASS instruction."""
+    return [(int(m.group(1), 16), m.group(2).split(".")[0], m.group(3)) for m in _INSTR.finditer(sass)]
+
+
+def _hottest_loop(instrs: list) -> collections.Counter:
+    """Opcode counts of the innermost backward-branch loop that holds the most MUFU ops (the
+    kernel's main loop), or an empty Counter when there is no loop."""
+    best = collections.Counter()
+    for addr, op, operands in instrs:
+        target = re.search(r"0x([0-9a-f]+)", operands) if op == "BRA" else None
+        if target is None or int(target.group(1), 16) >= addr:
+            continue
+        start = int(target.group(1), 16)
+        body = collections.Counter(o for a, o, _ in instrs if start <= a <= addr)
+        if body["MUFU"] > best["MUFU"]:
+            best = body
+    return best
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sass", help="write each kernel's SASS into this folder")
     p.add_argument("--wavelet", default="all")
+    p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")
     args = p.parse_args()
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
@@ -90,10 +118,21 @@ def main() -> int:
             usage = _cuobjdump(compiled.asm["cubin"], "-res-usage")
             regs = int(re.search(r"REG:(\d+)", usage).group(1))
             stack = int(re.search(r"STACK:(\d+)", usage).group(1))
-            ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass))
+            instrs = _instructions(sass)
+            ops = collections.Counter(op for _, op, _ in instrs)
             print(f"{wavelet:12s} {name:12s} regs={regs:3d} stack={stack} "
                   f"MUFU={ops['MUFU']} FFMA={ops['FFMA']} FMUL={ops['FMUL']} FADD={ops['FADD']} "
                   f"LDG={ops['LDG']} total={sum(ops.values())}")
+            loop = _hottest_loop(instrs)
+            if loop:
+                mufu = max(1, loop["MUFU"])
+                print(f"{'':25s} main loop: {sum(loop.values())} instructions, MUFU={loop['MUFU']} "
+                      f"LDG={loop['LDG']} ({sum(loop.values()) / mufu:.2f} issued per MUFU, "
+                      f"{loop['LDG'] / mufu:.2f} LDG per MUFU)")
+            if args.ttgir:
+                os.makedirs(args.ttgir, exist_ok=True)
+                with open(os.path.join(args.ttgir, f"{wavelet}.{name}.ttgir"), "w") as f:
+                    f.write(compiled.asm["ttgir"])
             if args.sass:
                 os.makedirs(args.sass, exist_ok=True)
                 with open(os.path.join(args.sass, f"{wavelet}.{name}.sass"), "w") as f:

@@ -12,6 +12,13 @@ loop: ``_wavkan_bwd_dx_kernel`` (tile (BLOCK_B, BLOCK_IN), loop over out) and
 ``_wavkan_bwd_dparams_kernel`` (tile (BLOCK_OUT, BLOCK_IN), loop over B). When the tiles
 cannot fill the GPU, SPLIT programs share a tile's loop and write fp32 partials, summed after
 in a fixed order: no atomics, bitwise-deterministic results.
+
+Like the forward, the loops read only staged operands (``staging.py``): fp32, padded to whole
+tiles, addressed from the loop index, so their loads are unmasked and need one address per
+step. grad_x reads grad_y transposed (out, B_PAD) and the packed [k/s, t, D w/s]; the
+parameter pass reads x and grad_y as padded fp32 rows (no copy when they already are). Both
+evaluate psi / P and dpsi / D at k z (``device.FOLD_BWD``), the constants folded into the
+packed weight and the epilogue, which keeps log2(e)/2 and the normalisation out of the loop.
 """
 
 from __future__ import annotations
@@ -21,34 +28,31 @@ import triton
 import triton.language as tl
 
 from .config import KernelConfig, cdiv, choose_split, default_config
-from .device import wavelet_psi_dpsi
-from .staging import pack_edge_constants
+from .device import FOLD_BWD, wavelet_grad_terms, wavelet_psi_dpsi_folded
+from .staging import pack_edge_constants, stage_rows, stage_transposed
 
 
 @triton.jit
-def _dx_operands(g_rows, pack_ptr, o, stride_go, IN_PAD, PLANE, mask_b, offs_i):
-    """Step o's operands: g[:, o] (BLOCK_B) and packed row o [1/s, t, w/s] (BLOCK_IN; in is
-    padded to whole tiles with zero weight)."""
+def _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, offs_b, offs_i):
+    """Step o's operands: g[:, o] (BLOCK_B, from the transposed staging) and packed row o
+    [k/s, t, D w/s] (BLOCK_IN). Both are padded to whole tiles: unmasked, aligned loads."""
     ol = tl.cast(o, tl.int64)
     edge = pack_ptr + ol * IN_PAD + offs_i
-    g = tl.load(g_rows + ol * stride_go, mask=mask_b, other=0.0).to(tl.float32)
-    return g, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
+    return tl.load(gt_ptr + ol * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
 
 
 @triton.jit
-def _dparams_operands(x_cols, g_cols, b, stride_xb, stride_gb, mask_i, mask_o):
-    """Step b's operands: x[b, i-tile] and g[b, o-tile], in fp32."""
+def _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o):
+    """Step b's operands: x[b, i-tile] and g[b, o-tile] from fp32 rows padded to whole tiles."""
     bl = tl.cast(b, tl.int64)
-    xr = tl.load(x_cols + bl * stride_xb, mask=mask_i, other=0.0).to(tl.float32)
-    g = tl.load(g_cols + bl * stride_gb, mask=mask_o, other=0.0).to(tl.float32)
-    return xr, g
+    return tl.load(xs_ptr + bl * IN_PAD + offs_i), tl.load(gs_ptr + bl * OUT_PAD + offs_o)
 
 
 @triton.jit
 def _wavkan_bwd_dx_kernel(
-    x_ptr, g_ptr, pack_ptr, dx_ptr,
-    B, IN, OUT, IN_PAD, PLANE,
-    stride_xb, stride_xi, stride_gb, stride_go,
+    x_ptr, gt_ptr, pack_ptr, dx_ptr,
+    B, IN, OUT, B_PAD, IN_PAD, PLANE,
+    stride_xb, stride_xi,
     stride_dk, stride_db,
     OUT_PER_SPLIT,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr,
@@ -70,18 +74,17 @@ def _wavkan_bwd_dx_kernel(
 
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
-    g_rows = g_ptr + rows * stride_gb
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
-    g_next, a_next, t_next, ws_next = _dx_operands(g_rows, pack_ptr, o_start, stride_go, IN_PAD, PLANE, mask_b, offs_i)
+    g_next, a_next, t_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, offs_b, offs_i)
     for o in range(o_start, o_end):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             g, a, t, w_over_s = g_next, a_next, t_next, ws_next
             g_next, a_next, t_next, ws_next = _dx_operands(
-                g_rows, pack_ptr, tl.minimum(o + 1, o_end - 1), stride_go, IN_PAD, PLANE, mask_b, offs_i)
+                gt_ptr, pack_ptr, tl.minimum(o + 1, o_end - 1), B_PAD, IN_PAD, PLANE, offs_b, offs_i)
         else:
-            g, a, t, w_over_s = _dx_operands(g_rows, pack_ptr, o, stride_go, IN_PAD, PLANE, mask_b, offs_i)
-        z = (x - t[None, :]) * a[None, :]
-        _, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
+            g, a, t, w_over_s = _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, offs_b, offs_i)
+        zs = (x - t[None, :]) * a[None, :]  # k z, exactly 0 where x == t
+        _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
     dx_ptrs = dx_ptr + pid_k.to(tl.int64) * stride_dk + rows[:, None] * stride_db + cols[None, :]
@@ -90,12 +93,11 @@ def _wavkan_bwd_dx_kernel(
 
 @triton.jit
 def _wavkan_bwd_dparams_kernel(
-    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr,
-    B, IN, OUT,
-    stride_xb, stride_xi, stride_gb, stride_go,
+    xs_ptr, gs_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr,
+    B, IN, OUT, IN_PAD, OUT_PAD,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     stride_dk, stride_do,
-    ROWS_PER_SPLIT,
+    ROWS_PER_SPLIT, z_scale, psi_scale, dpsi_scale,
     FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
@@ -110,38 +112,36 @@ def _wavkan_bwd_dparams_kernel(
     i = offs_i[None, :].to(tl.int64)
     s = tl.load(s_ptr + o * stride_so + i * stride_si, mask=mask, other=1.0).to(tl.float32)
     t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
-    a = 1.0 / s
+    inv_s = 1.0 / s
+    a = inv_s * z_scale
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
-    x_cols = x_ptr + offs_i.to(tl.int64) * stride_xi
-    g_cols = g_ptr + offs_o.to(tl.int64) * stride_go
     acc_w = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_q = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_qz = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
-    x_next, g_next = _dparams_operands(x_cols, g_cols, b_start, stride_xb, stride_gb, mask_i, mask_o)
+    x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, b_start, IN_PAD, OUT_PAD, offs_i, offs_o)
     for b in range(b_start, b_end):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             xr, g = x_next, g_next
-            x_next, g_next = _dparams_operands(
-                x_cols, g_cols, tl.minimum(b + 1, b_end - 1), stride_xb, stride_gb, mask_i, mask_o)
+            x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, tl.minimum(b + 1, b_end - 1), IN_PAD, OUT_PAD, offs_i, offs_o)
         else:
-            xr, g = _dparams_operands(x_cols, g_cols, b, stride_xb, stride_gb, mask_i, mask_o)
-        z = (xr[None, :] - t) * a  # exactly 0 where x == t, like the reference
-        psi, dpsi = wavelet_psi_dpsi(z, WAVELET, FAST)
-        gcol = g[:, None]
-        acc_w += gcol * psi
-        q = gcol * dpsi
-        acc_q += q
-        acc_qz += q * z
+            xr, g = _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o)
+        zs = (xr[None, :] - t) * a  # k z, exactly 0 where x == t, like the reference
+        g_psi, g_dpsi, g_dpsi_zs = wavelet_grad_terms(zs, g[:, None], WAVELET, FAST)
+        acc_w += g_psi
+        acc_q += g_dpsi
+        acc_qz += g_dpsi_zs
 
     dst = pid_k.to(tl.int64) * stride_dk + o * stride_do + i
     if FINAL:
+        # grad_w = P sum g psi'; grad_t = -(w D / s) sum g dpsi'; grad_s = grad_t's factor times
+        # sum g dpsi' z = sum g dpsi' zs / k.
         w = tl.load(w_ptr + o * stride_wo + i * stride_wi, mask=mask, other=0.0).to(tl.float32)
-        wa = w * a
-        tl.store(dw_ptr + dst, acc_w.to(dw_ptr.dtype.element_ty), mask=mask)
-        tl.store(dt_ptr + dst, (-wa * acc_q).to(dt_ptr.dtype.element_ty), mask=mask)
-        tl.store(ds_ptr + dst, (-wa * acc_qz).to(ds_ptr.dtype.element_ty), mask=mask)
+        wd = w * inv_s * -dpsi_scale
+        tl.store(dw_ptr + dst, (acc_w * psi_scale).to(dw_ptr.dtype.element_ty), mask=mask)
+        tl.store(dt_ptr + dst, (wd * acc_q).to(dt_ptr.dtype.element_ty), mask=mask)
+        tl.store(ds_ptr + dst, (wd * (acc_qz / z_scale)).to(ds_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(dw_ptr + dst, acc_w, mask=mask)
         tl.store(dt_ptr + dst, acc_q, mask=mask)
@@ -161,17 +161,20 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     if B == 0:
         return dx
     cfg = config or default_config("bwd_dx", x.device, B)
+    b_pad = cdiv(B, cfg.block_m) * cfg.block_m
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True)
-    tiles = cdiv(B, cfg.block_m) * cdiv(IN, cfg.block_n)
+    z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
+    gt = stage_transposed(grad, b_pad)
+    pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
+    tiles = (b_pad // cfg.block_m) * (in_pad // cfg.block_n)
     split = choose_split(cfg, tiles, OUT, x.device)
     per_split = cdiv(OUT, split)
     split = cdiv(OUT, per_split)
     out = dx if split == 1 else torch.empty((split, B, IN), dtype=torch.float32, device=x.device)
-    grid = (cdiv(B, cfg.block_m), cdiv(IN, cfg.block_n), split)
+    grid = (b_pad // cfg.block_m, in_pad // cfg.block_n, split)
     _wavkan_bwd_dx_kernel[grid](
-        x, grad, pack, out, B, IN, OUT, in_pad, OUT * in_pad,
-        x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+        x, gt, pack, out, B, IN, OUT, b_pad, in_pad, OUT * in_pad,
+        x.stride(0), x.stride(1),
         B * IN if split > 1 else 0, IN,
         per_split,
         WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
@@ -187,7 +190,12 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     B, IN = x.shape
     OUT = scale.shape[0]
     cfg = config or default_config("bwd_dparams", x.device, B)
-    tiles = cdiv(OUT, cfg.block_m) * cdiv(IN, cfg.block_n)
+    out_pad = cdiv(OUT, cfg.block_m) * cfg.block_m
+    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
+    z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
+    xs = stage_rows(x, in_pad)
+    gs = stage_rows(grad, out_pad)
+    tiles = (out_pad // cfg.block_m) * (in_pad // cfg.block_n)
     split = choose_split(cfg, tiles, B, x.device) if B > 0 else 1
     per_split = cdiv(max(B, 1), split)
     split = cdiv(max(B, 1), per_split)
@@ -199,24 +207,23 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)
         ds, dt, dw = partials[2], partials[1], partials[0]
         stride_dk = OUT * IN
-    grid = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n), split)
+    grid = (out_pad // cfg.block_m, in_pad // cfg.block_n, split)
     _wavkan_bwd_dparams_kernel[grid](
-        x, grad, scale, translation, weights, ds, dt, dw, B, IN, OUT,
-        x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+        xs, gs, scale, translation, weights, ds, dt, dw, B, IN, OUT, in_pad, out_pad,
         *_param_strides(scale, translation, weights),
         stride_dk, IN,
-        per_split,
+        per_split, z_scale, psi_scale, dpsi_scale,
         FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if final:
         return ds, dt, dw
     sum_w, sum_q, sum_qz = partials.sum(dim=1)
-    wa = weights.float() * scale.float().reciprocal()
+    wd = weights.float() * scale.float().reciprocal() * -dpsi_scale
     return (
-        (-wa * sum_qz).to(scale.dtype),
-        (-wa * sum_q).to(translation.dtype),
-        sum_w.to(weights.dtype),
+        (wd * (sum_qz / z_scale)).to(scale.dtype),
+        (wd * sum_q).to(translation.dtype),
+        (sum_w * psi_scale).to(weights.dtype),
     )
 
 

@@ -7,9 +7,11 @@ unit's approximations after a reduction to [-pi, pi] (absolute error about 2^-21
 libdevice's accurate versions, which cost dozens of instructions and a stack frame; the
 interpreter has no inline PTX, so it takes tl.sin/tl.cos.
 
-The forward uses ``wavelet_psi_folded``: z arrives pre-multiplied by ``FOLD[code][0]`` and the
-result is psi divided by ``FOLD[code][1]`` (the launcher folds both into the packed edge
-constants), which saves two fp32 operations per evaluation of the Gaussian wavelets.
+The kernels take z pre-multiplied by a per-wavelet k and return psi (and dpsi) divided by
+per-wavelet constants, which the launchers fold into the packed edge constants or the
+epilogue: ``FOLD`` for the forward's ``wavelet_psi_folded``, ``FOLD_BWD`` for the backward's
+``wavelet_psi_dpsi_folded``. For the Gaussian wavelets that takes log2(e)/2 and the wavelet's
+normalisation out of the loop: mexican_hat's forward is one MUFU.EX2 and five fp32 instructions.
 """
 
 import math
@@ -23,9 +25,6 @@ DOG = tl.constexpr(2)
 MEYER = tl.constexpr(3)
 SHANNON = tl.constexpr(4)
 
-NEG_HALF_LOG2E = tl.constexpr(-0.7213475204444817)  # -log2(e) / 2: exp(-z^2/2) = exp2(z^2 * this)
-MEXICAN_HAT_C = tl.constexpr(0.8673250705840776)  # 2 / (sqrt(3) pi^(1/4))
-MORLET_OMEGA0 = tl.constexpr(5.0)
 PI = tl.constexpr(3.141592653589793)
 HALF_PI = tl.constexpr(0.5 * math.pi)
 MEYER_DAUX_C = tl.constexpr(-140.0 * math.pi)  # aux'(v) = -pi sin(pi/2 nu) 140 (u (1 - u))^3
@@ -45,8 +44,19 @@ FOLD = {
     3: (1.0, 1.0),
     4: (1.0, 1.0),
 }
+# (z scale k, psi scale P, dpsi scale D) per wavelet code for the backward: it evaluates
+# psi(z) / P and dpsi(z) / D at k z. mexican_hat: psi = C (z^2 - 1) e, dpsi = (C/k) kz (3 - z^2) e;
+# morlet: dpsi = -(5 sin 5z + z cos 5z) e = (-1/k) (5k sin + kz cos) e; dog: psi = (-1/k) kz e.
+FOLD_BWD = {
+    0: (GAUSS_K, _MEXICAN_HAT_C_PY, _MEXICAN_HAT_C_PY / GAUSS_K),
+    1: (GAUSS_K, 1.0, -1.0 / GAUSS_K),
+    2: (GAUSS_K, -1.0 / GAUSS_K, 1.0),
+    3: (1.0, 1.0, 1.0),
+    4: (1.0, 1.0, 1.0),
+}
 TWO_LN2 = tl.constexpr(2.0 * math.log(2.0))
 MORLET_OMEGA0_FOLDED = tl.constexpr(5.0 / GAUSS_K)
+MORLET_OMEGA0_K = tl.constexpr(5.0 * GAUSS_K)
 INV_TWO_PI = tl.constexpr(1.0 / (2.0 * math.pi))
 # 2 pi split in two floats (Cody-Waite) so that x - n 2pi stays exact for moderate n.
 TWO_PI_HI = tl.constexpr(6.28125)
@@ -121,22 +131,24 @@ def wavelet_psi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def wavelet_psi_dpsi(z, WAVELET: tl.constexpr, FAST: tl.constexpr):
-    """(psi(z), dpsi/dz(z)) for fp32 z, sharing the exponential."""
+def wavelet_psi_dpsi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
+    """(psi(z) / P, dpsi/dz(z) / D) for fp32 zs = k z, sharing the exponential; (k, P, D) =
+    ``FOLD_BWD[code]``, which the launchers fold into the edge constants and the epilogue."""
     if WAVELET == MEXICAN_HAT:
-        z2 = z * z
-        ce = tl.exp2(z2 * NEG_HALF_LOG2E) * MEXICAN_HAT_C
-        return (z2 - 1.0) * ce, z * (3.0 - z2) * ce
+        m = zs * -zs  # -(kz)^2; z^2 = -2 ln2 m
+        e = tl.exp2(m)
+        return (m * -TWO_LN2 - 1.0) * e, zs * (m * TWO_LN2 + 3.0) * e
     elif WAVELET == MORLET:
-        e = tl.exp2(z * z * NEG_HALF_LOG2E)
-        c = fcos(z * MORLET_OMEGA0, FAST)
-        s = fsin(z * MORLET_OMEGA0, FAST)
-        return c * e, -(s * MORLET_OMEGA0 + z * c) * e
+        e = tl.exp2(zs * -zs)
+        c = fcos(zs * MORLET_OMEGA0_FOLDED, FAST)
+        s = fsin(zs * MORLET_OMEGA0_FOLDED, FAST)
+        return c * e, (s * MORLET_OMEGA0_K + zs * c) * e
     elif WAVELET == DOG:
-        e = tl.exp2(z * z * NEG_HALF_LOG2E)
-        return -z * e, (z * z - 1.0) * e
+        m = zs * -zs
+        e = tl.exp2(m)
+        return zs * e, (m * -TWO_LN2 - 1.0) * e
     elif WAVELET == MEYER:
-        v = tl.abs(z)
+        v = tl.abs(zs)
         u = 2.0 * v - 1.0
         half_pi_nu = _meyer_nu(u) * HALF_PI
         aux = _meyer_aux(v, half_pi_nu, FAST)
@@ -145,13 +157,29 @@ def wavelet_psi_dpsi(z, WAVELET: tl.constexpr, FAST: tl.constexpr):
         uu = u * (1.0 - u)
         daux = tl.where(mid, fsin(half_pi_nu, FAST) * uu * uu * uu * MEYER_DAUX_C, 0.0)
         dpsi_dv = fcos(v * PI, FAST) * aux * PI + sin_piv * daux
-        sign = tl.where(z > 0.0, 1.0, tl.where(z < 0.0, -1.0, 0.0))
+        sign = tl.where(zs > 0.0, 1.0, tl.where(zs < 0.0, -1.0, 0.0))
         return sin_piv * aux, sign * dpsi_dv
     else:  # SHANNON
-        near = tl.abs(z) < SHANNON_SERIES_BELOW
-        safe = tl.where(near, 1.0, z)
+        near = tl.abs(zs) < SHANNON_SERIES_BELOW
+        safe = tl.where(near, 1.0, zs)
         s = fsin(safe, FAST)
         direct = (safe * fcos(safe, FAST) - s) / (safe * safe)
-        z2 = z * z
-        series = z * (-1.0 / 3.0 + z2 * (1.0 / 30.0 + z2 * (-1.0 / 840.0 + z2 * (1.0 / 45360.0))))
-        return _sinc(z, FAST), tl.where(near, series, direct)
+        z2 = zs * zs
+        series = zs * (-1.0 / 3.0 + z2 * (1.0 / 30.0 + z2 * (-1.0 / 840.0 + z2 * (1.0 / 45360.0))))
+        return _sinc(zs, FAST), tl.where(near, series, direct)
+
+
+@triton.jit
+def wavelet_grad_terms(zs, g, WAVELET: tl.constexpr, FAST: tl.constexpr):
+    """(g psi', g dpsi', g dpsi' zs) with psi', dpsi' = ``wavelet_psi_dpsi_folded(zs)``: the
+    parameter gradients' three sums. For mexican_hat, g is applied to the exponential once and
+    zs dpsi' = -m r e is taken from m = -zs^2, two fp32 instructions fewer per evaluation."""
+    if WAVELET == MEXICAN_HAT:
+        m = zs * -zs
+        u = g * tl.exp2(m)
+        v = u * (m * TWO_LN2 + 3.0)
+        return u * (m * -TWO_LN2 - 1.0), v * zs, v * -m
+    else:
+        psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
+        q = g * dpsi
+        return g * psi, q, q * zs

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .config import KernelConfig, cdiv, choose_split, default_config
 from .device import FOLD, wavelet_psi_folded
-from .staging import pack_edge_constants, stage_x
+from .staging import pack_edge_constants, stage_transposed
 
 
 @triton.jit
@@ -88,7 +88,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     cfg = config or default_config("fwd", x.device, B)
     b_pad = cdiv(B, cfg.block_m) * cfg.block_m
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
-    xt = stage_x(x, b_pad)
+    xt = stage_transposed(x, b_pad)
     z_scale, w_scale = FOLD[wavelet.code]
     pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
     tiles = (b_pad // cfg.block_m) * (out_pad // cfg.block_n)

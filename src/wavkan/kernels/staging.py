@@ -2,9 +2,12 @@
 
 - ``pack_edge_constants``: the per-edge constants as three fp32 planes, either transposed
   (in, out_pad) for the forward, which walks ``in``: [k/s, -k t/s, w m], z = x a + c; or
-  as (out, in_pad) for grad_x, which walks ``out``: [1/s, t, w/s], z = (x - t) a, exactly
-  0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add nothing.
-- ``stage_x``: x transposed to fp32 (in, b_pad), padding rows zero.
+  as (out, in_pad) for grad_x, which walks ``out``: [k/s, t, D w/s], kz = (x - t) a,
+  exactly 0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add nothing.
+- ``stage_transposed``: a (rows, cols) operand transposed to fp32 (cols, rows_pad), padding
+  zero: x for the forward (walks ``in``), grad_y for grad_x (walks ``out``);
+- ``stage_rows``: an operand as fp32 rows padded to whole tiles: x and grad_y for the
+  parameter gradients (walk B); a no-op for fp32 contiguous operands of whole tiles.
 
 Each is one pass over O(out in) or O(B in) elements, against B out in evaluations.
 """
@@ -39,9 +42,9 @@ def _wavkan_pack_kernel(
     dst = pack_ptr + i * stride_pi + o * stride_po
     inside = (offs_o[:, None] < OUT_PAD) & (offs_i[None, :] < IN_PAD)
     if FOR_GRAD_X:
-        tl.store(dst, inv_s, mask=inside)
+        tl.store(dst, inv_s * z_scale, mask=inside)
         tl.store(dst + PLANE, t, mask=inside)
-        tl.store(dst + 2 * PLANE, w * inv_s, mask=inside)
+        tl.store(dst + 2 * PLANE, w * w_scale * inv_s, mask=inside)
     else:
         a = inv_s * z_scale
         tl.store(dst, a, mask=inside)
@@ -50,23 +53,25 @@ def _wavkan_pack_kernel(
 
 
 @triton.jit
-def _wavkan_stage_x_kernel(
-    x_ptr, xt_ptr, B, IN, B_PAD, stride_xb, stride_xi,
-    BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
+def _wavkan_stage_kernel(
+    src_ptr, dst_ptr, R, C, R_DST, C_DST, stride_r, stride_c, dst_stride_r, dst_stride_c,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_i = tl.program_id(1) * BLOCK_IN + tl.arange(0, BLOCK_IN)
-    b = offs_b[:, None].to(tl.int64)
-    i = offs_i[None, :].to(tl.int64)
-    x = tl.load(x_ptr + b * stride_xb + i * stride_xi, mask=(b < B) & (i < IN), other=0.0)
-    tl.store(xt_ptr + i * B_PAD + b, x.to(tl.float32), mask=(b < B_PAD) & (i < IN))
+    # dst[r * dst_stride_r + c * dst_stride_c] = fp32(src[r, c]) for r < R_DST, c < C_DST,
+    # zero outside (R, C): a copy, a transposition, or either with zero padding.
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r = offs_r[:, None].to(tl.int64)
+    c = offs_c[None, :].to(tl.int64)
+    v = tl.load(src_ptr + r * stride_r + c * stride_c, mask=(r < R) & (c < C), other=0.0)
+    tl.store(dst_ptr + r * dst_stride_r + c * dst_stride_c, v.to(tl.float32), mask=(r < R_DST) & (c < C_DST))
 
 
 def pack_edge_constants(scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0):
     """Edge constants as three fp32 planes.
 
     for_grad_x=False: (3, in, pad), out padded to ``pad``: [z_scale/s, -z_scale t/s, w w_scale].
-    for_grad_x=True: (3, out, pad), in padded to ``pad``: [1/s, t, w/s].
+    for_grad_x=True: (3, out, pad), in padded to ``pad``: [z_scale/s, t, w w_scale/s].
     scale, translation, weights: (out, in), any strides and float dtype.
     """
     OUT, IN = scale.shape
@@ -86,10 +91,27 @@ def pack_edge_constants(scale, translation, weights, pad: int, for_grad_x: bool,
     return pack
 
 
-def stage_x(x: torch.Tensor, b_pad: int) -> torch.Tensor:
-    """(in, b_pad) fp32: x (B, in) transposed, rows past B zero."""
-    B, IN = x.shape
-    xt = torch.empty((IN, b_pad), dtype=torch.float32, device=x.device)
-    grid = (cdiv(b_pad, _BLOCK), cdiv(IN, _BLOCK))
-    _wavkan_stage_x_kernel[grid](x, xt, B, IN, b_pad, x.stride(0), x.stride(1), BLOCK_B=_BLOCK, BLOCK_IN=_BLOCK)
-    return xt
+def _stage(t: torch.Tensor, dst: torch.Tensor, r_dst: int, c_dst: int, dst_strides) -> torch.Tensor:
+    R, C = t.shape
+    grid = (cdiv(r_dst, _BLOCK), cdiv(c_dst, _BLOCK))
+    _wavkan_stage_kernel[grid](
+        t, dst, R, C, r_dst, c_dst, t.stride(0), t.stride(1), *dst_strides, BLOCK_R=_BLOCK, BLOCK_C=_BLOCK
+    )
+    return dst
+
+
+def stage_transposed(t: torch.Tensor, r_pad: int) -> torch.Tensor:
+    """(C, r_pad) fp32: t (R, C) transposed, columns past R zero."""
+    R, C = t.shape
+    dst = torch.empty((C, r_pad), dtype=torch.float32, device=t.device)
+    return _stage(t, dst, r_pad, C, (1, r_pad))
+
+
+def stage_rows(t: torch.Tensor, c_pad: int) -> torch.Tensor:
+    """(R, c_pad) fp32 contiguous: t (R, C) with columns past C zero; t itself when it already
+    is such a tensor (fp32, contiguous, C == c_pad)."""
+    R, C = t.shape
+    if t.dtype == torch.float32 and C == c_pad and t.is_contiguous():
+        return t
+    dst = torch.empty((R, c_pad), dtype=torch.float32, device=t.device)
+    return _stage(t, dst, R, c_pad, (c_pad, 1))
