@@ -19,6 +19,44 @@ import torch
 from wavkan import wavkan_linear
 
 
+def launch_costs(calls: int) -> None:
+    """Host microseconds per launch of one small staging kernel (ten runtime arguments):
+    through Triton's JITFunction (argument binding, specialisation, cache lookup), and by
+    calling the CompiledKernel that the first launch returned, for comparison."""
+    from wavkan.kernels.staging import _BLOCK, _wavkan_stage_kernel
+
+    src = torch.randn(64, 64, device="cuda")
+    dst = torch.empty(64, 64, device="cuda")
+    args = (src, dst, 64, 64, 64, 64, 64, 1, 64, 1)
+    grid = (2, 2)
+    compiled = _wavkan_stage_kernel[grid](*args, BLOCK_R=_BLOCK, BLOCK_C=_BLOCK)
+    timings = {}
+
+    def through_jit():
+        _wavkan_stage_kernel[grid](*args, BLOCK_R=_BLOCK, BLOCK_C=_BLOCK)
+
+    launchers = {"JITFunction": through_jit}
+    try:
+        direct = compiled[(2, 2, 1)]
+        direct(*args, _BLOCK, _BLOCK)
+        torch.cuda.synchronize()
+        assert torch.equal(dst, src), "CompiledKernel launch gave a different result"
+        launchers["CompiledKernel"] = lambda: direct(*args, _BLOCK, _BLOCK)
+    except Exception as exc:  # report what this Triton's CompiledKernel accepts
+        print(f"CompiledKernel launch failed: {type(exc).__name__}: {exc}")
+    launchers["torch.empty"] = lambda: torch.empty(64, 64, device="cuda")
+    for name, fn in launchers.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        timings[name] = (time.perf_counter() - start) / calls * 1e6
+        torch.cuda.synchronize()
+    print("host us per launch: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=256)
@@ -52,6 +90,7 @@ def main() -> int:
     full_host = (time.perf_counter() - start) / args.calls * 1e3
     torch.cuda.synchronize()
     print(f"host time per call: forward {fwd_host:.3f} ms, forward+backward {full_host:.3f} ms")
+    launch_costs(args.calls)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.calls):
