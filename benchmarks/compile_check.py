@@ -11,6 +11,7 @@ FFMA/FMUL/FADD = the fp32 pipe), which is what benchmarks/NOTES.md reasons with.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import collections
 import os
 import re
@@ -45,20 +46,20 @@ def _signature(fn, pointers: dict, constexprs: dict):
     return sig
 
 
-def kernels(wavelet: str):
+def kernels(wavelet: str, unroll=None):
     code = get_wavelet(wavelet).code
-    fwd = default_config("fwd", _cuda())
-    dx = default_config("bwd_dx", _cuda())
-    dp = default_config("bwd_dparams", _cuda())
+    fwd, dx, dp = (default_config(kind, _cuda()) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
+    if unroll is not None:
+        fwd, dx, dp = (dataclasses.replace(c, unroll=unroll) for c in (fwd, dx, dp))
     f32 = "*fp32"
     yield "fwd", forward._wavkan_fwd_kernel, {"xt_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": fwd.unroll, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
         {k: f32 for k in ("x_ptr", "gt_ptr", "pack_ptr", "dx_ptr")}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
+        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": dx.unroll, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
     yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
         {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
-        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "BLOCK_OUT": dp.block_m,
+        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": dp.unroll, "BLOCK_OUT": dp.block_m,
          "BLOCK_IN": dp.block_n}, dp
 
 
@@ -103,11 +104,12 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sass", help="write each kernel's SASS into this folder")
     p.add_argument("--wavelet", default="all")
+    p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults'")
     p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")
     args = p.parse_args()
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
-        for name, fn, pointers, constexprs, cfg in kernels(wavelet):
+        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll):
             # As a real launch specialises them: pointers and padded sizes divisible by 16.
             aligned = [k for k, n in enumerate(fn.arg_names) if n in pointers or n in ALIGNED_INTS]
             attrs = {(k,): [["tt.divisibility", 16]] for k in aligned}

@@ -6,7 +6,8 @@ For each kernel (forward, grad_x, parameter gradients) and each B in {64, 256, 1
 at in = out = 1024 (mexican_hat, fp32), times every candidate config (median of
 triton.testing.do_bench) and prints evaluations per second and the fraction of the exp2
 ceiling measured in the same run; each tile config with and without the loop's software
-prefetch. Registers, spills and SASS come from benchmarks/compile_check.py (no GPU needed).
+prefetch (and, with --unroll, each unroll factor of the main loop). Registers, spills and
+SASS come from benchmarks/compile_check.py (no GPU needed).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ TILES = {
 }
 
 
-def candidates(kernel: str, quick: bool):
+def candidates(kernel: str, quick: bool, unrolls=(1,)):
     tiles = TILES[kernel][:2] if quick else TILES[kernel]
-    for (m, n, w, stages), prefetch in itertools.product(tiles, (True, False)):
-        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch)
+    for (m, n, w, stages), prefetch, unroll in itertools.product(tiles, (True, False), unrolls):
+        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll)
 
 
 def main() -> int:
@@ -46,6 +47,7 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--wavelet", default="mexican_hat")
+    p.add_argument("--unroll", default="1", help="comma-separated unroll factors of the main loops, e.g. 1,2,4")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("no GPU: nothing to sweep")
@@ -69,7 +71,7 @@ def main() -> int:
         }
         for name, fn in kernels.items():
             best = None
-            for cfg in candidates(name, args.quick):
+            for cfg in candidates(name, args.quick, tuple(int(u) for u in args.unroll.split(","))):
                 try:
                     ms = triton.testing.do_bench(lambda: fn(cfg), warmup=5, rep=30, return_mode="median")
                 except Exception as exc:  # a config the compiler refuses (registers, shared memory)
@@ -77,7 +79,7 @@ def main() -> int:
                     continue
                 rate = B * SIZE * SIZE / (ms * 1e-3)
                 print(f"  {name:12s} B={B:5d} {ms:8.4f} ms {rate / ceiling:6.1%}  {cfg.block_m}x{cfg.block_n} "
-                      f"w{cfg.num_warps} s{cfg.num_stages} prefetch={cfg.prefetch} split={cfg.split}")
+                      f"w{cfg.num_warps} s{cfg.num_stages} prefetch={cfg.prefetch} unroll={cfg.unroll} split={cfg.split}")
                 rows.append({"kernel": name, "B": B, "cfg": cfg.__dict__, "ms": ms, "rate": rate, "frac": rate / ceiling})
                 if best is None or ms < best[0]:
                     best = (ms, cfg)

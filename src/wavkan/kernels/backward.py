@@ -55,7 +55,7 @@ def _wavkan_bwd_dx_kernel(
     stride_xb, stride_xi,
     stride_dk, stride_db,
     OUT_PER_SPLIT,
-    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -76,7 +76,7 @@ def _wavkan_bwd_dx_kernel(
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
     g_next, a_next, t_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, offs_b, offs_i)
-    for o in range(o_start, o_end):
+    for o in tl.range(o_start, o_end, loop_unroll_factor=UNROLL):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             g, a, t, w_over_s = g_next, a_next, t_next, ws_next
             g_next, a_next, t_next, ws_next = _dx_operands(
@@ -98,7 +98,7 @@ def _wavkan_bwd_dparams_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     stride_dk, stride_do,
     ROWS_PER_SPLIT, z_scale, psi_scale, dpsi_scale,
-    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -121,7 +121,7 @@ def _wavkan_bwd_dparams_kernel(
     acc_q = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_qz = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, b_start, IN_PAD, OUT_PAD, offs_i, offs_o)
-    for b in range(b_start, b_end):
+    for b in tl.range(b_start, b_end, loop_unroll_factor=UNROLL):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             xr, g = x_next, g_next
             x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, tl.minimum(b + 1, b_end - 1), IN_PAD, OUT_PAD, offs_i, offs_o)
@@ -177,7 +177,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         x.stride(0), x.stride(1),
         B * IN if split > 1 else 0, IN,
         per_split,
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
@@ -213,7 +213,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         *_param_strides(scale, translation, weights),
         stride_dk, IN,
         per_split, z_scale, psi_scale, dpsi_scale,
-        FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
+        FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if final:

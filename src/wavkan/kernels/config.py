@@ -36,7 +36,9 @@ class KernelConfig:
 
     ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
     (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
-    launcher pick the number of programs that share one tile's reduction loop.
+    launcher pick the number of programs that share one tile's reduction loop. ``prefetch``
+    issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
+    unroll factor (more independent evaluations in flight per thread).
     """
 
     block_m: int
@@ -46,6 +48,7 @@ class KernelConfig:
     split: Optional[int] = None
     programs_per_sm: int = 4
     prefetch: bool = True
+    unroll: int = 1
 
     def with_split(self, split: int) -> "KernelConfig":
         return replace(self, split=split)

@@ -45,7 +45,7 @@ def _wavkan_fwd_kernel(
     B, IN, OUT, B_PAD, OUT_PAD, PLANE,
     stride_yk, stride_yb,
     IN_PER_SPLIT,
-    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -59,7 +59,7 @@ def _wavkan_fwd_kernel(
     # Row offsets in 64 bits (in * B_PAD can pass 2^31); both pads are whole tiles, so the
     # loads need no mask and stay 16-byte aligned.
     x_next, a_next, c_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
-    for i in range(i_start, i_end):
+    for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
@@ -101,7 +101,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         xt, pack, out, B, IN, OUT, b_pad, out_pad, IN * out_pad,
         B * OUT if split > 1 else 0, OUT,
         in_per_split,
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:
