@@ -4,7 +4,7 @@
 
 For each kernel (forward, grad_x, parameter gradients) and each B in {64, 256, 1024, 4096}
 at in = out = 1024 (mexican_hat, fp32), times every candidate config (median of
-triton.testing.do_bench) and prints evaluations per second and the fraction of the exp2
+triton.testing.do_bench_cudagraph: GPU time without host overhead) and prints evaluations per second and the fraction of the exp2
 ceiling measured in the same run; each tile config with and without the loop's software
 prefetch (and, with --unroll, each unroll factor of the main loop). Registers, spills and
 SASS come from benchmarks/compile_check.py (no GPU needed).
@@ -73,7 +73,9 @@ def main() -> int:
             best = None
             for cfg in candidates(name, args.quick, tuple(int(u) for u in args.unroll.split(","))):
                 try:
-                    ms = triton.testing.do_bench(lambda: fn(cfg), warmup=5, rep=30, return_mode="median")
+                    # Replayed as a CUDA graph: GPU time alone, without the host's launch cost,
+                    # which would hide small-B kernels.
+                    ms = triton.testing.do_bench_cudagraph(lambda: fn(cfg), rep=30, return_mode="median")
                 except Exception as exc:  # a config the compiler refuses (registers, shared memory)
                     print(f"  {name} B={B} {cfg}: failed {type(exc).__name__}: {exc}"[:200])
                     continue

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config
+from .config import KernelConfig, cdiv, choose_split, default_config, resident_programs
 from .device import FOLD_BWD, wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .staging import pack_edge_constants, stage_rows, stage_transposed
 
@@ -166,20 +166,21 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
     gt = stage_transposed(grad, b_pad)
     pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
-    tiles = (b_pad // cfg.block_m) * (in_pad // cfg.block_n)
-    split = choose_split(cfg, tiles, OUT, x.device)
+    meta = dict(
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll,
+        BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    def args(out, stride_dk, per_split):
+        return (x, gt, pack, out, B, IN, OUT, b_pad, in_pad, OUT * in_pad, x.stride(0), x.stride(1), stride_dk, IN, per_split)
+
+    tiles = (b_pad // cfg.block_m, in_pad // cfg.block_n)
+    resident = resident_programs(_wavkan_bwd_dx_kernel, (*tiles, 1), args(dx, 0, OUT), meta, x.device, cfg.programs_per_sm)
+    split = choose_split(tiles[0] * tiles[1], OUT, x.device, resident, cfg.split)
     per_split = cdiv(OUT, split)
     split = cdiv(OUT, per_split)
     out = dx if split == 1 else torch.empty((split, B, IN), dtype=torch.float32, device=x.device)
-    grid = (b_pad // cfg.block_m, in_pad // cfg.block_n, split)
-    _wavkan_bwd_dx_kernel[grid](
-        x, gt, pack, out, B, IN, OUT, b_pad, in_pad, OUT * in_pad,
-        x.stride(0), x.stride(1),
-        B * IN if split > 1 else 0, IN,
-        per_split,
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll, BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    _wavkan_bwd_dx_kernel[(*tiles, split)](*args(out, B * IN if split > 1 else 0, per_split), **meta)
     if split > 1:
         dx.copy_(out.sum(dim=0))
     return dx
@@ -195,27 +196,29 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
     xs = stage_rows(x, in_pad)
     gs = stage_rows(grad, out_pad)
-    tiles = (out_pad // cfg.block_m) * (in_pad // cfg.block_n)
-    split = choose_split(cfg, tiles, B, x.device) if B > 0 else 1
+    meta = dict(
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll,
+        BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))
+
+    def args(ds, dt, dw, stride_dk, per_split):
+        return (xs, gs, scale, translation, weights, ds, dt, dw, B, IN, OUT, in_pad, out_pad,
+                *_param_strides(scale, translation, weights), stride_dk, IN, per_split, z_scale, psi_scale, dpsi_scale)
+
+    tiles = (out_pad // cfg.block_m, in_pad // cfg.block_n)
+    resident = resident_programs(
+        _wavkan_bwd_dparams_kernel, (*tiles, 1), args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device,
+        cfg.programs_per_sm,
+    )
+    split = choose_split(tiles[0] * tiles[1], B, x.device, resident, cfg.split) if B > 0 else 1
     per_split = cdiv(max(B, 1), split)
     split = cdiv(max(B, 1), per_split)
     final = split == 1
-    if final:
-        ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))
-        stride_dk = 0
-    else:
+    if not final:
         partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)
         ds, dt, dw = partials[2], partials[1], partials[0]
-        stride_dk = OUT * IN
-    grid = (out_pad // cfg.block_m, in_pad // cfg.block_n, split)
-    _wavkan_bwd_dparams_kernel[grid](
-        xs, gs, scale, translation, weights, ds, dt, dw, B, IN, OUT, in_pad, out_pad,
-        *_param_strides(scale, translation, weights),
-        stride_dk, IN,
-        per_split, z_scale, psi_scale, dpsi_scale,
-        FINAL=final, WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll, BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    _wavkan_bwd_dparams_kernel[(*tiles, split)](*args(ds, dt, dw, 0 if final else OUT * IN, per_split), FINAL=final, **meta)
     if final:
         return ds, dt, dw
     sum_w, sum_q, sum_qz = partials.sum(dim=1)

@@ -36,7 +36,8 @@ class KernelConfig:
 
     ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
     (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
-    launcher pick the number of programs that share one tile's reduction loop. ``prefetch``
+    launcher pick the number of programs that share one tile's reduction loop, from the
+    programs one SM holds (``resident_programs``; ``programs_per_sm`` under the interpreter). ``prefetch``
     issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
     unroll factor (more independent evaluations in flight per thread).
     """
@@ -54,36 +55,62 @@ class KernelConfig:
         return replace(self, split=split)
 
 
-# From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v4). The
-# forward's register prefetch pays at small B (B=64: 21.5% of the exp ceiling against 15.2%)
-# but costs occupancy in the 128-row tile used from B=1024 (B=4096: 46.6% against 67.4%).
-# grad_x gains from it at every B; the parameter kernel is best with 32 x 64 tiles, without.
+# From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v5): per kernel,
+# (smallest row count, config), largest first. Unrolling the main loop (more independent
+# evaluations in flight) paid everywhere: the kernels are latency-bound at 2-4 programs per SM
+# (ncu: 0.9 eligible warps per scheduler), not issue-bound. The 128-row forward tile needs
+# B >= 128 rows to fill it.
 _GPU = {
-    "fwd": KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True),
-    "fwd_large_b": KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=False),
-    "bwd_dx": KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True),
-    "bwd_dparams": KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=False),
+    "fwd": (
+        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=False, unroll=4)),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
+    ),
+    "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
+    "bwd_dparams": ((0, KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=True, unroll=2)),),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
-LARGE_B = 1024
 
 
 def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConfig:
+    """The measured best config of kernel ``kind`` for ``rows`` rows of x (B)."""
     if device.type != "cuda":
         return _INTERPRETER
-    if kind == "fwd" and rows >= LARGE_B:
-        return _GPU["fwd_large_b"]
-    return _GPU[kind]
+    return next(cfg for min_rows, cfg in _GPU[kind] if rows >= min_rows)
 
 
-def choose_split(cfg: KernelConfig, tiles: int, loop_len: int, device: torch.device, min_per_split: int = 32) -> int:
-    """Programs per tile: 1 once the tiles fill every SM, else enough for ``programs_per_sm``
-    programs per SM (the partials cost memory and a reduction, so only when SMs would idle)."""
-    if cfg.split is not None:
-        return max(1, min(cfg.split, loop_len))
-    sms = sm_count(device)
-    if tiles >= sms:
+# Per-SM limits of the GPUs the kernels target (sm_80 to sm_90): 64K registers, allocated to
+# warps in 256-register units; 64 warps and 32 programs.
+_REGISTERS_PER_SM, _REGISTER_UNIT, _WARPS_PER_SM, _PROGRAMS_PER_SM = 65536, 256, 64, 32
+_RESIDENT: dict = {}
+
+
+def resident_programs(kernel, grid, args, meta: dict, device: torch.device, fallback: int) -> int:
+    """Programs of ``kernel`` (compiled with ``meta``) that one SM runs at once, from the
+    compiled kernel's register count; computed once per kernel and meta-parameters by
+    compiling ahead of the first launch, so that every launch with the same inputs takes the
+    same split (bitwise-reproducible results). ``fallback`` under the interpreter."""
+    if device.type != "cuda":
+        return fallback
+    key = (id(kernel), tuple(sorted(meta.items())))
+    resident = _RESIDENT.get(key)
+    if resident is None:
+        compiled = kernel.warmup(*args, grid=grid, **meta)
+        compiled._init_handles()  # loads the binary: sets n_regs
+        warps = compiled.metadata.num_warps
+        per_warp = cdiv(compiled.n_regs * 32, _REGISTER_UNIT) * _REGISTER_UNIT
+        resident = max(1, min(_REGISTERS_PER_SM // per_warp // warps, _WARPS_PER_SM // warps, _PROGRAMS_PER_SM))
+        _RESIDENT[key] = resident
+    return resident
+
+
+def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int, split=None, min_per_split: int = 32) -> int:
+    """Programs per tile. 1 once the tiles fill every SM; else as many as keep the whole grid
+    resident at once (``resident`` programs per SM): one wave, no tail of a second one that
+    would leave most SMs idle, and no more partials than the idle SMs can use."""
+    if split is not None:
+        return max(1, min(split, loop_len))
+    slots = sm_count(device) * resident
+    if tiles >= slots:
         return 1
-    target = cfg.programs_per_sm * sms
-    split = min(cdiv(target, tiles), max(1, loop_len // min_per_split))
-    return max(1, split)
+    return max(1, min(slots // tiles, loop_len // min_per_split))

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config
+from .config import KernelConfig, cdiv, choose_split, default_config, resident_programs
 from .device import FOLD, wavelet_psi_folded
 from .staging import pack_edge_constants, stage_transposed
 
@@ -91,19 +91,21 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     xt = stage_transposed(x, b_pad)
     z_scale, w_scale = FOLD[wavelet.code]
     pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
-    tiles = (b_pad // cfg.block_m) * (out_pad // cfg.block_n)
-    split = choose_split(cfg, tiles, IN, x.device)
+    meta = dict(
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll,
+        BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    def args(out, stride_yk, in_per_split):
+        return (xt, pack, out, B, IN, OUT, b_pad, out_pad, IN * out_pad, stride_yk, OUT, in_per_split)
+
+    tiles = (b_pad // cfg.block_m, out_pad // cfg.block_n)
+    resident = resident_programs(_wavkan_fwd_kernel, (*tiles, 1), args(y, 0, IN), meta, x.device, cfg.programs_per_sm)
+    split = choose_split(tiles[0] * tiles[1], IN, x.device, resident, cfg.split)
     in_per_split = cdiv(IN, split)
     split = cdiv(IN, in_per_split)
     out = y if split == 1 else torch.empty((split, B, OUT), dtype=torch.float32, device=x.device)
-    grid = (b_pad // cfg.block_m, out_pad // cfg.block_n, split)
-    _wavkan_fwd_kernel[grid](
-        xt, pack, out, B, IN, OUT, b_pad, out_pad, IN * out_pad,
-        B * OUT if split > 1 else 0, OUT,
-        in_per_split,
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    _wavkan_fwd_kernel[(*tiles, split)](*args(out, B * OUT if split > 1 else 0, in_per_split), **meta)
     if split > 1:
         y.copy_(out.sum(dim=0))  # fixed-order sum of the partials, rounded once to x's dtype
     return y
