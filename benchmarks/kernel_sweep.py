@@ -4,10 +4,10 @@
 
 For each kernel (forward, grad_x, parameter gradients) and each B in {64, 256, 1024, 4096}
 at in = out = 1024 (mexican_hat, fp32), times every candidate config (median of
-triton.testing.do_bench_cudagraph: GPU time without host overhead) and prints evaluations per second and the fraction of the exp2
-ceiling measured in the same run; each tile config with and without the loop's software
-prefetch (and, with --unroll, each unroll factor of the main loop). Registers, spills and
-SASS come from benchmarks/compile_check.py (no GPU needed).
+triton.testing.do_bench_cudagraph: GPU time without host overhead) and prints evaluations per
+second and the fraction of the exp2 ceiling measured in the same run; each tile config with
+and without the loop's software prefetch (and, with --unroll, each unroll factor of the main
+loop). Registers, spills and SASS come from benchmarks/compile_check.py (no GPU needed).
 """
 
 from __future__ import annotations
