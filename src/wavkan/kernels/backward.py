@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, resident_programs
+from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs
 from .device import FOLD_BWD, wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .staging import pack_edge_constants, stage_rows, stage_transposed
 
@@ -48,7 +48,7 @@ def _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o):
     return tl.load(xs_ptr + bl * IN_PAD + offs_i), tl.load(gs_ptr + bl * OUT_PAD + offs_o)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_dk", "OUT_PER_SPLIT"])  # as the forward's
 def _wavkan_bwd_dx_kernel(
     x_ptr, gt_ptr, pack_ptr, dx_ptr,
     B, IN, OUT, B_PAD, IN_PAD, PLANE,
@@ -91,7 +91,7 @@ def _wavkan_bwd_dx_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_i[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_dk", "ROWS_PER_SPLIT"])
 def _wavkan_bwd_dparams_kernel(
     xs_ptr, gs_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr,
     B, IN, OUT, IN_PAD, OUT_PAD,
@@ -167,7 +167,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     gt = stage_transposed(grad, b_pad)
     pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
     meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
         BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
@@ -197,7 +197,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     xs = stage_rows(x, in_pad)
     gs = stage_rows(grad, out_pad)
     meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
         BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))

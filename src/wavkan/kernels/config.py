@@ -79,6 +79,16 @@ def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConf
     return next(cfg for min_rows, cfg in _GPU[kind] if rows >= min_rows)
 
 
+# Wavelets whose loops take ``KernelConfig.unroll``: the Gaussian ones (one exp2 and a few fp32
+# operations per evaluation) were measured faster unrolled; the trigonometric ones are long
+# already, and unrolling them multiplies their compile time.
+UNROLLED_WAVELETS = frozenset({0, 2})  # mexican_hat, dog
+
+
+def loop_unroll(cfg: KernelConfig, wavelet_code: int) -> int:
+    return cfg.unroll if wavelet_code in UNROLLED_WAVELETS else 1
+
+
 # Per-SM limits of the GPUs the kernels target (sm_80 to sm_90): 64K registers, allocated to
 # warps in 256-register units; 64 warps and 32 programs.
 _REGISTERS_PER_SM, _REGISTER_UNIT, _WARPS_PER_SM, _PROGRAMS_PER_SM = 65536, 256, 64, 32

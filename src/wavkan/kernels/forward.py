@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, resident_programs
+from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs
 from .device import FOLD, wavelet_psi_folded
 from .staging import pack_edge_constants, stage_transposed
 
@@ -39,7 +39,9 @@ def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o):
     return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
 
 
-@triton.jit
+# The split's ints are not specialised on, so that the compile ahead of the first launch
+# (config.resident_programs) and the launch itself share one binary.
+@triton.jit(do_not_specialize=["stride_yk", "IN_PER_SPLIT"])
 def _wavkan_fwd_kernel(
     xt_ptr, pack_ptr, y_ptr,
     B, IN, OUT, B_PAD, OUT_PAD, PLANE,
@@ -92,7 +94,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     z_scale, w_scale = FOLD[wavelet.code]
     pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
     meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=cfg.unroll,
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
         BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
