@@ -142,6 +142,23 @@ def test_split_reductions_match_unsplit(kind, wavelet, kernel_device):
         assert rel_err(a, e) < 1e-5 and rel_err(b, e) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["fwd", "bwd_dx"])
+def test_split_partials_rounded_once_to_half(kind, kernel_device):
+    """fp16 results of a split reduction: the fp32 partials summed, then rounded once, equal to
+    the one-pass kernel's single rounding up to one fp16 ulp (the sums differ in order only)."""
+    x, s, t, w = layer_inputs(37, 70, 9, torch.float16, kernel_device)
+    g = torch.randn(37, 9, device=kernel_device).half()
+    wav = get_wavelet("mexican_hat")
+    cfg = KernelConfig(16, 16, num_warps=1, num_stages=1)
+    if kind == "fwd":
+        one, three = (wavkan_fwd(x, s, t, w, wav, cfg.with_split(k)) for k in (1, 3))
+    else:
+        one, three = (wavkan_bwd_dx(g, x, s, t, w, wav, cfg.with_split(k)) for k in (1, 3))
+    assert one.dtype == three.dtype == torch.float16
+    ulp = torch.finfo(torch.float16).eps * one.float().abs().clamp_min(2**-14)
+    assert ((one.float() - three.float()).abs() <= ulp).all()
+
+
 def test_deterministic(kernel_device):
     x, s, t, w = layer_inputs(29, 45, 13, torch.float32, kernel_device)
     g = torch.randn(29, 13, device=kernel_device)

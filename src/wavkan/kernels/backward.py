@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs
+from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs, sum_partials
 from .device import FOLD_BWD, wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .staging import pack_edge_constants, stage_rows, stage_transposed
 
@@ -182,7 +182,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     out = dx if split == 1 else torch.empty((split, B, IN), dtype=torch.float32, device=x.device)
     _wavkan_bwd_dx_kernel[(*tiles, split)](*args(out, B * IN if split > 1 else 0, per_split), **meta)
     if split > 1:
-        dx.copy_(out.sum(dim=0))
+        sum_partials(out, dx)
     return dx
 
 

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs
+from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs, sum_partials
 from .device import FOLD, wavelet_psi_folded
 from .staging import pack_edge_constants, stage_transposed
 
@@ -109,5 +109,5 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     out = y if split == 1 else torch.empty((split, B, OUT), dtype=torch.float32, device=x.device)
     _wavkan_fwd_kernel[(*tiles, split)](*args(out, B * OUT if split > 1 else 0, in_per_split), **meta)
     if split > 1:
-        y.copy_(out.sum(dim=0))  # fixed-order sum of the partials, rounded once to x's dtype
+        sum_partials(out, y)
     return y
