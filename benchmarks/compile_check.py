@@ -46,11 +46,13 @@ def _signature(fn, pointers: dict, constexprs: dict):
     return sig
 
 
-def kernels(wavelet: str, unroll=None):
+def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
     code = get_wavelet(wavelet).code
-    fwd, dx, dp = (default_config(kind, _cuda()) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
+    fwd, dx, dp = (default_config(kind, _cuda(), rows) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
     if unroll is not None:
         fwd, dx, dp = (dataclasses.replace(c, unroll=unroll) for c in (fwd, dx, dp))
+    if maxnreg is not None:
+        fwd, dx, dp = (dataclasses.replace(c, maxnreg=maxnreg) for c in (fwd, dx, dp))
     f32 = "*fp32"
     yield "fwd", forward._wavkan_fwd_kernel, {"xt_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
         {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": fwd.unroll, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
@@ -105,16 +107,18 @@ def main() -> int:
     p.add_argument("--sass", help="write each kernel's SASS into this folder")
     p.add_argument("--wavelet", default="all")
     p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults'")
+    p.add_argument("--maxnreg", type=int, help="cap registers per thread (ptxas .maxnreg)")
+    p.add_argument("--rows", type=int, default=0, help="the B whose default configs to compile")
     p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")
     args = p.parse_args()
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
-        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll):
+        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows):
             # As a real launch specialises them: pointers and padded sizes divisible by 16.
             aligned = [k for k, n in enumerate(fn.arg_names) if n in pointers or n in ALIGNED_INTS]
             attrs = {(k,): [["tt.divisibility", 16]] for k in aligned}
             src = ASTSource(fn, _signature(fn, pointers, constexprs), constexprs, attrs)
-            options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            options = cfg.launch_options()
             compiled = triton.compile(src, target=TARGET, options=options)
             sass = _cuobjdump(compiled.asm["cubin"], "-sass")
             usage = _cuobjdump(compiled.asm["cubin"], "-res-usage")

@@ -36,10 +36,10 @@ TILES = {
 }
 
 
-def candidates(kernel: str, quick: bool, unrolls=(1,)):
+def candidates(kernel: str, quick: bool, unrolls=(1,), maxnregs=(None,)):
     tiles = TILES[kernel][:2] if quick else TILES[kernel]
-    for (m, n, w, stages), prefetch, unroll in itertools.product(tiles, (True, False), unrolls):
-        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll)
+    for (m, n, w, stages), prefetch, unroll, maxnreg in itertools.product(tiles, (True, False), unrolls, maxnregs):
+        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll, maxnreg=maxnreg)
 
 
 def main() -> int:
@@ -48,6 +48,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--wavelet", default="mexican_hat")
     p.add_argument("--unroll", default="1", help="comma-separated unroll factors of the main loops, e.g. 1,2,4")
+    p.add_argument("--maxnreg", default="0", help="comma-separated register caps per thread, 0 for none, e.g. 0,128")
+    p.add_argument("--kernels", default="fwd,bwd_dx,bwd_dparams", help="comma-separated kernels to sweep")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("no GPU: nothing to sweep")
@@ -69,9 +71,13 @@ def main() -> int:
             "bwd_dx": lambda c: wavkan_bwd_dx(g, x, s, t, w, wav, c),
             "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
         }
+        unrolls = tuple(int(u) for u in args.unroll.split(","))
+        maxnregs = tuple(int(r) or None for r in args.maxnreg.split(","))
         for name, fn in kernels.items():
+            if name not in args.kernels.split(","):
+                continue
             best = None
-            for cfg in candidates(name, args.quick, tuple(int(u) for u in args.unroll.split(","))):
+            for cfg in candidates(name, args.quick, unrolls, maxnregs):
                 try:
                     # Replayed as a CUDA graph: GPU time alone, without the host's launch cost,
                     # which would hide small-B kernels.
@@ -81,7 +87,7 @@ def main() -> int:
                     continue
                 rate = B * SIZE * SIZE / (ms * 1e-3)
                 print(f"  {name:12s} B={B:5d} {ms:8.4f} ms {rate / ceiling:6.1%}  {cfg.block_m}x{cfg.block_n} "
-                      f"w{cfg.num_warps} s{cfg.num_stages} prefetch={cfg.prefetch} unroll={cfg.unroll} split={cfg.split}")
+                      f"w{cfg.num_warps} s{cfg.num_stages} prefetch={cfg.prefetch} unroll={cfg.unroll} maxnreg={cfg.maxnreg} split={cfg.split}")
                 rows.append({"kernel": name, "B": B, "cfg": cfg.__dict__, "ms": ms, "rate": rate, "frac": rate / ceiling})
                 if best is None or ms < best[0]:
                     best = (ms, cfg)

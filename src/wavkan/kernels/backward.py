@@ -168,7 +168,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
     meta = dict(
         WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
-        BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
     )
 
     def args(out, stride_dk, per_split):
@@ -198,7 +198,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     gs = stage_rows(grad, out_pad)
     meta = dict(
         WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
-        BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
     )
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))
 

@@ -50,6 +50,15 @@ class KernelConfig:
     programs_per_sm: int = 4
     prefetch: bool = True
     unroll: int = 1
+    maxnreg: Optional[int] = None
+
+    def launch_options(self) -> dict:
+        """Triton's launch options for this config (``maxnreg`` only when set: it caps the
+        registers per thread, which trades spills for programs per SM)."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg is not None:
+            opts["maxnreg"] = self.maxnreg
+        return opts
 
     def with_split(self, split: int) -> "KernelConfig":
         return replace(self, split=split)

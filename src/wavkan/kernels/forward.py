@@ -95,7 +95,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
     meta = dict(
         WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
-        BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n, **cfg.launch_options(),
     )
 
     def args(out, stride_yk, in_per_split):
