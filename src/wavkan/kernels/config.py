@@ -120,7 +120,10 @@ def resident_programs(kernel, grid, args, meta: dict, device: torch.device, fall
     same split (bitwise-reproducible results). ``fallback`` under the interpreter."""
     if device.type != "cuda":
         return fallback
-    key = (id(kernel), tuple(sorted(meta.items())))
+    # Triton compiles a separate binary where an int argument is 1 (a constant) or needs 64
+    # bits; those can differ in registers (B = 1 needs far fewer), so they are part of the key.
+    ints = tuple((a == 1, a >= 1 << 31) for a in args if isinstance(a, int) and not isinstance(a, bool))
+    key = (id(kernel), tuple(sorted(meta.items())), ints)
     resident = _RESIDENT.get(key)
     if resident is None:
         compiled = kernel.warmup(*args, grid=grid, **meta)
