@@ -159,6 +159,21 @@ def test_split_partials_rounded_once_to_half(kind, kernel_device):
     assert ((one.float() - three.float()).abs() <= ulp).all()
 
 
+@pytest.mark.parametrize("prefetch, unroll", [(False, 1), (False, 3), (True, 3)])
+def test_loop_variants(prefetch, unroll, kernel_device):
+    """The main loops without the register prefetch, and unrolled (the factor is a compiler
+    hint: the interpreter runs the plain loop), against the float64 reference."""
+    x, s, t, w = layer_inputs(19, 23, 11, torch.float32, kernel_device)
+    g = torch.randn(19, 11, device=kernel_device)
+    wav = get_wavelet("mexican_hat")
+    cfg = KernelConfig(16, 16, num_warps=1, num_stages=1, prefetch=prefetch, unroll=unroll, split=1)
+    got = [wavkan_fwd(x, s, t, w, wav, cfg), wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg)]
+    d = [a.double() for a in (g, x, s, t, w)]
+    expected = [reference_forward(*d[1:], "mexican_hat"), *reference_backward(*d, "mexican_hat")]
+    for a, e in zip(got, expected):
+        assert rel_err(a, e) < FP32_TOL["grad"], rel_err(a, e)
+
+
 def test_deterministic(kernel_device):
     x, s, t, w = layer_inputs(29, 45, 13, torch.float32, kernel_device)
     g = torch.randn(29, 13, device=kernel_device)

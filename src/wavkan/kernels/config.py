@@ -67,12 +67,11 @@ class KernelConfig:
 # From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v5): per kernel,
 # (smallest row count, config), largest first. Unrolling the main loop (more independent
 # evaluations in flight) paid everywhere: the kernels are latency-bound at 2-4 programs per SM
-# (ncu: 0.9 eligible warps per scheduler), not issue-bound. The 128-row forward tile needs
-# B >= 128 rows to fill it.
+# (ncu: 0.9 eligible warps per scheduler), not issue-bound; capping registers for more
+# programs per SM (maxnreg 128, 96) lost 3-7 points. The 128-row forward tile needs B >= 128.
 _GPU = {
     "fwd": (
-        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
-        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=False, unroll=4)),
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
     "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
