@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 
 from wavkan import WAVELETS, get_wavelet
 from wavkan.kernels import backward, forward
-from wavkan.kernels.config import default_config
+from wavkan.kernels.config import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
 ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PLANE", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
@@ -55,13 +55,13 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
         fwd, dx, dp = (dataclasses.replace(c, maxnreg=maxnreg) for c in (fwd, dx, dp))
     f32 = "*fp32"
     yield "fwd", forward._wavkan_fwd_kernel, {"xt_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": fwd.unroll, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": loop_unroll(fwd, code), "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
         {k: f32 for k in ("x_ptr", "gt_ptr", "pack_ptr", "dx_ptr")}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": dx.unroll, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
+        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, code), "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
     yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
         {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
-        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": dp.unroll, "BLOCK_OUT": dp.block_m,
+        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, code), "BLOCK_OUT": dp.block_m,
          "BLOCK_IN": dp.block_n}, dp
 
 
@@ -106,7 +106,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sass", help="write each kernel's SASS into this folder")
     p.add_argument("--wavelet", default="all")
-    p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults'")
+    p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults' (Gaussian wavelets)")
     p.add_argument("--maxnreg", type=int, help="cap registers per thread (ptxas .maxnreg)")
     p.add_argument("--rows", type=int, default=0, help="the B whose default configs to compile")
     p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")

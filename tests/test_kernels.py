@@ -14,6 +14,7 @@ from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_i
 
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
+from wavkan.kernels.staging import stage_rows
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -113,6 +114,7 @@ def test_backward_on_whole_tiles(wavelet, g_layout, kernel_device):
         g = g.t().contiguous().t()
     wav = get_wavelet(wavelet)
     cfg = KernelConfig(32, 32, num_warps=1, num_stages=1, split=1)
+    assert stage_rows(x, IN) is x and (stage_rows(g, OUT) is g) == (g_layout == "contiguous")
     got = [wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg)]
     expected = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), wavelet)
     for name, a, e in zip(("grad_x", "grad_scale", "grad_translation", "grad_weights"), got, expected):
@@ -172,6 +174,28 @@ def test_loop_variants(prefetch, unroll, kernel_device):
     expected = [reference_forward(*d[1:], "mexican_hat"), *reference_backward(*d, "mexican_hat")]
     for a, e in zip(got, expected):
         assert rel_err(a, e) < FP32_TOL["grad"], rel_err(a, e)
+
+
+def test_empty_batch(kernel_device):
+    """B = 0: an empty output, and zero parameter gradients (a sum over no rows)."""
+    x, s, t, w = (a.requires_grad_() for a in layer_inputs(0, 6, 4, torch.float32, kernel_device))
+    y = wavkan_linear(x, s, t, w, backend="triton")
+    assert y.shape == (0, 4)
+    y.sum().backward()
+    assert x.grad.shape == (0, 6)
+    for p in (s, t, w):
+        assert torch.equal(p.grad, torch.zeros_like(p))
+
+
+def test_split_is_deterministic(kernel_device):
+    x, s, t, w = layer_inputs(37, 70, 9, torch.float32, kernel_device)
+    g = torch.randn(37, 9, device=kernel_device)
+    wav = get_wavelet("dog")
+    cfg = KernelConfig(16, 16, num_warps=1, num_stages=1, split=3)
+    for fn, args in ((wavkan_fwd, (x,)), (wavkan_bwd_dx, (g, x)), (wavkan_bwd_dparams, (g, x))):
+        first, second = (fn(*args, s, t, w, wav, cfg) for _ in range(2))
+        for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (first, second))):
+            assert torch.equal(a, b)
 
 
 def test_deterministic(kernel_device):

@@ -1,6 +1,7 @@
 """Fused backward: grad_x and the three parameter gradients, psi and dpsi recomputed.
 
-With g = dL/dy (B, out), a = 1/s, z = x a - t a and psi, dpsi at z[b, o, i]:
+With g = dL/dy (B, out), a = 1/s, z = x a - t a and psi, dpsi at z[b, o, i] (the kernels
+evaluate them at k z, scaled: ``device.FOLD_BWD``, undone in the packing and the epilogue):
 
     grad_x[b, i] = sum_o g[b, o] (w a)[o, i] dpsi        reduce over out: tile (B, in)
     grad_w[o, i] = sum_b g[b, o] psi                      reduce over B:   tile (out, in)
@@ -190,6 +191,8 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     """(grad_scale, grad_translation, grad_weights), each (out, in) in its parameter's dtype."""
     B, IN = x.shape
     OUT = scale.shape[0]
+    if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
+        return tuple(torch.zeros_like(p) for p in (scale, translation, weights))
     cfg = config or default_config("bwd_dparams", x.device, B)
     out_pad = cdiv(OUT, cfg.block_m) * cfg.block_m
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
@@ -211,9 +214,9 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         _wavkan_bwd_dparams_kernel, (*tiles, 1), args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device,
         cfg.programs_per_sm,
     )
-    split = choose_split(tiles[0] * tiles[1], B, x.device, resident, cfg.split) if B > 0 else 1
-    per_split = cdiv(max(B, 1), split)
-    split = cdiv(max(B, 1), per_split)
+    split = choose_split(tiles[0] * tiles[1], B, x.device, resident, cfg.split)
+    per_split = cdiv(B, split)
+    split = cdiv(B, per_split)
     final = split == 1
     if not final:
         partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)

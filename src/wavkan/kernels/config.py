@@ -37,7 +37,9 @@ class KernelConfig:
     ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
     (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
     launcher pick the number of programs that share one tile's reduction loop, from the
-    programs one SM holds (``resident_programs``; ``programs_per_sm`` under the interpreter). ``prefetch``
+    programs one SM holds (``resident_programs``; ``programs_per_sm`` is the figure used where
+    that cannot be measured: under the interpreter). ``unroll`` applies to the Gaussian
+    wavelets only (``loop_unroll``). ``prefetch``
     issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
     unroll factor (more independent evaluations in flight per thread).
     """
@@ -106,30 +108,56 @@ def loop_unroll(cfg: KernelConfig, wavelet_code: int) -> int:
     return cfg.unroll if wavelet_code in UNROLLED_WAVELETS else 1
 
 
-# Per-SM limits of the GPUs the kernels target (sm_80 to sm_90): 64K registers, allocated to
-# warps in 256-register units; 64 warps and 32 programs.
-_REGISTERS_PER_SM, _REGISTER_UNIT, _WARPS_PER_SM, _PROGRAMS_PER_SM = 65536, 256, 64, 32
+# Registers are allocated to warps in units of 256; a GPU holds at most 32 programs per SM.
+_REGISTER_UNIT, _PROGRAMS_PER_SM = 256, 32
 _RESIDENT: dict = {}
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_limits(index: int) -> tuple:
+    """(registers, warps) one SM of GPU ``index`` holds."""
+    props = torch.cuda.get_device_properties(index)
+    regs = getattr(props, "regs_per_multiprocessor", 65536)
+    return regs, getattr(props, "max_threads_per_multi_processor", 2048) // 32
+
+
+def _specialization(args) -> tuple:
+    """What Triton compiles separate binaries for, per argument (and which can differ in
+    registers: B = 1 needs far fewer): for ints, == 1, divisible by 16 and 64-bit; for tensors,
+    dtype and 16-byte alignment."""
+    spec = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            spec.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, int) and not isinstance(a, bool):
+            spec.append((a == 1, a % 16 == 0, not -(1 << 31) <= a < 1 << 31))
+        else:
+            spec.append(None)
+    return tuple(spec)
+
+
 def resident_programs(kernel, grid, args, meta: dict, device: torch.device, fallback: int) -> int:
-    """Programs of ``kernel`` (compiled with ``meta``) that one SM runs at once, from the
-    compiled kernel's register count; computed once per kernel and meta-parameters by
-    compiling ahead of the first launch, so that every launch with the same inputs takes the
-    same split (bitwise-reproducible results). ``fallback`` under the interpreter."""
+    """Programs of ``kernel`` (compiled for ``args`` with ``meta``) that one SM runs at once,
+    from the compiled kernel's register count. Computed by compiling ahead of the first launch
+    and cached per kernel, meta-parameters and argument specialisation, so that every launch
+    with the same inputs takes the same split whatever ran before (bitwise-reproducible
+    results). ``fallback`` under the interpreter, or where this Triton's compiled kernel does
+    not report its registers."""
     if device.type != "cuda":
         return fallback
-    # Triton compiles a separate binary where an int argument is 1 (a constant) or needs 64
-    # bits; those can differ in registers (B = 1 needs far fewer), so they are part of the key.
-    ints = tuple((a == 1, a >= 1 << 31) for a in args if isinstance(a, int) and not isinstance(a, bool))
-    key = (id(kernel), tuple(sorted(meta.items())), ints)
+    key = (id(kernel), tuple(sorted(meta.items())), _specialization(args))
     resident = _RESIDENT.get(key)
     if resident is None:
         compiled = kernel.warmup(*args, grid=grid, **meta)
-        compiled._init_handles()  # loads the binary: sets n_regs
-        warps = compiled.metadata.num_warps
-        per_warp = cdiv(compiled.n_regs * 32, _REGISTER_UNIT) * _REGISTER_UNIT
-        resident = max(1, min(_REGISTERS_PER_SM // per_warp // warps, _WARPS_PER_SM // warps, _PROGRAMS_PER_SM))
+        try:
+            compiled._init_handles()  # loads the binary: sets n_regs
+            n_regs, warps = compiled.n_regs, compiled.metadata.num_warps
+        except AttributeError:  # no CompiledKernel (a cache hook, async compile): no estimate
+            resident = fallback
+        else:
+            regs_per_sm, warps_per_sm = _sm_limits(device.index if device.index is not None else torch.cuda.current_device())
+            per_warp = cdiv(max(1, n_regs) * 32, _REGISTER_UNIT) * _REGISTER_UNIT
+            resident = max(1, min(regs_per_sm // per_warp // warps, warps_per_sm // warps, _PROGRAMS_PER_SM))
         _RESIDENT[key] = resident
     return resident
 

@@ -172,8 +172,9 @@ def wavelet_psi_dpsi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
 @triton.jit
 def wavelet_grad_terms(zs, g, WAVELET: tl.constexpr, FAST: tl.constexpr):
     """(g psi', g dpsi', g dpsi' zs) with psi', dpsi' = ``wavelet_psi_dpsi_folded(zs)``: the
-    parameter gradients' three sums. For mexican_hat, g is applied to the exponential once and
-    zs dpsi' = -m r e is taken from m = -zs^2, two fp32 instructions fewer per evaluation."""
+    parameter gradients' three sums. For mexican_hat, where psi' = (-2 ln2 m - 1) e and
+    dpsi' = zs r e with m = -zs^2, e = exp2(m), r = 3 + 2 ln2 m: g is applied to e once and
+    zs dpsi' = -m r e comes from m, two fp32 instructions fewer per evaluation."""
     if WAVELET == MEXICAN_HAT:
         m = zs * -zs
         u = g * tl.exp2(m)

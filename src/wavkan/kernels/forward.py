@@ -1,4 +1,5 @@
-"""Fused forward: y[b, o] = sum_i w[o, i] psi(x[b, i] * a[o, i] + c[o, i]), a = 1/s, c = -t/s.
+"""Fused forward: y[b, o] = sum_i w[o, i] psi(x[b, i] * a[o, i] + c[o, i]), a = 1/s, c = -t/s
+(in the kernel a and c carry the wavelet's k as well: see the staging below).
 
 One program owns a (BLOCK_B, BLOCK_OUT) tile of y in fp32 registers and walks its share of
 the ``in`` loop: per step it loads one column of x (BLOCK_B) and one row of each packed edge
@@ -40,7 +41,7 @@ def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o):
 
 
 # The split's ints are not specialised on, so that the compile ahead of the first launch
-# (config.resident_programs) and the launch itself share one binary.
+# (config.resident_programs) is the launch's binary whenever the output is y itself.
 @triton.jit(do_not_specialize=["stride_yk", "IN_PER_SPLIT"])
 def _wavkan_fwd_kernel(
     xt_ptr, pack_ptr, y_ptr,

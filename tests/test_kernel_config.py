@@ -1,0 +1,68 @@
+"""Launch planning without a GPU: the split rule and the occupancy cache behind it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from wavkan.kernels import config
+
+CPU = torch.device("cpu")
+
+
+def test_choose_split_fills_one_wave():
+    # Under the interpreter the device counts as one SM, so the slots are ``resident``.
+    assert config.choose_split(tiles=3, loop_len=1024, device=CPU, resident=10) == 3  # 9 programs <= 10
+    assert config.choose_split(tiles=10, loop_len=1024, device=CPU, resident=10) == 1  # tiles fill it
+    assert config.choose_split(tiles=1, loop_len=64, device=CPU, resident=100) == 2  # >= 32 steps each
+    assert config.choose_split(tiles=1, loop_len=10, device=CPU, resident=100) == 1
+    assert config.choose_split(tiles=5, loop_len=10, device=CPU, resident=4, split=20) == 10  # explicit, capped
+
+
+class _FakeKernel:
+    """Stands in for a JITFunction: ``warmup`` returns a compiled kernel with ``n_regs``
+    registers per thread when B (the first int argument) is 1, else ``regs``."""
+
+    def __init__(self, regs: int, warps: int = 4):
+        self.regs, self.warps, self.compiles = regs, warps, 0
+
+    def warmup(self, *args, grid, **meta):
+        self.compiles += 1
+        n_regs = 40 if args[1] == 1 else self.regs
+        return SimpleNamespace(_init_handles=lambda: None, n_regs=n_regs, metadata=SimpleNamespace(num_warps=self.warps))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    monkeypatch.setattr(config, "_sm_limits", lambda index: (65536, 64))
+    monkeypatch.setattr(config, "_RESIDENT", {})
+    return torch.device("cuda", 0)
+
+
+def test_resident_programs_from_registers(fake_gpu):
+    x = torch.zeros(8, 8)
+    kernel = _FakeKernel(regs=128)  # 128 x 32 = 4096 registers per warp: 16 warps, 4 programs of 4
+    assert config.resident_programs(kernel, (1, 1, 1), (x, 4096), {"BLOCK": 64}, fake_gpu, fallback=99) == 4
+    assert config.resident_programs(kernel, (1, 1, 1), (x, 4096), {"BLOCK": 64}, fake_gpu, fallback=99) == 4
+    assert kernel.compiles == 1  # cached
+    kernel.regs = 255  # a different meta compiles again: 256 x 32 per warp, 8 warps, 2 programs
+    assert config.resident_programs(kernel, (1, 1, 1), (x, 4096), {"BLOCK": 128}, fake_gpu, fallback=99) == 2
+
+
+def test_resident_programs_keyed_on_specialisation(fake_gpu):
+    """A B = 1 binary (fewer registers) must not decide the split of B = 4096 calls."""
+    x = torch.zeros(8, 8)
+    kernel = _FakeKernel(regs=128)
+    small = config.resident_programs(kernel, (1, 1, 1), (x, 1), {}, fake_gpu, fallback=99)
+    large = config.resident_programs(kernel, (1, 1, 1), (x, 4096), {}, fake_gpu, fallback=99)
+    assert (small, large) == (12, 4) and kernel.compiles == 2  # 40 regs: 48 warps by registers, 64/4 = 16 cap
+    half = config.resident_programs(kernel, (1, 1, 1), (x.half(), 4096), {}, fake_gpu, fallback=99)
+    assert half == 4 and kernel.compiles == 3  # another pointer dtype is another binary
+
+
+def test_resident_programs_falls_back_without_registers(fake_gpu):
+    kernel = SimpleNamespace(warmup=lambda *a, grid, **m: None)  # e.g. a cache hook returned nothing
+    assert config.resident_programs(kernel, (1, 1, 1), (3,), {}, fake_gpu, fallback=7) == 7
+    assert config.resident_programs(kernel, (1, 1, 1), (3,), {}, CPU, fallback=5) == 5
