@@ -36,6 +36,18 @@ TILES = {
 }
 
 
+def operands(B: int, size: int, device="cuda"):
+    """x (B, size), scale, translation, weights (size, size) and dL/dy (B, size): the inputs
+    every timing script here uses (scale in [0.5, 1.5), translations and weights of the
+    magnitudes the layer's initialisation and training give)."""
+    x = torch.randn(B, size, device=device)
+    s = torch.rand(size, size, device=device) + 0.5
+    t = torch.randn(size, size, device=device) * 0.5
+    w = torch.randn(size, size, device=device) / 32
+    g = torch.randn(B, size, device=device)
+    return x, s, t, w, g
+
+
 def candidates(kernel: str, quick: bool, unrolls=(1,), maxnregs=(None,)):
     tiles = TILES[kernel][:2] if quick else TILES[kernel]
     for (m, n, w, stages), prefetch, unroll, maxnreg in itertools.product(tiles, (True, False), unrolls, maxnregs):
@@ -61,11 +73,7 @@ def main() -> int:
     wav = get_wavelet(args.wavelet)
     rows = []
     for B in BATCHES:
-        x = torch.randn(B, SIZE, device="cuda")
-        s = torch.rand(SIZE, SIZE, device="cuda") + 0.5
-        t = torch.randn(SIZE, SIZE, device="cuda") * 0.5
-        w = torch.randn(SIZE, SIZE, device="cuda") / 32
-        g = torch.randn(B, SIZE, device="cuda")
+        x, s, t, w, g = operands(B, SIZE)
         kernels = {
             "fwd": lambda c: wavkan_fwd(x, s, t, w, wav, c),
             "bwd_dx": lambda c: wavkan_bwd_dx(g, x, s, t, w, wav, c),

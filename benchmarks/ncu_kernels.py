@@ -16,6 +16,8 @@ import torch
 from wavkan import get_wavelet
 from wavkan.kernels import wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 
+from kernel_sweep import operands  # this folder is on sys.path when run as a script
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -27,11 +29,7 @@ def main() -> int:
         print("no GPU: nothing to profile")
         return 0
     B, N = args.batch, args.size
-    x = torch.randn(B, N, device="cuda")
-    s = torch.rand(N, N, device="cuda") + 0.5
-    t = torch.randn(N, N, device="cuda") * 0.5
-    w = torch.randn(N, N, device="cuda") / 32
-    g = torch.randn(B, N, device="cuda")
+    x, s, t, w, g = operands(B, N)
     wav = get_wavelet(args.wavelet)
     for _ in range(2):
         wavkan_fwd(x, s, t, w, wav)
