@@ -23,11 +23,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from wavkan import WAVELETS, get_wavelet
-from wavkan.kernels import backward, forward
+from wavkan.kernels import backward, forward, forward_half
 from wavkan.kernels.config import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
-ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PLANE", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
+ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PAIRS_PAD", "PLANE", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
                 "stride_wo", "stride_do", "stride_db"}
 FLOATS = {"z_scale", "psi_scale", "dpsi_scale"}
 
@@ -46,7 +46,7 @@ def _signature(fn, pointers: dict, constexprs: dict):
     return sig
 
 
-def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
+def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly_steps=None):
     code = get_wavelet(wavelet).code
     fwd, dx, dp = (default_config(kind, _cuda(), rows) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
     if unroll is not None:
@@ -63,6 +63,12 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
         {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
         {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, code), "BLOCK_OUT": dp.block_m,
          "BLOCK_IN": dp.block_n}, dp
+    if code in forward_half.HALF_WAVELETS:
+        half = default_config("fwd_half", _cuda(), rows)
+        yield "fwd_half", forward_half._wavkan_fwd_half_kernel, {"xt_ptr": "*i32", "pack_ptr": "*i32", "y_ptr": "*fp16"}, \
+            {"WAVELET": code, "PTX": True, "CHUNK_STEPS": forward_half.CHUNK,
+             "POLY_MASK": forward_half.poly_mask(half.poly_steps if poly_steps is None else poly_steps), "BLOCK_B": half.block_m,
+             "BLOCK_PAIRS": half.block_n}, half
 
 
 def _cuda():
@@ -109,11 +115,12 @@ def main() -> int:
     p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults' (Gaussian wavelets)")
     p.add_argument("--maxnreg", type=int, help="cap registers per thread (ptxas .maxnreg)")
     p.add_argument("--rows", type=int, default=0, help="the B whose default configs to compile")
+    p.add_argument("--poly-steps", type=int, help="packed-half forward: steps of 16 that take the polynomial exp2")
     p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")
     args = p.parse_args()
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
-        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows):
+        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows, args.poly_steps):
             # As a real launch specialises them: pointers and padded sizes divisible by 16.
             aligned = [k for k, n in enumerate(fn.arg_names) if n in pointers or n in ALIGNED_INTS]
             attrs = {(k,): [["tt.divisibility", 16]] for k in aligned}
@@ -134,7 +141,8 @@ def main() -> int:
                 mufu = max(1, loop["MUFU"])
                 print(f"{'':25s} main loop: {sum(loop.values())} instructions, MUFU={loop['MUFU']} "
                       f"LDG={loop['LDG']} ({sum(loop.values()) / mufu:.2f} issued per MUFU, "
-                      f"{loop['LDG'] / mufu:.2f} LDG per MUFU)")
+                      f"{loop['LDG'] / mufu:.2f} LDG per MUFU); most issued: "
+                      + " ".join(f"{op}={n}" for op, n in loop.most_common(8)))
             if args.ttgir:
                 os.makedirs(args.ttgir, exist_ok=True)
                 with open(os.path.join(args.ttgir, f"{wavelet}.{name}.ttgir"), "w") as f:

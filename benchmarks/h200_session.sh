@@ -7,7 +7,7 @@
 # From the repository root:
 #
 #   OUT=results MNIST=path/to/mnist.npz [TRAIN=1] [SEEDS=3] [WAVELETS="mexican_hat dog"] \
-#     [PARTS="tests sweep host ncu bench"] bash benchmarks/h200_session.sh
+#     [PARTS="tests sweep half host ncu bench"] bash benchmarks/h200_session.sh
 #
 # PARTS picks what runs besides training (default: all); the parts' time limits sum to more than
 # one 10-minute call, so a call under such a limit names the parts it needs.
@@ -21,7 +21,7 @@ MNIST=${MNIST:-mnist}
 TRAIN=${TRAIN:-1}
 SEEDS=${SEEDS:-3}
 WAVELETS=${WAVELETS:-mexican_hat dog shannon meyer morlet}
-PARTS=" ${PARTS:-tests sweep host ncu bench} "
+PARTS=" ${PARTS:-tests sweep half host ncu bench} "
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
@@ -43,7 +43,7 @@ fi
 
 if [[ $PARTS == *" tests "* ]]; then  # the whole suite took 160-175 s on the H200
   timeout 240 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
-    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_config.py > "$OUT/pytest.log" 2>&1
+    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_config.py tests/test_fast_math.py > "$OUT/pytest.log" 2>&1
   tail -12 "$OUT/pytest.log"
   timeout 80 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu >> "$OUT/pytest.log" 2>&1
   tail -4 "$OUT/pytest.log"
@@ -79,6 +79,10 @@ if [[ $PARTS == *" sweep "* ]]; then
   timeout 110 python benchmarks/kernel_sweep.py --quick --unroll 1,2,4 --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
   grep -E "best|ceiling" "$OUT/sweep.log"
 fi
+if [[ $PARTS == *" half "* ]]; then  # the packed-half forward's tiles and polynomial share
+  timeout 150 python benchmarks/half_sweep.py --out "$OUT" > "$OUT/half_sweep.log" 2>&1
+  grep -v "^  " "$OUT/half_sweep.log"; sort -t'x' -k1 "$OUT/half_sweep.log" | grep "^  half" | head -40
+fi
 if [[ $PARTS == *" host "* ]]; then
   timeout 30 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
   head -2 "$OUT/host_profile.log"
@@ -92,4 +96,9 @@ if [[ $PARTS == *" bench "* ]]; then
   timeout 190 python -m wavkan.bench --quick --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 \
     --out "$OUT/bench" > "$OUT/bench.log" 2>&1
   tail -45 "$OUT/bench.log"
+  # fast_math beside the fp32 kernel, forward only
+  timeout 90 python -m wavkan.bench --level op --mode forward --dtype fp32 fp16 bf16 --provider wavkan wavkan-fast \
+    --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 --no-recorded --out "$OUT/bench-half" \
+    > "$OUT/bench-half.log" 2>&1
+  grep "^\[op\]" "$OUT/bench-half.log"
 fi

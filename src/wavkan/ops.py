@@ -12,6 +12,12 @@ same two implementations, which costs less host time per call. Either dispatches
   under ``TRITON_INTERPRET=1``. They compute in fp32, so float64 inputs stay on the
   reference, which keeps float64 exact;
 - ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed, else reference.
+
+``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
+exists: the triton backend, float16/bfloat16 x, mexican_hat or dog. It computes in fp16 pairs
+with part of the exponentials as polynomials, at about 1e-3 relative error; elsewhere, and for
+every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it is a
+permission, not a request that fails when it cannot be met.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ __all__ = ["BACKENDS", "wavkan_linear", "resolve_backend"]
 BACKENDS = ("auto", "reference", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_FAST_MATH_WAVELETS = ("mexican_hat", "dog")  # wavkan.kernels.forward_half.HALF_WAVELETS
 
 
 def _interpreting() -> bool:
@@ -75,7 +83,17 @@ def _check_inputs(x, scale, translation, weights) -> None:
 # --- the op, once per backend ------------------------------------------------------------
 
 
-def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str):
+def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str) -> bool:
+    """Whether ``fast_math`` takes the packed-half forward for this call (see the module docstring)."""
+    return fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in _FAST_MATH_WAVELETS
+
+
+def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,
+                  fast_math: bool = False):  # fmt: skip
+    if uses_fast_math(fast_math, backend, x, wavelet):
+        from .kernels import wavkan_fwd_half
+
+        return wavkan_fwd_half(x, scale, translation, weights, get_wavelet(wavelet))
     if backend == "triton":
         from .kernels import wavkan_fwd
 
@@ -95,12 +113,14 @@ def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: 
 
 
 @torch.library.custom_op("wavkan::linear", mutates_args=())
-def _linear(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str) -> Tensor:
-    return _forward_impl(x, scale, translation, weights, wavelet, backend)
+def _linear(
+    x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str, fast_math: bool
+) -> Tensor:
+    return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
 
 
 @_linear.register_fake
-def _(x, scale, translation, weights, wavelet, backend):
+def _(x, scale, translation, weights, wavelet, backend, fast_math):
     return x.new_empty((x.shape[0], scale.shape[0]))
 
 
@@ -122,7 +142,7 @@ def _(grad, x, scale, translation, weights, wavelet, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, scale, translation, weights, wavelet, backend = inputs
+    x, scale, translation, weights, wavelet, backend, _fast_math = inputs
     ctx.save_for_backward(x, scale, translation, weights)
     ctx.wavelet, ctx.backend = wavelet, backend
 
@@ -130,7 +150,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     x, scale, translation, weights = ctx.saved_tensors
     grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend)
-    return (*grads, None, None)
+    return (*grads, None, None, None)
 
 
 _linear.register_autograd(_backward, setup_context=_setup_context)
@@ -145,16 +165,16 @@ class _EagerLinear(torch.autograd.Function):
     the custom op instead. Both run ``_forward_impl`` and ``_backward_impl``."""
 
     @staticmethod
-    def forward(ctx, x, scale, translation, weights, wavelet, backend):
+    def forward(ctx, x, scale, translation, weights, wavelet, backend, fast_math):
         ctx.save_for_backward(x, scale, translation, weights)
         ctx.wavelet, ctx.backend = wavelet, backend
-        return _forward_impl(x, scale, translation, weights, wavelet, backend)
+        return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, scale, translation, weights = ctx.saved_tensors
-        return (*_backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend), None, None)
+        return (*_backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend), None, None, None)
 
 
 # --- the functional -------------------------------------------------------------------------
@@ -167,13 +187,15 @@ def wavkan_linear(
     wavelet_weights: Tensor,
     wavelet: str = "mexican_hat",
     backend: str = "auto",
+    fast_math: bool = False,
 ) -> Tensor:
     """Wav-KAN layer before BatchNorm: ``y[..., o] = sum_i w[o,i] H[i] psi((x[..., i] - t[o,i]) / s[o,i])``.
 
     x: (..., in_features), any strides; scale, translation, wavelet_weights: (out_features,
     in_features). Returns (..., out_features) in the dtype of x. H is the wavelet's input
     window (shannon's Hamming window; 1 for the others). ``backend``: "auto", "reference" or
-    "triton" (see the module docstring).
+    "triton"; ``fast_math``: allow the packed-half forward for float16/bfloat16 x (both: see
+    the module docstring).
     """
     wav = get_wavelet(wavelet)
     _check_inputs(x, scale, translation, wavelet_weights)
@@ -183,5 +205,7 @@ def wavkan_linear(
         wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
     lead = x.shape[:-1]
     op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
-    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen)
+    if not isinstance(fast_math, bool):
+        raise TypeError(f"fast_math must be a bool, got {type(fast_math).__name__}")
+    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen, fast_math)
     return y.reshape(*lead, out_features)

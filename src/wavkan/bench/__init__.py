@@ -1,6 +1,6 @@
 """Benchmark: the fused Wav-KAN op and network against the paper's formula, eager and compiled.
 
-    python -m wavkan.bench [--quick] [--out DIR] [--wavelet NAME|all] [--dtype fp32|bf16|fp16]
+    python -m wavkan.bench [--quick] [--out DIR] [--wavelet NAME|all] [--dtype fp32|bf16|fp16 ...]
                            [--shape BxINxOUT ...] [--level all|op|network] ...
 
 Op level (one layer, no BatchNorm), modes:
@@ -12,7 +12,9 @@ Op level (one layer, no BatchNorm), modes:
   translation, weights) are computed;
 - ``full``: forward and backward together.
 
-Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``reference-eager`` (the
+Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``wavkan-fast`` (the same with
+``fast_math=True``: the packed-half forward, fp16/bf16 only; its forward row notes its relative
+error against the fp32 kernel on the same inputs), ``reference-eager`` (the
 paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
 ``reference-compiled`` (``torch.compile(..., dynamic=False)`` of it, compiled once per shape).
 
@@ -54,7 +56,7 @@ import torch
 
 from ..wavelets import WAVELETS
 from .protocol import (
-    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
+    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
     OP_PROVIDERS, PASSES, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, ceiling_row,
     eager_fits, make_row, network_evals, network_shape, parse_shape, percentile, recorded_rows,
 )
@@ -105,6 +107,11 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                             B=B, IN=IN, OUT=OUT, evals=B * IN * OUT, ceiling=ceiling)  # fmt: skip
                 fwd, compile_failed = None, None
                 for mode in modes:
+                    if provider in HALF_ONLY and dtype_name == "fp32":
+                        rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="skipped",
+                                             note="fast_math applies to fp16/bf16 inputs"))  # fmt: skip
+                        _log(rows[-1])
+                        continue
                     if provider == "reference-eager":
                         fits, need = eager_fits(shape, DTYPE_BYTES[dtype_name], mode, runner.free_bytes())
                         if not fits:
@@ -121,9 +128,12 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                         if fwd is None:
                             fwd = runner.op_function(provider, wavelet)
                         m = runner.measure_op(fwd, inputs, mode)
+                        note = ""
+                        if provider in HALF_ONLY and mode == "forward":
+                            note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"
                         row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
                                        peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
-                                       host_ms=m.host_ms, first_call_s=m.first_call_s)  # fmt: skip
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note)  # fmt: skip
                     except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
                         status, note = _failure(exc, compiled=provider in COMPILED)
                         if status == "compile-failed":
@@ -184,7 +194,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--shape", type=parse_shape, action="append", metavar="BxINxOUT",
                    help="op shape, repeatable; replaces the default B in {64,256,1024,4096} x 1024 x 1024")  # fmt: skip
     p.add_argument("--wavelet", choices=(*WAVELETS, "all"), default="mexican_hat", help="default: %(default)s")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="default: %(default)s")
+    p.add_argument("--dtype", choices=tuple(DTYPES), nargs="+", default=["fp32"],
+                   help="one or more, each run in turn (default: fp32)")  # fmt: skip
     p.add_argument("--mode", choices=MODES, nargs="+", default=list(MODES), help="op modes (default: all)")
     p.add_argument("--provider", choices=OP_PROVIDERS, nargs="+", default=list(OP_PROVIDERS), help="op providers (default: all)")
     p.add_argument("--net-provider", choices=NET_PROVIDERS, nargs="+", default=list(NET_PROVIDERS),
@@ -219,10 +230,11 @@ def main(argv=None, prog: Optional[str] = None) -> int:
     ceiling_row, ceiling = _ceiling_rows(runner, args.ceiling)
     _log(ceiling_row)
     rows = [ceiling_row]
-    if args.level in ("all", "op"):
-        rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, args.dtype, ceiling)
-    if args.level in ("all", "network"):
-        rows += run_network_level(runner, wavelets, args.net_provider, args.dtype, ceiling)
+    for dtype_name in dict.fromkeys(args.dtype):
+        if args.level in ("all", "op"):
+            rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, dtype_name, ceiling)
+        if args.level in ("all", "network"):
+            rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling)
     if not args.no_recorded:
         rows += [r for r in recorded_rows() if args.level == "all" or r["level"] in (args.level, "ceiling")]
     for row in rows:

@@ -77,7 +77,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-_PROVIDER_ORDER = ("wavkan", "wavkan-graphed", "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp")
+_PROVIDER_ORDER = ("wavkan", "wavkan-fast", "wavkan-graphed", "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp")
 
 
 def _table_order(r: dict) -> tuple:

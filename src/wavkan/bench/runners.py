@@ -158,8 +158,9 @@ class CudaRunner:
         return sets
 
     def op_function(self, provider, wavelet):
-        if provider == "wavkan":
-            return lambda x, s, t, w: wavkan_linear(x, s, t, w, wavelet, backend="triton")
+        if provider in ("wavkan", "wavkan-fast"):
+            fast = provider == "wavkan-fast"
+            return lambda x, s, t, w: wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=fast)
 
         wav = get_wavelet(wavelet)  # resolved here, outside any compiled region
 
@@ -174,6 +175,16 @@ class CudaRunner:
     def measure_op(self, fwd, sets, mode) -> Measurement:
         run, prepare = _op_closures(fwd, sets, mode)
         return self._measure(run, prepare)
+
+    @staticmethod
+    def fast_math_error(sets, wavelet) -> float:
+        """||fast - exact|| / ||exact|| of the forward on the first input set, exact = the fp32
+        kernel on the same (rounded) inputs."""
+        with torch.no_grad():
+            x, s, t, w, _g = sets[0]
+            fast = wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=True).double()
+            exact = wavkan_linear(x.float(), s.float(), t.float(), w.float(), wavelet, backend="triton").double()
+            return ((fast - exact).norm() / exact.norm()).item()
 
     # network level
 
@@ -325,7 +336,7 @@ class FakeRunner:
     table on any machine. Nothing is timed and nothing here is a measurement."""
 
     source = "dry-run"
-    RATES = {"wavkan": 2.5e12, "wavkan-graphed": 2.5e12, "reference-eager": 4e10, "reference-compiled": 6e11,
+    RATES = {"wavkan": 2.5e12, "wavkan-fast": 4e12, "wavkan-graphed": 2.5e12, "reference-eager": 4e10, "reference-compiled": 6e11,
              "paper-eager": 4e10, "paper-compiled": 5e11, "mlp": 1e13}  # fmt: skip
 
     def __init__(self, budget: Budget):
@@ -363,6 +374,10 @@ class FakeRunner:
         ms = B * IN * OUT * {"forward": 1.0, "backward": 1.5, "full": 2.5}[mode] / self.RATES[provider] * 1e3 + 0.005
         peak = B * IN * OUT * 4 * EAGER_TENSORS[mode] if provider == "reference-eager" else B * OUT * 4
         return Measurement(self._times(ms), peak, peak + 1e8, 0.0, 0.05)
+
+    @staticmethod
+    def fast_math_error(sets, wavelet) -> float:
+        return 1e-3
 
     def network_model(self, provider, wavelet, dtype_name):
         return provider

@@ -21,6 +21,7 @@ import triton.language as tl
 from .config import cdiv
 
 _BLOCK = 32
+HALF_MAX = tl.constexpr(65504.0)
 
 
 @triton.jit
@@ -30,6 +31,7 @@ def _wavkan_pack_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     FOR_GRAD_X: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
+
     offs_o = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     offs_i = tl.program_id(1) * BLOCK_IN + tl.arange(0, BLOCK_IN)
     valid = (offs_o[:, None] < OUT) & (offs_i[None, :] < IN)
@@ -47,9 +49,15 @@ def _wavkan_pack_kernel(
         tl.store(dst + 2 * PLANE, w * w_scale * inv_s, mask=inside)
     else:
         a = inv_s * z_scale
-        tl.store(dst, a, mask=inside)
-        tl.store(dst + PLANE, -t * a, mask=inside)
-        tl.store(dst + 2 * PLANE, w * w_scale, mask=inside)
+        c = -t * a
+        if pack_ptr.dtype.element_ty == tl.float16:
+            # fp16 planes (the packed-half forward): clamped to fp16's finite range, so a
+            # huge 1/s stays huge rather than becoming inf (inf * 0 would be NaN).
+            a = tl.minimum(tl.maximum(a, -HALF_MAX), HALF_MAX)
+            c = tl.minimum(tl.maximum(c, -HALF_MAX), HALF_MAX)
+        tl.store(dst, a.to(pack_ptr.dtype.element_ty), mask=inside)
+        tl.store(dst + PLANE, c.to(pack_ptr.dtype.element_ty), mask=inside)
+        tl.store(dst + 2 * PLANE, (w * w_scale).to(pack_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -58,28 +66,39 @@ def _wavkan_stage_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dst[r * dst_stride_r + c * dst_stride_c] = fp32(src[r, c]) for r < R_DST, c < C_DST,
-    # zero outside (R, C): a copy, a transposition, or either with zero padding.
+    # zero outside (R, C): a copy, a transposition, or either with zero padding. An int32 dst
+    # takes fp16(src[r, c]) twice, as an f16x2 pair (the packed-half forward's x).
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     r = offs_r[:, None].to(tl.int64)
     c = offs_c[None, :].to(tl.int64)
     v = tl.load(src_ptr + r * stride_r + c * stride_c, mask=(r < R) & (c < C), other=0.0)
-    tl.store(dst_ptr + r * dst_stride_r + c * dst_stride_c, v.to(tl.float32), mask=(r < R_DST) & (c < C_DST))
+    if dst_ptr.dtype.element_ty == tl.int32:
+        h = v.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        v = h | (h << 16)
+    else:
+        v = v.to(tl.float32)
+    tl.store(dst_ptr + r * dst_stride_r + c * dst_stride_c, v, mask=(r < R_DST) & (c < C_DST))
 
 
-def pack_edge_constants(scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0):
-    """Edge constants as three fp32 planes.
+def pack_edge_constants(
+    scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0,
+    dtype=torch.float32, in_pad=None,
+):
+    """Edge constants as three planes of ``dtype`` (fp32, or fp16 for the packed-half forward).
 
-    for_grad_x=False: (3, in, pad), out padded to ``pad``: [z_scale/s, -z_scale t/s, w w_scale].
+    for_grad_x=False: (3, in_pad, pad), out padded to ``pad`` and in to ``in_pad`` (default
+    in): [z_scale/s, -z_scale t/s, w w_scale].
     for_grad_x=True: (3, out, pad), in padded to ``pad``: [z_scale/s, t, w w_scale/s].
     scale, translation, weights: (out, in), any strides and float dtype.
     """
     OUT, IN = scale.shape
     if not for_grad_x:
-        shape, in_pad, out_pad, stride_pi, stride_po = (3, IN, pad), IN, pad, pad, 1
+        in_pad = IN if in_pad is None else in_pad
+        shape, out_pad, stride_pi, stride_po = (3, in_pad, pad), pad, pad, 1
     else:
         shape, in_pad, out_pad, stride_pi, stride_po = (3, OUT, pad), pad, OUT, 1, pad
-    pack = torch.empty(shape, dtype=torch.float32, device=scale.device)
+    pack = torch.empty(shape, dtype=dtype, device=scale.device)
     grid = (cdiv(out_pad, _BLOCK), cdiv(in_pad, _BLOCK))
     _wavkan_pack_kernel[grid](
         scale, translation, weights, pack,
@@ -100,11 +119,13 @@ def _stage(t: torch.Tensor, dst: torch.Tensor, r_dst: int, c_dst: int, dst_strid
     return dst
 
 
-def stage_transposed(t: torch.Tensor, r_pad: int) -> torch.Tensor:
-    """(C, r_pad) fp32: t (R, C) transposed, columns past R zero."""
+def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None, dtype=torch.float32) -> torch.Tensor:
+    """(rows_pad, r_pad) of ``dtype``: t (R, C) transposed, zero past R and C (rows_pad
+    defaults to C). fp32, or int32 holding fp16(t) twice per element (an f16x2 pair)."""
     R, C = t.shape
-    dst = torch.empty((C, r_pad), dtype=torch.float32, device=t.device)
-    return _stage(t, dst, r_pad, C, (1, r_pad))
+    rows_pad = C if rows_pad is None else rows_pad
+    dst = torch.empty((rows_pad, r_pad), dtype=dtype, device=t.device)
+    return _stage(t, dst, r_pad, rows_pad, (1, r_pad))
 
 
 def stage_rows(t: torch.Tensor, c_pad: int) -> torch.Tensor:
