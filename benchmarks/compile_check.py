@@ -67,7 +67,9 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly_steps=None):
         half = default_config("fwd_half", _cuda(), rows)
         yield "fwd_half", forward_half._wavkan_fwd_half_kernel, {"xt_ptr": "*i32", "pack_ptr": "*i32", "y_ptr": "*fp16"}, \
             {"WAVELET": code, "PTX": True, "CHUNK_STEPS": forward_half.CHUNK,
-             "POLY_MASK": forward_half.poly_mask(half.poly_steps if poly_steps is None else poly_steps), "BLOCK_B": half.block_m,
+             "GROUP_STEPS": half.unroll if unroll is None else unroll,
+             "POLY_MASK": forward_half.poly_mask(half.poly_steps if poly_steps is None else poly_steps,
+                                                 half.unroll if unroll is None else unroll), "BLOCK_B": half.block_m,
              "BLOCK_PAIRS": half.block_n}, half
 
 

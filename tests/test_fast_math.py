@@ -28,10 +28,10 @@ def _exact(x, s, t, w, wavelet):
     return reference_forward(x.reshape(-1, x.shape[-1]).double(), s.double(), t.double(), w.double(), wavelet)
 
 
-def _config(device, poly_steps, split=None):
+def _config(device, poly_steps, split=None, unroll=CHUNK):
     if device.type == "cuda":
-        return KernelConfig(128, 32, num_warps=4, num_stages=1, poly_steps=poly_steps, split=split)
-    return KernelConfig(32, 32, num_warps=1, num_stages=1, poly_steps=poly_steps, split=split)
+        return KernelConfig(128, 16, num_warps=4, num_stages=1, unroll=unroll, poly_steps=poly_steps, split=split)
+    return KernelConfig(32, 32, num_warps=1, num_stages=1, unroll=unroll, poly_steps=poly_steps, split=split)
 
 
 def test_half_wavelets_are_the_gaussian_ones():
@@ -39,15 +39,19 @@ def test_half_wavelets_are_the_gaussian_ones():
 
 
 def test_poly_mask_spreads_the_polynomial_steps():
-    assert poly_mask(0) == 0
-    assert poly_mask(CHUNK) == (1 << CHUNK) - 1
-    for steps in range(CHUNK + 1):
-        mask = poly_mask(steps)
-        assert bin(mask).count("1") == steps
-        if 0 < steps <= CHUNK // 2:  # no two adjacent
-            assert mask & (mask >> 1) == 0, (steps, bin(mask))
+    assert poly_mask(0, CHUNK) == 0
+    assert poly_mask(CHUNK, CHUNK) == (1 << CHUNK) - 1
+    assert poly_mask(1, 4) == 0b1000
+    for group in (1, 2, 4, 8, 16):
+        for steps in range(group + 1):
+            mask = poly_mask(steps, group)
+            assert bin(mask).count("1") == steps and mask < 1 << group
+            if 0 < steps <= group // 2:  # no two adjacent
+                assert mask & (mask >> 1) == 0, (steps, bin(mask))
     with pytest.raises(ValueError, match="poly_steps"):
-        poly_mask(CHUNK + 1)
+        poly_mask(5, 4)
+    with pytest.raises(ValueError, match="must divide 16"):
+        poly_mask(0, 3)
 
 
 @pytest.mark.parametrize("poly_steps", [0, 5, CHUNK])
@@ -84,8 +88,9 @@ def test_split_matches_unsplit(split, kernel_device):
     # 70 inputs = 5 chunks of 16 (the last padded): splits of 3 and 2 chunks, 2 chunks and 1.
     x, s, t, w = layer_inputs(6, 70, 9, torch.float16, kernel_device)
     wav = get_wavelet("mexican_hat")
-    whole = wavkan_fwd_half(x, s, t, w, wav, _config(kernel_device, 5, split=1))
-    parts = wavkan_fwd_half(x, s, t, w, wav, _config(kernel_device, 5, split=split))
+    # Groups of 4 unrolled steps, one of them polynomial: four groups per chunk.
+    whole = wavkan_fwd_half(x, s, t, w, wav, _config(kernel_device, 1, split=1, unroll=4))
+    parts = wavkan_fwd_half(x, s, t, w, wav, _config(kernel_device, 1, split=split, unroll=4))
     # The same fp16 chunk sums, added in fp32 in another grouping, then rounded to fp16.
     assert rel_err(parts, whole) < 2e-3
     assert rel_err(parts, _exact(x, s, t, w, "mexican_hat")) < FAST_TOL

@@ -41,9 +41,9 @@ class KernelConfig:
     that cannot be measured: under the interpreter). ``unroll`` applies to the Gaussian
     wavelets only (``loop_unroll``). ``prefetch``
     issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
-    unroll factor (more independent evaluations in flight per thread). ``poly_steps``: in the
-    packed-half forward, how many of each chunk's 16 steps take the exponential as a polynomial
-    on the FMA pipe instead of the MUFU.
+    unroll factor (more independent evaluations in flight per thread). In the packed-half
+    forward ``unroll`` must divide its 16-step chunk, and ``poly_steps`` of every ``unroll``
+    steps take the exponential as a polynomial on the FMA pipe instead of the MUFU.
     """
 
     block_m: int
@@ -81,11 +81,10 @@ _GPU = {
     ),
     "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
     "bwd_dparams": ((0, KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=True, unroll=2)),),
-    # The packed-half forward (forward_half.py): block_n counts output pairs; 5 of 16 steps
-    # take the polynomial exponential, the balance of MUFU and issue slots in its SASS.
+    # The packed-half forward (forward_half.py): block_n counts output pairs.
     "fwd_half": (
-        (128, KernelConfig(128, 32, num_warps=4, num_stages=1, poly_steps=5)),
-        (0, KernelConfig(64, 32, num_warps=4, num_stages=1, poly_steps=5)),
+        (128, KernelConfig(128, 16, num_warps=4, num_stages=1, unroll=8, poly_steps=2)),
+        (0, KernelConfig(64, 16, num_warps=4, num_stages=1, unroll=8, poly_steps=2)),
     ),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)

@@ -102,12 +102,14 @@ _TWO_LN2_F16X2 = tl.constexpr("{ .reg .b32 k; mov.b32 k, 0x3D8C3D8C; mul.rn.f16x
 _NEG_F16X2 = tl.constexpr("neg.f16x2 $0, $1;")
 
 
-def poly_mask(poly_steps: int) -> int:
-    """Bit j set: step j of a chunk takes the polynomial exponential; ``poly_steps`` of the
-    CHUNK steps, spread evenly."""
-    if not 0 <= poly_steps <= CHUNK:
-        raise ValueError(f"poly_steps must be in [0, {CHUNK}], got {poly_steps}")
-    return sum(1 << j for j in range(CHUNK) if (j + 1) * poly_steps // CHUNK > j * poly_steps // CHUNK)
+def poly_mask(poly_steps: int, group: int) -> int:
+    """Bit j set: step j of an unrolled group of ``group`` steps takes the polynomial
+    exponential; ``poly_steps`` of them, spread evenly."""
+    if group < 1 or CHUNK % group:
+        raise ValueError(f"the unroll (steps per group) must divide {CHUNK}, got {group}")
+    if not 0 <= poly_steps <= group:
+        raise ValueError(f"poly_steps must be in [0, {group}] (the unroll), got {poly_steps}")
+    return sum(1 << j for j in range(group) if (j + 1) * poly_steps // group > j * poly_steps // group)
 
 
 @triton.jit
@@ -207,11 +209,14 @@ def _wavkan_fwd_half_kernel(
     B, IN_PAD, OUT, B_PAD, PAIRS_PAD, PLANE,
     stride_yk, stride_yb,
     IN_PER_SPLIT,
-    WAVELET: tl.constexpr, PTX: tl.constexpr, CHUNK_STEPS: tl.constexpr, POLY_MASK: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_PAIRS: tl.constexpr,
+    WAVELET: tl.constexpr, PTX: tl.constexpr, CHUNK_STEPS: tl.constexpr, GROUP_STEPS: tl.constexpr,
+    POLY_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_PAIRS: tl.constexpr,
 ):
     # xt_ptr: int32 (IN_PAD, B_PAD), x twice per element; pack_ptr: int32 (3, IN_PAD, PAIRS_PAD),
     # planes [a, c, w] of output pairs (2p, 2p + 1). IN_PER_SPLIT and IN_PAD are whole chunks.
+    # A chunk (fp16 sums, then one fp32 flush) runs as a loop over groups of GROUP_STEPS
+    # unrolled steps: the unrolled body stays small enough for the instruction cache (a whole
+    # unrolled chunk of 128 x 32 pairs was a 77 KB loop, and slow).
     pid_b = tl.program_id(0)
     pid_p = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -223,19 +228,20 @@ def _wavkan_fwd_half_kernel(
     acc_hi = tl.zeros((BLOCK_B, BLOCK_PAIRS), dtype=tl.float32)
     for i0 in range(i_start, i_end, CHUNK_STEPS):
         acc = tl.zeros((BLOCK_B, BLOCK_PAIRS), dtype=tl.int32)  # f16x2 zeros
-        for j in tl.static_range(CHUNK_STEPS):
-            row = tl.cast(i0 + j, tl.int64)
-            x2 = tl.load(xt_ptr + row * B_PAD + offs_b)
-            edge = pack_ptr + row * PAIRS_PAD + offs_p
-            a2 = tl.load(edge)
-            c2 = tl.load(edge + PLANE)
-            w2 = tl.load(edge + 2 * PLANE)
-            if WAVELET == MEXICAN_HAT:
-                w2, w0 = _mexican_hat_weights(w2, PTX)
-            else:
-                w0 = w2
-            acc = _pair_step(acc, x2[:, None], a2[None, :], c2[None, :], w2[None, :], w0[None, :], WAVELET, PTX,
-                             ((POLY_MASK >> j) & 1) == 1)
+        for i1 in range(i0, i0 + CHUNK_STEPS, GROUP_STEPS):
+            for j in tl.static_range(GROUP_STEPS):
+                row = tl.cast(i1 + j, tl.int64)
+                x2 = tl.load(xt_ptr + row * B_PAD + offs_b)
+                edge = pack_ptr + row * PAIRS_PAD + offs_p
+                a2 = tl.load(edge)
+                c2 = tl.load(edge + PLANE)
+                w2 = tl.load(edge + 2 * PLANE)
+                if WAVELET == MEXICAN_HAT:
+                    w2, w0 = _mexican_hat_weights(w2, PTX)
+                else:
+                    w0 = w2
+                acc = _pair_step(acc, x2[:, None], a2[None, :], c2[None, :], w2[None, :], w0[None, :], WAVELET,
+                                 PTX, ((POLY_MASK >> j) & 1) == 1)  # fmt: skip
         lo, hi = _halves(acc)
         acc_lo += lo.to(tl.float32)
         acc_hi += hi.to(tl.float32)
@@ -269,7 +275,8 @@ def wavkan_fwd_half(x, scale, translation, weights, wavelet, config: KernelConfi
         dtype=torch.float16, in_pad=in_pad,
     ).view(torch.int32)
     meta = dict(
-        WAVELET=wavelet.code, PTX=x.is_cuda, CHUNK_STEPS=CHUNK, POLY_MASK=poly_mask(cfg.poly_steps),
+        WAVELET=wavelet.code, PTX=x.is_cuda, CHUNK_STEPS=CHUNK, GROUP_STEPS=cfg.unroll,
+        POLY_MASK=poly_mask(cfg.poly_steps, cfg.unroll),
         BLOCK_B=cfg.block_m, BLOCK_PAIRS=cfg.block_n, **cfg.launch_options(),
     )
 
