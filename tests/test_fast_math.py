@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import layer_inputs, rel_err
 
-from wavkan import WavKANLinear, get_wavelet, wavkan_linear
+from wavkan import WavKANLinear, get_wavelet, ops, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_fwd
 from wavkan.kernels.forward_half import CHUNK, HALF_WAVELETS, poly_mask, wavkan_fwd_half
 from wavkan.reference import reference_forward
@@ -32,6 +32,22 @@ def _config(device, poly_steps, split=None, unroll=CHUNK):
     if device.type == "cuda":
         return KernelConfig(128, 16, num_warps=4, num_stages=1, unroll=unroll, poly_steps=poly_steps, split=split)
     return KernelConfig(32, 32, num_warps=1, num_stages=1, unroll=unroll, poly_steps=poly_steps, split=split)
+
+
+@pytest.fixture(autouse=True)
+def _fast_math_at_any_batch(monkeypatch):
+    # The row threshold is a GPU speed rule (ops.FAST_MATH_MIN_ROWS); these tests check the
+    # computation on small batches. test_fast_math_needs_enough_rows checks the rule.
+    monkeypatch.setattr(ops, "FAST_MATH_MIN_ROWS", 1)
+
+
+def test_fast_math_needs_enough_rows(monkeypatch, kernel_device):
+    monkeypatch.setattr(ops, "FAST_MATH_MIN_ROWS", 8)
+    x, s, t, w = layer_inputs(8, 10, 6, torch.float16, kernel_device)
+    exact = wavkan_linear(x[:7], s, t, w, "dog", backend="triton")
+    assert torch.equal(wavkan_linear(x[:7], s, t, w, "dog", backend="triton", fast_math=True), exact)
+    fast = wavkan_linear(x, s, t, w, "dog", backend="triton", fast_math=True)
+    assert not torch.equal(fast[:7], exact)
 
 
 def test_half_wavelets_are_the_gaussian_ones():

@@ -14,9 +14,9 @@ same two implementations, which costs less host time per call. Either dispatches
 - ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed, else reference.
 
 ``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
-exists: the triton backend, float16/bfloat16 x, mexican_hat or dog. It computes in fp16 pairs
-with part of the exponentials as polynomials, at about 1e-3 relative error; elsewhere, and for
-every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it is a
+exists and is faster: the triton backend, float16/bfloat16 x, mexican_hat or dog, at least
+``FAST_MATH_MIN_ROWS`` rows. It computes in fp16 pairs with part of the exponentials as
+polynomials, at about 1e-3 relative error; elsewhere, and for every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it is a
 permission, not a request that fails when it cannot be met.
 """
 
@@ -38,6 +38,9 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 _FAST_MATH_WAVELETS = ("mexican_hat", "dog")  # wavkan.kernels.forward_half.HALF_WAVELETS
+# Below this many rows the packed-half forward was slower than the fp32 one on the H200
+# (0.90x at B = 256, 1.09x at 1024, 1.23x at 4096: benchmarks/NOTES.md, v6).
+FAST_MATH_MIN_ROWS = 1024
 
 
 def _interpreting() -> bool:
@@ -85,7 +88,8 @@ def _check_inputs(x, scale, translation, weights) -> None:
 
 def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str) -> bool:
     """Whether ``fast_math`` takes the packed-half forward for this call (see the module docstring)."""
-    return fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in _FAST_MATH_WAVELETS
+    return (fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in _FAST_MATH_WAVELETS
+            and x.shape[0] >= FAST_MATH_MIN_ROWS)  # fmt: skip
 
 
 def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,

@@ -54,6 +54,7 @@ from typing import Optional
 
 import torch
 
+from ..ops import FAST_MATH_MIN_ROWS
 from ..wavelets import WAVELETS
 from .protocol import (
     COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
@@ -129,7 +130,9 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                             fwd = runner.op_function(provider, wavelet)
                         m = runner.measure_op(fwd, inputs, mode)
                         note = ""
-                        if provider in HALF_ONLY and mode == "forward":
+                        if provider in HALF_ONLY and B < FAST_MATH_MIN_ROWS:
+                            note = f"B < {FAST_MATH_MIN_ROWS}: fast_math runs the exact forward"
+                        elif provider in HALF_ONLY and mode == "forward":
                             note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"
                         row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
                                        peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
