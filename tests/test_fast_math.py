@@ -70,13 +70,15 @@ def test_poly_mask_spreads_the_polynomial_steps():
         poly_mask(0, 3)
 
 
-@pytest.mark.parametrize("poly_steps", [0, 5, CHUNK])
+# (unroll, poly_steps): the MUFU path alone, the default's groups of 8 with 3 polynomial
+# steps, and the polynomial alone.
+@pytest.mark.parametrize("unroll, poly_steps", [(CHUNK, 0), (8, 3), (CHUNK, CHUNK)])
 @pytest.mark.parametrize("dtype", list(HALF))
 @pytest.mark.parametrize("wavelet", FAST_WAVELETS)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 5), (19, 40, 67)], ids=lambda s: "x".join(map(str, s)))
-def test_fast_forward_matches_reference(shape, wavelet, dtype, poly_steps, kernel_device):
+def test_fast_forward_matches_reference(shape, wavelet, dtype, unroll, poly_steps, kernel_device):
     x, s, t, w = layer_inputs(*shape, HALF[dtype], kernel_device)
-    y = wavkan_fwd_half(x, s, t, w, get_wavelet(wavelet), _config(kernel_device, poly_steps))
+    y = wavkan_fwd_half(x, s, t, w, get_wavelet(wavelet), _config(kernel_device, poly_steps, unroll=unroll))
     assert y.dtype == HALF[dtype] and y.shape == (shape[0], shape[2])
     assert rel_err(y, _exact(x, s, t, w, wavelet)) < FAST_TOL
 
@@ -122,6 +124,16 @@ def test_far_edges_give_zero_not_nan(wavelet, kernel_device):
         y = wavkan_fwd_half(x, s, t, w, get_wavelet(wavelet), _config(kernel_device, poly_steps))
         assert torch.isfinite(y).all()
         assert y.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("wavelet", FAST_WAVELETS)
+def test_nan_propagates_like_the_exact_path(wavelet, kernel_device):
+    # The clamps must not turn a NaN input into a finite edge (min.NaN in the PTX).
+    x, s, t, w = layer_inputs(3, 20, 5, torch.float16, kernel_device)
+    x[1, 7] = float("nan")
+    for poly_steps in (0, CHUNK):
+        y = wavkan_fwd_half(x, s, t, w, get_wavelet(wavelet), _config(kernel_device, poly_steps))
+        assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all(), poly_steps
 
 
 @pytest.mark.parametrize("case", ["fp32 x", "shannon", "reference backend"])

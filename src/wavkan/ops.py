@@ -15,13 +15,14 @@ same two implementations, which costs less host time per call. Either dispatches
 
 ``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
 exists and is faster: the triton backend, float16/bfloat16 x, mexican_hat or dog, at least
-``FAST_MATH_MIN_ROWS`` rows. It computes in fp16 pairs with part of the exponentials as
+``FAST_MATH_MIN_ROWS`` rows, a GPU of compute capability 8.0 or newer. It computes in fp16 pairs with part of the exponentials as
 polynomials, at about 1e-3 relative error; elsewhere, and for every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it is a
 permission, not a request that fails when it cannot be met.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -37,10 +38,16 @@ BACKENDS = ("auto", "reference", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-_FAST_MATH_WAVELETS = ("mexican_hat", "dog")  # wavkan.kernels.forward_half.HALF_WAVELETS
+FAST_MATH_WAVELETS = ("mexican_hat", "dog")  # wavkan.kernels.forward_half.HALF_WAVELETS
 # Below this many rows the packed-half forward was slower than the fp32 one on the H200
-# (0.90x at B = 256, 1.09x at 1024, 1.23x at 4096: benchmarks/NOTES.md, v6).
+# (0.90x at B = 256, 1.05x at 1024, 1.21x at 4096: benchmarks/NOTES.md, v6).
 FAST_MATH_MIN_ROWS = 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _has_packed_half(index: int) -> bool:
+    # min.NaN.f16x2 in the packed-half PTX needs sm_80; older GPUs keep the exact forward.
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def _interpreting() -> bool:
@@ -88,8 +95,10 @@ def _check_inputs(x, scale, translation, weights) -> None:
 
 def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str) -> bool:
     """Whether ``fast_math`` takes the packed-half forward for this call (see the module docstring)."""
-    return (fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in _FAST_MATH_WAVELETS
-            and x.shape[0] >= FAST_MATH_MIN_ROWS)  # fmt: skip
+    if not (fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in FAST_MATH_WAVELETS
+            and x.shape[0] >= FAST_MATH_MIN_ROWS):  # fmt: skip
+        return False
+    return not x.is_cuda or _has_packed_half(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
 def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,

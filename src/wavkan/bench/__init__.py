@@ -54,7 +54,7 @@ from typing import Optional
 
 import torch
 
-from ..ops import FAST_MATH_MIN_ROWS
+from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
     COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
@@ -130,7 +130,9 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                             fwd = runner.op_function(provider, wavelet)
                         m = runner.measure_op(fwd, inputs, mode)
                         note = ""
-                        if provider in HALF_ONLY and B < FAST_MATH_MIN_ROWS:
+                        if provider in HALF_ONLY and wavelet not in FAST_MATH_WAVELETS:
+                            note = f"fast_math does not apply to {wavelet}: the exact forward"
+                        elif provider in HALF_ONLY and B < FAST_MATH_MIN_ROWS:
                             note = f"B < {FAST_MATH_MIN_ROWS}: fast_math runs the exact forward"
                         elif provider in HALF_ONLY and mode == "forward":
                             note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"

@@ -17,14 +17,17 @@ Staging makes the pairs plain 32-bit loads:
 
 Accuracy: the fp16 sums run over chunks of ``CHUNK`` steps of the ``in`` loop and are added
 to fp32 accumulators after each chunk, so rounding does not grow with ``in``. The relative
-error of y is about 1e-3 (tests/test_kernels.py and ``wavkan bench`` measure it against the
-fp32 kernel). Squares are clamped to 32 before the exponential (exp2(-32) is 0 in fp16), so an
-edge far outside its wavelet gives 0, not inf * 0. Values must fit fp16: |x|, |x/s| and |t/s|
-below 6.5e4; beyond that an edge evaluates as if z were infinite (psi = 0) or gives inf/NaN.
+error of y is about 1e-3 (tests/test_fast_math.py and ``wavkan bench`` measure it against the
+fp32 kernel). Squares are clamped (to 32 before ex2, 15 before the polynomial) so an edge far
+outside its wavelet gives 0, not inf * 0; the clamps propagate NaN, as the exact path does.
+Values must fit fp16: |x|, |x/s|, |t/s| below 6.5e4 (beyond that an edge evaluates as if z
+were infinite: psi = 0), |w| below about 1e3 (mexican_hat's (2 ln2 u - 1) w at the clamp), and
+each 16-step partial sum of w psi below 6.5e4.
 
 On CPU tensors under TRITON_INTERPRET=1 (which has no inline PTX) the same kernel computes
-each pair with fp16 Triton arithmetic instead: the staging, packing, chunked flushes, split and
-epilogue are what the interpreter tests check; the PTX is checked by the GPU suite.
+each pair with Triton arithmetic that rounds like the PTX (each fma once, to fp16): the
+staging, packing, chunked flushes, split, epilogue and the polynomial are what the interpreter
+tests check; the PTX itself is checked by the GPU suite.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ CHUNK = 16
 # Constants are f16x2 bit patterns, both halves alike.
 _F16X2 = {
     "clamp_mufu": "0x50005000",  # 32: exp2(-32) is 0 in fp16, and 2 ln2 u - 1 stays finite
-    "clamp_poly": "0x4B804B80",  # 15: 2^-15 built in the exponent field is exactly 0
+    "clamp_poly": "0x4B804B80",  # 15: the 2^-n built for n = round(u) = 15 (u > 14.5) is exactly 0
     "z_max": "0x5BF85BF8", "z_min": "0xDBF8DBF8",  # dog: |z| <= 255, so z^2 is finite
     "magic": "0x66006600",  # 1.5 * 2^10: adding it rounds u to an integer n, kept in its low bits
     "c2": "0x33C433C4", "c1": "0xB9A1B9A1", "c0": "0x3C003C00",  # 2^-f ~ c0 + c1 f + c2 f^2, |f| <= 1/2
@@ -60,7 +63,8 @@ _C2, _C1 = tl.constexpr(0.24267578125), tl.constexpr(-0.70361328125)
 _EXP_MUFU = """neg.f16x2 e, uc;
 ex2.approx.f16x2 e, e;"""
 # 2^-u = 2^-f 2^-n, n = round(u), f = u - n; 2^-n = (15 - n) in the exponent field, which is 0
-# (the fp16 zero) for n = 15: with u clamped to 15, edges past it contribute exactly 0.
+# (the fp16 zero) for n = 15: with u clamped to 15, edges past u = 14.5 contribute exactly 0
+# (|psi| < 1e-3 of its peak there).
 _EXP_POLY = """add.rn.f16x2 t, uc, magic;
 sub.rn.f16x2 f, t, magic;
 sub.rn.f16x2 f, uc, f;
@@ -78,12 +82,12 @@ def _pair_asm(wavelet_code: int, poly: bool) -> str:
     lines += [f"mov.b32 {name}, {bits};" for name, bits in _F16X2.items()]
     lines.append("fma.rn.f16x2 z, $2, $3, $4;")
     if wavelet_code == 2:  # dog
-        lines += ["min.f16x2 z, z, z_max;", "max.f16x2 z, z, z_min;"]
+        lines += ["min.NaN.f16x2 z, z, z_max;", "max.NaN.f16x2 z, z, z_min;"]
     lines.append("mul.rn.f16x2 u, z, z;")
     if poly:
-        lines += ["min.f16x2 uc, u, clamp_poly;", _EXP_POLY]
+        lines += ["min.NaN.f16x2 uc, u, clamp_poly;", _EXP_POLY]
     elif wavelet_code == 0:
-        lines += ["min.f16x2 uc, u, clamp_mufu;", _EXP_MUFU]
+        lines += ["min.NaN.f16x2 uc, u, clamp_mufu;", _EXP_MUFU]
     else:  # dog: u <= 255^2 is finite and z e is 0 wherever e is
         lines += ["mov.b32 uc, u;", _EXP_MUFU]
     if wavelet_code == 0:  # mexican_hat
@@ -131,12 +135,24 @@ def _f16(v):
 
 
 @triton.jit
+def _fma16(a, b, c):
+    """fma.rn.f16: a b + c rounded once to fp16 (an fp16 product is exact in fp32)."""
+    return _f16(a.to(tl.float32) * b.to(tl.float32) + c.to(tl.float32))
+
+
+@triton.jit
+def _min16(a, b):
+    return _f16(tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL))  # min.NaN
+
+
+@triton.jit
 def _exp2_neg_half(uc, POLY: tl.constexpr):
-    """2^-uc as the PTX computes it, in fp16 Triton operations (the interpreter's emulation)."""
+    """2^-uc as the PTX computes it (the interpreter's emulation)."""
     if POLY:
         t = _f16(uc + 1536.0)
         f = _f16(uc - _f16(t - 1536.0))
-        p = _f16(_f16(_f16(f * _C2) + _C1) * f + 1.0)
+        f32 = f.to(tl.float32)
+        p = _f16(_f16(f32 * _C2 + _C1).to(tl.float32) * f32 + 1.0)  # two fma.rn.f16x2
         n = t.to(tl.int16, bitcast=True).to(tl.int32) & 0x1F
         return _f16(p * (0x3C00 - n * 1024).to(tl.int16).to(tl.float16, bitcast=True))
     else:
@@ -145,17 +161,16 @@ def _exp2_neg_half(uc, POLY: tl.constexpr):
 
 @triton.jit
 def _emulated_step(acc, x, a, c, w1, w0, WAVELET: tl.constexpr, POLY: tl.constexpr):
-    # One half of ``_pair_asm``'s arithmetic in fp16 Triton operations.
-    z = _f16(x * a + c)
+    # One half of ``_pair_asm``'s arithmetic, rounded as the PTX rounds it.
+    z = _fma16(x, a, c)
     if WAVELET == MEXICAN_HAT:
-        u = _f16(z * z)
-        uc = _f16(tl.minimum(u, 15.0 if POLY else 32.0))
-        return _f16(acc + _f16(uc * w1 + w0) * _exp2_neg_half(uc, POLY))
+        uc = _min16(_f16(z * z), 15.0 if POLY else 32.0)
+        return _fma16(_fma16(uc, w1, w0), _exp2_neg_half(uc, POLY), acc)
     else:  # DOG
-        z = _f16(tl.minimum(tl.maximum(z, -255.0), 255.0))
+        z = _f16(tl.maximum(_min16(z, 255.0), -255.0, propagate_nan=tl.PropagateNan.ALL))
         u = _f16(z * z)
-        uc = _f16(tl.minimum(u, 15.0)) if POLY else u
-        return _f16(acc + _f16(z * _exp2_neg_half(uc, POLY)) * w1)
+        uc = _min16(u, 15.0) if POLY else u
+        return _fma16(_f16(z * _exp2_neg_half(uc, POLY)), w1, acc)
 
 
 @triton.jit
