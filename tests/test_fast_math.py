@@ -171,6 +171,17 @@ def test_module_option(kernel_device):
         WavKANLinear(2, 2, fast_math="yes")
 
 
+def test_compile_fullgraph_with_fast_math(kernel_device):
+    layer = WavKANLinear(11, 6, "mexican_hat", batch_norm=False, backend="triton", device=kernel_device,
+                         dtype=torch.float16, fast_math=True)  # fmt: skip
+    x = torch.randn(9, 11, device=kernel_device, dtype=torch.float16)
+    eager = layer(x)
+    compiled = torch.compile(layer, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)  # the same kernel, traced through the custom op
+    ref = _exact(x, layer.scale.detach(), layer.translation.detach(), layer.wavelet_weights.detach(), "mexican_hat")
+    assert rel_err(compiled, ref) < FAST_TOL
+
+
 def test_empty_batch(kernel_device):
     x, s, t, w = layer_inputs(0, 5, 4, torch.float16, kernel_device)
     assert wavkan_fwd_half(x, s, t, w, get_wavelet("dog")).shape == (0, 4)
