@@ -18,11 +18,10 @@ import os
 
 import torch
 import triton.testing
-from kernel_sweep import SIZE, operands
+from kernel_sweep import SIZE, operands, seed_and_measure_ceiling
 
 from wavkan import get_wavelet
 from wavkan.kernels import KernelConfig, wavkan_fwd
-from wavkan.kernels.ceiling import measure_exp2_rate
 from wavkan.kernels.forward_half import wavkan_fwd_half
 
 BATCHES = (256, 1024, 4096)
@@ -44,10 +43,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no GPU: nothing to sweep")
         return 0
-    torch.manual_seed(0)
-    n_exp, times = measure_exp2_rate()
-    ceiling = n_exp / (sorted(times)[len(times) // 2] * 1e-3)
-    print(f"exp2 ceiling: {ceiling:.3e}/s on {torch.cuda.get_device_name()}", flush=True)
+    ceiling = seed_and_measure_ceiling()
     wav = get_wavelet(args.wavelet)
     rows = []
     for B in BATCHES:

@@ -48,6 +48,16 @@ def operands(B: int, size: int, device="cuda"):
     return x, s, t, w, g
 
 
+def seed_and_measure_ceiling() -> float:
+    """Seeds torch, measures the exp2 ceiling (median of ``measure_exp2_rate``), prints and
+    returns it in exp2 per second: the first step of every sweep here."""
+    torch.manual_seed(0)
+    n_exp, times = measure_exp2_rate()
+    ceiling = n_exp / (sorted(times)[len(times) // 2] * 1e-3)
+    print(f"exp2 ceiling: {ceiling:.3e}/s on {torch.cuda.get_device_name()}", flush=True)
+    return ceiling
+
+
 def candidates(kernel: str, quick: bool, unrolls=(1,), maxnregs=(None,)):
     tiles = TILES[kernel][:2] if quick else TILES[kernel]
     for (m, n, w, stages), prefetch, unroll, maxnreg in itertools.product(tiles, (True, False), unrolls, maxnregs):
@@ -66,10 +76,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no GPU: nothing to sweep")
         return 0
-    torch.manual_seed(0)
-    n_exp, times = measure_exp2_rate()
-    ceiling = n_exp / (sorted(times)[len(times) // 2] * 1e-3)
-    print(f"exp2 ceiling: {ceiling:.3e}/s on {torch.cuda.get_device_name()}", flush=True)
+    ceiling = seed_and_measure_ceiling()
     wav = get_wavelet(args.wavelet)
     rows = []
     for B in BATCHES:
