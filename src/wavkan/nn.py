@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import BACKENDS, wavkan_linear
+from .ops import BACKENDS, check_fast_math, wavkan_linear
 from .wavelets import get_wavelet
 
 __all__ = ["WavKANLinear", "WavKAN"]
@@ -52,9 +52,7 @@ class WavKANLinear(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         self.backend = backend
-        if not isinstance(fast_math, bool):
-            raise TypeError(f"fast_math must be a bool, got {type(fast_math).__name__}")
-        self.fast_math = fast_math
+        self.fast_math = check_fast_math(fast_math)
         factory = {"device": device, "dtype": dtype}
         shape = (out_features, in_features)
         self.scale = nn.Parameter(torch.ones(shape, **factory))

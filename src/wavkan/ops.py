@@ -15,9 +15,10 @@ same two implementations, which costs less host time per call. Either dispatches
 
 ``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
 exists and is faster: the triton backend, float16/bfloat16 x, mexican_hat or dog, at least
-``FAST_MATH_MIN_ROWS`` rows, a GPU of compute capability 8.0 or newer. It computes in fp16 pairs with part of the exponentials as
-polynomials, at about 1e-3 relative error; elsewhere, and for every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it is a
-permission, not a request that fails when it cannot be met.
+``FAST_MATH_MIN_ROWS`` rows, a GPU of compute capability 8.0 or newer. It computes in fp16
+pairs with part of the exponentials as polynomials, at about 1e-3 relative error; elsewhere,
+and for every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it
+is a permission, not a request that fails when it cannot be met.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def _check_inputs(x, scale, translation, weights) -> None:
 
 
 # --- the op, once per backend ------------------------------------------------------------
+
+
+def check_fast_math(fast_math) -> bool:
+    """``fast_math`` itself, after checking that it is a bool."""
+    if not isinstance(fast_math, bool):
+        raise TypeError(f"fast_math must be a bool, got {type(fast_math).__name__}")
+    return fast_math
 
 
 def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str) -> bool:
@@ -218,7 +226,6 @@ def wavkan_linear(
         wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
     lead = x.shape[:-1]
     op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
-    if not isinstance(fast_math, bool):
-        raise TypeError(f"fast_math must be a bool, got {type(fast_math).__name__}")
-    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen, fast_math)
+    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen,
+           check_fast_math(fast_math))  # fmt: skip
     return y.reshape(*lead, out_features)
