@@ -31,6 +31,7 @@ def _wavkan_pack_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     FOR_GRAD_X: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
+
     offs_o = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     offs_i = tl.program_id(1) * BLOCK_IN + tl.arange(0, BLOCK_IN)
     valid = (offs_o[:, None] < OUT) & (offs_i[None, :] < IN)
