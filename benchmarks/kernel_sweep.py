@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/kernel_sweep.py [--out DIR] [--quick]
 
-For each kernel (forward, grad_x, parameter gradients, the fused backward) and each B in {64, 256, 1024, 4096}
+For each kernel (forward, grad_x, parameter gradients) and each B in {64, 256, 1024, 4096}
 at in = out = 1024 (mexican_hat, fp32), times every candidate config (median of
 triton.testing.do_bench_cudagraph: GPU time without host overhead) and prints evaluations per
 second and the fraction of the exp2 ceiling measured in the same run; each tile config with
@@ -22,7 +22,7 @@ import triton
 import triton.testing
 
 from wavkan import get_wavelet
-from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_bwd_fused, wavkan_fwd
+from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels.ceiling import measure_exp2_rate
 
 SIZE = 1024
@@ -33,9 +33,6 @@ TILES = {
     "fwd": [(64, 64, 4, 1), (128, 64, 4, 1), (128, 64, 8, 1), (64, 128, 4, 1)],
     "bwd_dx": [(64, 64, 4, 1), (32, 64, 4, 1), (64, 64, 8, 2), (128, 64, 8, 2)],
     "bwd_dparams": [(32, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 128, 8, 2)],
-    # 16-row out-tiles with every warp along in keep the per-step grad_x sum inside a thread
-    # (no barrier); 32 x 64 over 4 warps sums across warps through shared memory each step.
-    "bwd_fused": [(16, 128, 4, 2), (16, 64, 2, 2), (32, 64, 4, 2), (16, 256, 8, 2)],
 }
 
 
@@ -74,7 +71,7 @@ def main() -> int:
     p.add_argument("--wavelet", default="mexican_hat")
     p.add_argument("--unroll", default="1", help="comma-separated unroll factors of the main loops, e.g. 1,2,4")
     p.add_argument("--maxnreg", default="0", help="comma-separated register caps per thread, 0 for none, e.g. 0,128")
-    p.add_argument("--kernels", default="fwd,bwd_dx,bwd_dparams,bwd_fused", help="comma-separated kernels to sweep")
+    p.add_argument("--kernels", default="fwd,bwd_dx,bwd_dparams", help="comma-separated kernels to sweep")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("no GPU: nothing to sweep")
@@ -88,7 +85,6 @@ def main() -> int:
             "fwd": lambda c: wavkan_fwd(x, s, t, w, wav, c),
             "bwd_dx": lambda c: wavkan_bwd_dx(g, x, s, t, w, wav, c),
             "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
-            "bwd_fused": lambda c: wavkan_bwd_fused(g, x, s, t, w, wav, c),
         }
         unrolls = tuple(int(u) for u in args.unroll.split(","))
         maxnregs = tuple(int(r) or None for r in args.maxnreg.split(","))

@@ -13,7 +13,7 @@ import torch
 from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_inputs, rel_err
 
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
-from wavkan.kernels import KernelConfig, backward, wavkan_bwd, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_bwd_fused, wavkan_fwd
+from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels.staging import stage_rows
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
@@ -115,16 +115,14 @@ def test_backward_on_whole_tiles(wavelet, g_layout, kernel_device):
     wav = get_wavelet(wavelet)
     cfg = KernelConfig(32, 32, num_warps=1, num_stages=1, split=1)
     assert stage_rows(x, IN) is x and (stage_rows(g, OUT) is g) == (g_layout == "contiguous")
-    two_pass = [wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg)]
-    fused = wavkan_bwd_fused(g, x, s, t, w, wav, cfg)
+    got = [wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg)]
     expected = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), wavelet)
-    for got in (two_pass, fused):
-        for name, a, e in zip(("grad_x", "grad_scale", "grad_translation", "grad_weights"), got, expected):
-            assert rel_err(a, e) < FP32_TOL["grad"], (name, rel_err(a, e))
+    for name, a, e in zip(("grad_x", "grad_scale", "grad_translation", "grad_weights"), got, expected):
+        assert rel_err(a, e) < FP32_TOL["grad"], (name, rel_err(a, e))
 
 
 @pytest.mark.parametrize("wavelet", ["mexican_hat", "morlet", "dog"])
-@pytest.mark.parametrize("kind", ["fwd", "bwd_dx", "bwd_dparams", "bwd_fused"])
+@pytest.mark.parametrize("kind", ["fwd", "bwd_dx", "bwd_dparams"])
 def test_split_reductions_match_unsplit(kind, wavelet, kernel_device):
     """Split partials and their host-side epilogue (the folded wavelet constants) against the
     one-pass kernel and the float64 reference."""
@@ -137,12 +135,11 @@ def test_split_reductions_match_unsplit(kind, wavelet, kernel_device):
         expected = [reference_forward(x.double(), s.double(), t.double(), w.double(), wavelet)]
         one, three = [one], [three]
     else:
-        fn = {"bwd_dx": wavkan_bwd_dx, "bwd_dparams": wavkan_bwd_dparams, "bwd_fused": wavkan_bwd_fused}[kind]
+        fn = wavkan_bwd_dx if kind == "bwd_dx" else wavkan_bwd_dparams
         one, three = (fn(g, x, s, t, w, wav, cfg.with_split(k)) for k in (1, 3))
         one, three = (list(r) if isinstance(r, tuple) else [r] for r in (one, three))
         ref = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), wavelet)
-        expected = {"bwd_dx": [ref[0]], "bwd_dparams": list(ref[1:]), "bwd_fused": list(ref)}[kind]
-        assert len(one) == len(expected)
+        expected = [ref[0]] if kind == "bwd_dx" else list(ref[1:])
     for a, b, e in zip(one, three, expected):
         assert rel_err(a, e) < 1e-5 and rel_err(b, e) < 1e-5
 
@@ -172,49 +169,11 @@ def test_loop_variants(prefetch, unroll, kernel_device):
     g = torch.randn(19, 11, device=kernel_device)
     wav = get_wavelet("mexican_hat")
     cfg = KernelConfig(16, 16, num_warps=1, num_stages=1, prefetch=prefetch, unroll=unroll, split=1)
-    got = [wavkan_fwd(x, s, t, w, wav, cfg), wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg),
-           *wavkan_bwd_fused(g, x, s, t, w, wav, cfg)]
+    got = [wavkan_fwd(x, s, t, w, wav, cfg), wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg)]
     d = [a.double() for a in (g, x, s, t, w)]
-    backward_ref = reference_backward(*d, "mexican_hat")
-    expected = [reference_forward(*d[1:], "mexican_hat"), *backward_ref, *backward_ref]
-    assert len(got) == len(expected)
+    expected = [reference_forward(*d[1:], "mexican_hat"), *reference_backward(*d, "mexican_hat")]
     for a, e in zip(got, expected):
         assert rel_err(a, e) < FP32_TOL["grad"], rel_err(a, e)
-
-
-@pytest.mark.parametrize("wavelet", WAVELETS)
-def test_fused_backward_writes_every_gradient(wavelet, kernel_device):
-    """The fused backward on ragged tiles (in, out, B none a multiple of the tile) with fp16
-    inputs: grad_x from its per-out-tile partials, rounded once, and the parameters' sums."""
-    x, s, t, w = layer_inputs(21, 45, 35, torch.float16, kernel_device)
-    g = torch.randn(21, 35, device=kernel_device).half()
-    wav = get_wavelet(wavelet)
-    cfg = KernelConfig(16, 16, num_warps=1, num_stages=1, split=1)
-    fused = wavkan_bwd_fused(g, x, s, t, w, wav, cfg)
-    two_pass = (wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg))
-    expected = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), wavelet)
-    for name, a, b, e in zip(("grad_x", "grad_scale", "grad_translation", "grad_weights"), fused, two_pass, expected):
-        assert a.dtype == b.dtype == torch.float16 and a.shape == b.shape
-        # Both round an fp32 sum once to fp16: within the same bound of the exact gradient.
-        assert rel_err(a, e) <= 2 * rel_err(b, e) + 2e-3, (name, rel_err(a, e), rel_err(b, e))
-
-
-def test_backward_takes_two_passes_beyond_the_workspace(kernel_device, monkeypatch):
-    """wavkan_bwd fuses while grad_x's partials fit FUSED_WORKSPACE_BYTES; beyond, the two
-    passes, which need no workspace. Both give the reference's gradients."""
-    x, s, t, w = layer_inputs(13, 20, 6, torch.float32, kernel_device)
-    g = torch.randn(13, 6, device=kernel_device)
-    wav = get_wavelet("dog")
-    calls = []
-    fused = backward.wavkan_bwd_fused
-    monkeypatch.setattr(backward, "wavkan_bwd_fused", lambda *a, **k: calls.append(1) or fused(*a, **k))
-    expected = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), "dog")
-    for limit, fused_calls in ((1 << 30, 1), (0, 1)):
-        monkeypatch.setattr(backward, "FUSED_WORKSPACE_BYTES", limit)
-        got = wavkan_bwd(g, x, s, t, w, wav)
-        assert len(calls) == fused_calls
-        for a, e in zip(got, expected):
-            assert rel_err(a, e) < FP32_TOL["grad"], rel_err(a, e)
 
 
 def test_empty_batch(kernel_device):
@@ -233,7 +192,7 @@ def test_split_is_deterministic(kernel_device):
     g = torch.randn(37, 9, device=kernel_device)
     wav = get_wavelet("dog")
     cfg = KernelConfig(16, 16, num_warps=1, num_stages=1, split=3)
-    for fn, args in ((wavkan_fwd, (x,)), (wavkan_bwd_dx, (g, x)), (wavkan_bwd_dparams, (g, x)), (wavkan_bwd_fused, (g, x))):
+    for fn, args in ((wavkan_fwd, (x,)), (wavkan_bwd_dx, (g, x)), (wavkan_bwd_dparams, (g, x))):
         first, second = (fn(*args, s, t, w, wav, cfg) for _ in range(2))
         for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (first, second))):
             assert torch.equal(a, b)
@@ -292,18 +251,6 @@ def test_gpu_large(wavelet, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("wavelet", WAVELETS)
-def test_gpu_fused_backward_large(wavelet, dtype):
-    """1024 x 1024 x 1024, where the backward is fused (4096 rows take the two passes)."""
-    B = 1024
-    x = torch.empty(B, 1024, device="cuda")
-    assert backward.fused_workspace_bytes(x, torch.empty(1024, 1024, device="cuda")) <= backward.FUSED_WORKSPACE_BYTES
-    rows = torch.randperm(B, device="cuda")[:ROWS_TO_CHECK]
-    _check(B, 1024, 1024, wavelet, DTYPES[dtype], torch.device("cuda"), rows=rows)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gpu_batch_one_leading_dims_strided(dtype):
     for wavelet in WAVELETS:
@@ -318,9 +265,9 @@ def test_gpu_more_than_2_31_input_elements():
     _check(B, IN, OUT, "mexican_hat", torch.float16, torch.device("cuda"), rows=rows)
 
 
-def _peak_memory(B, IN, OUT):
-    """(bytes of the inputs, of what the op returns, and the most it allocated beyond both)
-    for a forward and backward at B x IN x OUT, fp32."""
+@pytest.mark.gpu
+def test_gpu_peak_memory_forward_backward():
+    B, IN, OUT = 4096, 1024, 1024
     x, s, t, w = (a.requires_grad_() for a in layer_inputs(B, IN, OUT, torch.float32, "cuda"))
     g = torch.randn(B, OUT, device="cuda")
     # Blocks cached by earlier tests (the > 2^31 case leaves gigabytes) would be handed out
@@ -336,20 +283,4 @@ def _peak_memory(B, IN, OUT):
     extra = torch.cuda.max_memory_allocated() - base  # everything the op allocated, at its peak
     inputs = 4 * (B * IN + 3 * OUT * IN + B * OUT)  # x, parameters, dL/dy
     owned = 4 * (B * OUT + B * IN + 3 * OUT * IN)  # y and the four gradients
-    return inputs, owned, extra
-
-
-@pytest.mark.gpu
-def test_gpu_peak_memory_forward_backward():
-    """4096 x 1024 x 1024 takes the two-pass backward: nothing beyond 1.2x the tensors."""
-    inputs, owned, extra = _peak_memory(4096, 1024, 1024)
     assert inputs + extra < 1.2 * (inputs + owned), (extra, owned)
-
-
-@pytest.mark.gpu
-def test_gpu_peak_memory_fused_backward():
-    """1024 x 1024 x 1024 fuses the backward: beyond the tensors, its grad_x workspace only."""
-    B, IN, OUT = 1024, 1024, 1024
-    workspace = backward.fused_workspace_bytes(torch.empty(B, IN, device="cuda"), torch.empty(OUT, IN, device="cuda"))
-    inputs, owned, extra = _peak_memory(B, IN, OUT)
-    assert inputs + extra < 1.2 * (inputs + owned) + workspace, (extra, owned, workspace)

@@ -4,9 +4,9 @@ Importing this package imports Triton; ``wavkan.ops`` imports it only when a Tri
 actually runs, so ``import wavkan`` works on machines without Triton.
 """
 
-from .backward import wavkan_bwd, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_bwd_fused
+from .backward import wavkan_bwd, wavkan_bwd_dparams, wavkan_bwd_dx
 from .config import KernelConfig
 from .forward import wavkan_fwd
 from .forward_half import wavkan_fwd_half
 
-__all__ = ["wavkan_fwd", "wavkan_fwd_half", "wavkan_bwd", "wavkan_bwd_dx", "wavkan_bwd_dparams", "wavkan_bwd_fused", "KernelConfig"]
+__all__ = ["wavkan_fwd", "wavkan_fwd_half", "wavkan_bwd", "wavkan_bwd_dx", "wavkan_bwd_dparams", "KernelConfig"]

@@ -92,15 +92,14 @@ def _wavkan_bwd_dx_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_i[None, :])
 
 
-@triton.jit(do_not_specialize=["stride_dk", "ROWS_PER_SPLIT", "stride_xo"])
+@triton.jit(do_not_specialize=["stride_dk", "ROWS_PER_SPLIT"])
 def _wavkan_bwd_dparams_kernel(
-    xs_ptr, gs_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr, dxp_ptr,
+    xs_ptr, gs_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr,
     B, IN, OUT, IN_PAD, OUT_PAD,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
-    stride_dk, stride_do, stride_xo,
+    stride_dk, stride_do,
     ROWS_PER_SPLIT, z_scale, psi_scale, dpsi_scale,
-    FINAL: tl.constexpr, WITH_DX: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -120,9 +119,6 @@ def _wavkan_bwd_dparams_kernel(
         shift = t  # kz = (x - t) a: exactly 0 where x == t, like the reference (these branch at 0)
     else:
         shift = -t * a  # kz = x a - t a: one FFMA; the wavelet is smooth at 0
-    if WITH_DX:  # the fused backward: grad_x's edge factor D w / s, as in grad_x's packing
-        w_ds = tl.load(w_ptr + o * stride_wo + i * stride_wi, mask=mask, other=0.0).to(tl.float32) * inv_s * dpsi_scale
-        dxp = dxp_ptr + pid_o.to(tl.int64) * stride_xo + offs_i
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
@@ -144,8 +140,6 @@ def _wavkan_bwd_dparams_kernel(
         acc_w += g_psi
         acc_q += g_dpsi
         acc_qz += g_dpsi_zs
-        if WITH_DX:  # row b of grad_x, summed over this tile's outputs: one partial per out-tile
-            tl.store(dxp + tl.cast(b, tl.int64) * IN_PAD, tl.sum(w_ds * g_dpsi, axis=0))
 
     dst = pid_k.to(tl.int64) * stride_dk + o * stride_do + i
     if FINAL:
@@ -200,30 +194,29 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     return dx
 
 
-def _parameter_pass(grad, x, scale, translation, weights, wavelet, cfg: KernelConfig, with_dx: bool):
-    """The parameter kernel's launch: (grad_x or None, grad_scale, grad_translation,
-    grad_weights); with_dx fuses grad_x in (its partials per out-tile, summed here)."""
+def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
+    """(grad_scale, grad_translation, grad_weights), each (out, in) in its parameter's dtype."""
     B, IN = x.shape
     OUT = scale.shape[0]
+    if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
+        return tuple(torch.zeros_like(p) for p in (scale, translation, weights))
+    cfg = config or default_config("bwd_dparams", x.device, B)
     out_pad = cdiv(OUT, cfg.block_m) * cfg.block_m
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
     z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
     xs = stage_rows(x, in_pad)
     gs = stage_rows(grad, out_pad)
     meta = dict(
-        WITH_DX=with_dx, WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
         BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
     )
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))
-    tiles = (out_pad // cfg.block_m, in_pad // cfg.block_n)
-    # grad_x's partials: (out-tiles, B, in_pad) fp32, every element written (padding included)
-    dx_partials = torch.empty((tiles[0], B, in_pad) if with_dx else (1,), dtype=torch.float32, device=x.device)
 
     def args(ds, dt, dw, stride_dk, per_split):
-        return (xs, gs, scale, translation, weights, ds, dt, dw, dx_partials, B, IN, OUT, in_pad, out_pad,
-                *_param_strides(scale, translation, weights), stride_dk, IN, B * in_pad, per_split,
-                z_scale, psi_scale, dpsi_scale)
+        return (xs, gs, scale, translation, weights, ds, dt, dw, B, IN, OUT, in_pad, out_pad,
+                *_param_strides(scale, translation, weights), stride_dk, IN, per_split, z_scale, psi_scale, dpsi_scale)
 
+    tiles = (out_pad // cfg.block_m, in_pad // cfg.block_n)
     resident = resident_programs(
         _wavkan_bwd_dparams_kernel, (*tiles, 1), args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device,
         cfg.programs_per_sm,
@@ -236,58 +229,19 @@ def _parameter_pass(grad, x, scale, translation, weights, wavelet, cfg: KernelCo
         partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)
         ds, dt, dw = partials[2], partials[1], partials[0]
     _wavkan_bwd_dparams_kernel[(*tiles, split)](*args(ds, dt, dw, 0 if final else OUT * IN, per_split), FINAL=final, **meta)
-    dx = None
-    if with_dx:
-        dx = torch.empty((B, IN), dtype=x.dtype, device=x.device)
-        sum_partials(dx_partials[:, :, :IN], dx)
     if final:
-        return dx, ds, dt, dw
+        return ds, dt, dw
     sum_w, sum_q, sum_qz = partials.sum(dim=1)
     wd = weights.float() * scale.float().reciprocal() * -dpsi_scale
     return (
-        dx,
         (wd * (sum_qz / z_scale)).to(scale.dtype),
         (wd * sum_q).to(translation.dtype),
         (sum_w * psi_scale).to(weights.dtype),
     )
 
 
-def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
-    """(grad_scale, grad_translation, grad_weights), each (out, in) in its parameter's dtype."""
-    if x.shape[0] == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
-        return tuple(torch.zeros_like(p) for p in (scale, translation, weights))
-    cfg = config or default_config("bwd_dparams", x.device, x.shape[0])
-    return _parameter_pass(grad, x, scale, translation, weights, wavelet, cfg, with_dx=False)[1:]
-
-
-# The fused backward's grad_x partials take (out / block_m) B in fp32 numbers: 32 x grad_x's
-# size at 1024 outputs. Up to this many bytes it runs; beyond, the two-pass backward, which
-# needs no workspace but evaluates every exponential twice.
-FUSED_WORKSPACE_BYTES = 256 << 20
-
-
-def fused_workspace_bytes(x, scale, config: KernelConfig | None = None) -> int:
-    """Bytes of grad_x partials the fused backward would allocate for x (B, in), scale (out, in)."""
-    B, IN = x.shape
-    cfg = config or default_config("bwd_fused", x.device, B)
-    return cdiv(scale.shape[0], cfg.block_m) * B * cdiv(IN, cfg.block_n) * cfg.block_n * 4
-
-
-def wavkan_bwd_fused(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
-    """(grad_x, grad_scale, grad_translation, grad_weights) in one pass over the edges: each
-    exponential serves all four gradients; grad_x goes through a workspace of per-out-tile
-    partials (``fused_workspace_bytes``), summed in a fixed order."""
-    if x.shape[0] == 0:
-        return (torch.empty_like(x), *(torch.zeros_like(p) for p in (scale, translation, weights)))
-    cfg = config or default_config("bwd_fused", x.device, x.shape[0])
-    return _parameter_pass(grad, x, scale, translation, weights, wavelet, cfg, with_dx=True)
-
-
 def wavkan_bwd(grad, x, scale, translation, weights, wavelet):
-    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, out): fused
-    when its workspace fits in ``FUSED_WORKSPACE_BYTES``, else grad_x and the parameters apart."""
-    if fused_workspace_bytes(x, scale) <= FUSED_WORKSPACE_BYTES:
-        return wavkan_bwd_fused(grad, x, scale, translation, weights, wavelet)
+    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, out)."""
     dx = wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet)
     ds, dt, dw = wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet)
     return dx, ds, dt, dw
