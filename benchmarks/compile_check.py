@@ -27,7 +27,7 @@ from wavkan.kernels import backward, forward, forward_half
 from wavkan.kernels.config import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
-ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PAIRS_PAD", "PLANE", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
+ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PAIRS_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
                 "stride_wo", "stride_do", "stride_db"}
 FLOATS = {"z_scale", "psi_scale", "dpsi_scale"}
 

@@ -218,3 +218,14 @@ def test_gpu_fast_forward_more_than_2_31_input_elements():
     y = wavkan_linear(x, s, t, w, "mexican_hat", backend="triton", fast_math=True)
     rows = torch.cat([torch.arange(64), torch.arange(B - 64, B)]).cuda()
     assert rel_err(y[rows], _exact(x[rows], s, t, w, "mexican_hat")) < FAST_TOL
+
+
+@pytest.mark.gpu
+def test_gpu_fast_forward_edge_planes_past_2_30_elements():
+    """in * out = 2^30 edges: the fp16 planes' third one starts 2^31 elements in, past int32."""
+    B, IN, OUT = 1024, 1 << 20, 1024
+    x, s, t, w = layer_inputs(B, IN, OUT, torch.float16, "cuda")
+    y = wavkan_linear(x, s, t, w, "mexican_hat", backend="triton", fast_math=True)
+    rows, picked = torch.tensor([0, 1, 700, B - 1], device="cuda"), torch.tensor([0, 517, OUT - 1], device="cuda")
+    exact = _exact(x[rows], s[picked], t[picked], w[picked], "mexican_hat")
+    assert rel_err(y[rows][:, picked], exact) < FAST_TOL

@@ -66,3 +66,16 @@ def test_resident_programs_falls_back_without_registers(fake_gpu):
     kernel = SimpleNamespace(warmup=lambda *a, grid, **m: None)  # e.g. a cache hook returned nothing
     assert config.resident_programs(kernel, (1, 1, 1), (3,), {}, fake_gpu, fallback=7) == 7
     assert config.resident_programs(kernel, (1, 1, 1), (3,), {}, CPU, fallback=5) == 5
+
+
+def test_plan_split_shares_whole_steps():
+    """The split of a loop into per-program shares: whole ``step``s each (the packed-half
+    forward's 16-step chunks), at least ``min_per_split`` steps, no empty share."""
+    cfg = config.KernelConfig(16, 16)  # 4 programs per SM where residency cannot be measured
+    assert config.plan_split(None, (1, 1), 1024, (), {}, CPU, cfg) == (4, 256)
+    assert config.plan_split(None, (1, 1), 160, (), {}, CPU, cfg, step=16, min_per_split=2) == (4, 48)
+    assert config.plan_split(None, (1, 1), 100, (), {}, CPU, cfg, step=16, min_per_split=2) == (3, 48)
+    assert config.plan_split(None, (2, 2), 1024, (), {}, CPU, cfg) == (1, 1024)  # the tiles fill it
+    for loop_len in (1, 15, 17, 33, 1000):
+        split, per_split = config.plan_split(None, (1, 1), loop_len, (), {}, CPU, cfg, step=16, min_per_split=1)
+        assert per_split % 16 == 0 and (split - 1) * per_split < loop_len <= split * per_split

@@ -266,6 +266,28 @@ def test_gpu_more_than_2_31_input_elements():
 
 
 @pytest.mark.gpu
+def test_gpu_edge_planes_past_2_30_elements():
+    """in * out = 2^30 edges: the packed planes' third one starts 2^31 elements in, past
+    int32 (the kernels step plane by plane in 64-bit pointers). dL/dy is nonzero on a few
+    outputs only, so the float64 reference needs those rows of the parameters alone."""
+    B, IN, OUT = 3, 1 << 20, 1024
+    x, s, t, w = (a.requires_grad_() for a in layer_inputs(B, IN, OUT, torch.float32, "cuda"))
+    picked = torch.tensor([0, 517, OUT - 1], device="cuda")
+    g = torch.zeros(B, OUT, device="cuda")
+    g[:, picked] = torch.randn(B, len(picked), device="cuda")
+    y = wavkan_linear(x, s, t, w, backend="triton")
+    y.backward(g)
+    rows = [p.detach()[picked].double() for p in (s, t, w)]
+    y_ref = reference_forward(x.detach().double(), *rows, "mexican_hat")
+    gx_ref, gs_ref, gt_ref, gw_ref = reference_backward(g[:, picked].double(), x.detach().double(), *rows, "mexican_hat")
+    assert rel_err(y[:, picked], y_ref) < FP32_TOL["output"]
+    assert rel_err(x.grad, gx_ref) < FP32_TOL["grad"]
+    for p, ref in ((s, gs_ref), (t, gt_ref), (w, gw_ref)):
+        assert rel_err(p.grad[picked], ref) < FP32_TOL["grad"]
+        assert p.grad.count_nonzero() == torch.count_nonzero(p.grad[picked])  # zero elsewhere
+
+
+@pytest.mark.gpu
 def test_gpu_peak_memory_forward_backward():
     B, IN, OUT = 4096, 1024, 1024
     x, s, t, w = (a.requires_grad_() for a in layer_inputs(B, IN, OUT, torch.float32, "cuda"))

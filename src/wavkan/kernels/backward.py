@@ -28,18 +28,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs, sum_partials
+from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll, plan_split
 from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .staging import pack_edge_constants, stage_rows, stage_transposed
+from .staging import pack_edge_constants, plane_offsets, stage_rows, stage_transposed
 
 
 @triton.jit
-def _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, offs_b, offs_i):
+def _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i):
     """Step o's operands: g[:, o] (BLOCK_B, from the transposed staging) and packed row o
     [k/s, t, D w/s] (BLOCK_IN). Both are padded to whole tiles: unmasked, aligned loads."""
     ol = tl.cast(o, tl.int64)
     edge = pack_ptr + ol * IN_PAD + offs_i
-    return tl.load(gt_ptr + ol * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
+    return tl.load(gt_ptr + ol * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
 @triton.jit
@@ -52,7 +52,7 @@ def _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o):
 @triton.jit(do_not_specialize=["stride_dk", "OUT_PER_SPLIT"])  # as the forward's
 def _wavkan_bwd_dx_kernel(
     x_ptr, gt_ptr, pack_ptr, dx_ptr,
-    B, IN, OUT, B_PAD, IN_PAD, PLANE,
+    B, IN, OUT, B_PAD, IN_PAD, PLANE, PLANE2,
     stride_xb, stride_xi,
     stride_dk, stride_db,
     OUT_PER_SPLIT,
@@ -76,14 +76,14 @@ def _wavkan_bwd_dx_kernel(
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
-    g_next, a_next, t_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, offs_b, offs_i)
+    g_next, a_next, t_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
     for o in tl.range(o_start, o_end, loop_unroll_factor=UNROLL):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             g, a, t, w_over_s = g_next, a_next, t_next, ws_next
             g_next, a_next, t_next, ws_next = _dx_operands(
-                gt_ptr, pack_ptr, tl.minimum(o + 1, o_end - 1), B_PAD, IN_PAD, PLANE, offs_b, offs_i)
+                gt_ptr, pack_ptr, tl.minimum(o + 1, o_end - 1), B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
         else:
-            g, a, t, w_over_s = _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, offs_b, offs_i)
+            g, a, t, w_over_s = _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
         zs = (x - t[None, :]) * a[None, :]  # k z, exactly 0 where x == t
         _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
@@ -180,18 +180,10 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     )
 
     def args(out, stride_dk, per_split):
-        return (x, gt, pack, out, B, IN, OUT, b_pad, in_pad, OUT * in_pad, x.stride(0), x.stride(1), stride_dk, IN, per_split)
+        return (x, gt, pack, out, B, IN, OUT, b_pad, in_pad, *plane_offsets(pack), x.stride(0), x.stride(1), stride_dk, IN, per_split)
 
     tiles = (b_pad // cfg.block_m, in_pad // cfg.block_n)
-    resident = resident_programs(_wavkan_bwd_dx_kernel, (*tiles, 1), args(dx, 0, OUT), meta, x.device, cfg.programs_per_sm)
-    split = choose_split(tiles[0] * tiles[1], OUT, x.device, resident, cfg.split)
-    per_split = cdiv(OUT, split)
-    split = cdiv(OUT, per_split)
-    out = dx if split == 1 else torch.empty((split, B, IN), dtype=torch.float32, device=x.device)
-    _wavkan_bwd_dx_kernel[(*tiles, split)](*args(out, B * IN if split > 1 else 0, per_split), **meta)
-    if split > 1:
-        sum_partials(out, dx)
-    return dx
+    return launch_split(_wavkan_bwd_dx_kernel, tiles, OUT, args, meta, dx, cfg)
 
 
 def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
@@ -217,13 +209,8 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
                 *_param_strides(scale, translation, weights), stride_dk, IN, per_split, z_scale, psi_scale, dpsi_scale)
 
     tiles = (out_pad // cfg.block_m, in_pad // cfg.block_n)
-    resident = resident_programs(
-        _wavkan_bwd_dparams_kernel, (*tiles, 1), args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device,
-        cfg.programs_per_sm,
-    )
-    split = choose_split(tiles[0] * tiles[1], B, x.device, resident, cfg.split)
-    per_split = cdiv(B, split)
-    split = cdiv(B, per_split)
+    split, per_split = plan_split(
+        _wavkan_bwd_dparams_kernel, tiles, B, args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device, cfg)
     final = split == 1
     if not final:
         partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)

@@ -179,3 +179,29 @@ def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int,
     if tiles >= slots:
         return 1
     return max(1, min(slots // tiles, loop_len // min_per_split))
+
+
+def plan_split(kernel, tiles: tuple, loop_len: int, args: tuple, meta: dict, device: torch.device, cfg: KernelConfig,
+               step: int = 1, min_per_split: int = 32) -> tuple:
+    """(split, per_split) for ``kernel`` over a (tiles[0], tiles[1]) grid whose programs each run a
+    loop of ``loop_len``: ``choose_split`` from the compiled kernel's residency (``args`` and
+    ``meta`` as the unsplit launch's). Each split's share is a whole number of ``step``s."""
+    resident = resident_programs(kernel, (*tiles, 1), args, meta, device, cfg.programs_per_sm)
+    steps = cdiv(loop_len, step)
+    split = choose_split(tiles[0] * tiles[1], steps, device, resident, cfg.split, min_per_split)
+    per_split = cdiv(steps, split) * step
+    return cdiv(loop_len, per_split), per_split
+
+
+def launch_split(kernel, tiles: tuple, loop_len: int, args, meta: dict, dst: torch.Tensor, cfg: KernelConfig,
+                 step: int = 1, min_per_split: int = 32) -> torch.Tensor:
+    """Launch a kernel that sums over a loop of ``loop_len`` into ``dst``, split per
+    ``plan_split``. ``args(out, stride_k, per_split)`` builds its arguments: the unsplit launch
+    writes dst itself; a split one writes fp32 partials (split, *dst.shape), ``stride_k``
+    apart, summed into dst in a fixed order (``sum_partials``)."""
+    split, per_split = plan_split(kernel, tiles, loop_len, args(dst, 0, loop_len), meta, dst.device, cfg, step, min_per_split)
+    out = dst if split == 1 else torch.empty((split, *dst.shape), dtype=torch.float32, device=dst.device)
+    kernel[(*tiles, split)](*args(out, dst.numel() if split > 1 else 0, per_split), **meta)
+    if split > 1:
+        sum_partials(out, dst)
+    return dst

@@ -69,12 +69,20 @@ def _reduce_2pi(x):
     return (x - n * TWO_PI_HI) - n * TWO_PI_LO
 
 
+_SIN_APPROX = tl.constexpr("sin.approx.ftz.f32 $0, $1;")
+_COS_APPROX = tl.constexpr("cos.approx.ftz.f32 $0, $1;")
+
+
+@triton.jit
+def _sfu_approx(x, PTX: tl.constexpr):
+    # The special-function unit's sine or cosine (PTX names which) of x reduced to [-pi, pi].
+    return tl.inline_asm_elementwise(PTX, "=r,r", [_reduce_2pi(x)], dtype=tl.float32, is_pure=True, pack=1)
+
+
 @triton.jit
 def fsin(x, FAST: tl.constexpr):
     if FAST:
-        return tl.inline_asm_elementwise(
-            "sin.approx.ftz.f32 $0, $1;", "=r,r", [_reduce_2pi(x)], dtype=tl.float32, is_pure=True, pack=1
-        )
+        return _sfu_approx(x, _SIN_APPROX)
     else:
         return tl.sin(x)
 
@@ -82,9 +90,7 @@ def fsin(x, FAST: tl.constexpr):
 @triton.jit
 def fcos(x, FAST: tl.constexpr):
     if FAST:
-        return tl.inline_asm_elementwise(
-            "cos.approx.ftz.f32 $0, $1;", "=r,r", [_reduce_2pi(x)], dtype=tl.float32, is_pure=True, pack=1
-        )
+        return _sfu_approx(x, _COS_APPROX)
     else:
         return tl.cos(x)
 

@@ -28,17 +28,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, loop_unroll, resident_programs, sum_partials
+from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll
 from .device import FOLD, MEXICAN_HAT, TWO_LN2, wavelet_psi_folded
-from .staging import pack_edge_constants, stage_transposed
+from .staging import pack_edge_constants, plane_offsets, stage_transposed
 
 
 @triton.jit
-def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o):
+def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o):
     """Step i's operands: x[:, i] (BLOCK_B) and row i of the three edge planes (BLOCK_OUT)."""
     row = tl.cast(i, tl.int64)
     edge = pack_ptr + row * OUT_PAD + offs_o
-    return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + 2 * PLANE)
+    return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
 # The split's ints are not specialised on, so that the compile ahead of the first launch
@@ -46,7 +46,7 @@ def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o):
 @triton.jit(do_not_specialize=["stride_yk", "IN_PER_SPLIT"])
 def _wavkan_fwd_kernel(
     xt_ptr, pack_ptr, y_ptr,
-    B, IN, OUT, B_PAD, OUT_PAD, PLANE,
+    B, IN, OUT, B_PAD, OUT_PAD, PLANE, PLANE2,
     stride_yk, stride_yb,
     IN_PER_SPLIT,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
@@ -62,16 +62,16 @@ def _wavkan_fwd_kernel(
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
     # Row offsets in 64 bits (in * B_PAD can pass 2^31); both pads are whole tiles, so the
     # loads need no mask and stay 16-byte aligned.
-    x_next, a_next, c_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
+    x_next, a_next, c_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
     for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
             x, a, c, w = x_next, a_next, c_next, w_next
             x_next, a_next, c_next, w_next = _fwd_operands(
-                xt_ptr, pack_ptr, tl.minimum(i + 1, i_end - 1), B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
+                xt_ptr, pack_ptr, tl.minimum(i + 1, i_end - 1), B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
         else:
-            x, a, c, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, offs_b, offs_o)
+            x, a, c, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
         z = x[:, None] * a[None, :] + c[None, :]
         if WAVELET == MEXICAN_HAT:
             # w psi' = (m (-2 ln2 w) - w) e with m = -z^2, e = exp2(m): the weight's two
@@ -107,15 +107,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     )
 
     def args(out, stride_yk, in_per_split):
-        return (xt, pack, out, B, IN, OUT, b_pad, out_pad, IN * out_pad, stride_yk, OUT, in_per_split)
+        return (xt, pack, out, B, IN, OUT, b_pad, out_pad, *plane_offsets(pack), stride_yk, OUT, in_per_split)
 
     tiles = (b_pad // cfg.block_m, out_pad // cfg.block_n)
-    resident = resident_programs(_wavkan_fwd_kernel, (*tiles, 1), args(y, 0, IN), meta, x.device, cfg.programs_per_sm)
-    split = choose_split(tiles[0] * tiles[1], IN, x.device, resident, cfg.split)
-    in_per_split = cdiv(IN, split)
-    split = cdiv(IN, in_per_split)
-    out = y if split == 1 else torch.empty((split, B, OUT), dtype=torch.float32, device=x.device)
-    _wavkan_fwd_kernel[(*tiles, split)](*args(out, B * OUT if split > 1 else 0, in_per_split), **meta)
-    if split > 1:
-        sum_partials(out, y)
-    return y
+    return launch_split(_wavkan_fwd_kernel, tiles, IN, args, meta, y, cfg)

@@ -36,9 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, choose_split, default_config, resident_programs, sum_partials
+from .config import KernelConfig, cdiv, default_config, launch_split
 from .device import FOLD, MEXICAN_HAT
-from .staging import pack_edge_constants, stage_transposed
+from .staging import pack_edge_constants, plane_offsets, stage_transposed
 
 # Wavelet codes with a packed-half forward.
 HALF_WAVELETS = frozenset({0, 2})  # mexican_hat, dog
@@ -221,7 +221,7 @@ def _mexican_hat_weights(w2, PTX: tl.constexpr):
 @triton.jit(do_not_specialize=["stride_yk", "IN_PER_SPLIT"])
 def _wavkan_fwd_half_kernel(
     xt_ptr, pack_ptr, y_ptr,
-    B, IN_PAD, OUT, B_PAD, PAIRS_PAD, PLANE,
+    B, IN_PAD, OUT, B_PAD, PAIRS_PAD, PLANE, PLANE2,
     stride_yk, stride_yb,
     IN_PER_SPLIT,
     WAVELET: tl.constexpr, PTX: tl.constexpr, CHUNK_STEPS: tl.constexpr, GROUP_STEPS: tl.constexpr,
@@ -250,7 +250,7 @@ def _wavkan_fwd_half_kernel(
                 edge = pack_ptr + row * PAIRS_PAD + offs_p
                 a2 = tl.load(edge)
                 c2 = tl.load(edge + PLANE)
-                w2 = tl.load(edge + 2 * PLANE)
+                w2 = tl.load(edge + PLANE2)
                 if WAVELET == MEXICAN_HAT:
                     w2, w0 = _mexican_hat_weights(w2, PTX)
                 else:
@@ -296,18 +296,8 @@ def wavkan_fwd_half(x, scale, translation, weights, wavelet, config: KernelConfi
     )
 
     def args(out, stride_yk, in_per_split):
-        return (xt, pack, out, B, in_pad, OUT, b_pad, pairs_pad, in_pad * pairs_pad, stride_yk, OUT, in_per_split)
+        return (xt, pack, out, B, in_pad, OUT, b_pad, pairs_pad, *plane_offsets(pack), stride_yk, OUT, in_per_split)
 
     tiles = (b_pad // cfg.block_m, pairs_pad // cfg.block_n)
-    resident = resident_programs(_wavkan_fwd_half_kernel, (*tiles, 1), args(y, 0, in_pad), meta, x.device,
-                                 cfg.programs_per_sm)  # fmt: skip
-    chunks = in_pad // CHUNK
-    split = choose_split(tiles[0] * tiles[1], chunks, x.device, resident, cfg.split, min_per_split=2)
-    in_per_split = cdiv(chunks, split) * CHUNK
-    split = cdiv(in_pad, in_per_split)
-    out = y if split == 1 else torch.empty((split, B, OUT), dtype=torch.float32, device=x.device)
-    _wavkan_fwd_half_kernel[(*tiles, split)](*args(out, B * OUT if split > 1 else 0, in_per_split), **meta)
-    if split > 1:
-        sum_partials(out, y)
-    return y
-
+    # Splits take whole chunks (the fp16 sums flush per chunk), at least two each.
+    return launch_split(_wavkan_fwd_half_kernel, tiles, in_pad, args, meta, y, cfg, step=CHUNK, min_per_split=2)

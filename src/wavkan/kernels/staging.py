@@ -27,11 +27,10 @@ HALF_MAX = tl.constexpr(65504.0)
 @triton.jit
 def _wavkan_pack_kernel(
     s_ptr, t_ptr, w_ptr, pack_ptr,
-    IN, OUT, IN_PAD, OUT_PAD, PLANE, stride_pi, stride_po, z_scale, w_scale,
+    IN, OUT, IN_PAD, OUT_PAD, PLANE, PLANE2, stride_pi, stride_po, z_scale, w_scale,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     FOR_GRAD_X: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
-
     offs_o = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     offs_i = tl.program_id(1) * BLOCK_IN + tl.arange(0, BLOCK_IN)
     valid = (offs_o[:, None] < OUT) & (offs_i[None, :] < IN)
@@ -46,7 +45,7 @@ def _wavkan_pack_kernel(
     if FOR_GRAD_X:
         tl.store(dst, inv_s * z_scale, mask=inside)
         tl.store(dst + PLANE, t, mask=inside)
-        tl.store(dst + 2 * PLANE, w * w_scale * inv_s, mask=inside)
+        tl.store(dst + PLANE2, w * w_scale * inv_s, mask=inside)
     else:
         a = inv_s * z_scale
         c = -t * a
@@ -57,7 +56,7 @@ def _wavkan_pack_kernel(
             c = tl.minimum(tl.maximum(c, -HALF_MAX), HALF_MAX)
         tl.store(dst, a.to(pack_ptr.dtype.element_ty), mask=inside)
         tl.store(dst + PLANE, c.to(pack_ptr.dtype.element_ty), mask=inside)
-        tl.store(dst + 2 * PLANE, (w * w_scale).to(pack_ptr.dtype.element_ty), mask=inside)
+        tl.store(dst + PLANE2, (w * w_scale).to(pack_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -81,6 +80,13 @@ def _wavkan_stage_kernel(
     tl.store(dst_ptr + r * dst_stride_r + c * dst_stride_c, v, mask=(r < R_DST) & (c < C_DST))
 
 
+def plane_offsets(pack: torch.Tensor) -> tuple:
+    """(offset of plane 1, offset of plane 2) in elements of a (3, rows, pad) pack: passed as two
+    ints, so that each is a 64-bit argument once it passes 2^31 (a kernel's own 2 * PLANE would
+    be computed in 32 bits: wrong from in * out = 2^30 on)."""
+    return pack.stride(0), 2 * pack.stride(0)
+
+
 def pack_edge_constants(
     scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0,
     dtype=torch.float32, in_pad=None,
@@ -102,7 +108,7 @@ def pack_edge_constants(
     grid = (cdiv(out_pad, _BLOCK), cdiv(in_pad, _BLOCK))
     _wavkan_pack_kernel[grid](
         scale, translation, weights, pack,
-        IN, OUT, in_pad, out_pad, shape[1] * shape[2], stride_pi, stride_po, float(z_scale), float(w_scale),
+        IN, OUT, in_pad, out_pad, *plane_offsets(pack), stride_pi, stride_po, float(z_scale), float(w_scale),
         scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
         weights.stride(0), weights.stride(1),
         FOR_GRAD_X=for_grad_x, BLOCK_OUT=_BLOCK, BLOCK_IN=_BLOCK,
