@@ -24,6 +24,7 @@ import triton.testing
 from wavkan import get_wavelet
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels.ceiling import measure_exp2_rate
+from wavkan.kernels.config import default_config
 
 SIZE = 1024
 BATCHES = (64, 256, 1024, 4096)
@@ -60,8 +61,10 @@ def seed_and_measure_ceiling() -> float:
 
 def candidates(kernel: str, quick: bool, unrolls=(1,), maxnregs=(None,)):
     tiles = TILES[kernel][:2] if quick else TILES[kernel]
+    rule = default_config(kernel, torch.device("cuda")).split_rule  # the kernel's automatic split
     for (m, n, w, stages), prefetch, unroll, maxnreg in itertools.product(tiles, (True, False), unrolls, maxnregs):
-        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll, maxnreg=maxnreg)
+        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll, maxnreg=maxnreg,
+                           split_rule=rule)
 
 
 def main() -> int:

@@ -79,3 +79,17 @@ def test_plan_split_shares_whole_steps():
     for loop_len in (1, 15, 17, 33, 1000):
         split, per_split = config.plan_split(None, (1, 1), loop_len, (), {}, CPU, cfg, step=16, min_per_split=1)
         assert per_split % 16 == 0 and (split - 1) * per_split < loop_len <= split * per_split
+
+
+def test_balanced_split(fake_gpu, monkeypatch):
+    """The "balance" rule on a 132-SM GPU: about 2 programs per SM of >= 16 steps while the
+    tiles are fewer than the SMs, about 16 per SM of >= 128 steps (at most 4 splits) after."""
+    monkeypatch.setattr(config, "_sm_count", lambda index: 132)
+    assert config.balanced_split(32, 1024, fake_gpu) == 9  # 256 x 1024 x 1024 forward: 288 programs
+    assert config.balanced_split(4, 1024, fake_gpu) == 64  # 16 steps each, not 66
+    assert config.balanced_split(128, 1024, fake_gpu) == 3
+    assert config.balanced_split(512, 1024, fake_gpu) == 4  # 4096 rows: cdiv(2112, 512) = 5, capped
+    assert config.balanced_split(1024, 1024, fake_gpu) == 3
+    assert config.balanced_split(256, 128, fake_gpu) == 1  # loops under 2 x 128 steps stay whole
+    assert config.balanced_split(5000, 1024, fake_gpu) == 1
+    assert config.balanced_split(32, 1024, fake_gpu, split=5) == 5

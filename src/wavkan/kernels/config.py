@@ -44,6 +44,8 @@ class KernelConfig:
     unroll factor (more independent evaluations in flight per thread). In the packed-half
     forward ``unroll`` must divide its 16-step chunk, and ``poly_steps`` of every ``unroll``
     steps take the exponential as a polynomial on the FMA pipe instead of the MUFU.
+    ``split_rule`` picks the automatic split: "fill" (``choose_split``: one wave of the
+    resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM).
     """
 
     block_m: int
@@ -56,6 +58,7 @@ class KernelConfig:
     unroll: int = 1
     maxnreg: Optional[int] = None
     poly_steps: int = 0
+    split_rule: str = "fill"
 
     def launch_options(self) -> dict:
         """Triton's launch options for this config (``maxnreg`` only when set: it caps the
@@ -76,10 +79,10 @@ class KernelConfig:
 # programs per SM (maxnreg 128, 96) lost 3-7 points. The 128-row forward tile needs B >= 128.
 _GPU = {
     "fwd": (
-        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
-        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance")),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
     ),
-    "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
+    "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),),
     "bwd_dparams": ((0, KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=True, unroll=2)),),
     # The packed-half forward (forward_half.py): block_n counts output pairs; groups of 8
     # unrolled steps, 3 of them with the polynomial exponential (v6 sweep: 1.22 ms at 4096,
@@ -181,14 +184,41 @@ def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int,
     return max(1, min(slots // tiles, loop_len // min_per_split))
 
 
+# The "balance" rule (forward and grad_x; v7 split sweep on an H200, benchmarks/NOTES.md): when
+# the tiles are fewer than the SMs, about 2 programs per SM of at least 16 steps each (fewer,
+# longer programs than one full wave of resident ones: 256 x 1024 x 1024 forward 102.7 us at 2
+# per SM, 106.5 at 4); from one tile per SM on, about 16 programs per SM of at least 128 steps:
+# several waves balance the SMs (4096 x 1024 x 1024 forward 1.503 ms unsplit, 1.374 in 4),
+# in at most 4 splits there: their fp32 partials stay within 4 outputs' worth of memory.
+_BALANCE_SMALL = (2, 16)  # (programs per SM, least steps per program)
+_BALANCE_LARGE = (16, 128)
+BALANCE_LARGE_MAX_SPLIT = 4
+
+
+def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None) -> int:
+    """Programs per tile under the "balance" rule (see above); ``split`` overrides it."""
+    if split is not None:
+        return max(1, min(split, loop_len))
+    sms = sm_count(device)
+    if tiles < sms:
+        per_sm, min_steps = _BALANCE_SMALL
+        return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps))
+    per_sm, min_steps = _BALANCE_LARGE
+    return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps, BALANCE_LARGE_MAX_SPLIT))
+
+
 def plan_split(kernel, tiles: tuple, loop_len: int, args: tuple, meta: dict, device: torch.device, cfg: KernelConfig,
                step: int = 1, min_per_split: int = 32) -> tuple:
     """(split, per_split) for ``kernel`` over a (tiles[0], tiles[1]) grid whose programs each run a
-    loop of ``loop_len``: ``choose_split`` from the compiled kernel's residency (``args`` and
-    ``meta`` as the unsplit launch's). Each split's share is a whole number of ``step``s."""
-    resident = resident_programs(kernel, (*tiles, 1), args, meta, device, cfg.programs_per_sm)
+    loop of ``loop_len``, by ``cfg.split_rule``: "fill" (``choose_split`` from the compiled
+    kernel's residency, ``args`` and ``meta`` as the unsplit launch's) or "balance"
+    (``balanced_split``). Each split's share is a whole number of ``step``s."""
     steps = cdiv(loop_len, step)
-    split = choose_split(tiles[0] * tiles[1], steps, device, resident, cfg.split, min_per_split)
+    if cfg.split_rule == "balance":
+        split = balanced_split(tiles[0] * tiles[1], steps, device, cfg.split)
+    else:
+        resident = resident_programs(kernel, (*tiles, 1), args, meta, device, cfg.programs_per_sm)
+        split = choose_split(tiles[0] * tiles[1], steps, device, resident, cfg.split, min_per_split)
     per_split = cdiv(steps, split) * step
     return cdiv(loop_len, per_split), per_split
 
