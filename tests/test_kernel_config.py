@@ -82,12 +82,15 @@ def test_plan_split_shares_whole_steps():
 
 
 def test_balanced_split(fake_gpu, monkeypatch):
-    """The "balance" rule on a 132-SM GPU: about 2 programs per SM of >= 16 steps while the
-    tiles are fewer than the SMs, about 16 per SM of >= 128 steps (at most 4 splits) after."""
+    """The "balance" rule on a 132-SM GPU: at most 2 programs per SM, of >= 16 steps, while the
+    tiles are fewer than the SMs; about 16 per SM of >= 128 steps (at most 4 splits) after."""
     monkeypatch.setattr(config, "_sm_count", lambda index: 132)
-    assert config.balanced_split(32, 1024, fake_gpu) == 9  # 256 x 1024 x 1024 forward: 288 programs
+    assert config.balanced_split(32, 1024, fake_gpu) == 8  # 256 programs (9 would run 3 deep on some SMs)
+    assert config.balanced_split(16, 1024, fake_gpu) == 16
     assert config.balanced_split(4, 1024, fake_gpu) == 64  # 16 steps each, not 66
-    assert config.balanced_split(128, 1024, fake_gpu) == 3
+    assert config.balanced_split(64, 128, fake_gpu) == 4
+    assert config.balanced_split(128, 1024, fake_gpu) == 2
+    assert config.balanced_split(200, 1024, fake_gpu) == 4  # one tile per SM on: the large rule
     assert config.balanced_split(512, 1024, fake_gpu) == 4  # 4096 rows: cdiv(2112, 512) = 5, capped
     assert config.balanced_split(1024, 1024, fake_gpu) == 3
     assert config.balanced_split(256, 128, fake_gpu) == 1  # loops under 2 x 128 steps stay whole

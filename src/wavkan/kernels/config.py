@@ -184,12 +184,14 @@ def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int,
     return max(1, min(slots // tiles, loop_len // min_per_split))
 
 
-# The "balance" rule (forward and grad_x; v7 split sweep on an H200, benchmarks/NOTES.md): when
-# the tiles are fewer than the SMs, about 2 programs per SM of at least 16 steps each (fewer,
-# longer programs than one full wave of resident ones: 256 x 1024 x 1024 forward 102.7 us at 2
-# per SM, 106.5 at 4); from one tile per SM on, about 16 programs per SM of at least 128 steps:
-# several waves balance the SMs (4096 x 1024 x 1024 forward 1.503 ms unsplit, 1.374 in 4),
-# in at most 4 splits there: their fp32 partials stay within 4 outputs' worth of memory.
+# The "balance" rule (forward and grad_x; v7 split sweeps on an H200, benchmarks/NOTES.md). The
+# SMs take programs in turn, so a launch lasts as long as its busiest SM: 288 programs on 132
+# SMs run 3 deep where 256 run 2 (256 x 1024 x 1024 forward: 130.7 us in 9 splits, 102.7 in 8).
+# While the tiles are fewer than the SMs: as many programs as fit 2 per SM, of at least 16 steps
+# (fewer, longer programs than one full wave of resident ones: 106.5 us at 4 per SM). From one
+# tile per SM on: about 16 programs per SM of at least 128 steps, in at most 4 splits, whose
+# partials stay within 4 outputs' worth of memory; several waves balance the SMs (4096 x 1024 x
+# 1024 forward: 1.503 ms unsplit, 1.375 in 4).
 _BALANCE_SMALL = (2, 16)  # (programs per SM, least steps per program)
 _BALANCE_LARGE = (16, 128)
 BALANCE_LARGE_MAX_SPLIT = 4
@@ -202,7 +204,7 @@ def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None) 
     sms = sm_count(device)
     if tiles < sms:
         per_sm, min_steps = _BALANCE_SMALL
-        return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps))
+        return max(1, min(per_sm * sms // tiles, loop_len // min_steps))
     per_sm, min_steps = _BALANCE_LARGE
     return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps, BALANCE_LARGE_MAX_SPLIT))
 
