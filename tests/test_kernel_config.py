@@ -96,3 +96,9 @@ def test_balanced_split(fake_gpu, monkeypatch):
     assert config.balanced_split(256, 128, fake_gpu) == 1  # loops under 2 x 128 steps stay whole
     assert config.balanced_split(5000, 1024, fake_gpu) == 1
     assert config.balanced_split(32, 1024, fake_gpu, split=5) == 5
+    # plan_split under the rule, no kernel compiled: 16-step chunks count as steps.
+    balance = config.KernelConfig(128, 64, split_rule="balance")
+    assert config.plan_split(None, (2, 16), 1024, (), {}, fake_gpu, balance) == (8, 128)
+    assert config.plan_split(None, (8, 4), 1024, (), {}, fake_gpu, balance, step=16) == (4, 256)
+    with pytest.raises(ValueError, match="split_rule must be one of fill, balance, got 'balanced'"):
+        config.KernelConfig(128, 64, split_rule="balanced")

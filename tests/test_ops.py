@@ -5,7 +5,8 @@ import torch
 from helpers import layer_inputs
 
 from wavkan import wavkan_linear
-from wavkan.ops import resolve_backend
+from wavkan.ops import TRITON_MAX_FEATURES, resolve_backend
+from wavkan.reference import reference_forward
 
 
 def _args():
@@ -73,3 +74,19 @@ def test_scalar_batch_and_empty_batch():
     assert torch.allclose(wavkan_linear(x1, s, t, w), wavkan_linear(x1[None], s, t, w)[0])
     empty = wavkan_linear(torch.randn(0, 5), s, t, w)
     assert empty.shape == (0, 4)
+
+
+def test_triton_feature_limit(kernel_device):
+    """Past TRITON_MAX_FEATURES in or out features (a launch-grid axis limit) the triton
+    backend refuses the call by name; the reference backend still runs it."""
+    n = TRITON_MAX_FEATURES + 1
+    for out_features, in_features in ((1, n), (n, 1)):
+        x = torch.randn(1, in_features, device=kernel_device)
+        s = torch.ones(out_features, in_features, device=kernel_device)
+        t, w = torch.zeros_like(s), torch.full_like(s, 0.5)
+        expected = rf"up to 2097120, got \(out_features, in_features\) = \({out_features}, {in_features}\); use backend='reference'"
+        with pytest.raises(ValueError, match=expected):
+            wavkan_linear(x, s, t, w, backend="triton")
+        y = wavkan_linear(x, s, t, w, backend="reference")
+        assert y.shape == (1, out_features)
+        torch.testing.assert_close(y, reference_forward(x.double(), s.double(), t.double(), w.double(), "mexican_hat").float())

@@ -73,6 +73,20 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     return "triton"
 
 
+# The Triton backend's staging kernels put features / 32 programs on a launch-grid axis that
+# CUDA caps at 65535.
+TRITON_MAX_FEATURES = 65535 * 32
+
+
+def _check_triton_shape(scale: Tensor) -> None:
+    out_features, in_features = scale.shape
+    if max(out_features, in_features) > TRITON_MAX_FEATURES:
+        raise ValueError(
+            f"the triton backend takes in_features and out_features up to {TRITON_MAX_FEATURES}, got "
+            f"(out_features, in_features) = {(out_features, in_features)}; use backend='reference'"
+        )
+
+
 def _check_inputs(x, scale, translation, weights) -> None:
     named = (("x", x), ("scale", scale), ("translation", translation), ("wavelet_weights", weights))
     for name, t in named:
@@ -221,6 +235,8 @@ def wavkan_linear(
     wav = get_wavelet(wavelet)
     _check_inputs(x, scale, translation, wavelet_weights)
     chosen = resolve_backend(backend, x)
+    if chosen == "triton":
+        _check_triton_shape(scale)
     out_features, in_features = scale.shape
     if wav.window is not None:
         wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)

@@ -10,9 +10,10 @@ evaluate them at k z, scaled: ``device.FOLD_BWD``, undone in the packing and the
 
 Two kernels, one per reduction axis, each holding its accumulators in registers for the whole
 loop: ``_wavkan_bwd_dx_kernel`` (tile (BLOCK_B, BLOCK_IN), loop over out) and
-``_wavkan_bwd_dparams_kernel`` (tile (BLOCK_OUT, BLOCK_IN), loop over B). When the tiles
-cannot fill the GPU, SPLIT programs share a tile's loop and write fp32 partials, summed after
-in a fixed order: no atomics, bitwise-deterministic results.
+``_wavkan_bwd_dparams_kernel`` (tile (BLOCK_OUT, BLOCK_IN), loop over B). SPLIT programs may
+share a tile's loop (grad_x by ``config.balanced_split``, the parameter pass when its tiles
+cannot fill the GPU) and write fp32 partials, summed after in a fixed order: no atomics,
+bitwise-deterministic results.
 
 Like the forward, the loops read only staged operands (``staging.py``): fp32, padded to whole
 tiles, addressed from the loop index, so their loads are unmasked and need one address per

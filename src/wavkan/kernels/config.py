@@ -30,15 +30,18 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+SPLIT_RULES = ("fill", "balance")
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile sizes, warps and the split of the reduction loop across programs.
 
     ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
     (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
-    launcher pick the number of programs that share one tile's reduction loop, from the
-    programs one SM holds (``resident_programs``; ``programs_per_sm`` is the figure used where
-    that cannot be measured: under the interpreter). ``unroll`` applies to the Gaussian
+    launcher pick the number of programs that share one tile's reduction loop, by
+    ``split_rule`` (below); under "fill", ``programs_per_sm`` is the figure used where the
+    programs one SM holds cannot be measured (the interpreter). ``unroll`` applies to the Gaussian
     wavelets only (``loop_unroll``). ``prefetch``
     issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
     unroll factor (more independent evaluations in flight per thread). In the packed-half
@@ -46,6 +49,8 @@ class KernelConfig:
     steps take the exponential as a polynomial on the FMA pipe instead of the MUFU.
     ``split_rule`` picks the automatic split: "fill" (``choose_split``: one wave of the
     resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM).
+    The shipped forward and grad_x configs use "balance"; a config built by hand gets "fill"
+    unless it says otherwise.
     """
 
     block_m: int
@@ -59,6 +64,10 @@ class KernelConfig:
     maxnreg: Optional[int] = None
     poly_steps: int = 0
     split_rule: str = "fill"
+
+    def __post_init__(self):
+        if self.split_rule not in SPLIT_RULES:
+            raise ValueError(f"split_rule must be one of {', '.join(SPLIT_RULES)}, got {self.split_rule!r}")
 
     def launch_options(self) -> dict:
         """Triton's launch options for this config (``maxnreg`` only when set: it caps the
@@ -198,7 +207,9 @@ BALANCE_LARGE_MAX_SPLIT = 4
 
 
 def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None) -> int:
-    """Programs per tile under the "balance" rule (see above); ``split`` overrides it."""
+    """Programs per tile under the "balance" rule (see above); ``split`` overrides it.
+    ``loop_len`` and the least steps per program count the launcher's steps (``plan_split``'s
+    ``step`` units: whole 16-step chunks for the packed-half forward, were it to use the rule)."""
     if split is not None:
         return max(1, min(split, loop_len))
     sms = sm_count(device)

@@ -4,9 +4,10 @@
 One program owns a (BLOCK_B, BLOCK_OUT) tile of y in fp32 registers and walks its share of
 the ``in`` loop: per step it loads one column of x (BLOCK_B) and one row of each packed edge
 constant (BLOCK_OUT), then does one wavelet evaluation per tile element. Nothing of size
-B x out x in exists. When the tiles alone cannot fill the GPU (small B), SPLIT programs share
-a tile's ``in`` loop and write fp32 partials that are summed in a fixed order afterwards
-(deterministic, no atomics).
+B x out x in exists. SPLIT programs may share a tile's ``in`` loop (``config.balanced_split``:
+to fill the SMs at small B, to balance them over several waves at large B, at most 4 splits
+there) and write fp32 partials that are summed in a fixed order afterwards (deterministic, no
+atomics).
 
 Both operands are staged once per call so that the loop body is only wide, unmasked,
 aligned loads and arithmetic:
@@ -19,7 +20,8 @@ aligned loads and arithmetic:
   mexican_hat costs one MUFU.EX2 and four fp32 instructions per evaluation (its weight
   enters as two per-column factors, see the loop).
 
-Both buffers are O(B in + out in), freed on return.
+Both buffers are O(B in + out in), and a split's partials at most 4 x y's size in fp32 at
+large B (more only where y is small: fewer tiles than SMs); all are freed on return.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, of
     return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
-# The split's ints are not specialised on, so that the compile ahead of the first launch
-# (config.resident_programs) is the launch's binary whenever the output is y itself.
+# The split's ints are not specialised on, so that one binary serves every split (and, for
+# configs with the "fill" rule, the compile ahead of the first launch in
+# config.resident_programs is the launch's binary).
 @triton.jit(do_not_specialize=["stride_yk", "IN_PER_SPLIT"])
 def _wavkan_fwd_kernel(
     xt_ptr, pack_ptr, y_ptr,
