@@ -37,15 +37,16 @@ TILES = {
 }
 
 
-def operands(B: int, size: int, device="cuda"):
-    """x (B, size), scale, translation, weights (size, size) and dL/dy (B, size): the inputs
-    every timing script here uses (scale in [0.5, 1.5), translations and weights of the
-    magnitudes the layer's initialisation and training give)."""
+def operands(B: int, size: int, out_size=None, device="cuda"):
+    """x (B, size), scale, translation, weights (out_size, size) and dL/dy (B, out_size), out_size
+    defaulting to size: the inputs every timing script here uses (scale in [0.5, 1.5),
+    translations and weights of the magnitudes the layer's initialisation and training give)."""
+    out_size = size if out_size is None else out_size
     x = torch.randn(B, size, device=device)
-    s = torch.rand(size, size, device=device) + 0.5
-    t = torch.randn(size, size, device=device) * 0.5
-    w = torch.randn(size, size, device=device) / 32
-    g = torch.randn(B, size, device=device)
+    s = torch.rand(out_size, size, device=device) + 0.5
+    t = torch.randn(out_size, size, device=device) * 0.5
+    w = torch.randn(out_size, size, device=device) / 32
+    g = torch.randn(B, out_size, device=device)
     return x, s, t, w, g
 
 

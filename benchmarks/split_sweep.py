@@ -17,6 +17,7 @@ import dataclasses
 
 import torch
 import triton.testing
+from kernel_sweep import operands
 
 from wavkan import get_wavelet
 from wavkan.kernels import wavkan_bwd_dx, wavkan_fwd
@@ -44,10 +45,7 @@ def main() -> int:
     sms = sm_count(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: {sms} SMs", flush=True)
     for B, IN, OUT in SHAPES:
-        x, g = torch.randn(B, IN, device="cuda"), torch.randn(B, OUT, device="cuda")
-        s = torch.rand(OUT, IN, device="cuda") + 0.5
-        t = torch.randn(OUT, IN, device="cuda") * 0.5
-        w = torch.randn(OUT, IN, device="cuda") / 32
+        x, s, t, w, g = operands(B, IN, OUT)
         kernels = (
             ("fwd", lambda c: wavkan_fwd(x, s, t, w, wav, c), OUT, IN),  # tiles over (B, out), loop over in
             ("bwd_dx", lambda c: wavkan_bwd_dx(g, x, s, t, w, wav, c), IN, OUT),  # tiles over (B, in), loop over out
