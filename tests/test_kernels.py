@@ -15,6 +15,7 @@ from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_i
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels.config import cdiv, default_config, plan_split
+from wavkan.kernels.partials import sum_partials
 from wavkan.kernels.staging import stage_rows
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
@@ -162,6 +163,29 @@ def test_split_partials_rounded_once_to_half(kind, kernel_device):
     assert ((one.float() - three.float()).abs() <= ulp).all()
 
 
+@pytest.mark.parametrize("split, shape", [(1, (1,)), (3, (37, 9)), (8, (513,)), (9, (2, 300)), (64, (5, 7))])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_sum_partials(split, shape, dtype, kernel_device):
+    """The split partials' sum kernel against a float64 sum: split counts around its 8-split
+    chunk, sizes around its 512-element block, every output dtype, rounded once."""
+    partials = torch.randn(split, *shape, device=kernel_device)
+    dst = torch.empty(shape, dtype=DTYPES[dtype], device=kernel_device)
+    sum_partials(partials, dst)
+    expected = partials.double().sum(0)
+    ulp = torch.finfo(dst.dtype).eps * expected.abs().clamp_min(1e-3)
+    assert ((dst.double() - expected).abs() <= ulp + split * 1e-7 * partials.abs().amax(0).double()).all()
+
+
+def test_sum_partials_rejects_bad_buffers(kernel_device):
+    partials = torch.randn(3, 4, 5, device=kernel_device)
+    dst = torch.empty(4, 5, device=kernel_device)
+    for bad in (partials.double(), partials[:, :, :4], partials.transpose(1, 2).contiguous().transpose(1, 2)):
+        with pytest.raises(ValueError, match=r"contiguous fp32 of shape \(split, \*\(4, 5\)\)"):
+            sum_partials(bad, dst)
+    with pytest.raises(ValueError, match="dst must be contiguous"):
+        sum_partials(partials, torch.empty(5, 4, device=kernel_device).t())
+
+
 @pytest.mark.parametrize("prefetch, unroll", [(False, 1), (False, 3), (True, 3)])
 def test_loop_variants(prefetch, unroll, kernel_device):
     """The main loops without the register prefetch, and unrolled (the factor is a compiler
@@ -224,6 +248,42 @@ def test_compile_fullgraph_traces_the_layer(kernel_device):
     layer.zero_grad()
     layer(x).sum().backward()
     assert torch.allclose(grad_compiled, layer.scale.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,compiled", [("reference", False), ("triton", False), ("triton", True)],
+                         ids=["reference", "triton", "triton-compiled"])  # fmt: skip
+@pytest.mark.parametrize("frozen", ["x", "params"])
+def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compiled, frozen, monkeypatch):
+    """A gradient nobody asks for is not computed: no grad_x pass for an input without
+    requires_grad (a network's first layer), no parameter pass for a frozen layer. The
+    gradients asked for match those of a call that asks for all four."""
+    from wavkan.kernels import backward
+
+    inputs = layer_inputs(6, 7, 5, torch.float32, kernel_device)
+    g = torch.randn(6, 5, device=kernel_device)
+    op = torch.compile(wavkan_linear, fullgraph=True) if compiled else wavkan_linear
+
+    def grads(needs):
+        leaves = [a.detach().clone().requires_grad_(need) for a, need in zip(inputs, needs)]
+        op(*leaves, wavelet="dog", backend=backend).backward(g)
+        return [a.grad for a in leaves]
+
+    everything = grads((True, True, True, True))
+    passes = []
+    for name in ("wavkan_bwd_dx", "wavkan_bwd_dparams"):
+        def counted(*args, _run=getattr(backward, name), _name=name, **kwargs):
+            passes.append(_name)
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(backward, name, counted)
+    needs = (False, True, True, True) if frozen == "x" else (True, False, False, False)
+    for grad, full, need in zip(grads(needs), everything, needs):
+        if need:
+            torch.testing.assert_close(grad, full, rtol=1e-6, atol=1e-6)
+        else:
+            assert grad is None
+    if backend == "triton":
+        assert passes == (["wavkan_bwd_dparams"] if frozen == "x" else ["wavkan_bwd_dx"])
 
 
 def test_autocast(kernel_device):

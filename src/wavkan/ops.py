@@ -136,12 +136,27 @@ def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor
     return reference.reference_forward(x, scale, translation, weights, wavelet)
 
 
-def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: str):
+def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: str, need_x: bool, need_params: bool):
+    """(grad_x, grad_scale, grad_translation, grad_weights), None where not needed: grad_x and
+    the parameter gradients are separate passes, each skipped when nothing asks for it."""
     if backend == "triton":
         from .kernels import wavkan_bwd
 
-        return wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet))
-    return reference.reference_backward(grad, x, scale, translation, weights, wavelet)
+        return wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet), need_x, need_params)
+    return reference.reference_backward(grad, x, scale, translation, weights, wavelet,
+                                        need_x=need_x, need_params=need_params)  # fmt: skip
+
+
+def _needs(ctx) -> tuple:
+    """(need_x, need_params) from autograd's needs_input_grad (x, scale, translation, weights, ...)."""
+    needs = ctx.needs_input_grad
+    return bool(needs[0]), any(needs[1:4])
+
+
+def _keep_needed(ctx, grads) -> tuple:
+    """The four gradients with None where autograd asked for none (the parameter pass computes
+    all three parameter gradients together)."""
+    return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[:4]))
 
 
 # --- for torch.compile: custom ops with fake implementations --------------------------------
@@ -159,20 +174,22 @@ def _(x, scale, translation, weights, wavelet, backend, fast_math):
     return x.new_empty((x.shape[0], scale.shape[0]))
 
 
+# A custom op returns tensors, never None: a gradient not asked for comes back as an empty
+# (0,) tensor, which ``_backward`` turns into None.
 @torch.library.custom_op("wavkan::linear_backward", mutates_args=())
 def _linear_backward(
-    grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _backward_impl(grad, x, scale, translation, weights, wavelet, backend)
+    grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,
+    need_x: bool, need_params: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    grads = _backward_impl(grad, x, scale, translation, weights, wavelet, backend, need_x, need_params)
+    return tuple(g if g is not None else like.new_empty(0) for g, like in zip(grads, (x, scale, translation, weights)))
 
 
 @_linear_backward.register_fake
-def _(grad, x, scale, translation, weights, wavelet, backend):
+def _(grad, x, scale, translation, weights, wavelet, backend, need_x, need_params):
     return (
-        x.new_empty(x.shape),
-        scale.new_empty(scale.shape),
-        translation.new_empty(translation.shape),
-        weights.new_empty(weights.shape),
+        x.new_empty(x.shape if need_x else 0),
+        *(p.new_empty(p.shape if need_params else 0) for p in (scale, translation, weights)),
     )
 
 
@@ -184,8 +201,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, scale, translation, weights = ctx.saved_tensors
-    grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend)
-    return (*grads, None, None, None)
+    grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
+    return (*_keep_needed(ctx, grads), None, None, None)
 
 
 _linear.register_autograd(_backward, setup_context=_setup_context)
@@ -209,7 +226,8 @@ class _EagerLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, scale, translation, weights = ctx.saved_tensors
-        return (*_backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend), None, None, None)
+        grads = _backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
+        return (*_keep_needed(ctx, grads), None, None, None)
 
 
 # --- the functional -------------------------------------------------------------------------

@@ -88,10 +88,13 @@ def _z(x: Tensor, t: Tensor, inv_s: Tensor) -> Tensor:
     return (x[:, None, :] - t).mul_(inv_s)
 
 
-def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elements: int = CHUNK_ELEMENTS):
+def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elements: int = CHUNK_ELEMENTS,
+                       need_x: bool = True, need_params: bool = True):  # fmt: skip
     """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy of shape (B, out).
 
-    Each gradient comes back in the dtype of the tensor it differentiates.
+    Each gradient comes back in the dtype of the tensor it differentiates. ``need_x`` False
+    skips grad_x (None), ``need_params`` False the three parameter gradients (None each): a
+    network's first layer needs no grad_x, a frozen layer no parameter gradients.
     """
     wav = get_wavelet(wavelet)
     cd = compute_dtype(x.dtype)
@@ -100,19 +103,23 @@ def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elem
     w_over_s = w * inv_s
     B, IN = xc.shape
     OUT = s.shape[0]
-    gx = torch.zeros(B, IN, dtype=cd, device=x.device)
-    gw = torch.zeros(OUT, IN, dtype=cd, device=x.device)
-    sum_q = torch.zeros(OUT, IN, dtype=cd, device=x.device)
-    sum_qz = torch.zeros(OUT, IN, dtype=cd, device=x.device)
+    gx = torch.zeros(B, IN, dtype=cd, device=x.device) if need_x else None
+    if need_params:
+        gw, sum_q, sum_qz = (torch.zeros(OUT, IN, dtype=cd, device=x.device) for _ in range(3))
     for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
         z = _z(xc[b0:b1], t[o0:o1], inv_s[o0:o1])
         psi, dpsi = wav.psi_dpsi(z, True)
         gb = g[b0:b1, o0:o1].unsqueeze(-1)
-        gw[o0:o1] += psi.mul_(gb).sum(0)
         q = dpsi.mul_(gb)  # g * dpsi, in place of dpsi
-        gx[b0:b1] += (q * w_over_s[o0:o1]).sum(1)
-        sum_q[o0:o1] += q.sum(0)
-        sum_qz[o0:o1] += q.mul_(z).sum(0)
+        if need_x:
+            gx[b0:b1] += (q * w_over_s[o0:o1]).sum(1)
+        if need_params:
+            gw[o0:o1] += psi.mul_(gb).sum(0)
+            sum_q[o0:o1] += q.sum(0)
+            sum_qz[o0:o1] += q.mul_(z).sum(0)
+    grad_x = gx.to(x.dtype) if need_x else None
+    if not need_params:
+        return grad_x, None, None, None
     g_t = -w_over_s * sum_q
     g_s = -w_over_s * sum_qz
-    return gx.to(x.dtype), g_s.to(scale.dtype), g_t.to(translation.dtype), gw.to(weights.dtype)
+    return grad_x, g_s.to(scale.dtype), g_t.to(translation.dtype), gw.to(weights.dtype)

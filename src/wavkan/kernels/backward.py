@@ -228,8 +228,12 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     )
 
 
-def wavkan_bwd(grad, x, scale, translation, weights, wavelet):
-    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, out)."""
-    dx = wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet)
+def wavkan_bwd(grad, x, scale, translation, weights, wavelet, need_x: bool = True, need_params: bool = True):
+    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, out). Each pass
+    runs only when asked for: ``need_x`` False returns None for grad_x (no grad_x pass),
+    ``need_params`` False None for the three parameter gradients (no parameter pass)."""
+    dx = wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet) if need_x else None
+    if not need_params:
+        return dx, None, None, None
     ds, dt, dw = wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet)
     return dx, ds, dt, dw

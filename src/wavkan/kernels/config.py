@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from .partials import sum_partials
+
 
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
@@ -107,15 +109,6 @@ def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConf
     if device.type != "cuda":
         return _INTERPRETER
     return next(cfg for min_rows, cfg in _GPU[kind] if rows >= min_rows)
-
-
-def sum_partials(partials: torch.Tensor, dst: torch.Tensor) -> None:
-    """dst = partials.sum(0): a fixed-order reduction of the split's fp32 partials, rounded once
-    to dst's dtype; one kernel when dst is fp32 (written in place), else a sum and a cast."""
-    if dst.dtype == partials.dtype:
-        torch.sum(partials, dim=0, out=dst)
-    else:
-        dst.copy_(partials.sum(dim=0))
 
 
 # Wavelets whose loops take ``KernelConfig.unroll``: the Gaussian ones (one exp2 and a few fp32

@@ -1,0 +1,53 @@
+"""The sum of a split reduction's fp32 partials, in a fixed order.
+
+A launcher that splits a tile's loop over SPLIT programs gets SPLIT fp32 partials of its
+output; ``sum_partials`` adds them into the output, rounded once to its dtype. One kernel
+instead of ``torch.sum(dim=0)``: that reduction read the partials at about 1.7 TB/s on the
+H200 (5.4 us for the 8 MB of a 256 x 1024 x 1024 forward in 8 splits), a fifth of an
+elementwise pass's rate, which made it a tenth of a small layer's forward time.
+
+Each program owns BLOCK contiguous outputs and adds the partials in chunks of CHUNK splits,
+each chunk a (CHUNK, BLOCK) load summed by ``tl.sum`` (CHUNK independent loads in flight per
+thread, instead of one per step of a serial loop); the chunks in order 0, 1, ... CHUNK grows
+with the split (up to 32) and BLOCK shrinks with it, so that a program always holds 4096
+elements: a 64-split sum of a small output (the 1024 -> 128 layer's 64 x 32768 partials) then
+runs 256 programs of two chunks instead of 64 programs of eight, which took twice torch's time.
+The order depends only on SPLIT, so a result is bitwise-reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_TILE, _MAX_CHUNK, _MAX_BLOCK, _WARPS = 4096, 32, 1024, 4
+
+
+@triton.jit(do_not_specialize=["SPLIT"])
+def _sum_partials_kernel(part_ptr, dst_ptr, N, SPLIT, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, SPLIT, CHUNK):
+        ks = k0 + tl.arange(0, CHUNK)
+        ptrs = part_ptr + ks[:, None].to(tl.int64) * N + offs[None, :]  # split k's partial starts at k N
+        acc += tl.sum(tl.load(ptrs, mask=(ks[:, None] < SPLIT) & in_range[None, :], other=0.0), axis=0)
+    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=in_range)
+
+
+def sum_partials(partials: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst = partials.sum(0) for contiguous fp32 ``partials`` (split, *dst.shape) and a
+    contiguous ``dst`` of any float dtype, written in place."""
+    if partials.dtype != torch.float32 or not partials.is_contiguous() or partials.shape[1:] != dst.shape:
+        raise ValueError(f"partials must be contiguous fp32 of shape (split, *{tuple(dst.shape)}), "
+                         f"got {partials.dtype} {tuple(partials.shape)}")  # fmt: skip
+    if not dst.is_contiguous():
+        raise ValueError("dst must be contiguous")
+    n = dst.numel()
+    if n == 0:
+        return
+    split = partials.shape[0]
+    chunk = min(triton.next_power_of_2(split), _MAX_CHUNK)
+    block = min(_TILE // chunk, _MAX_BLOCK)
+    _sum_partials_kernel[(triton.cdiv(n, block),)](partials, dst, n, split, BLOCK=block, CHUNK=chunk, num_warps=_WARPS)
