@@ -199,11 +199,6 @@ class CudaRunner:
                 # without the host's per-launch cost (PyTorch's make_graphed_callables; its
                 # warm-up runs on a side stream before capture, which compiles the kernels).
                 model.train()
-                # Each parameter's AccumulateGrad node, created here on the timing stream and
-                # kept alive with the model. Otherwise the warm-up creates them on its side
-                # stream, the captured graph keeps them, and every timed backward pays a
-                # cross-stream synchronisation per parameter (PyTorch warns of the mismatch).
-                model.grad_accumulators = [p.view_as(p).grad_fn.next_functions[0][0] for p in model.parameters()]
                 sample = torch.randn(NET_BATCH, NET_WIDTHS[0], device=dev, dtype=dtype)
                 model = torch.cuda.make_graphed_callables(model, (sample,))
             return model
