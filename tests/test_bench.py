@@ -12,7 +12,7 @@ import torch
 
 from wavkan import WAVELETS, WavKAN, wavkan_linear
 from wavkan import bench
-from wavkan.bench import models, protocol, report
+from wavkan.bench import models, network_step, protocol, report
 
 
 def test_main_without_gpu_prints_message_and_returns_0(monkeypatch, capsys, tmp_path):
@@ -277,3 +277,43 @@ def test_exp2_ceiling_kernel_values(kernel_device):
     assert torch.allclose(long.cpu(), torch.full((block,), 8 * 0.641185744), rtol=1e-5)
     with pytest.raises(ValueError):
         exp2_chains(torch.empty(10, device=kernel_device), 1, block=16)
+
+
+def test_eager_network_runs_the_protocol_step():
+    """EagerNetwork's three parts are model(x), the MSE loss and its backward."""
+    model = WavKAN([6, 5, 3], "dog", batch_norm=True, backend="reference")
+    x, target = torch.randn(8, 6), torch.randn(8, 3)
+    net = network_step.EagerNetwork(model)
+    net.zero_grad()
+    out = net.forward(x)
+    loss = net.loss(out, target)
+    net.backward(loss)
+    expected = torch.nn.functional.mse_loss(model(x), target)
+    assert torch.equal(loss, expected)
+    grads = [p.grad.clone() for p in model.parameters()]
+    net.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    expected.backward()
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+
+
+@pytest.mark.gpu
+def test_captured_network_matches_eager():
+    """The graphed benchmark's step: each replay gives the eager step's output and gradients,
+    and a second replay overwrites the gradients instead of adding to them."""
+    import copy
+
+    model = WavKAN([64, 48, 16], "mexican_hat", batch_norm=True, backend="triton", device="cuda")
+    eager = copy.deepcopy(model)
+    x, target = torch.randn(32, 64, device="cuda"), torch.randn(32, 16, device="cuda")
+    net = network_step.CapturedNetwork(model, x, target)
+    for _ in range(2):
+        net.zero_grad()
+        out = net.forward(x)
+        net.loss(out, target)
+        net.backward(None)
+    eager_out = eager(x)
+    torch.nn.functional.mse_loss(eager_out, target).backward()
+    torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..nn import WavKAN
 from ..ops import wavkan_linear
 from ..wavelets import get_wavelet
 from .models import PaperWavKAN, make_mlp, paper_linear
+from .network_step import CapturedNetwork, EagerNetwork
 from .protocol import (
     Budget, DTYPES, DTYPE_BYTES, EAGER_TENSORS, NET_BATCH, NET_INPUT_SETS, NET_WIDTHS, RECORDED_CEILING,
     choose_reps, input_set_bytes, input_sets_needed, network_evals, percentile, spin_ms_for,
@@ -191,40 +191,41 @@ class CudaRunner:
     def network_model(self, provider, wavelet, dtype_name):
         dev, dtype = self.device, DTYPES[dtype_name]
         if provider == "mlp":
-            return make_mlp(NET_WIDTHS, device=dev, dtype=dtype)
+            return EagerNetwork(make_mlp(NET_WIDTHS, device=dev, dtype=dtype))
         if provider in ("wavkan", "wavkan-graphed"):
             model = WavKAN(NET_WIDTHS, wavelet, batch_norm=True, backend="triton", device=dev, dtype=dtype)
+            model.train()
             if provider == "wavkan-graphed":
-                # Forward and backward each replayed as one CUDA graph: what the kernels do
-                # without the host's per-launch cost (PyTorch's make_graphed_callables; its
-                # warm-up runs on a side stream before capture, which compiles the kernels).
-                model.train()
-                sample = torch.randn(NET_BATCH, NET_WIDTHS[0], device=dev, dtype=dtype)
-                model = torch.cuda.make_graphed_callables(model, (sample,))
-            return model
+                # The forward and the backward each replayed from a CUDA graph: what the
+                # kernels do without the host's per-launch cost (see network_step).
+                x = torch.empty(NET_BATCH, NET_WIDTHS[0], device=dev, dtype=dtype)
+                target = torch.empty(NET_BATCH, NET_WIDTHS[-1], device=dev, dtype=dtype)
+                return CapturedNetwork(model, x, target)
+            return EagerNetwork(model)
         model = PaperWavKAN(NET_WIDTHS, wavelet, batch_norm=True, backend="reference", device=dev, dtype=dtype)
         if provider == "paper-compiled":
             torch.compiler.reset()
             model = torch.compile(model, dynamic=False)
-        return model
+        return EagerNetwork(model)
 
-    def measure_network(self, model, dtype_name) -> tuple:
-        """(forward, backward) Measurements of the seed's protocol for ``model`` in train mode."""
+    def measure_network(self, net, dtype_name) -> tuple:
+        """(forward, backward) Measurements of the seed's protocol for ``net`` (an
+        ``EagerNetwork`` or ``CapturedNetwork``), its model in train mode."""
         dev, dtype = self.device, DTYPES[dtype_name]
         gen = torch.Generator(device=dev).manual_seed(0)
         xs = [torch.randn(NET_BATCH, NET_WIDTHS[0], device=dev, generator=gen).to(dtype) for _ in range(NET_INPUT_SETS)]
         ys = [torch.randn(NET_BATCH, NET_WIDTHS[-1], device=dev, generator=gen).to(dtype) for _ in range(NET_INPUT_SETS)]
-        model.train()
+        net.model.train()
 
         def step(i, ev):
-            model.zero_grad(set_to_none=True)
+            net.zero_grad()
             x, target = xs[i % NET_INPUT_SETS], ys[i % NET_INPUT_SETS]
             ev[0].record()
-            out = model(x)
+            out = net.forward(x)
             ev[1].record()
-            loss = F.mse_loss(out, target)
+            loss = net.loss(out, target)
             ev[2].record()
-            loss.backward()
+            net.backward(loss)
             ev[3].record()
 
         def timed(indices):
@@ -247,22 +248,22 @@ class CudaRunner:
         fwd_ms, bwd_ms = timed(range(reps))
 
         # peak memory: one more step, phase by phase
-        model.zero_grad(set_to_none=True)
+        net.zero_grad()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        out = model(xs[0])
+        out = net.forward(xs[0])
         torch.cuda.synchronize()
         fwd_abs = torch.cuda.max_memory_allocated()
-        loss = F.mse_loss(out, ys[0])
+        loss = net.loss(out, ys[0])
         torch.cuda.synchronize()
         base_b = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        loss.backward()
+        net.backward(loss)
         torch.cuda.synchronize()
         bwd_abs = torch.cuda.max_memory_allocated()
         del out, loss
-        model.zero_grad(set_to_none=True)
+        net.zero_grad()
         return (
             Measurement(fwd_ms, fwd_abs - base, fwd_abs, first),
             Measurement(bwd_ms, bwd_abs - base_b, bwd_abs, first),

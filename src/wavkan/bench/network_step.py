@@ -1,0 +1,80 @@
+"""The seed protocol's training step, in the three parts it times: the forward ``model(x)``,
+the MSE loss (untimed), and ``loss.backward()``; eager, or each timed part replayed from a CUDA
+graph.
+
+``CapturedNetwork`` captures the forward and the backward (with the loss) as two graphs, the
+way the training app captures its whole step (``wavkan.step``): warm-up on a side stream,
+gradients None at capture, so that the backward allocates them in the graphs' pool and every
+replay leaves them in ``p.grad``. PyTorch's ``make_graphed_callables``, used before, hands the
+gradients back from its graph's static buffers, which AccumulateGrad then copies into each
+``p.grad`` outside the graph (about 50 MB a step for the seed's network), from AccumulateGrad
+nodes it created on its warm-up stream (a cross-stream wait per parameter).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class EagerNetwork:
+    """``model`` run as the seed's benchmark runs it."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(out, target)
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+
+class CapturedNetwork:
+    """``model``'s forward and its loss's backward, each one CUDA graph over static inputs of
+    ``x_like`` and ``target_like``'s shapes. ``forward`` and ``loss`` copy their inputs in;
+    ``backward`` replays the loss and its backward, which overwrites ``p.grad``: there is
+    nothing to zero between steps. The model must stay in training mode."""
+
+    def __init__(self, model: nn.Module, x_like: Tensor, target_like: Tensor, warmup: int = 3):
+        device = x_like.device
+        self.model = model
+        self.x = torch.zeros_like(x_like)
+        self.target = torch.zeros_like(target_like)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # first calls (kernel compiles) outside capture
+            for _ in range(warmup):
+                model.zero_grad(set_to_none=True)
+                F.mse_loss(model(self.x), self.target).backward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        model.zero_grad(set_to_none=True)
+        self.forward_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph):
+            self.out = model(self.x)
+        self.backward_graph = torch.cuda.CUDAGraph()
+        # The same pool: the backward reads the activations the forward's replay wrote.
+        with torch.cuda.graph(self.backward_graph, pool=self.forward_graph.pool()):
+            F.mse_loss(self.out, self.target).backward()
+        torch.cuda.synchronize(device)
+
+    def zero_grad(self) -> None:
+        pass  # each backward replay overwrites the gradients
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.x.copy_(x)
+        self.forward_graph.replay()
+        return self.out
+
+    def loss(self, out: Tensor, target: Tensor) -> None:
+        self.target.copy_(target)  # the loss itself is computed in the backward graph
+
+    def backward(self, loss) -> None:
+        self.backward_graph.replay()
