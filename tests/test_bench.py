@@ -310,10 +310,12 @@ def test_captured_network_matches_eager():
     for _ in range(2):
         net.zero_grad()
         out = net.forward(x)
-        net.loss(out, target)
-        net.backward(None)
+        loss = net.loss(out, target)
+        net.backward(loss)
     eager_out = eager(x)
-    torch.nn.functional.mse_loss(eager_out, target).backward()
+    eager_loss = torch.nn.functional.mse_loss(eager_out, target)
+    eager_loss.backward()
     torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@
 the MSE loss (untimed), and ``loss.backward()``; eager, or each timed part replayed from a CUDA
 graph.
 
-``CapturedNetwork`` captures the forward and the backward (with the loss) as two graphs, the
+``CapturedNetwork`` captures the forward, the loss and the backward as three graphs, the
 way the training app captures its whole step (``wavkan.step``): warm-up on a side stream,
 gradients None at capture, so that the backward allocates them in the graphs' pool and every
 replay leaves them in ``p.grad``. PyTorch's ``make_graphed_callables``, used before, hands the
@@ -38,10 +38,10 @@ class EagerNetwork:
 
 
 class CapturedNetwork:
-    """``model``'s forward and its loss's backward, each one CUDA graph over static inputs of
-    ``x_like`` and ``target_like``'s shapes. ``forward`` and ``loss`` copy their inputs in;
-    ``backward`` replays the loss and its backward, which overwrites ``p.grad``: there is
-    nothing to zero between steps. The model must stay in training mode."""
+    """``model``'s forward, the MSE loss and its backward, each one CUDA graph over static
+    inputs of ``x_like`` and ``target_like``'s shapes. ``forward`` and ``loss`` copy their
+    inputs in; ``backward`` overwrites ``p.grad``: there is nothing to zero between steps.
+    The model must stay in training mode."""
 
     def __init__(self, model: nn.Module, x_like: Tensor, target_like: Tensor, warmup: int = 3):
         device = x_like.device
@@ -56,13 +56,16 @@ class CapturedNetwork:
                 F.mse_loss(model(self.x), self.target).backward()
         torch.cuda.current_stream(device).wait_stream(side)
         model.zero_grad(set_to_none=True)
-        self.forward_graph = torch.cuda.CUDAGraph()
+        # Three graphs in one pool, replayed in capture order: each reads what the one before
+        # wrote (the activations, the loss), as the protocol's three calls do.
+        self.forward_graph, self.loss_graph, self.backward_graph = (torch.cuda.CUDAGraph() for _ in range(3))
         with torch.cuda.graph(self.forward_graph):
             self.out = model(self.x)
-        self.backward_graph = torch.cuda.CUDAGraph()
-        # The same pool: the backward reads the activations the forward's replay wrote.
-        with torch.cuda.graph(self.backward_graph, pool=self.forward_graph.pool()):
-            F.mse_loss(self.out, self.target).backward()
+        pool = self.forward_graph.pool()
+        with torch.cuda.graph(self.loss_graph, pool=pool):
+            self.mse = F.mse_loss(self.out, self.target)
+        with torch.cuda.graph(self.backward_graph, pool=pool):
+            self.mse.backward()
         torch.cuda.synchronize(device)
 
     def zero_grad(self) -> None:
@@ -73,8 +76,10 @@ class CapturedNetwork:
         self.forward_graph.replay()
         return self.out
 
-    def loss(self, out: Tensor, target: Tensor) -> None:
-        self.target.copy_(target)  # the loss itself is computed in the backward graph
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        self.target.copy_(target)
+        self.loss_graph.replay()
+        return self.mse
 
-    def backward(self, loss) -> None:
+    def backward(self, loss: Tensor) -> None:
         self.backward_graph.replay()
