@@ -17,9 +17,9 @@ bitwise-deterministic results.
 
 Like the forward, the loops read only staged operands (``staging.py``): fp32, padded to whole
 tiles, addressed from the loop index, so their loads are unmasked and need one address per
-step. grad_x reads grad_y transposed (out, B_PAD) and the packed [k/s, -k t/s, D w/s] ([k/s,
-t, D w/s] for meyer and shannon: ``staging.pack_edge_constants``); the parameter pass reads x
-and grad_y as padded fp32 rows (no copy when they already are). Both evaluate psi / P and dpsi / D at k z (``device.FOLD_BWD``), the constants folded into the
+step. grad_x reads grad_y transposed (out, B_PAD) and the packed [k/s, t, D w/s]; the
+parameter pass reads x and grad_y as padded fp32 rows (no copy when they already are). Both
+evaluate psi / P and dpsi / D at k z (``device.FOLD_BWD``), the constants folded into the
 packed weight and the epilogue, which keeps log2(e)/2 and the normalisation out of the loop.
 """
 
@@ -30,15 +30,14 @@ import triton
 import triton.language as tl
 
 from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll, plan_split
-from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded, wavelet_weighted_dpsi
+from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .staging import pack_edge_constants, plane_offsets, stage_rows, stage_transposed
 
 
 @triton.jit
 def _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i):
     """Step o's operands: g[:, o] (BLOCK_B, from the transposed staging) and packed row o
-    [k/s, shift, D w/s] (BLOCK_IN), shift = -k t/s, or t for meyer and shannon. Both are padded
-    to whole tiles: unmasked, aligned loads."""
+    [k/s, t, D w/s] (BLOCK_IN). Both are padded to whole tiles: unmasked, aligned loads."""
     ol = tl.cast(o, tl.int64)
     edge = pack_ptr + ol * IN_PAD + offs_i
     return tl.load(gt_ptr + ol * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
@@ -78,21 +77,17 @@ def _wavkan_bwd_dx_kernel(
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
-    g_next, a_next, shift_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
+    g_next, a_next, t_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
     for o in tl.range(o_start, o_end, loop_unroll_factor=UNROLL):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
-            g, a, shift, w_over_s = g_next, a_next, shift_next, ws_next
-            g_next, a_next, shift_next, ws_next = _dx_operands(
+            g, a, t, w_over_s = g_next, a_next, t_next, ws_next
+            g_next, a_next, t_next, ws_next = _dx_operands(
                 gt_ptr, pack_ptr, tl.minimum(o + 1, o_end - 1), B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
         else:
-            g, a, shift, w_over_s = _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
-        if WAVELET == MEYER or WAVELET == SHANNON:
-            zs = (x - shift[None, :]) * a[None, :]  # k z, exactly 0 where x == t (these branch at 0)
-            _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
-            acc += (g[:, None] * w_over_s[None, :]) * dpsi
-        else:  # smooth at 0: shift = -k t / s, so kz = x a + shift is one FFMA
-            zs = x * a[None, :] + shift[None, :]
-            acc += g[:, None] * wavelet_weighted_dpsi(zs, w_over_s, WAVELET, FAST)
+            g, a, t, w_over_s = _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
+        zs = (x - t[None, :]) * a[None, :]  # k z, exactly 0 where x == t
+        _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
+        acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
     dx_ptrs = dx_ptr + pid_k.to(tl.int64) * stride_dk + rows[:, None] * stride_db + cols[None, :]
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_i[None, :])
@@ -179,8 +174,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
     z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
     gt = stage_transposed(grad, b_pad)
-    pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale,
-                               keep_t=wavelet.code in (MEYER.value, SHANNON.value))  # fmt: skip
+    pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
     meta = dict(
         WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
         BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),

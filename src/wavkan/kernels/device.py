@@ -176,24 +176,6 @@ def wavelet_psi_dpsi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def wavelet_weighted_dpsi(zs, w, WAVELET: tl.constexpr, FAST: tl.constexpr):
-    """w dpsi'(zs) for a per-column weight w (the tile's second dim), dpsi' as in
-    ``wavelet_psi_dpsi_folded``: grad_x's term. For the Gaussian wavelets w enters as two
-    per-column factors of dpsi's polynomial in m = -zs^2 (computed once per column, not per
-    element): mexican_hat's w dpsi' = zs (m (2 ln2 w) + 3 w) e is 4 fp32 instructions and one
-    MUFU.EX2 per element, dog's (m (-2 ln2 w) - w) e three."""
-    if WAVELET == MEXICAN_HAT:
-        m = zs * -zs
-        return zs * (m * (w * TWO_LN2)[None, :] + (w * 3.0)[None, :]) * tl.exp2(m)
-    elif WAVELET == DOG:
-        m = zs * -zs
-        return (m * (w * -TWO_LN2)[None, :] - w[None, :]) * tl.exp2(m)
-    else:
-        _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
-        return w[None, :] * dpsi
-
-
-@triton.jit
 def wavelet_grad_terms(zs, g, WAVELET: tl.constexpr, FAST: tl.constexpr):
     """(g psi', g dpsi', g dpsi' zs) with psi', dpsi' = ``wavelet_psi_dpsi_folded(zs)``: the
     parameter gradients' three sums. For mexican_hat, where psi' = (-2 ln2 m - 1) e and

@@ -2,9 +2,8 @@
 
 - ``pack_edge_constants``: the per-edge constants as three fp32 planes, either transposed
   (in, out_pad) for the forward, which walks ``in``: [k/s, -k t/s, w m], z = x a + c; or
-  as (out, in_pad) for grad_x, which walks ``out``: [k/s, -k t/s, D w/s] for the wavelets
-  smooth at 0, or [k/s, t, D w/s] for meyer and shannon, whose kz = (x - t) a must be exactly
-  0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add nothing.
+  as (out, in_pad) for grad_x, which walks ``out``: [k/s, t, D w/s], kz = (x - t) a,
+  exactly 0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add nothing.
 - ``stage_transposed``: a (rows, cols) operand transposed to fp32 (cols, rows_pad), padding
   zero: x for the forward (walks ``in``), grad_y for grad_x (walks ``out``);
 - ``stage_rows``: an operand as fp32 rows padded to whole tiles: x and grad_y for the
@@ -30,7 +29,7 @@ def _wavkan_pack_kernel(
     s_ptr, t_ptr, w_ptr, pack_ptr,
     IN, OUT, IN_PAD, OUT_PAD, PLANE, PLANE2, stride_pi, stride_po, z_scale, w_scale,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
-    FOR_GRAD_X: tl.constexpr, KEEP_T: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    FOR_GRAD_X: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     offs_o = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     offs_i = tl.program_id(1) * BLOCK_IN + tl.arange(0, BLOCK_IN)
@@ -44,12 +43,8 @@ def _wavkan_pack_kernel(
     dst = pack_ptr + i * stride_pi + o * stride_po
     inside = (offs_o[:, None] < OUT_PAD) & (offs_i[None, :] < IN_PAD)
     if FOR_GRAD_X:
-        a = inv_s * z_scale
-        tl.store(dst, a, mask=inside)
-        if KEEP_T:
-            tl.store(dst + PLANE, t, mask=inside)
-        else:
-            tl.store(dst + PLANE, -t * a, mask=inside)
+        tl.store(dst, inv_s * z_scale, mask=inside)
+        tl.store(dst + PLANE, t, mask=inside)
         tl.store(dst + PLANE2, w * w_scale * inv_s, mask=inside)
     else:
         a = inv_s * z_scale
@@ -94,15 +89,13 @@ def plane_offsets(pack: torch.Tensor) -> tuple:
 
 def pack_edge_constants(
     scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0,
-    dtype=torch.float32, in_pad=None, keep_t: bool = True,
+    dtype=torch.float32, in_pad=None,
 ):
     """Edge constants as three planes of ``dtype`` (fp32, or fp16 for the packed-half forward).
 
     for_grad_x=False: (3, in_pad, pad), out padded to ``pad`` and in to ``in_pad`` (default
     in): [z_scale/s, -z_scale t/s, w w_scale].
-    for_grad_x=True: (3, out, pad), in padded to ``pad``: [z_scale/s, t, w w_scale/s], or with
-    ``keep_t`` False [z_scale/s, -z_scale t/s, w w_scale/s] (kz = x a + c, one FFMA, for the
-    wavelets that are smooth at 0).
+    for_grad_x=True: (3, out, pad), in padded to ``pad``: [z_scale/s, t, w w_scale/s].
     scale, translation, weights: (out, in), any strides and float dtype.
     """
     OUT, IN = scale.shape
@@ -118,7 +111,7 @@ def pack_edge_constants(
         IN, OUT, in_pad, out_pad, *plane_offsets(pack), stride_pi, stride_po, float(z_scale), float(w_scale),
         scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
         weights.stride(0), weights.stride(1),
-        FOR_GRAD_X=for_grad_x, KEEP_T=keep_t, BLOCK_OUT=_BLOCK, BLOCK_IN=_BLOCK,
+        FOR_GRAD_X=for_grad_x, BLOCK_OUT=_BLOCK, BLOCK_IN=_BLOCK,
     )
     return pack
 
