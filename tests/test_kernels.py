@@ -163,11 +163,12 @@ def test_split_partials_rounded_once_to_half(kind, kernel_device):
     assert ((one.float() - three.float()).abs() <= ulp).all()
 
 
-@pytest.mark.parametrize("split, shape", [(1, (1,)), (3, (37, 9)), (8, (513,)), (9, (2, 300)), (64, (5, 7))])
+@pytest.mark.parametrize("split, shape", [(1, (1,)), (3, (37, 9)), (8, (513,)), (9, (2, 300)), (33, (131,)), (64, (5, 7)), (65, (1025,))])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_sum_partials(split, shape, dtype, kernel_device):
-    """The split partials' sum kernel against a float64 sum: split counts around its 8-split
-    chunk, sizes around its 512-element block, every output dtype, rounded once."""
+    """The split partials' sum kernel against a float64 sum: one chunk (split up to 32, blocks
+    of 1024 down to 128 elements) and several, the last one part empty (33, 65), sizes not
+    multiples of the block, every output dtype, rounded once."""
     partials = torch.randn(split, *shape, device=kernel_device)
     dst = torch.empty(shape, dtype=DTYPES[dtype], device=kernel_device)
     sum_partials(partials, dst)
@@ -184,6 +185,8 @@ def test_sum_partials_rejects_bad_buffers(kernel_device):
             sum_partials(bad, dst)
     with pytest.raises(ValueError, match="dst must be contiguous"):
         sum_partials(partials, torch.empty(5, 4, device=kernel_device).t())
+    with pytest.raises(ValueError, match="at least one partial"):
+        sum_partials(partials[:0], dst)
 
 
 @pytest.mark.parametrize("prefetch, unroll", [(False, 1), (False, 3), (True, 3)])
@@ -254,9 +257,13 @@ def test_compile_fullgraph_traces_the_layer(kernel_device):
                          ids=["reference", "triton", "triton-compiled"])  # fmt: skip
 @pytest.mark.parametrize("frozen", ["x", "params"])
 def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compiled, frozen, monkeypatch):
-    """A gradient nobody asks for is not computed: no grad_x pass for an input without
-    requires_grad (a network's first layer), no parameter pass for a frozen layer. The
-    gradients asked for match those of a call that asks for all four."""
+    """A gradient for an input that does not require grad is not computed: no grad_x pass for
+    such an input (a network's first layer), no parameter pass for a frozen layer. The backend
+    returns None for what it skipped, and the gradients asked for match those of a call that
+    asks for all four. (requires_grad at forward time decides: ``torch.autograd.grad(y, x)``
+    through a layer with trainable parameters still runs the parameter pass.)"""
+    import wavkan.kernels
+    import wavkan.reference
     from wavkan.kernels import backward
 
     inputs = layer_inputs(6, 7, 5, torch.float32, kernel_device)
@@ -269,21 +276,32 @@ def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compile
         return [a.grad for a in leaves]
 
     everything = grads((True, True, True, True))
-    passes = []
-    for name in ("wavkan_bwd_dx", "wavkan_bwd_dparams"):
-        def counted(*args, _run=getattr(backward, name), _name=name, **kwargs):
-            passes.append(_name)
-            return _run(*args, **kwargs)
+    calls = []
 
-        monkeypatch.setattr(backward, name, counted)
+    def spy(module, name):
+        def recorded(*args, _run=getattr(module, name), **kwargs):
+            result = _run(*args, **kwargs)
+            calls.append((name, result))
+            return result
+
+        monkeypatch.setattr(module, name, recorded)
+
+    if backend == "triton":
+        spy(wavkan.kernels, "wavkan_bwd")
+        for name in ("wavkan_bwd_dx", "wavkan_bwd_dparams"):
+            spy(backward, name)
+    else:
+        spy(wavkan.reference, "reference_backward")
     needs = (False, True, True, True) if frozen == "x" else (True, False, False, False)
     for grad, full, need in zip(grads(needs), everything, needs):
         if need:
             torch.testing.assert_close(grad, full, rtol=1e-6, atol=1e-6)
-        else:
-            assert grad is None
+    entry = "wavkan_bwd" if backend == "triton" else "reference_backward"
+    (returned,) = [result for name, result in calls if name == entry]
+    assert [r is not None for r in returned] == [needs[0], *[any(needs[1:])] * 3]
     if backend == "triton":
-        assert passes == (["wavkan_bwd_dparams"] if frozen == "x" else ["wavkan_bwd_dx"])
+        ran = [name for name, _ in calls if name != entry]
+        assert ran == (["wavkan_bwd_dparams"] if frozen == "x" else ["wavkan_bwd_dx"])
 
 
 def test_autocast(kernel_device):

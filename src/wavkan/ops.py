@@ -148,7 +148,9 @@ def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: 
 
 
 def _needs(ctx) -> tuple:
-    """(need_x, need_params) from autograd's needs_input_grad (x, scale, translation, weights, ...)."""
+    """(need_x, need_params) from autograd's needs_input_grad (x, scale, translation, weights,
+    ...): which inputs required grad at the forward, not which ones this backward will reach
+    (``torch.autograd.grad(y, x)`` still gets the parameter gradients computed)."""
     needs = ctx.needs_input_grad
     return bool(needs[0]), any(needs[1:4])
 

@@ -41,7 +41,12 @@ class CapturedNetwork:
     """``model``'s forward, the MSE loss and its backward, each one CUDA graph over static
     inputs of ``x_like`` and ``target_like``'s shapes. ``forward`` and ``loss`` copy their
     inputs in; ``backward`` overwrites ``p.grad``: there is nothing to zero between steps.
-    The model must stay in training mode."""
+
+    For timing, not training: the gradients are valid from a ``backward`` until the next
+    ``forward`` (the graphs share one pool, and the backward's capture may have put a
+    gradient where the forward's activations were), and ``model.zero_grad()`` with its
+    default set_to_none detaches ``p.grad`` from the graphs for good. The warm-up moves batch
+    norm's running statistics. The model must stay in training mode."""
 
     def __init__(self, model: nn.Module, x_like: Tensor, target_like: Tensor, warmup: int = 3):
         device = x_like.device

@@ -1,7 +1,9 @@
 """The sum of a split reduction's fp32 partials, in a fixed order.
 
 A launcher that splits a tile's loop over SPLIT programs gets SPLIT fp32 partials of its
-output; ``sum_partials`` adds them into the output, rounded once to its dtype. One kernel
+output; ``sum_partials`` adds them into the output, rounded once to its dtype (the forward's
+and grad_x's, through ``config.launch_split``; the parameter pass sums its three planes in its
+own epilogue). One kernel
 instead of ``torch.sum(dim=0)``: on the H200 that took 3.6 us for the 8.4 MB of a 256 x 1024 x
 1024 forward's 8 partials and 26 us for a 4096-row forward's 4, this kernel 2.6 and 21 us
 (benchmarks/NOTES.md, v8).
@@ -44,6 +46,8 @@ def sum_partials(partials: torch.Tensor, dst: torch.Tensor) -> None:
                          f"got {partials.dtype} {tuple(partials.shape)}")  # fmt: skip
     if not dst.is_contiguous():
         raise ValueError("dst must be contiguous")
+    if partials.shape[0] < 1:
+        raise ValueError("need at least one partial, got a split of 0")
     n = dst.numel()
     if n == 0:
         return
