@@ -21,7 +21,7 @@ paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
 Network level, the seed's protocol (benchmarks/RECORDED.md): widths 1024-1024-1024-1024-1024-128,
 BatchNorm in every layer, batch 256, MSE loss against a random target, CUDA events around
 ``model(x)`` and around ``loss.backward()``. Providers ``wavkan``, ``wavkan-graphed`` (the same
-model with the forward and the loss's backward each replayed from a CUDA graph, captured as
+model with the forward, the loss and the backward each replayed from a CUDA graph, captured as
 the training app captures its step, so the events time the kernels without the host's launch
 cost: ``network_step.CapturedNetwork``), ``paper-eager`` (the same
 network computing each layer with the paper's formula), ``paper-compiled`` and ``mlp``

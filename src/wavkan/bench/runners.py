@@ -196,8 +196,8 @@ class CudaRunner:
             model = WavKAN(NET_WIDTHS, wavelet, batch_norm=True, backend="triton", device=dev, dtype=dtype)
             model.train()
             if provider == "wavkan-graphed":
-                # The forward and the backward each replayed from a CUDA graph: what the
-                # kernels do without the host's per-launch cost (see network_step).
+                # The forward, the loss and the backward each replayed from a CUDA graph:
+                # what the kernels do without the host's per-launch cost (see network_step).
                 x = torch.empty(NET_BATCH, NET_WIDTHS[0], device=dev, dtype=dtype)
                 target = torch.empty(NET_BATCH, NET_WIDTHS[-1], device=dev, dtype=dtype)
                 return CapturedNetwork(model, x, target)
