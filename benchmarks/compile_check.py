@@ -30,6 +30,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PAIRS_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
                 "stride_wo", "stride_do", "stride_db"}
 FLOATS = {"z_scale", "psi_scale", "dpsi_scale"}
+# A launch specialises an int argument equal to 1 into a constant; contiguous inputs make these
+# strides 1, and the layouts Triton picks (so the loads, registers and SASS) depend on it.
+UNIT_STRIDES = {"stride_xi", "stride_si", "stride_ti", "stride_wi"}
 
 
 def _signature(fn, pointers: dict, constexprs: dict):
@@ -123,6 +126,7 @@ def main() -> int:
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
         for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows, args.poly_steps):
+            constexprs = {**constexprs, **{n: 1 for n in fn.arg_names if n in UNIT_STRIDES}}
             # As a real launch specialises them: pointers and padded sizes divisible by 16.
             aligned = [k for k, n in enumerate(fn.arg_names) if n in pointers or n in ALIGNED_INTS]
             attrs = {(k,): [["tt.divisibility", 16]] for k in aligned}

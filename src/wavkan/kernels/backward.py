@@ -31,6 +31,7 @@ import triton.language as tl
 
 from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll, plan_split
 from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
+from .partials import sum_partials
 from .staging import pack_edge_constants, plane_offsets, stage_rows, stage_transposed
 
 
@@ -212,14 +213,18 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     tiles = (out_pad // cfg.block_m, in_pad // cfg.block_n)
     split, per_split = plan_split(
         _wavkan_bwd_dparams_kernel, tiles, B, args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device, cfg)
-    final = split == 1
-    if not final:
-        partials = torch.empty((3, split, OUT, IN), dtype=torch.float32, device=x.device)
-        ds, dt, dw = partials[2], partials[1], partials[0]
-    _wavkan_bwd_dparams_kernel[(*tiles, split)](*args(ds, dt, dw, 0 if final else OUT * IN, per_split), FINAL=final, **meta)
-    if final:
+    if split == 1:
+        _wavkan_bwd_dparams_kernel[(*tiles, 1)](*args(ds, dt, dw, 0, per_split), FINAL=True, **meta)
         return ds, dt, dw
-    sum_w, sum_q, sum_qz = partials.sum(dim=1)
+    # Each split writes its three planes [sum g psi', sum g dpsi', sum g dpsi' zs] as one
+    # (3, out, in) partial; one fixed-order sum adds them, then the epilogue the unsplit
+    # kernel applies in registers.
+    partials = torch.empty((split, 3, OUT, IN), dtype=torch.float32, device=x.device)
+    _wavkan_bwd_dparams_kernel[(*tiles, split)](
+        *args(partials[0, 2], partials[0, 1], partials[0, 0], 3 * OUT * IN, per_split), FINAL=False, **meta)
+    sums = torch.empty((3, OUT, IN), dtype=torch.float32, device=x.device)
+    sum_partials(partials, sums)
+    sum_w, sum_q, sum_qz = sums
     wd = weights.float() * scale.float().reciprocal() * -dpsi_scale
     return (
         (wd * (sum_qz / z_scale)).to(scale.dtype),

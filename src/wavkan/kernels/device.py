@@ -137,6 +137,19 @@ def wavelet_psi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def wavelet_weighted_psi(zs, w, WAVELET: tl.constexpr, FAST: tl.constexpr):
+    """w psi(z) / FOLD[code][1] for fp32 zs = z * FOLD[code][0] and w (1, N): the forward's
+    term, w its per-column packed weight. For mexican_hat w psi' = (m (-2 ln2 w) - w) e with
+    m = -zs^2, e = exp2(m): both weight factors are per column, so an evaluation costs
+    3 FFMA + 1 FMUL + 1 MUFU.EX2 instead of psi' and a multiply by w."""
+    if WAVELET == MEXICAN_HAT:
+        m = zs * -zs
+        return (m * (w * -TWO_LN2) - w) * tl.exp2(m)
+    else:
+        return w * wavelet_psi_folded(zs, WAVELET, FAST)
+
+
+@triton.jit
 def wavelet_psi_dpsi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
     """(psi(z) / P, dpsi/dz(z) / D) for fp32 zs = k z, sharing the exponential; (k, P, D) =
     ``FOLD_BWD[code]``, which the launchers fold into the edge constants and the epilogue."""

@@ -18,7 +18,7 @@ aligned loads and arithmetic:
   the padding), so the inner step needs no division; (k, m) = ``device.FOLD[wavelet]`` fold
   the Gaussian's log2(e)/2 and the wavelet's constant factor into the edge, so that
   mexican_hat costs one MUFU.EX2 and four fp32 instructions per evaluation (its weight
-  enters as two per-column factors, see the loop).
+  enters as two per-column factors: ``device.wavelet_weighted_psi``).
 
 Both buffers are O(B in + out in), and a split's partials at most 4 x y's size in fp32 at
 large B (more only where y is small: fewer tiles than SMs); all are freed on return.
@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll
-from .device import FOLD, MEXICAN_HAT, TWO_LN2, wavelet_psi_folded
+from .device import FOLD, wavelet_weighted_psi
 from .staging import pack_edge_constants, plane_offsets, stage_transposed
 
 
@@ -76,13 +76,7 @@ def _wavkan_fwd_kernel(
         else:
             x, a, c, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
         z = x[:, None] * a[None, :] + c[None, :]
-        if WAVELET == MEXICAN_HAT:
-            # w psi' = (m (-2 ln2 w) - w) e with m = -z^2, e = exp2(m): the weight's two
-            # factors are per column, so each evaluation is 3 FFMA + 1 FMUL + 1 MUFU.EX2.
-            m = z * -z
-            acc += (m * (w * -TWO_LN2)[None, :] - w[None, :]) * tl.exp2(m)
-        else:
-            acc += w[None, :] * wavelet_psi_folded(z, WAVELET, FAST)
+        acc += wavelet_weighted_psi(z, w[None, :], WAVELET, FAST)
 
     mask_b = offs_b < B
     mask_o = offs_o < OUT

@@ -2,11 +2,10 @@
 
 A launcher that splits a tile's loop over SPLIT programs gets SPLIT fp32 partials of its
 output; ``sum_partials`` adds them into the output, rounded once to its dtype (the forward's
-and grad_x's, through ``config.launch_split``; the parameter pass sums its three planes in its
-own epilogue). One kernel
-instead of ``torch.sum(dim=0)``: on the H200 that took 3.6 us for the 8.4 MB of a 256 x 1024 x
-1024 forward's 8 partials and 26 us for a 4096-row forward's 4, this kernel 2.6 and 21 us
-(benchmarks/NOTES.md, v8).
+and grad_x's through ``config.launch_split``; the parameter pass's (split, 3, out, in) partials
+into its three fp32 sums, before its epilogue). One kernel instead of ``torch.sum(dim=0)``: on
+the H200 that took 3.6 us for the 8.4 MB of a 256 x 1024 x 1024 forward's 8 partials and 26 us
+for a 4096-row forward's 4, this kernel 2.6 and 21 us (benchmarks/NOTES.md, v8).
 
 Each program owns BLOCK contiguous outputs and adds the partials in chunks of CHUNK splits,
 each chunk a (CHUNK, BLOCK) load summed by ``tl.sum`` (CHUNK independent loads in flight per

@@ -1,0 +1,77 @@
+"""How the backward passes time against the programs one SM holds, on a GPU: the data behind
+the register caps in ``kernels/config.py``.
+
+    PYTHONPATH=src python benchmarks/residency_sweep.py
+
+The parameter pass's 32 x 64 tiles at 168 registers per thread fit 3 programs of 4 warps per SM:
+a 1024 x 1024 layer's 512 tiles then run in 1.29 waves on 132 SMs (396 slots), the last third
+of a wave with one program per SM. Capped at 128 registers, 4 fit (528 slots): one wave. This
+times each pass (median of ``triton.testing.do_bench_cudagraph``: GPU time, no host) under the
+shipped config and its variants (register caps, unroll, tiles, forced splits), over the
+network's shapes and the op-level ones, and checks every variant's result against the shipped
+config's. Registers and spills come from benchmarks/compile_check.py (no GPU needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+import triton.testing
+from kernel_sweep import operands, seed_and_measure_ceiling
+
+from wavkan import get_wavelet
+from wavkan.kernels import wavkan_bwd_dparams, wavkan_bwd_dx
+from wavkan.kernels import config as kconfig
+
+SHAPES = [(256, 1024, 1024), (256, 1024, 128), (64, 1024, 1024), (1024, 1024, 1024), (4096, 1024, 1024)]
+
+
+def variants(kind: str, rows: int):
+    base = kconfig.default_config(kind, torch.device("cuda"), rows)
+    yield "shipped", base
+    yield "maxnreg128", dataclasses.replace(base, maxnreg=128)
+    yield "unroll1", dataclasses.replace(base, unroll=1)
+    yield "unroll1 maxnreg128", dataclasses.replace(base, unroll=1, maxnreg=128)
+    if kind == "bwd_dparams":
+        yield "64x64 w8 maxnreg128", dataclasses.replace(base, block_m=64, block_n=64, num_warps=8, maxnreg=128)
+        yield "32x32 w4", dataclasses.replace(base, block_m=32, block_n=32)
+        yield "split2", dataclasses.replace(base, split=2)
+        yield "split2 maxnreg128", dataclasses.replace(base, split=2, maxnreg=128)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--wavelet", default="mexican_hat")
+    p.add_argument("--kinds", default="bwd_dparams,bwd_dx")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("no GPU: nothing to sweep")
+        return 0
+    ceiling = seed_and_measure_ceiling()
+    wav = get_wavelet(args.wavelet)
+    for B, n_in, n_out in SHAPES:
+        x, s, t, w, g = operands(B, n_in, n_out)
+        run = {
+            "bwd_dx": lambda c: (wavkan_bwd_dx(g, x, s, t, w, wav, c),),
+            "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
+        }
+        for kind in args.kinds.split(","):
+            shipped = None
+            for name, cfg in variants(kind, B):
+                before = dict(kconfig._RESIDENT)
+                got = run[kind](cfg)
+                new = [v for k, v in kconfig._RESIDENT.items() if k not in before]
+                if shipped is None:
+                    shipped = got
+                err = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, shipped))
+                ms = triton.testing.do_bench_cudagraph(lambda: run[kind](cfg), rep=40, return_mode="median")
+                frac = B * n_in * n_out / (ms * 1e-3) / ceiling
+                print(f"{kind:12s} {B:5d}x{n_in}x{n_out:<5d} {name:22s} {ms * 1e3:8.1f} us {frac:6.1%}"
+                      f"  resident/SM={new[0] if new else '-'}  rel.diff vs shipped {err:.1e}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
