@@ -22,7 +22,7 @@ import triton.testing
 from kernel_sweep import operands, seed_and_measure_ceiling
 
 from wavkan import get_wavelet
-from wavkan.kernels import wavkan_bwd_dparams, wavkan_bwd_dx
+from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx
 from wavkan.kernels import config as kconfig
 
 SHAPES = [(256, 1024, 1024), (256, 1024, 128), (64, 1024, 1024), (1024, 1024, 1024), (4096, 1024, 1024)]
@@ -31,19 +31,22 @@ SHAPES = [(256, 1024, 1024), (256, 1024, 128), (64, 1024, 1024), (1024, 1024, 10
 def variants(kind: str, rows: int):
     base = kconfig.default_config(kind, torch.device("cuda"), rows)
     yield "shipped", base
-    yield "maxnreg128", dataclasses.replace(base, maxnreg=128)
-    yield "unroll1", dataclasses.replace(base, unroll=1)
-    yield "unroll1 maxnreg128", dataclasses.replace(base, unroll=1, maxnreg=128)
     if kind == "bwd_dparams":
-        yield "64x64 w8 maxnreg128", dataclasses.replace(base, block_m=64, block_n=64, num_warps=8, maxnreg=128)
-        yield "32x32 w4", dataclasses.replace(base, block_m=32, block_n=32)
+        yield "no register cap", dataclasses.replace(base, maxnreg=None)
+        yield "32x64 w4 (v8)", KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=True, unroll=2)
         yield "split2", dataclasses.replace(base, split=2)
-        yield "split2 maxnreg128", dataclasses.replace(base, split=2, maxnreg=128)
+        yield "unroll4", dataclasses.replace(base, unroll=4)
+        yield "64x32 w4 maxnreg128", dataclasses.replace(base, block_n=32, num_warps=4)
+    else:
+        yield "64x64 w8", dataclasses.replace(base, num_warps=8)
+        yield "128x64 w8 maxnreg128", dataclasses.replace(base, block_m=128, num_warps=8, maxnreg=128)
+        yield "64x128 w8 maxnreg128", dataclasses.replace(base, block_n=128, num_warps=8, maxnreg=128)
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--wavelet", default="mexican_hat")
+    p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="B x in x out, comma-separated")
     p.add_argument("--kinds", default="bwd_dparams,bwd_dx")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -51,7 +54,7 @@ def main() -> int:
         return 0
     ceiling = seed_and_measure_ceiling()
     wav = get_wavelet(args.wavelet)
-    for B, n_in, n_out in SHAPES:
+    for B, n_in, n_out in (tuple(map(int, sh.split("x"))) for sh in args.shapes.split(",")):
         x, s, t, w, g = operands(B, n_in, n_out)
         run = {
             "bwd_dx": lambda c: (wavkan_bwd_dx(g, x, s, t, w, wav, c),),
@@ -68,7 +71,7 @@ def main() -> int:
                 err = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, shipped))
                 ms = triton.testing.do_bench_cudagraph(lambda: run[kind](cfg), rep=40, return_mode="median")
                 frac = B * n_in * n_out / (ms * 1e-3) / ceiling
-                print(f"{kind:12s} {B:5d}x{n_in}x{n_out:<5d} {name:22s} {ms * 1e3:8.1f} us {frac:6.1%}"
+                print(f"{args.wavelet:11s} {kind:12s} {B:5d}x{n_in}x{n_out:<5d} {name:22s} {ms * 1e3:8.1f} us {frac:6.1%}"
                       f"  resident/SM={new[0] if new else '-'}  rel.diff vs shipped {err:.1e}", flush=True)
     return 0
 

@@ -94,7 +94,7 @@ _GPU = {
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
     ),
     "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),),
-    "bwd_dparams": ((0, KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=True, unroll=2)),),
+    "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128)),),
     # The packed-half forward (forward_half.py): block_n counts output pairs; groups of 8
     # unrolled steps, 3 of them with the polynomial exponential (v6 sweep: 1.22 ms at 4096,
     # 1.32 ms with none; a whole 16-step chunk unrolled at 128 x 32 pairs, 1.74 ms).
