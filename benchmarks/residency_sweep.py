@@ -34,13 +34,15 @@ def variants(kind: str, rows: int):
     if kind == "bwd_dparams":
         yield "no register cap", dataclasses.replace(base, maxnreg=None)
         yield "32x64 w4 (v8)", KernelConfig(32, 64, num_warps=4, num_stages=2, prefetch=True, unroll=2)
+        yield "split1", dataclasses.replace(base, split=1)
         yield "split2", dataclasses.replace(base, split=2)
+        yield "split4", dataclasses.replace(base, split=4)
         yield "unroll4", dataclasses.replace(base, unroll=4)
-        yield "64x32 w4 maxnreg128", dataclasses.replace(base, block_n=32, num_warps=4)
     else:
-        yield "64x64 w8", dataclasses.replace(base, num_warps=8)
-        yield "128x64 w8 maxnreg128", dataclasses.replace(base, block_m=128, num_warps=8, maxnreg=128)
+        yield "64x64 w4 (v8)", KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")
+        yield "64x128 w8", dataclasses.replace(base, block_n=128, num_warps=8, maxnreg=None)
         yield "64x128 w8 maxnreg128", dataclasses.replace(base, block_n=128, num_warps=8, maxnreg=128)
+        yield "128x64 w8 maxnreg128", dataclasses.replace(base, block_m=128, num_warps=8, maxnreg=128)
 
 
 def main() -> int:

@@ -102,3 +102,19 @@ def test_balanced_split(fake_gpu, monkeypatch):
     assert config.plan_split(None, (8, 4), 1024, (), {}, fake_gpu, balance, step=16) == (4, 256)
     with pytest.raises(ValueError, match="split_rule must be one of fill, balance, got 'balanced'"):
         config.KernelConfig(128, 64, split_rule="balanced")
+
+
+def test_parameter_pass_splits_only_long_loops(fake_gpu, monkeypatch):
+    """The parameter pass's shipped config on a 132-SM GPU: a 1024 x 1024 layer (256 tiles of
+    64 x 64) stays whole below 1024 rows, where a split's three partial planes cost more than
+    it gains, and splits in shares of >= 512 rows above; a layer of fewer tiles than SMs (the
+    1024 -> 128 layer: 32) still splits to fill them."""
+    monkeypatch.setattr(config, "_sm_count", lambda index: 132)
+    cfg = config.default_config("bwd_dparams", fake_gpu, 256)
+    assert (cfg.block_m, cfg.block_n, cfg.split_rule, cfg.balance_min_steps) == (64, 64, "balance", 512)
+    splits = {rows: config.plan_split(None, (16, 16), rows, (), {}, fake_gpu, cfg)[0] for rows in (64, 256, 1023, 1024, 2048, 4096)}
+    assert splits == {64: 1, 256: 1, 1023: 1, 1024: 2, 2048: 4, 4096: 4}
+    assert config.plan_split(None, (2, 16), 256, (), {}, fake_gpu, cfg) == (8, 32)
+    # the large regime's least share: 128 steps unless the config says otherwise
+    assert config.balanced_split(256, 1024, fake_gpu) == 4
+    assert config.balanced_split(256, 1024, fake_gpu, large_min_steps=512) == 2

@@ -370,15 +370,19 @@ def test_gpu_edge_planes_past_2_30_elements():
 
 @pytest.mark.gpu
 def test_gpu_peak_memory_forward_backward():
-    """Beyond 1.2x the tensors, only the split reductions' fp32 partials: the forward's or
-    grad_x's, never both at once (the forward's are freed before the backward starts)."""
+    """Beyond 1.2x the tensors, only the split reductions' fp32 partials: the forward's,
+    grad_x's or the parameter pass's, never two at once (each is freed after its sum, the
+    forward's before the backward starts)."""
     B, IN, OUT = 4096, 1024, 1024
     cuda = torch.device("cuda")
-    fwd_cfg, dx_cfg = (default_config(kind, cuda, B) for kind in ("fwd", "bwd_dx"))
-    assert fwd_cfg.split_rule == dx_cfg.split_rule == "balance"  # plan_split needs no kernel for it
+    fwd_cfg, dx_cfg, dp_cfg = (default_config(kind, cuda, B) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
+    assert fwd_cfg.split_rule == dx_cfg.split_rule == dp_cfg.split_rule == "balance"  # plan_split needs no kernel for it
     fwd_split = plan_split(None, (cdiv(B, fwd_cfg.block_m), cdiv(OUT, fwd_cfg.block_n)), IN, (), {}, cuda, fwd_cfg)[0]
     dx_split = plan_split(None, (cdiv(B, dx_cfg.block_m), cdiv(IN, dx_cfg.block_n)), OUT, (), {}, cuda, dx_cfg)[0]
-    partials = 4 * max(fwd_split * B * OUT * (fwd_split > 1), dx_split * B * IN * (dx_split > 1))
+    dp_split = plan_split(None, (cdiv(OUT, dp_cfg.block_m), cdiv(IN, dp_cfg.block_n)), B, (), {}, cuda, dp_cfg)[0]
+    # the parameter pass's: 3 planes per split and their 3 sums
+    partials = 4 * max(fwd_split * B * OUT * (fwd_split > 1), dx_split * B * IN * (dx_split > 1),
+                       3 * (dp_split + 1) * OUT * IN * (dp_split > 1))
     x, s, t, w = (a.requires_grad_() for a in layer_inputs(B, IN, OUT, torch.float32, "cuda"))
     g = torch.randn(B, OUT, device="cuda")
     # Blocks cached by earlier tests (the > 2^31 case leaves gigabytes) would be handed out

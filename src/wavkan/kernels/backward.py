@@ -11,9 +11,9 @@ evaluate them at k z, scaled: ``device.FOLD_BWD``, undone in the packing and the
 Two kernels, one per reduction axis, each holding its accumulators in registers for the whole
 loop: ``_wavkan_bwd_dx_kernel`` (tile (BLOCK_B, BLOCK_IN), loop over out) and
 ``_wavkan_bwd_dparams_kernel`` (tile (BLOCK_OUT, BLOCK_IN), loop over B). SPLIT programs may
-share a tile's loop (grad_x by ``config.balanced_split``, the parameter pass when its tiles
-cannot fill the GPU) and write fp32 partials, summed after in a fixed order: no atomics,
-bitwise-deterministic results.
+share a tile's loop (``config.balanced_split``; the parameter pass only from 1024 rows or when
+its tiles cannot fill the GPU) and write fp32 partials, summed after in a fixed order
+(``partials.sum_partials``): no atomics, bitwise-deterministic results.
 
 Like the forward, the loops read only staged operands (``staging.py``): fp32, padded to whole
 tiles, addressed from the loop index, so their loads are unmasked and need one address per
@@ -218,7 +218,8 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         return ds, dt, dw
     # Each split writes its three planes [sum g psi', sum g dpsi', sum g dpsi' zs] as one
     # (3, out, in) partial; one fixed-order sum adds them, then the epilogue the unsplit
-    # kernel applies in registers.
+    # kernel applies in registers. The unsplit outputs go first: their memory serves the partials.
+    del ds, dt, dw
     partials = torch.empty((split, 3, OUT, IN), dtype=torch.float32, device=x.device)
     _wavkan_bwd_dparams_kernel[(*tiles, split)](
         *args(partials[0, 2], partials[0, 1], partials[0, 0], 3 * OUT * IN, per_split), FINAL=False, **meta)

@@ -50,9 +50,11 @@ class KernelConfig:
     forward ``unroll`` must divide its 16-step chunk, and ``poly_steps`` of every ``unroll``
     steps take the exponential as a polynomial on the FMA pipe instead of the MUFU.
     ``split_rule`` picks the automatic split: "fill" (``choose_split``: one wave of the
-    resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM).
-    The shipped forward and grad_x configs use "balance"; a config built by hand gets "fill"
-    unless it says otherwise.
+    resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM);
+    ``balance_min_steps`` is the least loop share of a split program under "balance" once the
+    tiles fill the SMs (the parameter pass takes more than the others: each of its splits
+    writes three partial planes). The shipped configs use "balance"; a config built by hand
+    gets "fill" unless it says otherwise.
     """
 
     block_m: int
@@ -66,6 +68,7 @@ class KernelConfig:
     maxnreg: Optional[int] = None
     poly_steps: int = 0
     split_rule: str = "fill"
+    balance_min_steps: int = 128
 
     def __post_init__(self):
         if self.split_rule not in SPLIT_RULES:
@@ -86,15 +89,25 @@ class KernelConfig:
 # From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v5): per kernel,
 # (smallest row count, config), largest first. Unrolling the main loop (more independent
 # evaluations in flight) paid everywhere: the kernels are latency-bound at 2-4 programs per SM
-# (ncu: 0.9 eligible warps per scheduler), not issue-bound; capping registers for more
-# programs per SM (maxnreg 128, 96) lost 3-7 points. The 128-row forward tile needs B >= 128.
+# (ncu: 0.9 eligible warps per scheduler), not issue-bound. The 128-row forward tile needs
+# B >= 128. The backward's from benchmarks/residency_sweep.py (v9): 8 warps over twice the
+# tile, capped at 128 registers (2 programs of 8 warps per SM; the Gaussian wavelets' spills
+# stay outside the main loop), beat 4 warps at 168 registers for every wavelet; for grad_x
+# only from 128 to 2047 rows (3-26% faster at 256 rows; 1-2% slower at 4096, 3% at 64). The
+# parameter pass splits from 1024 rows (8-9% faster at 2048-4096 rows); below, a split's three
+# partial planes cost more than it gains (155 -> 178 us at 256 rows in 2).
 _GPU = {
     "fwd": (
         (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance")),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
     ),
-    "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),),
-    "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128)),),
+    "bwd_dx": (
+        (2048, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+        (128, KernelConfig(64, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128, split_rule="balance")),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+    ),
+    "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128,
+                                     split_rule="balance", balance_min_steps=512)),),
     # The packed-half forward (forward_half.py): block_n counts output pairs; groups of 8
     # unrolled steps, 3 of them with the polynomial exponential (v6 sweep: 1.22 ms at 4096,
     # 1.32 ms with none; a whole 16-step chunk unrolled at 128 x 32 pairs, 1.74 ms).
@@ -186,7 +199,7 @@ def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int,
     return max(1, min(slots // tiles, loop_len // min_per_split))
 
 
-# The "balance" rule (forward and grad_x; v7 split sweeps on an H200, benchmarks/NOTES.md). The
+# The "balance" rule (the shipped configs; v7 split sweeps on an H200, benchmarks/NOTES.md). The
 # SMs take programs in turn, so a launch lasts as long as its busiest SM: 288 programs on 132
 # SMs run 3 deep where 256 run 2 (256 x 1024 x 1024 forward: 130.7 us in 9 splits, 102.7 in 8).
 # While the tiles are fewer than the SMs: as many programs as fit 2 per SM, of at least 16 steps
@@ -199,17 +212,19 @@ _BALANCE_LARGE = (16, 128)
 BALANCE_LARGE_MAX_SPLIT = 4
 
 
-def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None) -> int:
+def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
+                   large_min_steps: int = _BALANCE_LARGE[1]) -> int:
     """Programs per tile under the "balance" rule (see above); ``split`` overrides it.
     ``loop_len`` and the least steps per program count the launcher's steps (``plan_split``'s
-    ``step`` units: whole 16-step chunks for the packed-half forward, were it to use the rule)."""
+    ``step`` units: whole 16-step chunks for the packed-half forward, were it to use the rule);
+    ``large_min_steps`` replaces the large regime's least steps (``KernelConfig.balance_min_steps``)."""
     if split is not None:
         return max(1, min(split, loop_len))
     sms = sm_count(device)
     if tiles < sms:
         per_sm, min_steps = _BALANCE_SMALL
         return max(1, min(per_sm * sms // tiles, loop_len // min_steps))
-    per_sm, min_steps = _BALANCE_LARGE
+    per_sm, min_steps = _BALANCE_LARGE[0], large_min_steps
     return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps, BALANCE_LARGE_MAX_SPLIT))
 
 
@@ -221,7 +236,7 @@ def plan_split(kernel, tiles: tuple, loop_len: int, args: tuple, meta: dict, dev
     (``balanced_split``). Each split's share is a whole number of ``step``s."""
     steps = cdiv(loop_len, step)
     if cfg.split_rule == "balance":
-        split = balanced_split(tiles[0] * tiles[1], steps, device, cfg.split)
+        split = balanced_split(tiles[0] * tiles[1], steps, device, cfg.split, cfg.balance_min_steps)
     else:
         resident = resident_programs(kernel, (*tiles, 1), args, meta, device, cfg.programs_per_sm)
         split = choose_split(tiles[0] * tiles[1], steps, device, resident, cfg.split, min_per_split)
