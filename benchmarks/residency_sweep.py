@@ -22,7 +22,7 @@ import triton.testing
 from kernel_sweep import operands, seed_and_measure_ceiling
 
 from wavkan import get_wavelet
-from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx
+from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels import config as kconfig
 
 SHAPES = [(256, 1024, 1024), (256, 1024, 128), (64, 1024, 1024), (1024, 1024, 1024), (4096, 1024, 1024)]
@@ -38,6 +38,13 @@ def variants(kind: str, rows: int):
         yield "split2", dataclasses.replace(base, split=2)
         yield "split4", dataclasses.replace(base, split=4)
         yield "unroll4", dataclasses.replace(base, unroll=4)
+    elif kind == "fwd":
+        yield "128x128 w8", dataclasses.replace(base, block_n=128, num_warps=8)
+        yield "128x128 w8 maxnreg128", dataclasses.replace(base, block_n=128, num_warps=8, maxnreg=128)
+        yield "256x64 w8 maxnreg128", dataclasses.replace(base, block_m=256, num_warps=8, maxnreg=128)
+        yield "128x64 w4 unroll4", dataclasses.replace(base, unroll=4)
+        yield "128x64 w4 maxnreg96", dataclasses.replace(base, maxnreg=96)
+        yield "64x128 w4", dataclasses.replace(base, block_m=64, block_n=128)
     else:
         yield "64x64 w4 (v8)", KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")
         yield "64x128 w8", dataclasses.replace(base, block_n=128, num_warps=8, maxnreg=None)
@@ -49,7 +56,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--wavelet", default="mexican_hat")
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="B x in x out, comma-separated")
-    p.add_argument("--kinds", default="bwd_dparams,bwd_dx")
+    p.add_argument("--kinds", default="bwd_dparams,bwd_dx", help="comma-separated: fwd, bwd_dx, bwd_dparams")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("no GPU: nothing to sweep")
@@ -59,6 +66,7 @@ def main() -> int:
     for B, n_in, n_out in (tuple(map(int, sh.split("x"))) for sh in args.shapes.split(",")):
         x, s, t, w, g = operands(B, n_in, n_out)
         run = {
+            "fwd": lambda c: (wavkan_fwd(x, s, t, w, wav, c),),
             "bwd_dx": lambda c: (wavkan_bwd_dx(g, x, s, t, w, wav, c),),
             "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
         }
