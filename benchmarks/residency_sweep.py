@@ -9,7 +9,8 @@ of a wave with one program per SM. Capped at 128 registers, 4 fit (528 slots): o
 times each pass (median of ``triton.testing.do_bench_cudagraph``: GPU time, no host) under the
 shipped config and its variants (register caps, unroll, tiles, forced splits), over the
 network's shapes and the op-level ones, and checks every variant's result against the shipped
-config's. Registers and spills come from benchmarks/compile_check.py (no GPU needed).
+config's; ``--kinds fwd`` asks the same of the forward. Registers and spills come from
+benchmarks/compile_check.py (no GPU needed).
 """
 
 from __future__ import annotations

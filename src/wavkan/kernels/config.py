@@ -53,8 +53,8 @@ class KernelConfig:
     resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM);
     ``balance_min_steps`` is the least loop share of a split program under "balance" once the
     tiles fill the SMs (the parameter pass takes more than the others: each of its splits
-    writes three partial planes). The shipped configs use "balance"; a config built by hand
-    gets "fill" unless it says otherwise.
+    writes three partial planes). The shipped configs use "balance", except the packed-half
+    forward's ("fill"); a config built by hand gets "fill" unless it says otherwise.
     """
 
     block_m: int
@@ -199,7 +199,7 @@ def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int,
     return max(1, min(slots // tiles, loop_len // min_per_split))
 
 
-# The "balance" rule (the shipped configs; v7 split sweeps on an H200, benchmarks/NOTES.md). The
+# The "balance" rule (the shipped fp32 configs; v7 split sweeps on an H200, benchmarks/NOTES.md). The
 # SMs take programs in turn, so a launch lasts as long as its busiest SM: 288 programs on 132
 # SMs run 3 deep where 256 run 2 (256 x 1024 x 1024 forward: 130.7 us in 9 splits, 102.7 in 8).
 # While the tiles are fewer than the SMs: as many programs as fit 2 per SM, of at least 16 steps
