@@ -3,10 +3,10 @@ the register caps in ``kernels/config.py``.
 
     PYTHONPATH=src python benchmarks/residency_sweep.py
 
-The parameter pass's 32 x 64 tiles at 168 registers per thread fit 3 programs of 4 warps per SM:
-a 1024 x 1024 layer's 512 tiles then run in 1.29 waves on 132 SMs (396 slots), the last third
-of a wave with one program per SM. Capped at 128 registers, 4 fit (528 slots): one wave. This
-times each pass (median of ``triton.testing.do_bench_cudagraph``: GPU time, no host) under the
+The question it was written for (benchmarks/NOTES.md, v9): v8's parameter pass, 32 x 64 tiles at
+168 registers per thread, fit 3 programs of 4 warps per SM, so a 1024 x 1024 layer's 512 tiles
+ran in 1.29 waves on 132 SMs; would a cap at 128 registers (4 per SM, one wave) pay? It times
+each pass (median of ``triton.testing.do_bench_cudagraph``: GPU time, no host) under the
 shipped config and its variants (register caps, unroll, tiles, forced splits), over the
 network's shapes and the op-level ones, and checks every variant's result against the shipped
 config's; ``--kinds fwd`` asks the same of the forward. Registers and spills come from
