@@ -50,6 +50,16 @@ def operands(B: int, size: int, out_size=None, device="cuda"):
     return x, s, t, w, g
 
 
+def kernel_calls(x, s, t, w, g, wav) -> dict:
+    """Each fused kernel by name, as ``fn(config)`` returning its outputs as a tuple: the calls
+    the sweeps here time, on ``operands``' tensors."""
+    return {
+        "fwd": lambda c: (wavkan_fwd(x, s, t, w, wav, c),),
+        "bwd_dx": lambda c: (wavkan_bwd_dx(g, x, s, t, w, wav, c),),
+        "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
+    }
+
+
 def seed_and_measure_ceiling() -> float:
     """Seeds torch, measures the exp2 ceiling (median of ``measure_exp2_rate``), prints and
     returns it in exp2 per second: the first step of every sweep here."""
@@ -85,11 +95,7 @@ def main() -> int:
     rows = []
     for B in BATCHES:
         x, s, t, w, g = operands(B, SIZE)
-        kernels = {
-            "fwd": lambda c: wavkan_fwd(x, s, t, w, wav, c),
-            "bwd_dx": lambda c: wavkan_bwd_dx(g, x, s, t, w, wav, c),
-            "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
-        }
+        kernels = kernel_calls(x, s, t, w, g, wav)
         unrolls = tuple(int(u) for u in args.unroll.split(","))
         maxnregs = tuple(int(r) or None for r in args.maxnreg.split(","))
         for name, fn in kernels.items():

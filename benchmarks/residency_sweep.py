@@ -20,10 +20,10 @@ import dataclasses
 
 import torch
 import triton.testing
-from kernel_sweep import operands, seed_and_measure_ceiling
+from kernel_sweep import kernel_calls, operands, seed_and_measure_ceiling
 
 from wavkan import get_wavelet
-from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
+from wavkan.kernels import KernelConfig
 from wavkan.kernels import config as kconfig
 
 SHAPES = [(256, 1024, 1024), (256, 1024, 128), (64, 1024, 1024), (1024, 1024, 1024), (4096, 1024, 1024)]
@@ -66,11 +66,7 @@ def main() -> int:
     wav = get_wavelet(args.wavelet)
     for B, n_in, n_out in (tuple(map(int, sh.split("x"))) for sh in args.shapes.split(",")):
         x, s, t, w, g = operands(B, n_in, n_out)
-        run = {
-            "fwd": lambda c: (wavkan_fwd(x, s, t, w, wav, c),),
-            "bwd_dx": lambda c: (wavkan_bwd_dx(g, x, s, t, w, wav, c),),
-            "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
-        }
+        run = kernel_calls(x, s, t, w, g, wav)
         for kind in args.kinds.split(","):
             shipped = None
             for name, cfg in variants(kind, B):
