@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 
 from wavkan import WAVELETS, get_wavelet
 from wavkan.kernels import backward, forward, forward_half
-from wavkan.kernels.config import default_config, loop_unroll
+from wavkan.kernels.tuning import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
 ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PAIRS_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",

@@ -23,8 +23,8 @@ import triton.testing
 
 from wavkan import get_wavelet
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
-from wavkan.kernels.ceiling import measure_exp2_rate
-from wavkan.kernels.config import default_config
+from wavkan.bench.ceiling import measure_exp2_rate
+from wavkan.kernels.tuning import default_config
 
 SIZE = 1024
 BATCHES = (64, 256, 1024, 4096)

@@ -24,13 +24,13 @@ from kernel_sweep import kernel_calls, operands, seed_and_measure_ceiling
 
 from wavkan import get_wavelet
 from wavkan.kernels import KernelConfig
-from wavkan.kernels import config as kconfig
+from wavkan.kernels import launch as klaunch, tuning as ktuning
 
 SHAPES = [(256, 1024, 1024), (256, 1024, 128), (64, 1024, 1024), (1024, 1024, 1024), (4096, 1024, 1024)]
 
 
 def variants(kind: str, rows: int):
-    base = kconfig.default_config(kind, torch.device("cuda"), rows)
+    base = ktuning.default_config(kind, torch.device("cuda"), rows)
     yield "shipped", base
     if kind == "bwd_dparams":
         yield "no register cap", dataclasses.replace(base, maxnreg=None)
@@ -70,9 +70,9 @@ def main() -> int:
         for kind in args.kinds.split(","):
             shipped = None
             for name, cfg in variants(kind, B):
-                before = dict(kconfig._RESIDENT)
+                before = dict(klaunch._RESIDENT)
                 got = run[kind](cfg)
-                new = [v for k, v in kconfig._RESIDENT.items() if k not in before]
+                new = [v for k, v in klaunch._RESIDENT.items() if k not in before]
                 if shipped is None:
                     shipped = got
                 err = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, shipped))

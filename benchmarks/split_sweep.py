@@ -21,7 +21,8 @@ from kernel_sweep import operands
 
 from wavkan import get_wavelet
 from wavkan.kernels import wavkan_bwd_dx, wavkan_fwd
-from wavkan.kernels.config import cdiv, default_config, sm_count
+from wavkan.kernels.launch import cdiv, sm_count
+from wavkan.kernels.tuning import default_config
 
 SHAPES = [(1, 1024, 1024), (64, 1024, 1024), (256, 1024, 1024), (1024, 1024, 1024), (2048, 1024, 1024),
           (4096, 1024, 1024), (256, 1024, 128), (64, 1024, 128), (1024, 1024, 128), (256, 128, 1024),

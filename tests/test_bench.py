@@ -263,7 +263,7 @@ def _chains_reference(programs, block, n_iter, c):
 
 def test_exp2_ceiling_kernel_values(kernel_device):
     pytest.importorskip("triton")
-    from wavkan.kernels.ceiling import CHAINS, exp2_chains
+    from wavkan.bench.ceiling import CHAINS, exp2_chains
 
     programs, block, n_iter = 3, 16, 5
     out = torch.full((programs * block,), math.nan, device=kernel_device)

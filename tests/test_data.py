@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from wavkan import data as wdata
-from wavkan.data import (
+from wavkan.app import data as wdata
+from wavkan.app.data import (
     DataNotFoundError,
     RawData,
     dataset_name,
@@ -229,7 +229,7 @@ def test_epoch_permutation_is_a_function_of_seed_and_epoch():
 
 
 def test_check_layers_fit_names_the_mismatch():
-    from wavkan.data import DataMismatchError, check_layers_fit
+    from wavkan.app.data import DataMismatchError, check_layers_fit
 
     check_layers_fit([784, 32, 10], 784, 10, "mnist")
     check_layers_fit([784, 32, 12], 784, 10, "mnist")  # spare outputs are allowed

@@ -14,7 +14,8 @@ from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_i
 
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
-from wavkan.kernels.config import cdiv, default_config, plan_split
+from wavkan.kernels.launch import cdiv, plan_split
+from wavkan.kernels.tuning import default_config
 from wavkan.kernels.partials import sum_partials
 from wavkan.kernels.staging import stage_rows
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked

@@ -21,15 +21,14 @@ import pytest
 import torch
 
 from wavkan import WavKAN, cli
-from wavkan.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from wavkan.evaluate import evaluate_checkpoint
-from wavkan.metrics import COLUMNS, read_metrics_csv
-from wavkan.step import LrTensor
-from wavkan.train import (
+from wavkan.app.checkpoint import _load_optimizer_state, _optimizer_state, load_checkpoint, save_checkpoint
+from wavkan.files import atomic_write
+from wavkan.app.evaluate import evaluate_checkpoint
+from wavkan.app.metrics import COLUMNS, read_metrics_csv
+from wavkan.app.step import LrTensor
+from wavkan.app.train import (
     ConfigError,
     TrainConfig,
-    _load_optimizer_state,
-    _optimizer_state,
     batch_bounds,
     main as train_main,
     train,
@@ -376,7 +375,7 @@ def test_lr_tensor_follows_the_scheduler_and_optimizer_state_is_portable():
 
 @pytest.mark.gpu
 def test_cuda_graph_step_reads_live_lr_and_leaves_no_warmup_trace():
-    from wavkan.step import GraphedTrainStep, Totals, train_step
+    from wavkan.app.step import GraphedTrainStep, Totals, train_step
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -450,7 +449,7 @@ def test_two_gpu_ddp_equals_one_gpu(tmp_path):
 
 def test_evaluate_refuses_a_batch_size_below_one():
     from wavkan import WavKAN
-    from wavkan.evaluate import evaluate
+    from wavkan.app.evaluate import evaluate
 
     model = WavKAN([3, 2], backend="reference")
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])

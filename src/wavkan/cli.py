@@ -1,7 +1,9 @@
-"""The ``wavkan`` command: ``wavkan train``, ``wavkan evaluate`` and ``wavkan bench``.
+"""The ``wavkan`` command (``wavkan train``, ``wavkan evaluate``, ``wavkan bench``) and the
+argument types its subcommands share.
 
 Each subcommand owns its options (``wavkan train --help``); this module only dispatches, and
-imports a subcommand's module when it runs, so ``wavkan bench`` loads nothing of training.
+imports a subcommand's module when it runs, so ``wavkan bench`` loads nothing of training. It
+imports nothing of wavkan at import time.
 """
 
 from __future__ import annotations
@@ -11,14 +13,34 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "positive_int", "int_list"]
 
 # name -> (module, help). Every module has main(argv, prog) -> int.
 COMMANDS = {
-    "train": ("wavkan.train", "train a Wav-KAN classifier (defaults: the paper's MNIST protocol)"),
-    "evaluate": ("wavkan.evaluate", "score a checkpoint on a test set"),
+    "train": ("wavkan.app.train", "train a Wav-KAN classifier (defaults: the paper's MNIST protocol)"),
+    "evaluate": ("wavkan.app.evaluate", "score a checkpoint on a test set"),
     "bench": ("wavkan.bench", "benchmark the Wav-KAN backends"),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> list:
+    """argparse type: comma-separated ints such as 784,32,10. Every field must be an int
+    ("784,,10" is an error, not [784, 10]); the caller checks the values themselves."""
+    try:
+        return [int(w) for w in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 784,32,10, got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

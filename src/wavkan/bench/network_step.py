@@ -3,7 +3,7 @@ the MSE loss (untimed), and ``loss.backward()``; eager, or each timed part repla
 graph.
 
 ``CapturedNetwork`` captures the forward, the loss and the backward as three graphs, the
-way the training app captures its whole step (``wavkan.step``): warm-up on a side stream,
+way the training app captures its whole step (``wavkan.app.step``): warm-up on a side stream,
 gradients None at capture, so that the backward allocates them in the graphs' pool and every
 replay leaves them in ``p.grad``. PyTorch's ``make_graphed_callables``, used before, hands the
 gradients back from its graph's static buffers, which AccumulateGrad then copies into each

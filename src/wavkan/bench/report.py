@@ -8,7 +8,7 @@ import os
 from typing import Sequence
 
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .protocol import (
     CSV_COLUMNS, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, OP_PROVIDERS, RECORDED_NOTE, RECORDED_SOURCE,
 )
@@ -135,7 +135,7 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'wavkan[bench]')")
         return []
-    from ..plotting import new_figure, save_png
+    from ..files import new_figure, save_png
 
     paths = []
     ceilings = [(r["source"], r["evals_per_s"]) for r in rows if r["level"] == "ceiling" and r["evals_per_s"]]

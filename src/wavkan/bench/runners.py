@@ -131,7 +131,7 @@ class CudaRunner:
         return float(torch.cuda.mem_get_info(self.device)[0])
 
     def measure_ceiling(self):
-        from ..kernels.ceiling import measure_exp2_rate  # imports Triton: only here, on a GPU
+        from .ceiling import measure_exp2_rate  # imports Triton: only here, on a GPU
 
         return measure_exp2_rate(self.device)
 

@@ -5,7 +5,7 @@ actually runs, so ``import wavkan`` works on machines without Triton.
 """
 
 from .backward import wavkan_bwd, wavkan_bwd_dparams, wavkan_bwd_dx
-from .config import KernelConfig
+from .tuning import KernelConfig
 from .forward import wavkan_fwd
 from .forward_half import wavkan_fwd_half
 

@@ -29,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll, plan_split
+from .launch import cdiv, launch_split, plan_split
+from .tuning import KernelConfig, default_config, loop_unroll
 from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .partials import sum_partials
 from .staging import pack_edge_constants, plane_offsets, stage_rows, stage_transposed

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, default_config, launch_split, loop_unroll
+from .launch import cdiv, launch_split
+from .tuning import KernelConfig, default_config, loop_unroll
 from .device import FOLD, wavelet_weighted_psi
 from .staging import pack_edge_constants, plane_offsets, stage_transposed
 

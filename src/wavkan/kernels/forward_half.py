@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import KernelConfig, cdiv, default_config, launch_split
+from .launch import cdiv, launch_split
+from .tuning import KernelConfig, default_config
 from .device import FOLD, MEXICAN_HAT
 from .staging import pack_edge_constants, plane_offsets, stage_transposed
 

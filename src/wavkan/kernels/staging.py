@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import cdiv
+from .launch import cdiv
 
 _BLOCK = 32
 HALF_MAX = tl.constexpr(65504.0)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cli import positive_int
 from .distributed import DistContext, all_reduce_sum, resolve_device
 
 __all__ = ["evaluate", "evaluate_checkpoint", "main", "EVAL_BATCH_SIZE"]
@@ -96,17 +97,6 @@ def evaluate_checkpoint(
     loss, acc = evaluate(model, data.test_x, data.test_y, batch_size)
     return {"test_loss": loss, "test_acc": acc, "samples": data.test_x.shape[0], "dataset": dataset,
             "epoch": state["epoch"]}
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:

@@ -13,8 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .checkpoint import atomic_write
-from .plotting import new_figure, save_png
+from ..files import atomic_write, new_figure, save_png
 
 __all__ = ["COLUMNS", "write_metrics_csv", "read_metrics_csv", "plot_curves"]
 

@@ -1,0 +1,210 @@
+"""``wavkan bench``: runs the levels the options ask for and writes the report (the package
+docstring, ``wavkan.bench``, says what is measured and how)."""
+
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+import torch
+
+from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
+from ..wavelets import WAVELETS
+from .protocol import (
+    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
+    OP_PROVIDERS, PASSES, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, ceiling_row,
+    eager_fits, make_row, network_evals, network_shape, parse_shape, percentile, recorded_rows,
+)
+from .report import format_report, plot_results, write_csv
+from .runners import CudaRunner, FakeRunner, _failure
+
+__all__ = ["main", "build_parser"]
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _log(row: dict) -> None:
+    msg = f"[{row['level']}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
+    if row["status"] == "ok" and row["median_ms"] is not None:
+        msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
+        if row["frac_ceiling"] is not None:
+            msg += f", {row['evals_per_s']:.3g} evals/s, {100 * row['frac_ceiling']:.1f}% of exp2 ceiling"
+        if row["peak_gb"] is not None:
+            msg += f", peak +{row['peak_gb']:.3g} GB"
+    else:
+        msg += f"{row['status']}" + (f" ({row['note']})" if row["note"] else "")
+    print(msg, flush=True)
+
+
+def _ceiling_rows(runner, given: Optional[float]) -> tuple:
+    """(row, ceiling in exp2/s) measured on the spot, or given, or the recorded one on failure."""
+    if given is not None:
+        return ceiling_row("given", given, note="--ceiling on the command line"), given
+    try:
+        n_exp, times = runner.measure_ceiling()
+    except Exception as exc:  # noqa: BLE001 - report, fall back to the recorded ceiling
+        status, note = _failure(exc, compiled=False)
+        note = f"{note}; %ceil uses the recorded {RECORDED_CEILING:.3g}/s"
+        return ceiling_row(runner.source, None, status=status, note=note), RECORDED_CEILING
+    ceiling = n_exp / (percentile(times, 50) * 1e-3)
+    row = ceiling_row(runner.source, ceiling, times_ms=times, n_exp=n_exp, note="wavkan.kernels.ceiling")
+    return row, ceiling
+
+
+def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling) -> list:
+    rows = []
+    for shape in shapes:
+        B, IN, OUT = shape
+        inputs = runner.op_inputs(shape, dtype_name)
+        for wavelet in wavelets:
+            for provider in providers:
+                base = dict(level="op", source=runner.source, provider=provider, wavelet=wavelet, dtype=dtype_name,
+                            B=B, IN=IN, OUT=OUT, evals=B * IN * OUT, ceiling=ceiling)  # fmt: skip
+                fwd, compile_failed = None, None
+                for mode in modes:
+                    if provider in HALF_ONLY and dtype_name == "fp32":
+                        rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="skipped",
+                                             note="fast_math applies to fp16/bf16 inputs"))  # fmt: skip
+                        _log(rows[-1])
+                        continue
+                    if provider == "reference-eager":
+                        fits, need = eager_fits(shape, DTYPE_BYTES[dtype_name], mode, runner.free_bytes())
+                        if not fits:
+                            rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="skipped",
+                                                 note=f"needs ~{need / GB:.0f} GB > free memory"))  # fmt: skip
+                            _log(rows[-1])
+                            continue
+                    if compile_failed is not None:
+                        rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="compile-failed",
+                                             note=compile_failed))  # fmt: skip
+                        _log(rows[-1])
+                        continue
+                    try:
+                        if fwd is None:
+                            fwd = runner.op_function(provider, wavelet)
+                        m = runner.measure_op(fwd, inputs, mode)
+                        note = ""
+                        if provider in HALF_ONLY and wavelet not in FAST_MATH_WAVELETS:
+                            note = f"fast_math does not apply to {wavelet}: the exact forward"
+                        elif provider in HALF_ONLY and B < FAST_MATH_MIN_ROWS:
+                            note = f"B < {FAST_MATH_MIN_ROWS}: fast_math runs the exact forward"
+                        elif provider in HALF_ONLY and mode == "forward":
+                            note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"
+                        row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
+                                       peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note)  # fmt: skip
+                    except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
+                        status, note = _failure(exc, compiled=provider in COMPILED)
+                        if status == "compile-failed":
+                            compile_failed = note
+                        row = make_row(**base, mode=mode, passes=PASSES[mode], status=status, note=note)
+                    finally:
+                        runner.release_grads(inputs)
+                        runner.cleanup()
+                    rows.append(row)
+                    _log(row)
+                fwd = None
+        del inputs
+        runner.cleanup()
+    return rows
+
+
+def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
+    rows = []
+    shape = network_shape(NET_WIDTHS, NET_BATCH)
+    evals = network_evals(NET_WIDTHS, NET_BATCH)
+    for wi, wavelet in enumerate(wavelets):
+        for provider in providers:
+            if provider == "mlp" and wi > 0:
+                continue  # no wavelet: once is enough
+            base = dict(level="network", source=runner.source, provider=provider,
+                        wavelet="" if provider == "mlp" else wavelet, dtype=dtype_name, shape=shape, B=NET_BATCH,
+                        IN=NET_WIDTHS[0], OUT=NET_WIDTHS[-1], evals=None if provider == "mlp" else evals,
+                        ceiling=ceiling)  # fmt: skip
+            model = None
+            try:
+                model = runner.network_model(provider, wavelet, dtype_name)
+                fwd, bwd = runner.measure_network(model, dtype_name)
+                new = [make_row(**base, mode=mode, times_ms=m.times_ms, peak_bytes=m.peak_bytes,
+                                peak_abs_bytes=m.peak_abs_bytes, first_call_s=m.first_call_s)
+                       for mode, m in (("forward", fwd), ("backward", bwd))]  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                status, note = _failure(exc, compiled=provider in COMPILED)
+                new = [make_row(**base, mode=mode, status=status, note=note) for mode in ("forward", "backward")]
+            finally:
+                model = None
+                runner.cleanup()
+            for row in new:
+                rows.append(row)
+                _log(row)
+    return rows
+
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog or "wavkan bench",
+        description="Benchmark the fused Wav-KAN op and network (CUDA GPU only): forward, backward and "
+        "full times, evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
+    )
+    p.add_argument("--out", default="bench-results", help="output folder for results.csv and plots (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a fast subset: shapes 256x1024x1024 and 4096x1024x1024, fewer reps")
+    p.add_argument("--level", choices=("all", "op", "network"), default="all", help="what to run (default: %(default)s)")
+    p.add_argument("--shape", type=parse_shape, action="append", metavar="BxINxOUT",
+                   help="op shape, repeatable; replaces the default B in {64,256,1024,4096} x 1024 x 1024")  # fmt: skip
+    p.add_argument("--wavelet", choices=(*WAVELETS, "all"), default="mexican_hat", help="default: %(default)s")
+    p.add_argument("--dtype", choices=tuple(DTYPES), nargs="+", default=["fp32"],
+                   help="one or more, each run in turn (default: fp32)")  # fmt: skip
+    p.add_argument("--mode", choices=MODES, nargs="+", default=list(MODES), help="op modes (default: all)")
+    p.add_argument("--provider", choices=OP_PROVIDERS, nargs="+", default=list(OP_PROVIDERS), help="op providers (default: all)")
+    p.add_argument("--net-provider", choices=NET_PROVIDERS, nargs="+", default=list(NET_PROVIDERS),
+                   help="network providers (default: all)")  # fmt: skip
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default: fill ~0.25 s, 10..200)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per row after the first (default: 3)")
+    p.add_argument("--ceiling", type=float, default=None, help="exp2/s to use instead of measuring it")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-recorded", action="store_true", help="leave out the recorded rows (benchmarks/RECORDED.md)")
+    # fake timings through the whole plumbing, for tests and CPU checks: not a benchmark
+    p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None, prog: Optional[str] = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print(NO_GPU_MESSAGE)
+        return 0
+    budget = QUICK_BUDGET if args.quick else Budget()
+    if args.reps is not None or args.warmup is not None:
+        budget = Budget(warmup=budget.warmup if args.warmup is None else args.warmup, target_s=budget.target_s,
+                        min_reps=budget.min_reps, max_reps=budget.max_reps, fixed_reps=args.reps)  # fmt: skip
+    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    wavelets = list(WAVELETS) if args.wavelet == "all" else [args.wavelet]
+    runner = FakeRunner(budget) if args.dry_run else CudaRunner(budget)
+    env = runner.environment()
+    if args.dry_run:
+        print("DRY RUN: made-up timings to check the CSV/plot/table plumbing; nothing is measured.")
+    print(f"wavkan bench on {env['gpu']}: torch {env['torch']}, triton {env['triton']}, cuda {env['cuda'] or '-'}")
+
+    ceiling_row, ceiling = _ceiling_rows(runner, args.ceiling)
+    _log(ceiling_row)
+    rows = [ceiling_row]
+    for dtype_name in dict.fromkeys(args.dtype):
+        if args.level in ("all", "op"):
+            rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, dtype_name, ceiling)
+        if args.level in ("all", "network"):
+            rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling)
+    if not args.no_recorded:
+        rows += [r for r in recorded_rows() if args.level == "all" or r["level"] in (args.level, "ceiling")]
+    for row in rows:
+        row.update(env if row["source"] != RECORDED_SOURCE else {"gpu": "NVIDIA H200 (recorded)", "date": "2026-11-28"})
+
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "results.csv")
+    write_csv(rows, csv_path)
+    plots = [] if args.no_plots else plot_results(rows, args.out)
+    print("\n" + format_report(rows))
+    print(f"\nwrote {csv_path}" + "".join(f"\nwrote {p}" for p in plots))
+    return 0

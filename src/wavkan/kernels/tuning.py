@@ -1,0 +1,115 @@
+"""Measured launch configurations: ``KernelConfig`` and the per-kernel tables.
+
+On the GPU the sizes come from the tables below (measured on an H200 with the sweep tools in
+benchmarks/; benchmarks/STATUS.md says what each reaches). Under Triton's interpreter (CPU
+tensors) one big-tile config is used: the interpreter is slow per operation, not per element.
+How a config's reduction loop is split across programs is ``launch.py``'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+SPLIT_RULES = ("fill", "balance")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes, warps and the split of the reduction loop across programs.
+
+    ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
+    (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
+    launcher pick the number of programs that share one tile's reduction loop, by
+    ``split_rule`` (below); under "fill", ``programs_per_sm`` is the figure used where the
+    programs one SM holds cannot be measured (the interpreter). ``unroll`` applies to the Gaussian
+    wavelets only (``loop_unroll``). ``prefetch``
+    issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
+    unroll factor (more independent evaluations in flight per thread). In the packed-half
+    forward ``unroll`` must divide its 16-step chunk, and ``poly_steps`` of every ``unroll``
+    steps take the exponential as a polynomial on the FMA pipe instead of the MUFU.
+    ``split_rule`` picks the automatic split: "fill" (``choose_split``: one wave of the
+    resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM);
+    ``balance_min_steps`` is the least loop share of a split program under "balance" once the
+    tiles fill the SMs (the parameter pass takes more than the others: each of its splits
+    writes three partial planes). The shipped configs use "balance", except the packed-half
+    forward's ("fill"); a config built by hand gets "fill" unless it says otherwise.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+    split: Optional[int] = None
+    programs_per_sm: int = 4
+    prefetch: bool = True
+    unroll: int = 1
+    maxnreg: Optional[int] = None
+    poly_steps: int = 0
+    split_rule: str = "fill"
+    balance_min_steps: int = 128
+
+    def __post_init__(self):
+        if self.split_rule not in SPLIT_RULES:
+            raise ValueError(f"split_rule must be one of {', '.join(SPLIT_RULES)}, got {self.split_rule!r}")
+
+    def launch_options(self) -> dict:
+        """Triton's launch options for this config (``maxnreg`` only when set: it caps the
+        registers per thread, which trades spills for programs per SM)."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg is not None:
+            opts["maxnreg"] = self.maxnreg
+        return opts
+
+    def with_split(self, split: int) -> "KernelConfig":
+        return replace(self, split=split)
+
+
+# From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v5): per kernel,
+# (smallest row count, config), largest first. Unrolling the main loop (more independent
+# evaluations in flight) paid everywhere: the kernels are latency-bound at 2-4 programs per SM
+# (ncu: 0.9 eligible warps per scheduler), not issue-bound. The 128-row forward tile needs
+# B >= 128. The backward's from benchmarks/residency_sweep.py (v9): 8 warps over twice the
+# tile, capped at 128 registers (2 programs of 8 warps per SM; the Gaussian wavelets' spills
+# stay outside the main loop), beat 4 warps at 168 registers for every wavelet; for grad_x
+# only from 128 to 2047 rows (3-26% faster at 256 rows; 1-2% slower at 4096, 3% at 64). The
+# parameter pass splits from 1024 rows (8-9% faster at 2048-4096 rows); below, a split's three
+# partial planes cost more than it gains (155 -> 178 us at 256 rows in 2).
+_GPU = {
+    "fwd": (
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance")),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+    ),
+    "bwd_dx": (
+        (2048, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+        (128, KernelConfig(64, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128, split_rule="balance")),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+    ),
+    "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128,
+                                     split_rule="balance", balance_min_steps=512)),),
+    # The packed-half forward (forward_half.py): block_n counts output pairs; groups of 8
+    # unrolled steps, 3 of them with the polynomial exponential (v6 sweep: 1.22 ms at 4096,
+    # 1.32 ms with none; a whole 16-step chunk unrolled at 128 x 32 pairs, 1.74 ms).
+    # wavkan.ops runs it from 1024 rows only, so one config serves.
+    "fwd_half": ((0, KernelConfig(128, 16, num_warps=4, num_stages=1, unroll=8, poly_steps=3)),),
+}
+_INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
+
+
+def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConfig:
+    """The measured best config of kernel ``kind`` for ``rows`` rows of x (B)."""
+    if device.type != "cuda":
+        return _INTERPRETER
+    return next(cfg for min_rows, cfg in _GPU[kind] if rows >= min_rows)
+
+
+# Wavelets whose loops take ``KernelConfig.unroll``: the Gaussian ones (one exp2 and a few fp32
+# operations per evaluation) were measured faster unrolled; the trigonometric ones are long
+# already, and unrolling them multiplies their compile time.
+UNROLLED_WAVELETS = frozenset({0, 2})  # mexican_hat, dog
+
+
+def loop_unroll(cfg: KernelConfig, wavelet_code: int) -> int:
+    return cfg.unroll if wavelet_code in UNROLLED_WAVELETS else 1
