@@ -88,6 +88,19 @@ def _check_triton_shape(scale: Tensor) -> None:
 
 
 def _check_inputs(x, scale, translation, weights) -> None:
+    # The common case in one expression (an eager call pays for every check it makes);
+    # anything off goes to _explain_inputs, which names what was expected.
+    if (isinstance(x, Tensor) and isinstance(scale, Tensor) and isinstance(translation, Tensor)
+            and isinstance(weights, Tensor) and x.dtype in _FLOAT_DTYPES and scale.dtype in _FLOAT_DTYPES
+            and translation.dtype in _FLOAT_DTYPES and weights.dtype in _FLOAT_DTYPES and scale.dim() == 2
+            and translation.shape == scale.shape and weights.shape == scale.shape and scale.numel() > 0
+            and x.dim() >= 1 and x.shape[-1] == scale.shape[1]
+            and x.device == scale.device == translation.device == weights.device):  # fmt: skip
+        return
+    _explain_inputs(x, scale, translation, weights)
+
+
+def _explain_inputs(x, scale, translation, weights) -> None:
     named = (("x", x), ("scale", scale), ("translation", translation), ("wavelet_weights", weights))
     for name, t in named:
         if not isinstance(t, Tensor):
@@ -103,6 +116,7 @@ def _check_inputs(x, scale, translation, weights) -> None:
             raise ValueError(f"{name} must have the shape of scale {tuple(scale.shape)}, got {tuple(t.shape)}")
     if x.dim() < 1 or x.shape[-1] != scale.shape[1]:
         raise ValueError(f"x must have shape (..., in_features={scale.shape[1]}), got {tuple(x.shape)}")
+    raise AssertionError("_check_inputs refused inputs that _explain_inputs accepts")  # the two disagree: a bug
 
 
 # --- the op, once per backend ------------------------------------------------------------
@@ -123,16 +137,20 @@ def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str) -> bo
     return not x.is_cuda or _has_packed_half(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """``wavkan.kernels``, imported on the first Triton call (it imports Triton)."""
+    from . import kernels
+
+    return kernels
+
+
 def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,
                   fast_math: bool = False):  # fmt: skip
-    if uses_fast_math(fast_math, backend, x, wavelet):
-        from .kernels import wavkan_fwd_half
-
-        return wavkan_fwd_half(x, scale, translation, weights, get_wavelet(wavelet))
     if backend == "triton":
-        from .kernels import wavkan_fwd
-
-        return wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
+        if fast_math and uses_fast_math(fast_math, backend, x, wavelet):
+            return _kernels().wavkan_fwd_half(x, scale, translation, weights, get_wavelet(wavelet))
+        return _kernels().wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
     return reference.reference_forward(x, scale, translation, weights, wavelet)
 
 
@@ -140,9 +158,7 @@ def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: 
     """(grad_x, grad_scale, grad_translation, grad_weights), None where not needed: grad_x and
     the parameter gradients are separate passes, each skipped when nothing asks for it."""
     if backend == "triton":
-        from .kernels import wavkan_bwd
-
-        return wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet), need_x, need_params)
+        return _kernels().wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet), need_x, need_params)
     return reference.reference_backward(grad, x, scale, translation, weights, wavelet,
                                         need_x=need_x, need_params=need_params)  # fmt: skip
 
@@ -260,8 +276,10 @@ def wavkan_linear(
     out_features, in_features = scale.shape
     if wav.window is not None:
         wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
-    lead = x.shape[:-1]
     op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
-    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen,
-           check_fast_math(fast_math))  # fmt: skip
+    fast_math = check_fast_math(fast_math)
+    if x.dim() == 2:  # no reshapes: each costs host time on the eager path
+        return op(x, scale, translation, wavelet_weights, wav.name, chosen, fast_math)
+    lead = x.shape[:-1]
+    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen, fast_math)
     return y.reshape(*lead, out_features)

@@ -29,36 +29,37 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, launch_split, plan_split
-from .tuning import KernelConfig, default_config, loop_unroll
 from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .partials import sum_partials
-from .staging import pack_edge_constants, plane_offsets, stage_rows, stage_transposed
+from .launch import DirectLauncher, balanced_plan, cdiv, stream_key, tile_counters
+from .partials import split_arrive, split_sum
+from .staging import cached_edge_pack, plane_offsets
+from .tuning import KernelConfig, default_config, loop_unroll
 
 
 @triton.jit
-def _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i):
-    """Step o's operands: g[:, o] (BLOCK_B, from the transposed staging) and packed row o
-    [k/s, t, D w/s] (BLOCK_IN). Both are padded to whole tiles: unmasked, aligned loads."""
+def _dx_operands(g_ptr, stride_go, pack_ptr, o, IN_PAD, PLANE, PLANE2, g_rows, offs_i):
+    """Step o's operands: g[:, o] (BLOCK_B, read in place) and packed row o [k/s, t, D w/s]
+    (BLOCK_IN, padded to whole tiles: unmasked, aligned loads)."""
     ol = tl.cast(o, tl.int64)
     edge = pack_ptr + ol * IN_PAD + offs_i
-    return tl.load(gt_ptr + ol * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
+    g = tl.load(g_ptr + g_rows + ol * stride_go).to(tl.float32)
+    return g, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
 @triton.jit
-def _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o):
-    """Step b's operands: x[b, i-tile] and g[b, o-tile] from fp32 rows padded to whole tiles."""
+def _dparams_operands(x_ptr, g_ptr, b, stride_xb, stride_gb, x_cols, g_cols):
+    """Step b's operands: x[b, i-tile] and g[b, o-tile], read in place."""
     bl = tl.cast(b, tl.int64)
-    return tl.load(xs_ptr + bl * IN_PAD + offs_i), tl.load(gs_ptr + bl * OUT_PAD + offs_o)
+    return (tl.load(x_ptr + bl * stride_xb + x_cols).to(tl.float32),
+            tl.load(g_ptr + bl * stride_gb + g_cols).to(tl.float32))
 
 
-@triton.jit(do_not_specialize=["stride_dk", "OUT_PER_SPLIT"])  # as the forward's
+@triton.jit(do_not_specialize=["SPLIT", "OUT_PER_SPLIT"])  # as the forward's
 def _wavkan_bwd_dx_kernel(
-    x_ptr, gt_ptr, pack_ptr, dx_ptr,
-    B, IN, OUT, B_PAD, IN_PAD, PLANE, PLANE2,
-    stride_xb, stride_xi,
-    stride_dk, stride_db,
-    OUT_PER_SPLIT,
+    x_ptr, g_ptr, pack_ptr, dx_ptr, part_ptr, counter_ptr,
+    B, IN, OUT, IN_PAD, PLANE, PLANE2,
+    stride_xb, stride_xi, stride_gb, stride_go, stride_db, stride_di,
+    SPLIT, OUT_PER_SPLIT,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
@@ -67,42 +68,51 @@ def _wavkan_bwd_dx_kernel(
     pid_k = tl.program_id(2)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_i = pid_i * BLOCK_IN + tl.arange(0, BLOCK_IN)
-    mask_b = offs_b < B
-    mask_i = offs_i < IN
-    rows = offs_b.to(tl.int64)
-    cols = offs_i.to(tl.int64)
-    x = tl.load(
-        x_ptr + rows[:, None] * stride_xb + cols[None, :] * stride_xi,
-        mask=mask_b[:, None] & mask_i[None, :], other=0.0,
-    ).to(tl.float32)
+    mask = (offs_b < B)[:, None] & (offs_i < IN)[None, :]
+    rows = offs_b[:, None].to(tl.int64)
+    cols = offs_i[None, :].to(tl.int64)
+    x = tl.load(x_ptr + rows * stride_xb + cols * stride_xi, mask=mask, other=0.0).to(tl.float32)
+    # g read in place, a column per step; rows past B re-read row B - 1 (never stored).
+    g_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_gb
 
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
     acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
-    g_next, a_next, t_next, ws_next = _dx_operands(gt_ptr, pack_ptr, o_start, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
+    g_next, a_next, t_next, ws_next = _dx_operands(g_ptr, stride_go, pack_ptr, o_start, IN_PAD, PLANE, PLANE2, g_rows, offs_i)
     for o in tl.range(o_start, o_end, loop_unroll_factor=UNROLL):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             g, a, t, w_over_s = g_next, a_next, t_next, ws_next
             g_next, a_next, t_next, ws_next = _dx_operands(
-                gt_ptr, pack_ptr, tl.minimum(o + 1, o_end - 1), B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
+                g_ptr, stride_go, pack_ptr, tl.minimum(o + 1, o_end - 1), IN_PAD, PLANE, PLANE2, g_rows, offs_i)
         else:
-            g, a, t, w_over_s = _dx_operands(gt_ptr, pack_ptr, o, B_PAD, IN_PAD, PLANE, PLANE2, offs_b, offs_i)
+            g, a, t, w_over_s = _dx_operands(g_ptr, stride_go, pack_ptr, o, IN_PAD, PLANE, PLANE2, g_rows, offs_i)
         zs = (x - t[None, :]) * a[None, :]  # k z, exactly 0 where x == t
         _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
-    dx_ptrs = dx_ptr + pid_k.to(tl.int64) * stride_dk + rows[:, None] * stride_db + cols[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_i[None, :])
+    dx_ptrs = dx_ptr + rows * stride_db + cols * stride_di
+    if SPLIT == 1:
+        tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    else:
+        part_offs = rows * IN + cols
+        stride_part = B.to(tl.int64) * IN
+        tl.store(part_ptr + pid_k.to(tl.int64) * stride_part + part_offs, acc, mask=mask)
+        tile = pid_b * tl.num_programs(1) + pid_i
+        if split_arrive(counter_ptr, tile, SPLIT):
+            total = split_sum(tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32), part_ptr, part_offs, stride_part, mask, SPLIT)
+            tl.store(dx_ptrs, total.to(dx_ptr.dtype.element_ty), mask=mask)
+            tl.store(counter_ptr + tile, 0)
 
 
-@triton.jit(do_not_specialize=["stride_dk", "ROWS_PER_SPLIT"])
+@triton.jit(do_not_specialize=["SPLIT", "ROWS_PER_SPLIT"])
 def _wavkan_bwd_dparams_kernel(
-    xs_ptr, gs_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr,
-    B, IN, OUT, IN_PAD, OUT_PAD,
+    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr, part_ptr, counter_ptr,
+    B, IN, OUT,
+    stride_xb, stride_xi, stride_gb, stride_go,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
-    stride_dk, stride_do,
-    ROWS_PER_SPLIT, z_scale, psi_scale, dpsi_scale,
-    FINAL: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    SPLIT, ROWS_PER_SPLIT, z_scale, psi_scale, dpsi_scale,
+    WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -122,19 +132,23 @@ def _wavkan_bwd_dparams_kernel(
         shift = t  # kz = (x - t) a: exactly 0 where x == t, like the reference (these branch at 0)
     else:
         shift = -t * a  # kz = x a - t a: one FFMA; the wavelet is smooth at 0
+    # x and g read in place, a row per step; columns past in / out re-read the last one
+    # (their sums are never stored), so the loop's loads need no mask.
+    x_cols = tl.minimum(offs_i, IN - 1).to(tl.int64) * stride_xi
+    g_cols = tl.minimum(offs_o, OUT - 1).to(tl.int64) * stride_go
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
     acc_w = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_q = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     acc_qz = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
-    x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, b_start, IN_PAD, OUT_PAD, offs_i, offs_o)
+    x_next, g_next = _dparams_operands(x_ptr, g_ptr, b_start, stride_xb, stride_gb, x_cols, g_cols)
     for b in tl.range(b_start, b_end, loop_unroll_factor=UNROLL):
         if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
             xr, g = x_next, g_next
-            x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, tl.minimum(b + 1, b_end - 1), IN_PAD, OUT_PAD, offs_i, offs_o)
+            x_next, g_next = _dparams_operands(x_ptr, g_ptr, tl.minimum(b + 1, b_end - 1), stride_xb, stride_gb, x_cols, g_cols)
         else:
-            xr, g = _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o)
+            xr, g = _dparams_operands(x_ptr, g_ptr, b, stride_xb, stride_gb, x_cols, g_cols)
         if WAVELET == MEYER or WAVELET == SHANNON:
             zs = (xr[None, :] - shift) * a
         else:
@@ -144,95 +158,110 @@ def _wavkan_bwd_dparams_kernel(
         acc_q += g_dpsi
         acc_qz += g_dpsi_zs
 
-    dst = pid_k.to(tl.int64) * stride_dk + o * stride_do + i
-    if FINAL:
+    last = SPLIT == 1
+    if SPLIT > 1:
+        # Partials (SPLIT, 3, OUT, IN) fp32; the tile's last program sums them, then applies
+        # the epilogue below.
+        plane = OUT.to(tl.int64) * IN
+        part_offs = o * IN + i
+        stride_part = 3 * plane
+        base = part_ptr + pid_k.to(tl.int64) * stride_part + part_offs
+        tl.store(base, acc_w, mask=mask)
+        tl.store(base + plane, acc_q, mask=mask)
+        tl.store(base + 2 * plane, acc_qz, mask=mask)
+        tile = pid_o * tl.num_programs(1) + pid_i
+        last = split_arrive(counter_ptr, tile, SPLIT)
+        if last:
+            zero = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+            acc_w = split_sum(zero, part_ptr, part_offs, stride_part, mask, SPLIT)
+            acc_q = split_sum(zero, part_ptr + plane, part_offs, stride_part, mask, SPLIT)
+            acc_qz = split_sum(zero, part_ptr + 2 * plane, part_offs, stride_part, mask, SPLIT)
+            tl.store(counter_ptr + tile, 0)
+    if last:
         # grad_w = P sum g psi'; grad_t = -(w D / s) sum g dpsi'; grad_s = grad_t's factor times
         # sum g dpsi' z = sum g dpsi' zs / k.
         w = tl.load(w_ptr + o * stride_wo + i * stride_wi, mask=mask, other=0.0).to(tl.float32)
         wd = w * inv_s * -dpsi_scale
+        dst = o * IN + i
         tl.store(dw_ptr + dst, (acc_w * psi_scale).to(dw_ptr.dtype.element_ty), mask=mask)
         tl.store(dt_ptr + dst, (wd * acc_q).to(dt_ptr.dtype.element_ty), mask=mask)
         tl.store(ds_ptr + dst, (wd * (acc_qz / z_scale)).to(ds_ptr.dtype.element_ty), mask=mask)
+
+
+_LAUNCH_DX = DirectLauncher(_wavkan_bwd_dx_kernel, own=("pack_ptr", "dx_ptr", "part_ptr", "counter_ptr"))
+_LAUNCH_DPARAMS = DirectLauncher(
+    _wavkan_bwd_dparams_kernel, own=("ds_ptr", "dt_ptr", "dw_ptr", "part_ptr", "counter_ptr"))
+
+
+def _meta(cfg: KernelConfig, wavelet, device, block_names: tuple) -> dict:
+    return dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
+                UNROLL=loop_unroll(cfg, wavelet.code), **dict(zip(block_names, (cfg.block_m, cfg.block_n))),
+                **cfg.launch_options())
+
+
+def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
+    """grad_x: (B, in) in x's dtype, for grad = dL/dy (B, out); any strides. One launch."""
+    B, IN = x.shape
+    OUT = scale.shape[0]
+    device = x.device
+    dx = torch.empty((B, IN), dtype=x.dtype, device=device)
+    if B == 0:
+        return dx
+    cfg = config or default_config("bwd_dx", device, B)
+    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
+    stream = stream_key(device)
+    z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
+    pack = cached_edge_pack(scale, translation, weights, in_pad, True, z_scale, dpsi_scale, stream)
+    tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
+    split, per_split = balanced_plan(tiles[0] * tiles[1], OUT, device, cfg)
+    if split == 1:
+        part, counters = dx, dx
     else:
-        tl.store(dw_ptr + dst, acc_w, mask=mask)
-        tl.store(dt_ptr + dst, acc_q, mask=mask)
-        tl.store(ds_ptr + dst, acc_qz, mask=mask)
+        part = torch.empty((split, B, IN), dtype=torch.float32, device=device)
+        counters = tile_counters(device, tiles[0] * tiles[1], stream)
+    plane1, plane2 = plane_offsets(pack)
+    _LAUNCH_DX(
+        device,
+        (tiles[0], tiles[1], split),
+        (x, grad, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
+         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1), split, per_split),
+        _meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")),
+    )
+    return dx
+
+
+def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
+    """(grad_scale, grad_translation, grad_weights), each (out, in) contiguous in its
+    parameter's dtype. One launch."""
+    B, IN = x.shape
+    OUT = scale.shape[0]
+    device = x.device
+    if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
+        return tuple(torch.zeros(p.shape, dtype=p.dtype, device=device) for p in (scale, translation, weights))
+    cfg = config or default_config("bwd_dparams", device, B)
+    tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
+    split, per_split = balanced_plan(tiles[0] * tiles[1], B, device, cfg)
+    ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))
+    if split == 1:
+        part, counters = ds, ds
+    else:
+        part = torch.empty((split, 3, OUT, IN), dtype=torch.float32, device=device)
+        counters = tile_counters(device, tiles[0] * tiles[1], stream_key(device))
+    z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
+    _LAUNCH_DPARAMS(
+        device,
+        (tiles[0], tiles[1], split),
+        (x, grad, scale, translation, weights, ds, dt, dw, part, counters, B, IN, OUT,
+         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), *_param_strides(scale, translation, weights),
+         split, per_split, z_scale, psi_scale, dpsi_scale),
+        _meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")),
+    )
+    return ds, dt, dw
 
 
 def _param_strides(scale, translation, weights):
     return (scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
             weights.stride(0), weights.stride(1))
-
-
-def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
-    """grad_x: (B, in) in x's dtype, for grad = dL/dy (B, out)."""
-    B, IN = x.shape
-    OUT = scale.shape[0]
-    dx = torch.empty((B, IN), dtype=x.dtype, device=x.device)
-    if B == 0:
-        return dx
-    cfg = config or default_config("bwd_dx", x.device, B)
-    b_pad = cdiv(B, cfg.block_m) * cfg.block_m
-    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
-    gt = stage_transposed(grad, b_pad)
-    pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
-    meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
-        BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
-    )
-
-    def args(out, stride_dk, per_split):
-        return (x, gt, pack, out, B, IN, OUT, b_pad, in_pad, *plane_offsets(pack), x.stride(0), x.stride(1), stride_dk, IN, per_split)
-
-    tiles = (b_pad // cfg.block_m, in_pad // cfg.block_n)
-    return launch_split(_wavkan_bwd_dx_kernel, tiles, OUT, args, meta, dx, cfg)
-
-
-def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
-    """(grad_scale, grad_translation, grad_weights), each (out, in) in its parameter's dtype."""
-    B, IN = x.shape
-    OUT = scale.shape[0]
-    if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
-        return tuple(torch.zeros_like(p) for p in (scale, translation, weights))
-    cfg = config or default_config("bwd_dparams", x.device, B)
-    out_pad = cdiv(OUT, cfg.block_m) * cfg.block_m
-    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
-    xs = stage_rows(x, in_pad)
-    gs = stage_rows(grad, out_pad)
-    meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
-        BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
-    )
-    ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))
-
-    def args(ds, dt, dw, stride_dk, per_split):
-        return (xs, gs, scale, translation, weights, ds, dt, dw, B, IN, OUT, in_pad, out_pad,
-                *_param_strides(scale, translation, weights), stride_dk, IN, per_split, z_scale, psi_scale, dpsi_scale)
-
-    tiles = (out_pad // cfg.block_m, in_pad // cfg.block_n)
-    split, per_split = plan_split(
-        _wavkan_bwd_dparams_kernel, tiles, B, args(ds, dt, dw, 0, B), dict(meta, FINAL=True), x.device, cfg)
-    if split == 1:
-        _wavkan_bwd_dparams_kernel[(*tiles, 1)](*args(ds, dt, dw, 0, per_split), FINAL=True, **meta)
-        return ds, dt, dw
-    # Each split writes its three planes [sum g psi', sum g dpsi', sum g dpsi' zs] as one
-    # (3, out, in) partial; one fixed-order sum adds them, then the epilogue the unsplit
-    # kernel applies in registers. The unsplit outputs go first: their memory serves the partials.
-    del ds, dt, dw
-    partials = torch.empty((split, 3, OUT, IN), dtype=torch.float32, device=x.device)
-    _wavkan_bwd_dparams_kernel[(*tiles, split)](
-        *args(partials[0, 2], partials[0, 1], partials[0, 0], 3 * OUT * IN, per_split), FINAL=False, **meta)
-    sums = torch.empty((3, OUT, IN), dtype=torch.float32, device=x.device)
-    sum_partials(partials, sums)
-    sum_w, sum_q, sum_qz = sums
-    wd = weights.float() * scale.float().reciprocal() * -dpsi_scale
-    return (
-        (wd * (sum_qz / z_scale)).to(scale.dtype),
-        (wd * sum_q).to(translation.dtype),
-        (sum_w * psi_scale).to(weights.dtype),
-    )
 
 
 def wavkan_bwd(grad, x, scale, translation, weights, wavelet, need_x: bool = True, need_params: bool = True):

@@ -4,24 +4,22 @@
 One program owns a (BLOCK_B, BLOCK_OUT) tile of y in fp32 registers and walks its share of
 the ``in`` loop: per step it loads one column of x (BLOCK_B) and one row of each packed edge
 constant (BLOCK_OUT), then does one wavelet evaluation per tile element. Nothing of size
-B x out x in exists. SPLIT programs may share a tile's ``in`` loop (``config.balanced_split``:
-to fill the SMs at small B, to balance them over several waves at large B, at most 4 splits
-there) and write fp32 partials that are summed in a fixed order afterwards (deterministic, no
-atomics).
+B x out x in exists. SPLIT programs may share a tile's ``in`` loop (``launch.balanced_plan``:
+to fill the SMs at small B, to balance them over several waves at large B); they write fp32
+partials that the tile's last program sums in a fixed order (``partials.split_arrive``):
+deterministic, and one launch per call.
 
-Both operands are staged once per call so that the loop body is only wide, unmasked,
-aligned loads and arithmetic:
+- x is read in place (any strides and float dtype), one column per step; a row's cache line
+  serves the next steps of that row from L1.
+- the edge constants are a (3, in, OUT_PAD) fp32 pack [k/s, -k t/s, w m] (zero weight in
+  the padding), so the inner step needs no division, packed once per parameter change
+  (``staging.cached_edge_pack``); (k, m) = ``device.FOLD[wavelet]`` fold the Gaussian's
+  log2(e)/2 and the wavelet's constant factor into the edge, so that mexican_hat costs one
+  MUFU.EX2 and a few fp32 instructions per evaluation (its weight enters as two per-column
+  factors: ``device.wavelet_weighted_psi``).
 
-- x goes to an fp32 (in, B_PAD) buffer, transposed and zero-padded to whole tiles (any input
-  dtype and strides are handled here, once, instead of per step);
-- the edge constants go to a (3, in, OUT_PAD) fp32 buffer [k/s, -k t/s, w m] (zero weight in
-  the padding), so the inner step needs no division; (k, m) = ``device.FOLD[wavelet]`` fold
-  the Gaussian's log2(e)/2 and the wavelet's constant factor into the edge, so that
-  mexican_hat costs one MUFU.EX2 and four fp32 instructions per evaluation (its weight
-  enters as two per-column factors: ``device.wavelet_weighted_psi``).
-
-Both buffers are O(B in + out in), and a split's partials at most 4 x y's size in fp32 at
-large B (more only where y is small: fewer tiles than SMs); all are freed on return.
+The host side is one launch (``launch.DirectLauncher``) and two allocations (y, and the
+partials when split): the eager call's host time is what a user pays per layer at small B.
 """
 
 from __future__ import annotations
@@ -30,29 +28,30 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, launch_split
-from .tuning import KernelConfig, default_config, loop_unroll
 from .device import FOLD, wavelet_weighted_psi
-from .staging import pack_edge_constants, plane_offsets, stage_transposed
+from .launch import DirectLauncher, balanced_plan, cdiv, stream_key, tile_counters
+from .partials import split_arrive, split_sum
+from .staging import cached_edge_pack, plane_offsets
+from .tuning import KernelConfig, default_config, loop_unroll
 
 
 @triton.jit
-def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o):
-    """Step i's operands: x[:, i] (BLOCK_B) and row i of the three edge planes (BLOCK_OUT)."""
+def _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o):
+    """Step i's operands: x[:, i] (BLOCK_B, read in place) and row i of the three edge planes
+    (BLOCK_OUT)."""
     row = tl.cast(i, tl.int64)
     edge = pack_ptr + row * OUT_PAD + offs_o
-    return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
+    x = tl.load(x_ptr + x_rows + row * stride_xi).to(tl.float32)
+    return x, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
-# The split's ints are not specialised on, so that one binary serves every split (and, for
-# configs with the "fill" rule, the compile ahead of the first launch in
-# config.resident_programs is the launch's binary).
-@triton.jit(do_not_specialize=["stride_yk", "IN_PER_SPLIT"])
+# The split's ints are not specialised on, so that one binary serves every split.
+@triton.jit(do_not_specialize=["SPLIT", "IN_PER_SPLIT"])
 def _wavkan_fwd_kernel(
-    xt_ptr, pack_ptr, y_ptr,
-    B, IN, OUT, B_PAD, OUT_PAD, PLANE, PLANE2,
-    stride_yk, stride_yb,
-    IN_PER_SPLIT,
+    x_ptr, pack_ptr, y_ptr, part_ptr, counter_ptr,
+    B, IN, OUT, OUT_PAD, PLANE, PLANE2,
+    stride_xb, stride_xi, stride_yb, stride_yo,
+    SPLIT, IN_PER_SPLIT,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
@@ -61,51 +60,78 @@ def _wavkan_fwd_kernel(
     pid_k = tl.program_id(2)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_o = pid_o * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
+    # x is read in place, any strides and dtype: rows past B re-read row B - 1 (their results
+    # are never stored), so the loop's loads need no mask; the packed planes are padded to
+    # whole tiles of out, so theirs need none either.
+    x_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_xb
     i_start = pid_k * IN_PER_SPLIT
     i_end = tl.minimum(i_start + IN_PER_SPLIT, IN)
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
-    # Row offsets in 64 bits (in * B_PAD can pass 2^31); both pads are whole tiles, so the
-    # loads need no mask and stay 16-byte aligned.
-    x_next, a_next, c_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
+    x_next, a_next, c_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
     for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
             x, a, c, w = x_next, a_next, c_next, w_next
             x_next, a_next, c_next, w_next = _fwd_operands(
-                xt_ptr, pack_ptr, tl.minimum(i + 1, i_end - 1), B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
+                x_ptr, stride_xi, pack_ptr, tl.minimum(i + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
         else:
-            x, a, c, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
+            x, a, c, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
         z = x[:, None] * a[None, :] + c[None, :]
         acc += wavelet_weighted_psi(z, w[None, :], WAVELET, FAST)
 
-    mask_b = offs_b < B
-    mask_o = offs_o < OUT
-    y_ptrs = y_ptr + pid_k.to(tl.int64) * stride_yk + offs_b[:, None].to(tl.int64) * stride_yb + offs_o[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_o[None, :])
+    mask = (offs_b < B)[:, None] & (offs_o < OUT)[None, :]
+    rows = offs_b[:, None].to(tl.int64)
+    cols = offs_o[None, :].to(tl.int64)
+    y_ptrs = y_ptr + rows * stride_yb + cols * stride_yo
+    if SPLIT == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Partials (SPLIT, B, OUT) fp32; the last program of the tile sums them into y.
+        part_offs = rows * OUT + cols
+        stride_part = B.to(tl.int64) * OUT
+        tl.store(part_ptr + pid_k.to(tl.int64) * stride_part + part_offs, acc, mask=mask)
+        tile = pid_b * tl.num_programs(1) + pid_o
+        if split_arrive(counter_ptr, tile, SPLIT):
+            total = split_sum(tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32), part_ptr, part_offs, stride_part, mask, SPLIT)
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(counter_ptr + tile, 0)
+
+
+_LAUNCH = DirectLauncher(_wavkan_fwd_kernel, own=("pack_ptr", "y_ptr", "part_ptr", "counter_ptr"))
 
 
 def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | None = None) -> torch.Tensor:
     """Fused forward. x: (B, in), any strides and float dtype; scale, translation, weights:
-    (out, in). Returns y: (B, out) in x's dtype, accumulated in fp32."""
+    (out, in). Returns y: (B, out) in x's dtype, accumulated in fp32. One launch: the edge
+    constants come packed from the cache (``staging.cached_edge_pack``), x is read in place,
+    and a split's partials are summed by the kernel itself."""
     B, IN = x.shape
     OUT = scale.shape[0]
-    y = torch.empty((B, OUT), dtype=x.dtype, device=x.device)
+    device = x.device
+    y = torch.empty((B, OUT), dtype=x.dtype, device=device)
     if B == 0:
         return y
-    cfg = config or default_config("fwd", x.device, B)
-    b_pad = cdiv(B, cfg.block_m) * cfg.block_m
+    cfg = config or default_config("fwd", device, B)
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
-    xt = stage_transposed(x, b_pad)
+    stream = stream_key(device)
     z_scale, w_scale = FOLD[wavelet.code]
-    pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
-    meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
-        BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n, **cfg.launch_options(),
+    pack = cached_edge_pack(scale, translation, weights, out_pad, False, z_scale, w_scale, stream)
+    tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
+    split, per_split = balanced_plan(tiles[0] * tiles[1], IN, device, cfg)
+    if split == 1:
+        part, counters = y, y
+    else:
+        part = torch.empty((split, B, OUT), dtype=torch.float32, device=device)
+        counters = tile_counters(device, tiles[0] * tiles[1], stream)
+    plane1, plane2 = plane_offsets(pack)
+    _LAUNCH(
+        device,
+        (tiles[0], tiles[1], split),
+        (x, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
+         x.stride(0), x.stride(1), y.stride(0), y.stride(1), split, per_split),
+        dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
+             UNROLL=loop_unroll(cfg, wavelet.code), BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+             **cfg.launch_options()),
     )
-
-    def args(out, stride_yk, in_per_split):
-        return (xt, pack, out, B, IN, OUT, b_pad, out_pad, *plane_offsets(pack), stride_yk, OUT, in_per_split)
-
-    tiles = (b_pad // cfg.block_m, out_pad // cfg.block_n)
-    return launch_split(_wavkan_fwd_kernel, tiles, IN, args, meta, y, cfg)
+    return y

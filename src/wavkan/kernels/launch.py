@@ -150,3 +150,126 @@ def launch_split(kernel, tiles: tuple, loop_len: int, args, meta: dict, dst: tor
     if split > 1:
         sum_partials(out, dst)
     return dst
+
+
+# --- one launch per pass: the split reduced inside the kernel, the binary launched directly ----
+
+
+def balanced_plan(tiles: int, loop_len: int, device: torch.device, cfg: KernelConfig) -> tuple:
+    """(split, per_split) under the "balance" rule (``balanced_split``), for the kernels that
+    reduce their split in-kernel (``store_or_reduce``): pure arithmetic, nothing compiled."""
+    split = balanced_split(tiles, loop_len, device, cfg.split, cfg.balance_min_steps)
+    per_split = cdiv(loop_len, split)
+    return cdiv(loop_len, per_split), per_split
+
+
+# Tile arrival counters, one zeroed int32 buffer per (device, stream): the last program of a
+# split tile resets its counter to 0, so the buffer stays zero between launches without a
+# memset. Launches on one stream run in order, so they can share it; another stream gets its
+# own. Under CUDA-graph capture a buffer is allocated (and zeroed) inside the graph instead:
+# a cached one would be shared by the graph's replays and the eager launches around them.
+_COUNTERS: dict = {}
+_MIN_COUNTERS = 4096
+
+
+def tile_counters(device: torch.device, tiles: int, stream_key) -> torch.Tensor:
+    """A zeroed int32 buffer of at least ``tiles`` counters for launches on ``stream_key``."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(tiles, dtype=torch.int32, device=device)
+    key = (device, stream_key)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < tiles:
+        buf = torch.zeros(max(tiles, _MIN_COUNTERS), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+class DirectLauncher:
+    """Launches one ``triton.jit`` kernel, skipping the JIT's per-call argument binding.
+
+    ``kernel[grid](*args, **meta)`` binds every argument and computes its specialisation
+    key in Python on each call, which costs more host time than the launch itself. The first
+    launch for a (meta, specialisation) pair goes through the JIT and keeps the compiled
+    kernel; later ones call its launcher directly with the same arguments. The
+    specialisation is computed here the way Triton computes it (tensors: dtype and 16-byte
+    alignment; ints outside ``do_not_specialize``: == 1, divisible by 16, and whether 32 bits
+    hold them), so a launch never takes a binary compiled for other arguments. ``own`` names
+    the tensor arguments the launcher allocates itself (fresh fp32/int32 buffers of the
+    caching allocator: always aligned, fixed dtype), which need no check. Under the
+    interpreter, with launch hooks set (profilers), or where this Triton's compiled kernel
+    lacks the launcher API, every launch goes through the JIT.
+    """
+
+    def __init__(self, kernel, own: tuple = ()):
+        self.kernel = kernel
+        names = list(kernel.arg_names)
+        constexprs = [p.name for p in kernel.params if p.is_constexpr]
+        skip = {names[a] if isinstance(a, int) else a for a in (getattr(kernel, "do_not_specialize", ()) or ())}
+        runtime = [n for n in names if n not in constexprs]
+        if names[:len(runtime)] != runtime:
+            raise ValueError(f"{kernel.fn.__name__}: constexpr parameters must come last")
+        self.constexpr_names = constexprs
+        self.n_runtime = len(runtime)
+        self.checked = [i for i, n in enumerate(runtime) if n not in skip and n not in own]
+        self.compiled: dict = {}
+
+    def _spec_key(self, args) -> tuple:
+        return tuple([
+            (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
+            else ((a == 1, a & 15, -_INT32 <= a < _INT32) if type(a) is int else type(a))
+            for a in map(args.__getitem__, self.checked)
+        ])
+
+    def __call__(self, device: torch.device, grid: tuple, args: tuple, meta: dict) -> None:
+        """Launch on ``grid`` (3 dims) with the runtime ``args`` in declaration order and the
+        constexprs and launch options in ``meta``."""
+        if device.type != "cuda" or not _direct_launch_ok():
+            self.kernel[grid](*args, **meta)
+            return
+        key = (device.index, tuple(meta.values()), self._spec_key(args))
+        hit = self.compiled.get(key)
+        if hit is None:
+            compiled = self.kernel[grid](*args, **meta)
+            if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
+                self.compiled[key] = (compiled, tuple(meta[n] for n in self.constexpr_names))
+            return  # else an older Triton: this key stays on the JIT path
+        compiled, constexprs = hit
+        compiled.run(grid[0], grid[1], grid[2], _current_stream(device), compiled.function, compiled.packed_metadata,
+                     None, None, None, *args, *constexprs)
+
+
+def _current_stream(device: torch.device) -> int:
+    from triton.runtime import driver
+
+    return driver.active.get_current_stream(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _direct_launch_supported() -> bool:
+    try:
+        from triton import knobs  # noqa: F401  (Triton >= 3.4 keeps the launch hooks here)
+    except ImportError:
+        return False
+    return True
+
+
+def _direct_launch_ok() -> bool:
+    """Whether a launch may skip the JIT: no launch hooks (a profiler's) are set."""
+    if not _direct_launch_supported():
+        return False
+    runtime = _knobs_runtime()
+    return runtime.launch_enter_hook is None and runtime.launch_exit_hook is None
+
+
+@functools.lru_cache(maxsize=None)
+def _knobs_runtime():
+    from triton import knobs
+
+    return knobs.runtime
+
+
+def stream_key(device: torch.device):
+    """The current stream of ``device`` as a hashable key (None off the GPU)."""
+    if device.type != "cuda":
+        return None
+    return _current_stream(device)

@@ -1,4 +1,13 @@
-"""The sum of a split reduction's fp32 partials, in a fixed order.
+"""The sum of a split reduction's fp32 partials, in a fixed order: inside the splitting kernel
+(``split_arrive``: the last program of a tile to finish sums them), or as a kernel of its own
+(``sum_partials``, for the packed-half forward's launcher).
+
+In-kernel: every program of a split tile writes its fp32 partial, then counts itself in on
+the tile's arrival counter (one atomic, acquire-release at GPU scope, after a barrier so the
+whole program's stores come first: the serial split-K pattern of GEMM libraries). The
+program that arrives last reads the tile's partials back in the order 0, 1, ..., SPLIT - 1,
+whatever order the programs finished in, so the result is bitwise-reproducible without a
+second launch, and resets the counter to 0 for the next launch on the stream.
 
 A launcher that splits a tile's loop over SPLIT programs gets SPLIT fp32 partials of its
 output; ``sum_partials`` adds them into the output, rounded once to its dtype (the forward's
@@ -23,6 +32,23 @@ import triton
 import triton.language as tl
 
 _TILE, _MAX_CHUNK, _MAX_BLOCK, _WARPS = 4096, 32, 1024, 4
+
+
+@triton.jit
+def split_arrive(counter_ptr, tile_id, SPLIT):
+    """True in the program that finishes its split tile last (``counter_ptr[tile_id]`` counts
+    arrivals); its loads of the other programs' partials must bypass L1 (``.cg``)."""
+    tl.debug_barrier()  # every thread's partial stores before the release
+    arrived = tl.atomic_add(counter_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+    return arrived == SPLIT - 1
+
+
+@triton.jit
+def split_sum(acc, part_ptr, part_offs, stride_part, mask, SPLIT):
+    """The tile's partials summed in split order (0, 1, ...); ``acc``: a zero tile of their shape."""
+    for k in range(0, SPLIT):
+        acc += tl.load(part_ptr + k * stride_part + part_offs, mask=mask, other=0.0, cache_modifier=".cg")
+    return acc
 
 
 @triton.jit(do_not_specialize=["SPLIT"])

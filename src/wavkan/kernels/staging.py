@@ -14,6 +14,8 @@ Each is one pass over O(out in) or O(B in) elements, against B out in evaluation
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
@@ -142,3 +144,62 @@ def stage_rows(t: torch.Tensor, c_pad: int) -> torch.Tensor:
         return t
     dst = torch.empty((R, c_pad), dtype=torch.float32, device=t.device)
     return _stage(t, dst, R, c_pad, (c_pad, 1))
+
+
+# --- the edge constants, packed once per parameter change ------------------------------------
+
+# id(weights) -> (weakref to weights, key, pack). Keyed on the weights tensor object, which a
+# module passes unchanged on every call, and checked against each parameter's address,
+# version counter (bumped by every in-place change: an optimizer step, load_state_dict,
+# ``with torch.no_grad(): p.mul_(2)``), shape, strides and dtype, and the stream (a pack made on
+# one stream is not read on another without a sync). Moving a parameter (``.to()``,
+# ``p.data = ...``) changes its address. A weights tensor made per call (shannon's window
+# folded into the weights) is a new object every call, so it never hits stale entries, and
+# its entry goes when it does.
+_PACKS: dict = {}
+
+
+def _param_key(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
+
+
+def _drop(ident: int, ref) -> None:
+    entry = _PACKS.get(ident)
+    if entry is not None and entry[0] is ref:
+        del _PACKS[ident]
+
+
+def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_scale, w_scale, stream_key):
+    """``pack_edge_constants(...)`` (fp32), computed once per parameter change and reused.
+
+    Not cached (packed on every call): during CUDA-graph capture (a graph must contain the
+    pack, or its replays after an optimizer step would read stale constants), for inference
+    tensors (they keep no version counter), and for weights that cannot be weakly referenced.
+    """
+    pack_args = (pad, for_grad_x, z_scale, w_scale)
+    if (weights.is_inference() or scale.is_inference() or translation.is_inference()
+            or (weights.is_cuda and torch.cuda.is_current_stream_capturing())):  # fmt: skip
+        return pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale)
+    key = (pack_args, stream_key, _param_key(scale), _param_key(translation), _param_key(weights))
+    ident = id(weights)
+    entries = _PACKS.get(ident)
+    if entries is not None and entries[0]() is weights:
+        for entry_key, pack in entries[1]:
+            if entry_key == key:
+                return pack
+    pack = pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale)
+    if entries is None or entries[0]() is not weights:
+        try:
+            ref = weakref.ref(weights, lambda r, ident=ident: _drop(ident, r))
+        except TypeError:
+            return pack
+        entries = (ref, [])
+        _PACKS[ident] = entries
+    # One entry per pack kind (forward, grad_x) and layout: a new key of a kind replaces the old.
+    entries[1][:] = [(k, p) for k, p in entries[1] if k[0] != pack_args] + [(key, pack)]
+    return pack
+
+
+def clear_pack_cache() -> None:
+    """Forget every cached pack (frees their memory)."""
+    _PACKS.clear()
