@@ -202,6 +202,10 @@ class DirectLauncher:
 
     def __init__(self, kernel, own: tuple = ()):
         self.kernel = kernel
+        self.compiled: dict = {}
+        if not hasattr(kernel, "params"):  # Triton's interpreter: every launch goes through it
+            self.constexpr_names, self.checked = [], []
+            return
         names = list(kernel.arg_names)
         constexprs = [p.name for p in kernel.params if p.is_constexpr]
         skip = {names[a] if isinstance(a, int) else a for a in (getattr(kernel, "do_not_specialize", ()) or ())}
@@ -211,7 +215,6 @@ class DirectLauncher:
         self.constexpr_names = constexprs
         self.n_runtime = len(runtime)
         self.checked = [i for i, n in enumerate(runtime) if n not in skip and n not in own]
-        self.compiled: dict = {}
 
     def _spec_key(self, args) -> tuple:
         return tuple([
