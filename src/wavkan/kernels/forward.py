@@ -4,7 +4,7 @@
 One program owns a (BLOCK_B, BLOCK_OUT) tile of y in fp32 registers and walks its share of
 the ``in`` loop: per step it loads one column of x (BLOCK_B) and one row of each packed edge
 constant (BLOCK_OUT), then does one wavelet evaluation per tile element. Nothing of size
-B x out x in exists. SPLIT programs may share a tile's ``in`` loop (``config.balanced_split``:
+B x out x in exists. SPLIT programs may share a tile's ``in`` loop (``launch.balanced_split``:
 to fill the SMs at small B, to balance them over several waves at large B, at most 4 splits
 there) and write fp32 partials that are summed in a fixed order afterwards (deterministic, no
 atomics).
