@@ -5,7 +5,7 @@
 Uses Triton's ahead-of-time compiler and the ptxas bundled with Triton, so it runs on a CPU
 machine: it catches compile errors before GPU time is spent, and prints registers, spills
 and the count of each SASS instruction class in every kernel (MUFU = special-function unit,
-FFMA/FMUL/FADD = the fp32 pipe), which is what benchmarks/NOTES.md reasons with.
+FFMA/FMUL/FADD = the fp32 pipe), which is what benchmarks/HISTORY.md reasons with.
 """
 
 from __future__ import annotations

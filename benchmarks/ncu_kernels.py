@@ -13,10 +13,9 @@ import argparse
 
 import torch
 
-from wavkan import get_wavelet
-from wavkan.kernels import wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
+from sweeplib import kernel_calls, operands
 
-from kernel_sweep import operands  # this folder is on sys.path when run as a script
+from wavkan import get_wavelet
 
 
 def main() -> int:
@@ -29,12 +28,10 @@ def main() -> int:
         print("no GPU: nothing to profile")
         return 0
     B, N = args.batch, args.size
-    x, s, t, w, g = operands(B, N)
-    wav = get_wavelet(args.wavelet)
+    calls = kernel_calls(*operands(B, N), get_wavelet(args.wavelet))
     for _ in range(2):
-        wavkan_fwd(x, s, t, w, wav)
-        wavkan_bwd_dx(g, x, s, t, w, wav)
-        wavkan_bwd_dparams(g, x, s, t, w, wav)
+        for call in calls.values():
+            call()  # the shipped config
         torch.cuda.synchronize()
     return 0
 

@@ -40,8 +40,8 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 FAST_MATH_WAVELETS = ("mexican_hat", "dog")  # wavkan.kernels.forward_half.HALF_WAVELETS
-# Below this many rows the packed-half forward was slower than the fp32 one on the H200
-# (0.90x at B = 256, 1.05x at 1024, 1.21x at 4096: benchmarks/NOTES.md, v6).
+# Below this many rows the packed-half forward was slower than the fp32 one on the H200; its
+# gain grows with B (benchmarks/STATUS.md).
 FAST_MATH_MIN_ROWS = 1024
 
 
@@ -231,8 +231,9 @@ _linear.register_autograd(_backward, setup_context=_setup_context)
 
 class _EagerLinear(torch.autograd.Function):
     """Eager calls skip the custom-op dispatcher's per-call Python work (its wrapper was the
-    largest single host cost in benchmarks/host_profile.py on the H200); torch.compile traces
-    the custom op instead. Both run ``_forward_impl`` and ``_backward_impl``."""
+    largest single host cost in a profile of one layer call: benchmarks/HISTORY.md);
+    torch.compile traces the custom op instead. Both run ``_forward_impl`` and
+    ``_backward_impl``."""
 
     @staticmethod
     def forward(ctx, x, scale, translation, weights, wavelet, backend, fast_math):

@@ -8,7 +8,8 @@ vectorised away: ``c`` and ``n_iter`` are runtime arguments), while the independ
 and the many resident warps hide the latency. The sum of the chains is stored, so nothing is
 dead code. Per exp2 the loop spends one fp32 multiply (plus the range check of
 ``ex2.approx.f32``) on the FMA pipe, which is 8x wider than the MUFU unit, so MUFU.EX2 is
-the bottleneck: 132 SMs x 16 per clock x ~1.98 GHz = 4.2e12/s on an H200, 3.83e12/s measured.
+the bottleneck: SMs x 16 per clock x the SM clock (benchmarks/STATUS.md: that product and the
+measured rate on an H200).
 
 For c = -1 every chain converges to the fixed point of a = 2^-a (about 0.6412), so the values
 stay finite and normal whatever ``n_iter``.
@@ -69,7 +70,7 @@ def measure_exp2_rate(device=None, n_iter: int = 1024, programs_per_sm: int = 64
     """Time the chains with CUDA events: returns (exp2 count per launch, list of launch times in ms).
 
     The rate is count / median time. Defaults: 64 programs of 4 warps per SM (4 waves at full
-    occupancy), 1024 steps: 1.8e10 exp2, about 5 ms, on an H200.
+    occupancy), 1024 steps: 1.8e10 exp2 on an H200, long enough that launch costs vanish.
     """
     device = torch.device("cuda" if device is None else device)
     sms = torch.cuda.get_device_properties(device).multi_processor_count

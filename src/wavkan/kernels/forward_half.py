@@ -5,8 +5,8 @@ fp32 forward (``forward.py``: same folding, tiles and split), but evaluates the 
 pairs: each 32-bit register holds two adjacent outputs' values (f16x2), so one HFMA2 does two
 edges' arithmetic and one ``ex2.approx.f16x2`` two edges' exponentials. That halves both the
 issued instructions and the special-function unit's work per evaluation, the two limits of the
-fp32 forward (benchmarks/NOTES.md). Gaussian wavelets only (mexican_hat, dog): the others need
-sine and cosine, which have no packed half form.
+fp32 forward (benchmarks/STATUS.md says what each kernel reaches). Gaussian wavelets only
+(mexican_hat, dog): the others need sine and cosine, which have no packed half form.
 
 Staging makes the pairs plain 32-bit loads:
 
@@ -232,7 +232,7 @@ def _wavkan_fwd_half_kernel(
     # planes [a, c, w] of output pairs (2p, 2p + 1). IN_PER_SPLIT and IN_PAD are whole chunks.
     # A chunk (fp16 sums, then one fp32 flush) runs as a loop over groups of GROUP_STEPS
     # unrolled steps: the unrolled body stays small enough for the instruction cache (a whole
-    # unrolled chunk of 128 x 32 pairs was a 77 KB loop, and slow).
+    # unrolled chunk overflowed it, and was slower than the fp32 forward: benchmarks/HISTORY.md).
     pid_b = tl.program_id(0)
     pid_p = tl.program_id(1)
     pid_k = tl.program_id(2)

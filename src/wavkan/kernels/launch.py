@@ -47,7 +47,7 @@ _INT32 = 1 << 31
 def _specialization(args) -> tuple:
     """What Triton compiles separate binaries for, per argument (and which can differ in
     registers: B = 1 needs far fewer): for tensors, dtype and address mod 16; for ints, == 1,
-    value mod 16 and whether 32 bits hold it. About 7 us for the parameter pass's 24 arguments."""
+    value mod 16 and whether 32 bits hold it. Cheap next to a compile, but paid per launch."""
     return tuple([
         (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
         else ((a == 1, a & 15, -_INT32 <= a < _INT32) if type(a) is int else None)
@@ -93,14 +93,14 @@ def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int,
     return max(1, min(slots // tiles, loop_len // min_per_split))
 
 
-# The "balance" rule (the shipped fp32 configs; v7 split sweeps on an H200, benchmarks/NOTES.md). The
-# SMs take programs in turn, so a launch lasts as long as its busiest SM: 288 programs on 132
-# SMs run 3 deep where 256 run 2 (256 x 1024 x 1024 forward: 130.7 us in 9 splits, 102.7 in 8).
-# While the tiles are fewer than the SMs: as many programs as fit 2 per SM, of at least 16 steps
-# (fewer, longer programs than one full wave of resident ones: 106.5 us at 4 per SM). From one
-# tile per SM on: about 16 programs per SM of at least 128 steps, in at most 4 splits, whose
-# partials stay within 4 outputs' worth of memory; several waves balance the SMs (4096 x 1024 x
-# 1024 forward: 1.503 ms unsplit, 1.375 in 4).
+# The "balance" rule (the shipped fp32 configs; chosen from split sweeps on an H200, see
+# benchmarks/HISTORY.md). The SMs take programs in turn, so a launch lasts as long as its
+# busiest SM: 288 programs on 132 SMs run 3 deep where 256 run 2, so a split that leaves the
+# last wave barely filled is slower than one fewer. While the tiles are fewer than the SMs: as
+# many programs as fit 2 per SM, of at least 16 steps (fewer, longer programs beat one full
+# wave of resident ones). From one tile per SM on: about 16 programs per SM of at least 128
+# steps, in at most 4 splits, whose partials stay within 4 outputs' worth of memory; several
+# waves balance the SMs.
 _BALANCE_SMALL = (2, 16)  # (programs per SM, least steps per program)
 _BALANCE_LARGE = (16, 128)
 BALANCE_LARGE_MAX_SPLIT = 4

@@ -11,17 +11,18 @@ second launch, and resets the counter to 0 for the next launch on the stream.
 
 A launcher that splits a tile's loop over SPLIT programs gets SPLIT fp32 partials of its
 output; ``sum_partials`` adds them into the output, rounded once to its dtype (the forward's
-and grad_x's through ``config.launch_split``; the parameter pass's (split, 3, out, in) partials
-into its three fp32 sums, before its epilogue). One kernel instead of ``torch.sum(dim=0)``: on
-the H200 that took 3.6 us for the 8.4 MB of a 256 x 1024 x 1024 forward's 8 partials and 26 us
-for a 4096-row forward's 4, this kernel 2.6 and 21 us (benchmarks/NOTES.md, v8).
+and grad_x's through ``launch.launch_split``; the parameter pass's (split, 3, out, in) partials
+into its three fp32 sums, before its epilogue). One kernel instead of ``torch.sum(dim=0)``:
+it reads the partials once with several loads in flight, where torch's reduction was slower on
+the forward's and grad_x's splits (benchmarks/HISTORY.md).
 
 Each program owns BLOCK contiguous outputs and adds the partials in chunks of CHUNK splits,
 each chunk a (CHUNK, BLOCK) load summed by ``tl.sum`` (CHUNK independent loads in flight per
 thread, instead of one per step of a serial loop); the chunks in order 0, 1, ... CHUNK grows
 with the split (up to 32) and BLOCK shrinks with it (at most 1024), a program holding at most 4096
-elements: a 64-split sum of a small output (the 1024 -> 128 layer's 64 x 32768 partials) then
-runs 256 programs of two chunks (3.7 us) instead of 64 programs of eight (7.0 us, twice torch's).
+elements: a 64-split sum of a small output (the 1024 -> 128 layer's partials) then runs many
+programs of two chunks instead of a few programs walking many chunks in series, which had made
+that sum the slow one.
 The order depends only on SPLIT, so a result is bitwise-reproducible.
 """
 

@@ -67,16 +67,15 @@ class KernelConfig:
         return replace(self, split=split)
 
 
-# From benchmarks/kernel_sweep.py on an H200, 2026-11-28 (benchmarks/NOTES.md, v5): per kernel,
-# (smallest row count, config), largest first. Unrolling the main loop (more independent
-# evaluations in flight) paid everywhere: the kernels are latency-bound at 2-4 programs per SM
-# (ncu: 0.9 eligible warps per scheduler), not issue-bound. The 128-row forward tile needs
-# B >= 128. The backward's from benchmarks/residency_sweep.py (v9): 8 warps over twice the
+# From the sweeps on an H200 (benchmarks/kernel_sweep.py; the history of each choice in
+# benchmarks/HISTORY.md): per kernel, (smallest row count, config), largest first. Unrolling the
+# main loop (more independent evaluations in flight) paid everywhere: the kernels are
+# latency-bound at 2-4 programs per SM (ncu: under one eligible warp per scheduler), not
+# issue-bound. The 128-row forward tile needs B >= 128. The backward's: 8 warps over twice the
 # tile, capped at 128 registers (2 programs of 8 warps per SM; the Gaussian wavelets' spills
-# stay outside the main loop), beat 4 warps at 168 registers for every wavelet; for grad_x
-# only from 128 to 2047 rows (3-26% faster at 256 rows; 1-2% slower at 4096, 3% at 64). The
-# parameter pass splits from 1024 rows (8-9% faster at 2048-4096 rows); below, a split's three
-# partial planes cost more than it gains (155 -> 178 us at 256 rows in 2).
+# stay outside the main loop), beat 4 warps at 168 registers for every wavelet; for grad_x only
+# in the middle rows (at 64 rows and from 2048 the smaller tile was faster). The parameter pass
+# splits from 1024 rows; below, a split's three partial planes cost more than it gains.
 _GPU = {
     "fwd": (
         (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance")),
@@ -90,8 +89,8 @@ _GPU = {
     "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128,
                                      split_rule="balance", balance_min_steps=512)),),
     # The packed-half forward (forward_half.py): block_n counts output pairs; groups of 8
-    # unrolled steps, 3 of them with the polynomial exponential (v6 sweep: 1.22 ms at 4096,
-    # 1.32 ms with none; a whole 16-step chunk unrolled at 128 x 32 pairs, 1.74 ms).
+    # unrolled steps, 3 of them with the polynomial exponential (faster than none, which leaves
+    # every exponential on the MUFU; a whole 16-step chunk unrolled was far slower).
     # wavkan.ops runs it from 1024 rows only, so one config serves.
     "fwd_half": ((0, KernelConfig(128, 16, num_warps=4, num_stages=1, unroll=8, poly_steps=3)),),
 }
