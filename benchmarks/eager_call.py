@@ -65,6 +65,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--wavelet", default="mexican_hat")
     p.add_argument("--calls", type=int, default=400)
+    p.add_argument("--profile", action="store_true", help="cProfile wavkan's forward and full calls instead")
     args = p.parse_args()
     from wavkan import wavkan_linear
 
@@ -88,6 +89,28 @@ def main() -> int:
 
     def op_fwd():
         return torch.ops.wavkan.linear(x, s, t, w, args.wavelet, "triton", False)
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        def full_step():
+            clear()
+            wav_fwd().backward(g)
+
+        for label, fn in (("forward", wav_fwd), ("full", full_step)):
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.calls):
+                fn()
+            prof.disable()
+            torch.cuda.synchronize()
+            print(f"--- {label}: {args.calls} calls")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+        return 0
 
     providers = {"wavkan": wav_fwd, "wavkan-customop": op_fwd, "linear": lambda: layer(x)}
     for name, fwd in providers.items():

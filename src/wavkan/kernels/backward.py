@@ -54,12 +54,12 @@ def _dparams_operands(x_ptr, g_ptr, b, stride_xb, stride_gb, x_cols, g_cols):
             tl.load(g_ptr + bl * stride_gb + g_cols).to(tl.float32))
 
 
-@triton.jit(do_not_specialize=["SPLIT", "OUT_PER_SPLIT"])  # as the forward's
+@triton.jit(do_not_specialize=["SPLIT", "OUT_PER_SPLIT", "STRIDE_PART"])  # as the forward's
 def _wavkan_bwd_dx_kernel(
     x_ptr, g_ptr, pack_ptr, dx_ptr, part_ptr, counter_ptr,
     B, IN, OUT, IN_PAD, PLANE, PLANE2,
     stride_xb, stride_xi, stride_gb, stride_go, stride_db, stride_di,
-    SPLIT, OUT_PER_SPLIT,
+    SPLIT, OUT_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
@@ -95,7 +95,7 @@ def _wavkan_bwd_dx_kernel(
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
         part_offs = rows * IN + cols
-        stride_part = B.to(tl.int64) * IN
+        stride_part = STRIDE_PART.to(tl.int64)  # B * IN
         tl.store(part_ptr + pid_k.to(tl.int64) * stride_part + part_offs, acc, mask=mask)
         tile = pid_b * tl.num_programs(1) + pid_i
         if split_arrive(counter_ptr, tile, SPLIT):
@@ -104,13 +104,13 @@ def _wavkan_bwd_dx_kernel(
             tl.store(counter_ptr + tile, 0)
 
 
-@triton.jit(do_not_specialize=["SPLIT", "ROWS_PER_SPLIT"])
+@triton.jit(do_not_specialize=["SPLIT", "ROWS_PER_SPLIT", "PLANE"])
 def _wavkan_bwd_dparams_kernel(
     x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, ds_ptr, dt_ptr, dw_ptr, part_ptr, counter_ptr,
     B, IN, OUT,
     stride_xb, stride_xi, stride_gb, stride_go,
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
-    SPLIT, ROWS_PER_SPLIT, z_scale, psi_scale, dpsi_scale,
+    SPLIT, ROWS_PER_SPLIT, PLANE, z_scale, psi_scale, dpsi_scale,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
@@ -162,7 +162,7 @@ def _wavkan_bwd_dparams_kernel(
     if SPLIT > 1:
         # Partials (SPLIT, 3, OUT, IN) fp32; the tile's last program sums them, then applies
         # the epilogue below.
-        plane = OUT.to(tl.int64) * IN
+        plane = PLANE.to(tl.int64)  # OUT * IN
         part_offs = o * IN + i
         stride_part = 3 * plane
         base = part_ptr + pid_k.to(tl.int64) * stride_part + part_offs
@@ -221,10 +221,10 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         counters = tile_counters(device, tiles[0] * tiles[1], stream)
     plane1, plane2 = plane_offsets(pack)
     _LAUNCH_DX(
-        device,
+        device, stream,
         (tiles[0], tiles[1], split),
         (x, grad, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
-         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1), split, per_split),
+         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1), split, per_split, B * IN),
         _meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")),
     )
     return dx
@@ -242,18 +242,19 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
     split, per_split = balanced_plan(tiles[0] * tiles[1], B, device, cfg)
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))
+    stream = stream_key(device)
     if split == 1:
         part, counters = ds, ds
     else:
         part = torch.empty((split, 3, OUT, IN), dtype=torch.float32, device=device)
-        counters = tile_counters(device, tiles[0] * tiles[1], stream_key(device))
+        counters = tile_counters(device, tiles[0] * tiles[1], stream)
     z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
     _LAUNCH_DPARAMS(
-        device,
+        device, stream,
         (tiles[0], tiles[1], split),
         (x, grad, scale, translation, weights, ds, dt, dw, part, counters, B, IN, OUT,
          x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), *_param_strides(scale, translation, weights),
-         split, per_split, z_scale, psi_scale, dpsi_scale),
+         split, per_split, OUT * IN, z_scale, psi_scale, dpsi_scale),
         _meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")),
     )
     return ds, dt, dw

@@ -46,12 +46,12 @@ def _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows,
 
 
 # The split's ints are not specialised on, so that one binary serves every split.
-@triton.jit(do_not_specialize=["SPLIT", "IN_PER_SPLIT"])
+@triton.jit(do_not_specialize=["SPLIT", "IN_PER_SPLIT", "STRIDE_PART"])
 def _wavkan_fwd_kernel(
     x_ptr, pack_ptr, y_ptr, part_ptr, counter_ptr,
     B, IN, OUT, OUT_PAD, PLANE, PLANE2,
     stride_xb, stride_xi, stride_yb, stride_yo,
-    SPLIT, IN_PER_SPLIT,
+    SPLIT, IN_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
@@ -89,7 +89,7 @@ def _wavkan_fwd_kernel(
     else:
         # Partials (SPLIT, B, OUT) fp32; the last program of the tile sums them into y.
         part_offs = rows * OUT + cols
-        stride_part = B.to(tl.int64) * OUT
+        stride_part = STRIDE_PART.to(tl.int64)  # B * OUT
         tl.store(part_ptr + pid_k.to(tl.int64) * stride_part + part_offs, acc, mask=mask)
         tile = pid_b * tl.num_programs(1) + pid_o
         if split_arrive(counter_ptr, tile, SPLIT):
@@ -126,10 +126,10 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         counters = tile_counters(device, tiles[0] * tiles[1], stream)
     plane1, plane2 = plane_offsets(pack)
     _LAUNCH(
-        device,
+        device, stream,
         (tiles[0], tiles[1], split),
         (x, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
-         x.stride(0), x.stride(1), y.stride(0), y.stride(1), split, per_split),
+         x.stride(0), x.stride(1), y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
              UNROLL=loop_unroll(cfg, wavelet.code), BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
              **cfg.launch_options()),

@@ -223,9 +223,9 @@ class DirectLauncher:
             for a in map(args.__getitem__, self.checked)
         ])
 
-    def __call__(self, device: torch.device, grid: tuple, args: tuple, meta: dict) -> None:
-        """Launch on ``grid`` (3 dims) with the runtime ``args`` in declaration order and the
-        constexprs and launch options in ``meta``."""
+    def __call__(self, device: torch.device, stream, grid: tuple, args: tuple, meta: dict) -> None:
+        """Launch on ``grid`` (3 dims) on ``stream`` (``stream_key(device)``) with the runtime
+        ``args`` in declaration order and the constexprs and launch options in ``meta``."""
         if device.type != "cuda" or not _direct_launch_ok():
             self.kernel[grid](*args, **meta)
             return
@@ -237,7 +237,7 @@ class DirectLauncher:
                 self.compiled[key] = (compiled, tuple(meta[n] for n in self.constexpr_names))
             return  # else an older Triton: this key stays on the JIT path
         compiled, constexprs = hit
-        compiled.run(grid[0], grid[1], grid[2], _current_stream(device), compiled.function, compiled.packed_metadata,
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
                      None, None, None, *args, *constexprs)
 
 
