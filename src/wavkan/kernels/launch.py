@@ -261,7 +261,13 @@ def _direct_launch_ok() -> bool:
     if not _direct_launch_supported():
         return False
     runtime = _knobs_runtime()
-    return runtime.launch_enter_hook is None and runtime.launch_exit_hook is None
+    return _no_hook(runtime.launch_enter_hook) and _no_hook(runtime.launch_exit_hook)
+
+
+def _no_hook(hook) -> bool:
+    # Triton keeps its launch hooks as a chain object (empty unless a profiler added one),
+    # or as None in some versions.
+    return hook is None or (hasattr(hook, "calls") and not hook.calls)
 
 
 @functools.lru_cache(maxsize=None)
