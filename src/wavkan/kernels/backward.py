@@ -30,9 +30,9 @@ import triton
 import triton.language as tl
 
 from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .launch import DirectLauncher, balanced_plan, cdiv, stream_key, tile_counters
+from .launch import DirectLauncher, balanced_plan, cdiv, split_scratch, stream_key
 from .partials import split_arrive, split_sum
-from .staging import cached_edge_pack, plane_offsets
+from .staging import cached_edge_pack, plane_offsets, stage_transposed
 from .tuning import KernelConfig, default_config, loop_unroll
 
 
@@ -213,18 +213,21 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
     pack = cached_edge_pack(scale, translation, weights, in_pad, True, z_scale, dpsi_scale, stream)
     tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
+    gs, stride_gb, stride_go = grad, grad.stride(0), grad.stride(1)
+    if cfg.stage:
+        gs = stage_transposed(grad, tiles[0] * cfg.block_m)
+        stride_gb, stride_go = 1, gs.stride(0)
     split, per_split = balanced_plan(tiles[0] * tiles[1], OUT, device, cfg)
     if split == 1:
-        part, counters = dx, dx
+        counters, part = dx, dx
     else:
-        part = torch.empty((split, B, IN), dtype=torch.float32, device=device)
-        counters = tile_counters(device, tiles[0] * tiles[1], stream)
+        counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * B * IN)
     plane1, plane2 = plane_offsets(pack)
     _LAUNCH_DX(
         device, stream,
         (tiles[0], tiles[1], split),
-        (x, grad, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
-         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1), split, per_split, B * IN),
+        (x, gs, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
+         x.stride(0), x.stride(1), stride_gb, stride_go, dx.stride(0), dx.stride(1), split, per_split, B * IN),
         _meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")),
     )
     return dx
@@ -244,10 +247,9 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))
     stream = stream_key(device)
     if split == 1:
-        part, counters = ds, ds
+        counters, part = ds, ds
     else:
-        part = torch.empty((split, 3, OUT, IN), dtype=torch.float32, device=device)
-        counters = tile_counters(device, tiles[0] * tiles[1], stream)
+        counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * 3 * OUT * IN)
     z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
     _LAUNCH_DPARAMS(
         device, stream,

@@ -29,9 +29,9 @@ import triton
 import triton.language as tl
 
 from .device import FOLD, wavelet_weighted_psi
-from .launch import DirectLauncher, balanced_plan, cdiv, stream_key, tile_counters
+from .launch import DirectLauncher, balanced_plan, cdiv, split_scratch, stream_key
 from .partials import split_arrive, split_sum
-from .staging import cached_edge_pack, plane_offsets
+from .staging import cached_edge_pack, plane_offsets, stage_transposed
 from .tuning import KernelConfig, default_config, loop_unroll
 
 
@@ -118,18 +118,21 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     z_scale, w_scale = FOLD[wavelet.code]
     pack = cached_edge_pack(scale, translation, weights, out_pad, False, z_scale, w_scale, stream)
     tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
+    xs, stride_xb, stride_xi = x, x.stride(0), x.stride(1)
+    if cfg.stage:
+        xs = stage_transposed(x, tiles[0] * cfg.block_m)
+        stride_xb, stride_xi = 1, xs.stride(0)
     split, per_split = balanced_plan(tiles[0] * tiles[1], IN, device, cfg)
     if split == 1:
-        part, counters = y, y
+        counters, part = y, y
     else:
-        part = torch.empty((split, B, OUT), dtype=torch.float32, device=device)
-        counters = tile_counters(device, tiles[0] * tiles[1], stream)
+        counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * B * OUT)
     plane1, plane2 = plane_offsets(pack)
     _LAUNCH(
         device, stream,
         (tiles[0], tiles[1], split),
-        (x, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
-         x.stride(0), x.stride(1), y.stride(0), y.stride(1), split, per_split, B * OUT),
+        (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
+         stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
              UNROLL=loop_unroll(cfg, wavelet.code), BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
              **cfg.launch_options()),

@@ -163,25 +163,36 @@ def balanced_plan(tiles: int, loop_len: int, device: torch.device, cfg: KernelCo
     return cdiv(loop_len, per_split), per_split
 
 
-# Tile arrival counters, one zeroed int32 buffer per (device, stream): the last program of a
-# split tile resets its counter to 0, so the buffer stays zero between launches without a
-# memset. Launches on one stream run in order, so they can share it; another stream gets its
-# own. Under CUDA-graph capture a buffer is allocated (and zeroed) inside the graph instead:
-# a cached one would be shared by the graph's replays and the eager launches around them.
-_COUNTERS: dict = {}
+# Split scratch per (device, stream): the tile arrival counters (int32, zero between launches:
+# a tile's last program resets its counter, so no memset is needed) and the fp32 partials
+# (read back within the launch that wrote them). Launches on one stream run in order, so they
+# can share both; another stream gets its own. Under CUDA-graph capture both are allocated
+# (the counters zeroed) inside the graph instead: cached ones would be shared between the
+# graph's replays and the eager launches around them.
+_SCRATCH: dict = {}
 _MIN_COUNTERS = 4096
 
 
-def tile_counters(device: torch.device, tiles: int, stream_key) -> torch.Tensor:
-    """A zeroed int32 buffer of at least ``tiles`` counters for launches on ``stream_key``."""
+def split_scratch(device: torch.device, stream, tiles: int, partial_elems: int) -> tuple:
+    """(counters, partials): a zeroed int32 buffer of at least ``tiles`` counters and an fp32
+    buffer of at least ``partial_elems`` elements, for a split launch on ``stream``."""
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.zeros(tiles, dtype=torch.int32, device=device)
-    key = (device, stream_key)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < tiles:
-        buf = torch.zeros(max(tiles, _MIN_COUNTERS), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buf
-    return buf
+        return (torch.zeros(tiles, dtype=torch.int32, device=device),
+                torch.empty(partial_elems, dtype=torch.float32, device=device))
+    key = (device, stream)
+    entry = _SCRATCH.get(key)
+    if entry is None or entry[0].numel() < tiles or entry[1].numel() < partial_elems:
+        counters = entry[0] if entry is not None and entry[0].numel() >= tiles else \
+            torch.zeros(max(tiles, _MIN_COUNTERS), dtype=torch.int32, device=device)
+        old = 0 if entry is None else entry[1].numel()
+        partials = entry[1] if old >= partial_elems else torch.empty(max(partial_elems, 2 * old), dtype=torch.float32, device=device)
+        entry = _SCRATCH[key] = (counters, partials)
+    return entry
+
+
+def release_split_scratch() -> None:
+    """Free the cached split scratch of every stream (it is reallocated on demand)."""
+    _SCRATCH.clear()
 
 
 class DirectLauncher:

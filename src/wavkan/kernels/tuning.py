@@ -36,6 +36,9 @@ class KernelConfig:
     tiles fill the SMs (the parameter pass takes more than the others: each of its splits
     writes three partial planes). The shipped configs use "balance", except the packed-half
     forward's ("fill"); a config built by hand gets "fill" unless it says otherwise.
+    ``stage``: the forward and grad_x walk x (grad_y) a column per step; False reads it in
+    place (no extra launch: the host cost of a small call), True stages it transposed first
+    (one more launch, unit-stride loads: the GPU cost of a large call).
     """
 
     block_m: int
@@ -50,6 +53,7 @@ class KernelConfig:
     poly_steps: int = 0
     split_rule: str = "fill"
     balance_min_steps: int = 128
+    stage: bool = False
 
     def __post_init__(self):
         if self.split_rule not in SPLIT_RULES:
