@@ -112,7 +112,7 @@ def _wavkan_bwd_dparams_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     SPLIT, ROWS_PER_SPLIT, PLANE, z_scale, psi_scale, dpsi_scale,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    EVEN_IN: tl.constexpr, EVEN_OUT: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -133,9 +133,16 @@ def _wavkan_bwd_dparams_kernel(
     else:
         shift = -t * a  # kz = x a - t a: one FFMA; the wavelet is smooth at 0
     # x and g read in place, a row per step; columns past in / out re-read the last one
-    # (their sums are never stored), so the loop's loads need no mask.
-    x_cols = tl.minimum(offs_i, IN - 1).to(tl.int64) * stride_xi
-    g_cols = tl.minimum(offs_o, OUT - 1).to(tl.int64) * stride_go
+    # (their sums are never stored), so the loop's loads need no mask. Where the tiles divide
+    # in (out), the offsets stay unclamped, so unit-stride rows load as vectors.
+    if EVEN_IN:
+        x_cols = offs_i.to(tl.int64) * stride_xi
+    else:
+        x_cols = tl.minimum(offs_i, IN - 1).to(tl.int64) * stride_xi
+    if EVEN_OUT:
+        g_cols = offs_o.to(tl.int64) * stride_go
+    else:
+        g_cols = tl.minimum(offs_o, OUT - 1).to(tl.int64) * stride_go
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
@@ -257,7 +264,8 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         (x, grad, scale, translation, weights, ds, dt, dw, part, counters, B, IN, OUT,
          x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), *_param_strides(scale, translation, weights),
          split, per_split, OUT * IN, z_scale, psi_scale, dpsi_scale),
-        _meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")),
+        dict(_meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")), EVEN_IN=IN % cfg.block_n == 0,
+             EVEN_OUT=OUT % cfg.block_m == 0),
     )
     return ds, dt, dw
 

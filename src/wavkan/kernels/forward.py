@@ -53,7 +53,7 @@ def _wavkan_fwd_kernel(
     stride_xb, stride_xi, stride_yb, stride_yo,
     SPLIT, IN_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    X_STAGED: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -62,8 +62,13 @@ def _wavkan_fwd_kernel(
     offs_o = pid_o * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     # x is read in place, any strides and dtype: rows past B re-read row B - 1 (their results
     # are never stored), so the loop's loads need no mask; the packed planes are padded to
-    # whole tiles of out, so theirs need none either.
-    x_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_xb
+    # whole tiles of out, so theirs need none either. A staged x (X_STAGED: transposed, padded
+    # to whole tiles, unit stride along B) is read unclamped, so the loads stay contiguous
+    # (vectorised) in the compiler's eyes.
+    if X_STAGED:
+        x_rows = offs_b.to(tl.int64)
+    else:
+        x_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_xb
     i_start = pid_k * IN_PER_SPLIT
     i_end = tl.minimum(i_start + IN_PER_SPLIT, IN)
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
@@ -134,7 +139,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
          stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-             UNROLL=loop_unroll(cfg, wavelet.code), BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+             UNROLL=loop_unroll(cfg, wavelet.code), X_STAGED=cfg.stage, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
              **cfg.launch_options()),
     )
     return y

@@ -79,9 +79,13 @@ class KernelConfig:
 # tile, capped at 128 registers (2 programs of 8 warps per SM; the Gaussian wavelets' spills
 # stay outside the main loop), beat 4 warps at 168 registers for every wavelet; for grad_x only
 # in the middle rows (at 64 rows and from 2048 the smaller tile was faster). The parameter pass
-# splits from 1024 rows; below, a split's three partial planes cost more than it gains.
+# splits from 1024 rows; below, a split's three partial planes cost more than it gains. The
+# forward stages x from 1024 rows (unit-stride loads beat the in-place column reads there;
+# below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size.
 _GPU = {
     "fwd": (
+        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance",
+                            stage=True)),
         (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance")),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
     ),
