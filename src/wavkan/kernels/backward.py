@@ -61,7 +61,7 @@ def _wavkan_bwd_dx_kernel(
     stride_xb, stride_xi, stride_gb, stride_go, stride_db, stride_di,
     SPLIT, OUT_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
+    SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -91,7 +91,7 @@ def _wavkan_bwd_dx_kernel(
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
     dx_ptrs = dx_ptr + rows * stride_db + cols * stride_di
-    if SPLIT == 1:
+    if not SPLIT_SUM:  # as the forward's
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
         part_offs = rows * IN + cols
@@ -112,7 +112,8 @@ def _wavkan_bwd_dparams_kernel(
     stride_so, stride_si, stride_to, stride_ti, stride_wo, stride_wi,
     SPLIT, ROWS_PER_SPLIT, PLANE, z_scale, psi_scale, dpsi_scale,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    EVEN_IN: tl.constexpr, EVEN_OUT: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
+    EVEN_IN: tl.constexpr, EVEN_OUT: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    BLOCK_IN: tl.constexpr,
 ):
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -165,8 +166,8 @@ def _wavkan_bwd_dparams_kernel(
         acc_q += g_dpsi
         acc_qz += g_dpsi_zs
 
-    last = SPLIT == 1
-    if SPLIT > 1:
+    last = True
+    if SPLIT_SUM:
         # Partials (SPLIT, 3, OUT, IN) fp32; the tile's last program sums them, then applies
         # the epilogue below.
         plane = PLANE.to(tl.int64)  # OUT * IN
@@ -235,7 +236,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         (tiles[0], tiles[1], split),
         (x, gs, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
          x.stride(0), x.stride(1), stride_gb, stride_go, dx.stride(0), dx.stride(1), split, per_split, B * IN),
-        _meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")),
+        dict(_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), SPLIT_SUM=split > 1),
     )
     return dx
 
@@ -265,7 +266,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
          x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), *_param_strides(scale, translation, weights),
          split, per_split, OUT * IN, z_scale, psi_scale, dpsi_scale),
         dict(_meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")), EVEN_IN=IN % cfg.block_n == 0,
-             EVEN_OUT=OUT % cfg.block_m == 0),
+             EVEN_OUT=OUT % cfg.block_m == 0, SPLIT_SUM=split > 1),
     )
     return ds, dt, dw
 

@@ -53,7 +53,7 @@ def _wavkan_fwd_kernel(
     stride_xb, stride_xi, stride_yb, stride_yo,
     SPLIT, IN_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    X_STAGED: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    X_STAGED: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -89,7 +89,7 @@ def _wavkan_fwd_kernel(
     rows = offs_b[:, None].to(tl.int64)
     cols = offs_o[None, :].to(tl.int64)
     y_ptrs = y_ptr + rows * stride_yb + cols * stride_yo
-    if SPLIT == 1:
+    if not SPLIT_SUM:  # one program per tile (a constexpr: the unsplit binary has no epilogue)
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         # Partials (SPLIT, B, OUT) fp32; the last program of the tile sums them into y.
@@ -139,7 +139,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
          stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-             UNROLL=loop_unroll(cfg, wavelet.code), X_STAGED=cfg.stage, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+             UNROLL=loop_unroll(cfg, wavelet.code), X_STAGED=cfg.stage, SPLIT_SUM=split > 1, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
              **cfg.launch_options()),
     )
     return y
