@@ -42,7 +42,7 @@ def _dx_operands(g_ptr, stride_go, pack_ptr, o, IN_PAD, PLANE, PLANE2, g_rows, o
     (BLOCK_IN, padded to whole tiles: unmasked, aligned loads)."""
     ol = tl.cast(o, tl.int64)
     edge = pack_ptr + ol * IN_PAD + offs_i
-    g = tl.load(g_ptr + g_rows + ol * stride_go).to(tl.float32)
+    g = tl.load(g_ptr + ol * stride_go + g_rows).to(tl.float32)
     return g, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
@@ -61,7 +61,7 @@ def _wavkan_bwd_dx_kernel(
     stride_xb, stride_xi, stride_gb, stride_go, stride_db, stride_di,
     SPLIT, OUT_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
+    G_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -73,7 +73,10 @@ def _wavkan_bwd_dx_kernel(
     cols = offs_i[None, :].to(tl.int64)
     x = tl.load(x_ptr + rows * stride_xb + cols * stride_xi, mask=mask, other=0.0).to(tl.float32)
     # g read in place, a column per step; rows past B re-read row B - 1 (never stored).
-    g_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_gb
+    if G_ROWS_32:  # int32 offsets where they fit (see the forward)
+        g_rows = tl.minimum(offs_b, B - 1) * stride_gb
+    else:
+        g_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_gb
 
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
@@ -136,14 +139,15 @@ def _wavkan_bwd_dparams_kernel(
     # x and g read in place, a row per step; columns past in / out re-read the last one
     # (their sums are never stored), so the loop's loads need no mask. Where the tiles divide
     # in (out), the offsets stay unclamped, so unit-stride rows load as vectors.
+    # (int32 offsets: the caller passes column strides whose span fits 32 bits, see below.)
     if EVEN_IN:
-        x_cols = offs_i.to(tl.int64) * stride_xi
+        x_cols = offs_i * stride_xi
     else:
-        x_cols = tl.minimum(offs_i, IN - 1).to(tl.int64) * stride_xi
+        x_cols = tl.minimum(offs_i, IN - 1) * stride_xi
     if EVEN_OUT:
-        g_cols = offs_o.to(tl.int64) * stride_go
+        g_cols = offs_o * stride_go
     else:
-        g_cols = tl.minimum(offs_o, OUT - 1).to(tl.int64) * stride_go
+        g_cols = tl.minimum(offs_o, OUT - 1) * stride_go
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
@@ -236,7 +240,8 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         (tiles[0], tiles[1], split),
         (x, gs, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
          x.stride(0), x.stride(1), stride_gb, stride_go, dx.stride(0), dx.stride(1), split, per_split, B * IN),
-        dict(_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), SPLIT_SUM=split > 1),
+        dict(_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
+             SPLIT_SUM=split > 1),
     )
     return dx
 
@@ -250,6 +255,11 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
         return tuple(torch.zeros(p.shape, dtype=p.dtype, device=device) for p in (scale, translation, weights))
     cfg = config or default_config("bwd_dparams", device, B)
+    # The kernel's column offsets are int32: a row whose span does not fit is copied first.
+    if IN * x.stride(1) >= 2**31:
+        x = x.contiguous()
+    if OUT * grad.stride(1) >= 2**31:
+        grad = grad.contiguous()
     tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
     split, per_split = balanced_plan(tiles[0] * tiles[1], B, device, cfg)
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))

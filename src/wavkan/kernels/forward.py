@@ -41,7 +41,7 @@ def _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows,
     (BLOCK_OUT)."""
     row = tl.cast(i, tl.int64)
     edge = pack_ptr + row * OUT_PAD + offs_o
-    x = tl.load(x_ptr + x_rows + row * stride_xi).to(tl.float32)
+    x = tl.load(x_ptr + row * stride_xi + x_rows).to(tl.float32)
     return x, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
 
 
@@ -53,7 +53,7 @@ def _wavkan_fwd_kernel(
     stride_xb, stride_xi, stride_yb, stride_yo,
     SPLIT, IN_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    X_STAGED: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    X_STAGED: tl.constexpr, X_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -65,8 +65,12 @@ def _wavkan_fwd_kernel(
     # whole tiles of out, so theirs need none either. A staged x (X_STAGED: transposed, padded
     # to whole tiles, unit stride along B) is read unclamped, so the loads stay contiguous
     # (vectorised) in the compiler's eyes.
+    # Row offsets stay int32 where they fit (X_ROWS_32): an int64 vector held across the loop
+    # costs registers and a 64-bit add per load.
     if X_STAGED:
-        x_rows = offs_b.to(tl.int64)
+        x_rows = offs_b
+    elif X_ROWS_32:
+        x_rows = tl.minimum(offs_b, B - 1) * stride_xb
     else:
         x_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_xb
     i_start = pid_k * IN_PER_SPLIT
@@ -139,7 +143,8 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
          stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-             UNROLL=loop_unroll(cfg, wavelet.code), X_STAGED=cfg.stage, SPLIT_SUM=split > 1, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
+             UNROLL=loop_unroll(cfg, wavelet.code), X_STAGED=cfg.stage,
+             X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
              **cfg.launch_options()),
     )
     return y
