@@ -67,8 +67,12 @@ def test_summarize():
         "median_ms": 2.5,
         "p20_ms": pytest.approx(1.6),
         "p80_ms": pytest.approx(3.4),
+        "mean_ms": 2.5,
         "reps": 4,
     }
+    # the mean is KAN-benchmarking's statistic: one slow repetition moves it, not the median
+    skewed = protocol.summarize([1.0, 1.0, 1.0, 1.0, 11.0])
+    assert skewed["median_ms"] == 1.0 and skewed["mean_ms"] == 3.0
 
 
 def test_throughput_arithmetic():
@@ -174,15 +178,17 @@ def test_write_csv_columns_and_values(tmp_path):
 
 
 def test_format_table_is_fixed_width():
-    rows = [_row(times_ms=[6.33] * 3, host_ms=0.0512),
+    rows = [_row(times_ms=[6.33] * 3, host_ms=0.0512, latency_ms=[6.9, 7.0, 7.1]),
             _row(provider="reference-eager", mode="full", status="skipped", note="big")]  # fmt: skip
     lines = report.format_table(rows, report.OP_TABLE).splitlines()
     assert lines[0].split()[:4] == ["src", "provider", "mode", "B"]
-    assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "42.4", "1.1",
-                                "-", "0.0512", "ok"]  # fmt: skip
+    assert lines[0].split()[8:13] == ["gpu", "ms", "p20", "p80", "sync"]
+    assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "7", "0.0512",
+                                "42.4", "1.1", "-", "ok"]  # fmt: skip
     assert lines[2].endswith("skipped: big")
     # the numeric columns line up
-    assert lines[1].index("6.33") + 4 == lines[0].index("median ms") + len("median ms")
+    assert lines[1].index("6.33") + 4 == lines[0].index("gpu ms") + len("gpu ms")
+    assert lines[1].index(" 7 ") + 2 == lines[0].index("sync ms") + len("sync ms")
 
 
 @pytest.mark.parametrize("wavelet", WAVELETS)

@@ -48,3 +48,32 @@ def make_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
     for i, o in zip(widths[:-1], widths[1:]):
         mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.BatchNorm1d(o, device=device, dtype=dtype)]
     return nn.Sequential(*mods)
+
+
+def make_relu_sigmoid_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
+    """nn.Linear per layer, ReLU between them and a sigmoid after the last, no BN: the MLP of
+    KAN-benchmarking."""
+    mods = []
+    for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+        mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.ReLU() if k < len(widths) - 2 else nn.Sigmoid()]
+    return nn.Sequential(*mods)
+
+
+def network_module(provider: str, protocol, wavelet: str, device=None, dtype=None) -> nn.Module:
+    """The module a network provider runs under ``protocol`` (a ``protocol.NetworkProtocol``),
+    before any compile or capture: ``WavKAN`` (backend triton) for wavkan*, ``PaperWavKAN`` for
+    paper-*, the protocol's MLP for mlp*. Every Wav-KAN layer ends in BatchNorm, as in the paper."""
+    if provider.startswith("mlp"):
+        make = make_relu_sigmoid_mlp if protocol.mlp_activations else make_mlp
+        return make(protocol.mlp_widths, device=device, dtype=dtype)
+    if provider.startswith("wavkan"):
+        return WavKAN(protocol.widths, wavelet, batch_norm=True, backend="triton", device=device, dtype=dtype)
+    if provider.startswith("paper"):
+        return PaperWavKAN(protocol.widths, wavelet, batch_norm=True, backend="reference", device=device, dtype=dtype)
+    raise ValueError(f"unknown network provider {provider!r}")
+
+
+def parameter_count(model: nn.Module) -> int:
+    """sum(p.numel()) over ``model.parameters()`` (BatchNorm's weight and bias included, its
+    running statistics not: they are buffers)."""
+    return sum(p.numel() for p in model.parameters())

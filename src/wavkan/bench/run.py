@@ -13,9 +13,10 @@ import torch
 from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
-    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
-    OP_PROVIDERS, PASSES, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, ceiling_row,
-    eager_fits, make_row, network_evals, network_shape, parse_shape, percentile, recorded_rows,
+    COMPILED, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_GPU_MESSAGE,
+    OP_PROVIDERS, PASSES, PROTOCOLS, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget,
+    NetworkProtocol, ceiling_row, eager_fits, make_row, network_evals, network_shape, network_widths, parse_shape,
+    percentile, recorded_rows,
 )
 from .report import format_report, plot_results, write_csv
 from .runners import CudaRunner, FakeRunner, _failure
@@ -29,6 +30,10 @@ def _log(row: dict) -> None:
     msg = f"[{row['level']}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
     if row["status"] == "ok" and row["median_ms"] is not None:
         msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
+        if row["latency_ms"] is not None:
+            msg += f", sync per call {row['latency_ms']:.4g} ms"
+        if row["host_ms"] is not None:
+            msg += f", host {row['host_ms']:.3g} ms"
         if row["frac_ceiling"] is not None:
             msg += f", {row['evals_per_s']:.3g} evals/s, {100 * row['frac_ceiling']:.1f}% of exp2 ceiling"
         if row["peak_gb"] is not None:
@@ -94,7 +99,8 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                             note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"
                         row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
                                        peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
-                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note)  # fmt: skip
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note,
+                                       latency_ms=m.latency_ms)  # fmt: skip
                     except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
                         status, note = _failure(exc, compiled=provider in COMPILED)
                         if status == "compile-failed":
@@ -111,24 +117,28 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
     return rows
 
 
-def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
+def run_network_level(runner, wavelets, providers, dtype_name, ceiling, protocol: NetworkProtocol = CUDA_PORT) -> list:
+    """Forward and backward rows of every network provider under ``protocol``, with its
+    parameter count; the MLPs (no wavelet) once."""
     rows = []
-    shape = network_shape(NET_WIDTHS, NET_BATCH)
-    evals = network_evals(NET_WIDTHS, NET_BATCH)
     for wi, wavelet in enumerate(wavelets):
         for provider in providers:
-            if provider == "mlp" and wi > 0:
+            mlp = provider.startswith("mlp")
+            if mlp and wi > 0:
                 continue  # no wavelet: once is enough
-            base = dict(level="network", source=runner.source, provider=provider,
-                        wavelet="" if provider == "mlp" else wavelet, dtype=dtype_name, shape=shape, B=NET_BATCH,
-                        IN=NET_WIDTHS[0], OUT=NET_WIDTHS[-1], evals=None if provider == "mlp" else evals,
-                        ceiling=ceiling)  # fmt: skip
+            widths = network_widths(provider, protocol)
+            base = dict(level="network", protocol=protocol.name, source=runner.source, provider=provider,
+                        wavelet="" if mlp else wavelet, dtype=dtype_name, shape=network_shape(widths, protocol.batch),
+                        B=protocol.batch, IN=widths[0], OUT=widths[-1],
+                        evals=None if mlp else network_evals(widths, protocol.batch), ceiling=ceiling)  # fmt: skip
             model = None
             try:
-                model = runner.network_model(provider, wavelet, dtype_name)
-                fwd, bwd = runner.measure_network(model, dtype_name)
+                model = runner.network_model(provider, wavelet, dtype_name, protocol)
+                base["params"] = runner.network_params(model)
+                fwd, bwd = runner.measure_network(model, dtype_name, protocol, provider)
                 new = [make_row(**base, mode=mode, times_ms=m.times_ms, peak_bytes=m.peak_bytes,
-                                peak_abs_bytes=m.peak_abs_bytes, first_call_s=m.first_call_s)
+                                peak_abs_bytes=m.peak_abs_bytes, first_call_s=m.first_call_s, host_ms=m.host_ms,
+                                note=m.note)
                        for mode, m in (("forward", fwd), ("backward", bwd))]  # fmt: skip
             except Exception as exc:  # noqa: BLE001
                 status, note = _failure(exc, compiled=provider in COMPILED)
@@ -140,7 +150,6 @@ def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
                 rows.append(row)
                 _log(row)
     return rows
-
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -161,6 +170,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=OP_PROVIDERS, nargs="+", default=list(OP_PROVIDERS), help="op providers (default: all)")
     p.add_argument("--net-provider", choices=NET_PROVIDERS, nargs="+", default=list(NET_PROVIDERS),
                    help="network providers (default: all)")  # fmt: skip
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), nargs="+", default=[CUDA_PORT.name],
+                   help="network protocols, each in turn (default: %(default)s); kan-benchmarking keeps its own "
+                   "1 + 10 steps unless --reps is given")  # fmt: skip
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default: fill ~0.25 s, 10..200)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per row after the first (default: 3)")
     p.add_argument("--ceiling", type=float, default=None, help="exp2/s to use instead of measuring it")
@@ -195,9 +207,11 @@ def main(argv=None, prog: Optional[str] = None) -> int:
         if args.level in ("all", "op"):
             rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, dtype_name, ceiling)
         if args.level in ("all", "network"):
-            rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling)
+            for name in dict.fromkeys(args.protocol):
+                rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling, PROTOCOLS[name])
     if not args.no_recorded:
-        rows += [r for r in recorded_rows() if args.level == "all" or r["level"] in (args.level, "ceiling")]
+        rows += [r for r in recorded_rows() if (args.level == "all" or r["level"] in (args.level, "ceiling"))
+                 and r["protocol"] in ("", *args.protocol)]  # fmt: skip
     for row in rows:
         row.update(env if row["source"] != RECORDED_SOURCE else {"gpu": "NVIDIA H200 (recorded)", "date": "2026-11-28"})
 
