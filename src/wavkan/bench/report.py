@@ -55,7 +55,7 @@ _TABLE = {
     "sync": ("sync ms", 8, True, lambda r: _fmt(r["latency_ms"], ".4g")),
     "mean": ("mean", 8, True, lambda r: _fmt(r["mean_ms"], ".4g")),
     "params": ("params", 9, True, lambda r: _fmt(r["params"], "d")),
-    "first": ("1st s", 6, True, lambda r: _fmt(r["first_call_s"], ".3g")),
+    "first": ("1st s", 8, True, lambda r: _fmt(r["first_call_s"], ".3g")),
     "status": ("status", 0, False, lambda r: _status_cell(r)),
 }
 _SRC_TAGS = {"measured": "meas", RECORDED_SOURCE: "rec", "dry-run": "fake", "given": "giv"}

@@ -30,6 +30,8 @@ def _log(row: dict) -> None:
     msg = f"[{row['level']}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
     if row["status"] == "ok" and row["median_ms"] is not None:
         msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
+        if row["level"] == "network":
+            msg += f", mean {row['mean_ms']:.4g} ms"
         if row["latency_ms"] is not None:
             msg += f", sync per call {row['latency_ms']:.4g} ms"
         if row["host_ms"] is not None:
