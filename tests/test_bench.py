@@ -352,17 +352,28 @@ def test_dry_run_op_rows_carry_gpu_time_sync_latency_and_host_time(tmp_path):
         assert r["params"] == "" and r["protocol"] == ""
 
 
-def test_linear_provider_is_nn_linear_without_bias():
-    """The op provider ``linear``: nn.Linear(in, out, bias=False)'s forward on the row's weights."""
+def test_linear_provider_is_an_nn_linear_per_input_set():
+    """The op provider ``linear``: nn.Linear(in, out) with its bias, the row's weights, one module
+    per input set, its gradients set to None at each call instead of accumulating."""
     from wavkan.bench import runners
 
     runner = object.__new__(runners.CudaRunner)  # op_function needs no GPU for this provider
     f = runner.op_function("linear", "dog")
-    x, s, t, w = torch.randn(5, 7), torch.rand(3, 7), torch.randn(3, 7), torch.randn(3, 7)
-    layer = torch.nn.Linear(7, 3, bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(w)
-    torch.testing.assert_close(f(x, s, t, w), layer(x))
+    x, s, t = torch.randn(5, 7, requires_grad=True), torch.rand(3, 7), torch.randn(3, 7)
+    w, w2 = torch.randn(3, 7), torch.randn(3, 7)
+    y = f(x, s, t, w)
+    layer = f.layer_for(w)
+    assert type(layer) is torch.nn.Linear and layer.bias is not None
+    assert torch.equal(layer.weight, w) and layer.weight is not w
+    torch.testing.assert_close(y, x @ w.T + layer.bias)
+    assert f.layer_for(w2) is not layer and f.layer_for(w) is layer  # one module per set, kept
+    g = torch.randn(5, 3)
+    y.backward(g)
+    first = layer.weight.grad.clone()
+    torch.testing.assert_close(first, g.T @ x.detach())
+    f(x, s, t, w).backward(g)
+    torch.testing.assert_close(layer.weight.grad, first)  # set to None at the call: not 2 * first
+    torch.testing.assert_close(layer.bias.grad, g.sum(0))
 
 
 def _expected_params(provider, proto, wavelet="mexican_hat"):
@@ -395,8 +406,9 @@ def test_dry_run_cuda_port_network_rows(tmp_path):
         assert float(r["p80_ms"]) < 1000 and float(r["mean_ms"]) < 1000
     params = {r["provider"]: int(r["params"]) for r in net}
     # 3 parameters an edge, BN's weight and bias per output; nn.Linear's weight and bias, BN
-    assert params["wavkan"] == params["wavkan-graphed"] == params["paper-compiled"] == 3 * (4 * 1024 * 1024 + 1024 * 128) + 2 * (4 * 1024 + 128)
-    assert params["mlp"] == params["mlp-graphed"] == (4 * 1024 * 1024 + 1024 * 128) + 3 * (4 * 1024 + 128)
+    edges, outputs = 4 * 1024 * 1024 + 1024 * 128, 4 * 1024 + 128
+    assert params["wavkan"] == params["wavkan-graphed"] == params["paper-compiled"] == 3 * edges + 2 * outputs
+    assert params["mlp"] == params["mlp-graphed"] == edges + 3 * outputs
     shapes = {r["shape"] for r in net}
     assert shapes == {"B256:1024-1024-1024-1024-1024-128"}
     # the recorded network rows are of this protocol

@@ -15,8 +15,8 @@ Op level (one layer, no BatchNorm), modes:
 
 Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``wavkan-fast`` (the same with
 ``fast_math=True``: the packed-half forward, fp16/bf16 only; its forward row notes its relative
-error against the fp32 kernel on the same inputs), ``linear`` (nn.Linear(in, out, bias=False)'s
-forward, ``F.linear(x, weights)``: what a layer of the same in/out costs), ``reference-eager`` (the
+error against the fp32 kernel on the same inputs), ``linear`` (``nn.Linear(in, out)`` with its bias, called
+as a module, the row's weights: what a plain layer of the same in/out costs), ``reference-eager`` (the
 paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
 ``reference-compiled`` (``torch.compile(..., dynamic=False)`` of it, compiled once per shape).
 

@@ -20,7 +20,7 @@ PASSES = {"forward": 1, "backward": 1, "full": 2}
 OP_PROVIDERS = ("wavkan", "wavkan-fast", "linear", "reference-eager", "reference-compiled")
 # wavkan-fast: wavkan_linear(..., fast_math=True), the packed-half forward; fp16/bf16 only.
 HALF_ONLY = ("wavkan-fast",)
-# linear: nn.Linear's forward without bias, F.linear(x, weight), on the same (out, in) weights.
+# linear: nn.Linear(in, out) (bias included, called as a module), weights copied from the row's.
 NET_PROVIDERS = ("wavkan", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "paper-eager",
                  "paper-compiled", "mlp", "mlp-graphed")  # fmt: skip
 COMPILED = ("reference-compiled", "paper-compiled", "wavkan-compiled", "wavkan-reduce-overhead")

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..ops import wavkan_linear
 from ..wavelets import get_wavelet
-from .models import network_module, paper_linear, parameter_count
+from .models import LinearProvider, network_module, paper_linear, parameter_count
 from .network_step import CapturedNetwork, EagerNetwork
 from .protocol import (
     CUDA_PORT, Budget, DTYPES, DTYPE_BYTES, EAGER_TENSORS, KAN_DATASET_ROWS, NET_INPUT_SETS, RECORDED_CEILING,
@@ -236,9 +235,7 @@ class CudaRunner:
 
     def op_function(self, provider, wavelet):
         if provider == "linear":
-            # nn.Linear(in, out, bias=False)'s forward on the row's (out, in) weights; the
-            # Wav-KAN layer has no bias either.
-            return lambda x, s, t, w: F.linear(x, w)
+            return LinearProvider()
         if provider in ("wavkan", "wavkan-fast"):
             fast = provider == "wavkan-fast"
             return lambda x, s, t, w: wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=fast)
@@ -522,7 +519,8 @@ class FakeRunner:
         return 1e-3
 
     def network_model(self, provider, wavelet, dtype_name, protocol: NetworkProtocol = CUDA_PORT):
-        return FakeNetwork(provider, network_module(provider, protocol, wavelet, device="meta", dtype=DTYPES[dtype_name]))
+        model = network_module(provider, protocol, wavelet, device="meta", dtype=DTYPES[dtype_name])
+        return FakeNetwork(provider, model)
 
     @staticmethod
     def network_params(net) -> int:
@@ -536,7 +534,8 @@ class FakeRunner:
 
         def step(i):
             if i < first:
-                return StepRecord(self.FIRST_STEP_MS, self.FIRST_STEP_MS, self.FIRST_STEP_MS, self.FIRST_STEP_MS, 0, 0, 0, 0)
+                slow = self.FIRST_STEP_MS
+                return StepRecord(slow, slow, slow, slow, 0, 0, 0, 0)
             k = 1 + 0.01 * (i % 7 - 3)
             fwd, bwd = max(ms, host) * k, max(2.5 * ms, 2 * host) * k
             return StepRecord(fwd, bwd, host, 2 * host, 1e8, 2e8, 2e8, 4e8)
