@@ -350,6 +350,10 @@ def test_dry_run_op_rows_carry_gpu_time_sync_latency_and_host_time(tmp_path):
             assert float(r[column]) > 0, (r["provider"], column)
         assert float(r["latency_p20_ms"]) <= float(r["latency_ms"]) <= float(r["latency_p80_ms"])
         assert r["params"] == "" and r["protocol"] == ""
+        assert float(r["evals_per_s"]) == pytest.approx(int(r["B"]) * 1024 * 1024 / (float(r["median_ms"]) * 1e-3),
+                                                        rel=1e-5)  # fmt: skip
+        # nn.Linear computes no exp: no fraction of the exp2 ceiling
+        assert (r["frac_ceiling"] == "") == (r["provider"] == "linear")
 
 
 def test_linear_provider_is_an_nn_linear_per_input_set():

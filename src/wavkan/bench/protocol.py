@@ -21,6 +21,8 @@ OP_PROVIDERS = ("wavkan", "wavkan-fast", "linear", "reference-eager", "reference
 # wavkan-fast: wavkan_linear(..., fast_math=True), the packed-half forward; fp16/bf16 only.
 HALF_ONLY = ("wavkan-fast",)
 # linear: nn.Linear(in, out) (bias included, called as a module), weights copied from the row's.
+# It computes no exp: its rows count B*in*out edges a second but no fraction of the exp2 ceiling.
+NO_EXP_PROVIDERS = ("linear",)
 NET_PROVIDERS = ("wavkan", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "paper-eager",
                  "paper-compiled", "mlp", "mlp-graphed")  # fmt: skip
 COMPILED = ("reference-compiled", "paper-compiled", "wavkan-compiled", "wavkan-reduce-overhead")

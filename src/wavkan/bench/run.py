@@ -14,8 +14,8 @@ import torch
 from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
-    COMPILED, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_GPU_MESSAGE,
-    OP_PROVIDERS, PASSES, PROTOCOLS, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget,
+    COMPILED, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_EXP_PROVIDERS,
+    NO_GPU_MESSAGE, OP_PROVIDERS, PASSES, PROTOCOLS, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget,
     NetworkProtocol, ceiling_row, eager_fits, make_row, network_evals, network_shape, network_widths, parse_shape,
     percentile, recorded_rows,
 )
@@ -28,7 +28,8 @@ __all__ = ["main", "build_parser"]
 
 
 def _log(row: dict) -> None:
-    msg = f"[{row['level']}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
+    level = row["level"] + (f" {row['protocol']}" if row["protocol"] else "")
+    msg = f"[{level}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
     if row["status"] == "ok" and row["median_ms"] is not None:
         msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
         if row["level"] == "network":
@@ -69,7 +70,8 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
         for wavelet in wavelets:
             for provider in providers:
                 base = dict(level="op", source=runner.source, provider=provider, wavelet=wavelet, dtype=dtype_name,
-                            B=B, IN=IN, OUT=OUT, evals=B * IN * OUT, ceiling=ceiling)  # fmt: skip
+                            B=B, IN=IN, OUT=OUT, evals=B * IN * OUT,
+                            ceiling=None if provider in NO_EXP_PROVIDERS else ceiling)  # fmt: skip
                 fwd, compile_failed = None, None
                 for mode in modes:
                     if provider in HALF_ONLY and dtype_name == "fp32":
