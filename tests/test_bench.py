@@ -67,8 +67,12 @@ def test_summarize():
         "median_ms": 2.5,
         "p20_ms": pytest.approx(1.6),
         "p80_ms": pytest.approx(3.4),
+        "mean_ms": 2.5,
         "reps": 4,
     }
+    # the mean is KAN-benchmarking's statistic: one slow repetition moves it, not the median
+    skewed = protocol.summarize([1.0, 1.0, 1.0, 1.0, 11.0])
+    assert skewed["median_ms"] == 1.0 and skewed["mean_ms"] == 3.0
 
 
 def test_throughput_arithmetic():
@@ -174,15 +178,17 @@ def test_write_csv_columns_and_values(tmp_path):
 
 
 def test_format_table_is_fixed_width():
-    rows = [_row(times_ms=[6.33] * 3, host_ms=0.0512),
+    rows = [_row(times_ms=[6.33] * 3, host_ms=0.0512, latency_ms=[6.9, 7.0, 7.1]),
             _row(provider="reference-eager", mode="full", status="skipped", note="big")]  # fmt: skip
     lines = report.format_table(rows, report.OP_TABLE).splitlines()
     assert lines[0].split()[:4] == ["src", "provider", "mode", "B"]
-    assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "42.4", "1.1",
-                                "-", "0.0512", "ok"]  # fmt: skip
+    assert lines[0].split()[8:13] == ["gpu", "ms", "p20", "p80", "sync"]
+    assert lines[1].split() == ["meas", "wavkan", "forward", "256x1024x1024", "6.33", "6.33", "6.33", "7", "0.0512",
+                                "42.4", "1.1", "-", "ok"]  # fmt: skip
     assert lines[2].endswith("skipped: big")
     # the numeric columns line up
-    assert lines[1].index("6.33") + 4 == lines[0].index("median ms") + len("median ms")
+    assert lines[1].index("6.33") + 4 == lines[0].index("gpu ms") + len("gpu ms")
+    assert lines[1].index(" 7 ") + 2 == lines[0].index("sync ms") + len("sync ms")
 
 
 @pytest.mark.parametrize("wavelet", WAVELETS)
@@ -319,3 +325,302 @@ def test_captured_network_matches_eager():
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+# --- what a user meets: sync per call, host time, nn.Linear, compiled and graphed networks, ------
+# --- KAN-benchmarking's protocol ----------------------------------------------------------------
+
+
+def _dry_rows(tmp_path, *argv):
+    out = tmp_path / "b"
+    assert bench.main(["--dry-run", "--quick", "--no-plots", "--out", str(out), *argv]) == 0
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_dry_run_op_rows_carry_gpu_time_sync_latency_and_host_time(tmp_path):
+    rows = _dry_rows(tmp_path, "--level", "op", "--provider", "wavkan", "linear", "reference-compiled")
+    ops = [r for r in rows if r["level"] == "op" and r["source"] == "dry-run"]
+    assert {r["provider"] for r in ops} == {"wavkan", "linear", "reference-compiled"}
+    assert len(ops) == 3 * 3 * 2  # providers x modes x shapes
+    for r in ops:
+        assert r["status"] == "ok"
+        for column in ("median_ms", "p20_ms", "p80_ms", "mean_ms", "latency_ms", "latency_p20_ms", "latency_p80_ms",
+                       "host_ms"):  # fmt: skip
+            assert float(r[column]) > 0, (r["provider"], column)
+        assert float(r["latency_p20_ms"]) <= float(r["latency_ms"]) <= float(r["latency_p80_ms"])
+        assert r["params"] == "" and r["protocol"] == ""
+        assert float(r["evals_per_s"]) == pytest.approx(int(r["B"]) * 1024 * 1024 / (float(r["median_ms"]) * 1e-3),
+                                                        rel=1e-5)  # fmt: skip
+        # nn.Linear computes no exp: no fraction of the exp2 ceiling
+        assert (r["frac_ceiling"] == "") == (r["provider"] == "linear")
+
+
+def test_linear_provider_is_an_nn_linear_per_input_set():
+    """The op provider ``linear``: nn.Linear(in, out) with its bias, the row's weights, one module
+    per input set, its gradients set to None at each call instead of accumulating."""
+    from wavkan.bench import runners
+
+    runner = object.__new__(runners.CudaRunner)  # op_function needs no GPU for this provider
+    f = runner.op_function("linear", "dog")
+    x, s, t = torch.randn(5, 7, requires_grad=True), torch.rand(3, 7), torch.randn(3, 7)
+    w, w2 = torch.randn(3, 7), torch.randn(3, 7)
+    y = f(x, s, t, w)
+    layer = f.layer_for(w)
+    assert type(layer) is torch.nn.Linear and layer.bias is not None
+    assert torch.equal(layer.weight, w) and layer.weight is not w
+    torch.testing.assert_close(y, x @ w.T + layer.bias)
+    assert f.layer_for(w2) is not layer and f.layer_for(w) is layer  # one module per set, kept
+    g = torch.randn(5, 3)
+    y.backward(g)
+    first = layer.weight.grad.clone()
+    torch.testing.assert_close(first, g.T @ x.detach())
+    f(x, s, t, w).backward(g)
+    torch.testing.assert_close(layer.weight.grad, first)  # set to None at the call: not 2 * first
+    torch.testing.assert_close(layer.bias.grad, g.sum(0))
+
+
+def _expected_params(provider, proto, wavelet="mexican_hat"):
+    """sum(p.numel()) of the provider's model built here on the CPU, independently of the runner."""
+    if provider.startswith("mlp"):
+        if proto.mlp_activations:
+            model = models.make_relu_sigmoid_mlp(proto.mlp_widths)
+        else:
+            model = models.make_mlp(proto.mlp_widths)
+    elif provider.startswith("paper"):
+        model = models.PaperWavKAN(proto.widths, wavelet, backend="reference")
+    else:
+        model = WavKAN(proto.widths, wavelet, backend="reference")
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_dry_run_cuda_port_network_rows(tmp_path):
+    rows = _dry_rows(tmp_path, "--level", "network", "--wavelet", "dog", "--reps", "6")
+    net = [r for r in rows if r["level"] == "network" and r["source"] == "dry-run"]
+    assert {(r["provider"], r["mode"]) for r in net} == {(p, m) for p in protocol.NET_PROVIDERS
+                                                          for m in ("forward", "backward")}  # fmt: skip
+    for r in net:
+        assert r["protocol"] == "cuda-port" and r["status"] == "ok" and r["B"] == "256"
+        assert int(r["params"]) == _expected_params(r["provider"], protocol.CUDA_PORT, "dog")
+        assert r["reps"] == "6"  # --reps applies
+        for column in ("median_ms", "mean_ms", "host_ms", "first_call_s", "peak_abs_gb"):
+            assert r[column] != "", (r["provider"], column)
+        assert r["latency_ms"] == ""  # op level only
+        # a FakeRunner first step is 5000 ms: it never reaches a statistic
+        assert float(r["p80_ms"]) < 1000 and float(r["mean_ms"]) < 1000
+    params = {r["provider"]: int(r["params"]) for r in net}
+    # 3 parameters an edge, BN's weight and bias per output; nn.Linear's weight and bias, BN
+    edges, outputs = 4 * 1024 * 1024 + 1024 * 128, 4 * 1024 + 128
+    assert params["wavkan"] == params["wavkan-graphed"] == params["paper-compiled"] == 3 * edges + 2 * outputs
+    assert params["mlp"] == params["mlp-graphed"] == edges + 3 * outputs
+    shapes = {r["shape"] for r in net}
+    assert shapes == {"B256:1024-1024-1024-1024-1024-128"}
+    # the recorded network rows are of this protocol
+    rec = [r for r in rows if r["source"] == "recorded" and r["level"] == "network"]
+    assert rec and {r["protocol"] for r in rec} == {"cuda-port"}
+
+
+def test_dry_run_kan_benchmarking_protocol(tmp_path):
+    rows = _dry_rows(tmp_path, "--level", "network", "--protocol", "kan-benchmarking")
+    net = [r for r in rows if r["level"] == "network"]
+    assert {r["source"] for r in net} == {"dry-run"}  # no recorded rows: they are of the CUDA port's protocol
+    assert {r["protocol"] for r in net} == {"kan-benchmarking"}
+    assert {(r["provider"], r["mode"]) for r in net} == {(p, m) for p in protocol.NET_PROVIDERS
+                                                          for m in ("forward", "backward")}  # fmt: skip
+    kb = protocol.KAN_BENCHMARKING
+    for r in net:
+        assert r["status"] == "ok" and r["B"] == "100" and r["reps"] == "10"  # mean of 10 steps
+        assert int(r["params"]) == _expected_params(r["provider"], kb)
+        mlp = r["provider"].startswith("mlp")
+        assert r["shape"] == ("B100:1000-10000-1" if mlp else "B100:1000-2000-1")
+        assert r["evals"] == ("" if mlp else str(100 * (1000 * 2000 + 2000)))
+        assert float(r["mean_ms"]) < 1000  # no first step inside
+    params = {r["provider"]: int(r["params"]) for r in net}
+    # KAN-benchmarking's own table lists its MLP at 10020001 parameters
+    assert params["mlp"] == params["mlp-graphed"] == 10020001
+    # the paper's code adds an unused (out, in) weight per layer (8012002 there); not here
+    assert params["wavkan"] == params["paper-eager"] == 3 * (1000 * 2000 + 2000) + 2 * (2000 + 1) == 6010002
+
+
+def test_dry_run_both_protocols_plots_each(tmp_path, capsys):
+    out = tmp_path / "b"
+    argv = ["--dry-run", "--quick", "--level", "network", "--out", str(out), "--protocol", "cuda-port",
+            "kan-benchmarking"]  # fmt: skip
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "the CUDA port's protocol" in printed and "KAN-benchmarking's protocol" in printed
+    assert "its figure: the mean" in printed and "its figure: the median" in printed
+    assert (out / "network_mexican_hat_fp32.png").stat().st_size > 0
+    assert (out / "network_kan-benchmarking_mexican_hat_fp32.png").stat().st_size > 0
+    # every table line of the network tables is as wide as its header allows (fixed width)
+    lines = [line for line in printed.splitlines() if line.startswith("fake wavkan-reduce-overhead")]
+    assert len(lines) == 4
+    header = next(line for line in printed.splitlines() if line.startswith("src  provider") and "params" in line)
+    assert all(line.index(" mexican_hat ") + 1 == header.index("wavelet") for line in lines)
+
+
+def test_protocol_helpers():
+    kb, cp = protocol.KAN_BENCHMARKING, protocol.CUDA_PORT
+    assert protocol.PROTOCOLS == {"cuda-port": cp, "kan-benchmarking": kb}
+    assert protocol.network_widths("mlp-graphed", kb) == (1000, 10000, 1)
+    assert protocol.network_widths("wavkan-compiled", kb) == (1000, 2000, 1)
+    assert protocol.network_widths("mlp", cp) == protocol.network_widths("paper-eager", cp) == protocol.NET_WIDTHS
+    assert protocol.first_steps("wavkan") == protocol.first_steps("wavkan-graphed") == 1
+    assert protocol.first_steps("wavkan-reduce-overhead") == protocol.first_steps("paper-compiled") == 3
+    assert not kb.zero_grad and cp.zero_grad and kb.statistic == "mean" and cp.statistic == "median"
+
+
+def test_run_schedule_keeps_first_and_warmup_steps_out():
+    from wavkan.bench.runners import FirstCallError, run_schedule
+
+    calls = []
+
+    def step(i):
+        calls.append(i)
+        return i
+
+    seen_warm = []
+
+    def reps_for(warm):
+        seen_warm.extend(warm)
+        return 4
+
+    first_s, records = run_schedule(step, 3, 2, reps_for)
+    assert calls == list(range(9)) and seen_warm == [3, 4] and records == [5, 6, 7, 8]
+    assert first_s >= 0
+
+    def failing_first(i):
+        raise RuntimeError("compile error")
+
+    with pytest.raises(FirstCallError) as info:
+        run_schedule(failing_first, 1, 0, lambda warm: 1)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+    def failing_later(i):
+        if i == 2:
+            raise ValueError("late")
+        return i
+
+    with pytest.raises(ValueError, match="late"):
+        run_schedule(failing_later, 1, 1, lambda warm: 3)
+
+
+def test_network_reps_and_warmup():
+    from wavkan.bench.runners import StepRecord, network_reps, network_warmup
+
+    kb, cp = protocol.KAN_BENCHMARKING, protocol.CUDA_PORT
+    budget = protocol.Budget(warmup=3, target_s=0.25, min_reps=10, max_reps=200)
+    warm = [StepRecord(1.0, 4.0, 0, 0, 0, 0, 0, 0)] * 3  # 5 ms a step: 50 steps fill 0.25 s
+    assert network_reps(cp, budget, warm) == 50
+    assert network_reps(kb, budget, warm) == 10
+    fixed = protocol.Budget(fixed_reps=7)
+    assert network_reps(cp, fixed, warm) == network_reps(kb, fixed, warm) == 7
+    assert network_warmup(kb, budget) == 0 and network_warmup(cp, budget) == 3
+    assert network_warmup(cp, protocol.Budget(warmup=0)) == 1
+
+
+def test_network_measurements_statistics():
+    from wavkan.bench.runners import StepRecord, network_measurements
+
+    records = [StepRecord(1.0, 2.0, 0.5, 0.7, 10.0, 100.0, 20.0, 200.0),
+               StepRecord(3.0, 4.0, 0.1, 0.9, 30.0, 300.0, 40.0, 400.0),
+               StepRecord(2.0, 9.0, 0.3, 0.8, 20.0, 200.0, 60.0, 600.0)]  # fmt: skip
+    fwd, bwd = network_measurements(1.5, records, note="n")
+    assert fwd.times_ms == [1.0, 3.0, 2.0] and bwd.times_ms == [2.0, 4.0, 9.0]
+    assert fwd.host_ms == 0.3 and bwd.host_ms == 0.8  # medians
+    assert fwd.peak_bytes == 20.0 and fwd.peak_abs_bytes == 200.0  # means, as KAN-benchmarking reports
+    assert bwd.peak_bytes == 40.0 and bwd.peak_abs_bytes == 400.0
+    assert fwd.first_call_s == bwd.first_call_s == 1.5 and fwd.note == bwd.note == "n"
+
+
+def test_network_module_per_provider():
+    kb, cp = protocol.KAN_BENCHMARKING, protocol.CUDA_PORT
+    wk = models.network_module("wavkan-reduce-overhead", kb, "morlet")
+    assert type(wk) is WavKAN and wk.layers_hidden == [1000, 2000, 1] and wk.wavelet == "morlet"
+    assert all(layer.backend == "triton" and layer.bn is not None for layer in wk.layers)
+    paper = models.network_module("paper-compiled", cp, "dog")
+    assert type(paper) is models.PaperWavKAN and paper.layers_hidden == list(protocol.NET_WIDTHS)
+    assert all(layer.backend == "reference" for layer in paper.layers)
+    mlp = models.network_module("mlp-graphed", kb, "dog")
+    assert [type(m).__name__ for m in mlp] == ["Linear", "ReLU", "Linear", "Sigmoid"]
+    assert (mlp[0].in_features, mlp[0].out_features, mlp[2].out_features) == (1000, 10000, 1)
+    y = mlp(torch.randn(4, 1000))
+    assert y.shape == (4, 1) and bool(((y > 0) & (y < 1)).all())
+    seed_mlp = models.network_module("mlp", cp, "dog")
+    assert [type(m).__name__ for m in seed_mlp][:2] == ["Linear", "BatchNorm1d"]
+    on_meta = models.network_module("wavkan", kb, "dog", device="meta")
+    assert models.parameter_count(on_meta) == models.parameter_count(wk) == 6010002
+    with pytest.raises(ValueError, match="unknown network provider"):
+        models.network_module("resnet", cp, "dog")
+
+
+def test_kan_benchmarking_batches_are_drawn_from_its_dataset():
+    from wavkan.bench import runners
+
+    runner = object.__new__(runners.CudaRunner)  # _network_batches only needs a device
+    runner.device = torch.device("cpu")
+    batch = runner._network_batches(protocol.KAN_BENCHMARKING, "fp32")
+    x0, y0 = batch(0)
+    x1, y1 = batch(1)
+    assert x0.shape == (100, 1000) and y0.shape == (100, 1)
+    assert float(x0.min()) >= -1 and float(x0.max()) <= 1
+    torch.testing.assert_close(y0, torch.exp(torch.sin(math.pi * x0[:, :1]) + x0[:, 1:2] ** 2))
+    assert not torch.equal(x0, x1)  # a new random draw each step
+    # 100 distinct rows of the 1000 (drawn without replacement)
+    assert torch.unique(x0[:, 0]).numel() == 100
+    seed = runner._network_batches(protocol.CUDA_PORT, "bf16")
+    x, y = seed(0)
+    assert x.shape == (256, 1024) and y.shape == (256, 128) and x.dtype == torch.bfloat16
+    assert seed(3)[0] is x  # the CUDA port's protocol rotates among 3 sets
+
+
+def test_accumulating_protocol_preallocates_zero_grads():
+    """Gradients that accumulate (KAN-benchmarking) start as zeros allocated outside any compile or
+    capture, and every step adds into them."""
+    from wavkan.bench.runners import _accumulate_into_zeros
+
+    model = WavKAN([6, 5, 3], "mexican_hat", batch_norm=False, backend="reference", dtype=torch.float64)
+    net = network_step.EagerNetwork(model)
+    _accumulate_into_zeros(net)
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and not g.any() for g in grads)
+    x, target = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    net.backward(net.loss(net.forward(x), target))
+    once = [p.grad.clone() for p in model.parameters()]
+    net.backward(net.loss(net.forward(x), target))
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads))  # the same buffers
+    for p, g in zip(model.parameters(), once):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+@pytest.mark.gpu
+def test_cuda_runner_network_providers_under_a_small_protocol():
+    """Every network provider steps under an accumulating protocol and a zeroing one; the runner
+    returns the protocol's number of timed steps, positive times, the first steps apart."""
+    from wavkan.bench.runners import CudaRunner
+
+    runner = CudaRunner(protocol.Budget(warmup=1, fixed_reps=None, min_reps=3, max_reps=3))
+    for zero in (True, False):
+        small = protocol.NetworkProtocol(
+            name="small", widths=(64, 48, 16), mlp_widths=(64, 96, 16), mlp_activations=not zero, batch=32,
+            zero_grad=zero, statistic="mean", warmup=1, reps=4 if not zero else None, host_dataset=not zero,
+            title="small")  # fmt: skip
+        for provider in protocol.NET_PROVIDERS:
+            net = runner.network_model(provider, "mexican_hat", "fp32", small)
+            assert runner.network_params(net) == _expected_params(provider, small)
+            fwd, bwd = runner.measure_network(net, "fp32", small, provider)
+            assert len(fwd.times_ms) == len(bwd.times_ms) == (3 if zero else 4), provider
+            assert min(fwd.times_ms) > 0 and min(bwd.times_ms) > 0 and fwd.host_ms > 0 and fwd.first_call_s > 0
+            runner.cleanup()
+
+
+@pytest.mark.gpu
+def test_cuda_runner_op_rows_time_three_ways():
+    from wavkan.bench.runners import CudaRunner
+
+    runner = CudaRunner(protocol.Budget(warmup=1, fixed_reps=3))
+    sets = runner.op_inputs((64, 33, 17), "fp32")
+    for provider in ("wavkan", "linear", "reference-eager"):
+        m = runner.measure_op(runner.op_function(provider, "mexican_hat"), sets, "full")
+        assert len(m.times_ms) == len(m.latency_ms) == 3 and m.host_ms > 0
+        runner.release_grads(sets)

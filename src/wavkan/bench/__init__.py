@@ -1,7 +1,8 @@
 """Benchmark: the fused Wav-KAN op and network against the paper's formula, eager and compiled.
 
     python -m wavkan.bench [--quick] [--out DIR] [--wavelet NAME|all] [--dtype fp32|bf16|fp16 ...]
-                           [--shape BxINxOUT ...] [--level all|op|network] ...
+                           [--shape BxINxOUT ...] [--level all|op|network]
+                           [--protocol cuda-port|kan-benchmarking ...] ...
 
 Op level (one layer, no BatchNorm), modes:
 
@@ -14,36 +15,53 @@ Op level (one layer, no BatchNorm), modes:
 
 Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``wavkan-fast`` (the same with
 ``fast_math=True``: the packed-half forward, fp16/bf16 only; its forward row notes its relative
-error against the fp32 kernel on the same inputs), ``reference-eager`` (the
+error against the fp32 kernel on the same inputs), ``linear`` (``nn.Linear(in, out)`` with its bias, called
+as a module, the row's weights: what a plain layer of the same in/out costs), ``reference-eager`` (the
 paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
 ``reference-compiled`` (``torch.compile(..., dynamic=False)`` of it, compiled once per shape).
 
-Network level, the seed's protocol (benchmarks/RECORDED.md): widths 1024-1024-1024-1024-1024-128,
-BatchNorm in every layer, batch 256, MSE loss against a random target, CUDA events around
-``model(x)`` and around ``loss.backward()``. Providers ``wavkan``, ``wavkan-graphed`` (the same
-model with the forward, the loss and the backward each replayed from a CUDA graph, captured as
-the training app captures its step, so the events time the kernels without the host's launch
-cost: ``network_step.CapturedNetwork``), ``paper-eager`` (the same
-network computing each layer with the paper's formula), ``paper-compiled`` and ``mlp``
-(nn.Linear + BatchNorm1d per layer, no activation: the seed's MLP row).
+Every op row carries three figures, side by side: the GPU time (``median_ms``: a GPU spin,
+``torch.cuda._sleep``, queued before each start event lets the host queue the whole call before
+the GPU gets there, so the events time GPU work alone), the latency with a synchronize per call
+(``latency_ms``: the GPU idle, events around the call, then ``torch.cuda.synchronize()``, as the
+public protocols time it: where the GPU waits for the host, the wait counts) and the host's wall
+time per call (``host_ms``). Where host time exceeds GPU time, a loop of calls is host-bound.
 
-Figures: median, p20, p80 of per-repetition CUDA-event times (after warm-up; inputs rotate
-among at least 3 sets, more when a set fits twice in L2). At the op level a GPU spin
-(``torch.cuda._sleep``) is queued before each start event so the host has queued the whole
-call before the GPU gets there: the events time GPU work, and the host's own time per call is
-reported beside it (``host_ms``). The network level keeps the seed's protocol as it is
-(events around the call, host time included when the GPU waits). Evaluations per second = B*in*out
-(summed over layers for a network) / median time, counted the same way in every mode; the
-fraction of the exp2 ceiling = evals * passes / time / ceiling, passes = 1 for forward and
+Network level, one protocol or more (``--protocol``, ``protocol.PROTOCOLS``):
+
+- ``cuda-port`` (default), the seed's protocol (benchmarks/RECORDED.md): widths
+  1024-1024-1024-1024-1024-128, BatchNorm in every layer, batch 256, MSE loss against a random
+  target, gradients set to None before each step, the median reported;
+- ``kan-benchmarking``, the public KAN-benchmarking repository's ``benchmark.py`` at the options
+  of its Wav-KAN figures: the Wav-KAN network 1000-2000-1 (BN in every layer), its MLP
+  1000-10000-1 with ReLU and a sigmoid, batches of 100 rows drawn from 1000 rows in host memory
+  and copied before the start event, MSE, gradients never zeroed (they accumulate), one
+  dropped step then 10 timed ones, the mean reported.
+
+Each step: CUDA events around ``model(x)``, a synchronize, the loss (untimed), events around
+``loss.backward()``, a synchronize; the host's time of each call beside. Providers ``wavkan``
+(``WavKAN``, backend triton, eager), ``wavkan-compiled`` (``torch.compile(model)``, the default
+mode), ``wavkan-reduce-overhead`` (``torch.compile(model, mode="reduce-overhead")``),
+``wavkan-graphed`` (the forward, the loss and the backward each replayed from a CUDA graph,
+captured as the training app captures its step: ``network_step.CapturedNetwork``),
+``paper-eager`` (the same network computing each layer with the paper's formula),
+``paper-compiled``, ``mlp`` (the protocol's MLP) and ``mlp-graphed``. The untimed first steps
+(1; 3 for compiled providers: the compile, the CUDA-graph warm-up and recording) are reported
+as ``first_call_s`` and never enter a statistic. ``params`` = sum(p.numel()) of the model.
+
+Figures: median, p20, p80 and mean of per-repetition CUDA-event times (after warm-up; op inputs
+rotate among at least 3 sets, more when a set fits twice in L2). Evaluations per second =
+B*in*out (summed over layers for a network) / median time, counted the same way in every mode;
+the fraction of the exp2 ceiling = evals * passes / time / ceiling, passes = 1 for forward and
 backward and 2 for full (one exp2 per evaluation and pass); peak memory above what was
-allocated before the timed step. The exp2 ceiling is measured first
-(``wavkan.bench.ceiling``). The recorded figures for the seed's CUDA kernels (benchmarks/RECORDED.md), which cannot
-be rerun, are added as rows marked "recorded".
+allocated before the timed call. The exp2 ceiling is measured first (``wavkan.bench.ceiling``).
+The recorded figures for the seed's CUDA kernels (benchmarks/RECORDED.md), which cannot be
+rerun, are added as rows marked "recorded".
 
 Without a CUDA GPU it says so and returns 0; it never times the CPU or Triton's interpreter.
 
 Modules: ``protocol`` (what is measured, the recorded baselines, the pure arithmetic),
-``models`` (the baselines' networks), ``runners`` (CUDA-event timing; a fake runner for
+``models`` (each network provider's module), ``runners`` (CUDA-event timing; a fake runner for
 ``--dry-run``), ``report`` (CSV, table, plots), ``ceiling`` (the exp2 ceiling kernel), ``run``
 (runs them and parses the options).
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from ..nn import WavKAN
@@ -48,3 +49,60 @@ def make_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
     for i, o in zip(widths[:-1], widths[1:]):
         mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.BatchNorm1d(o, device=device, dtype=dtype)]
     return nn.Sequential(*mods)
+
+
+class LinearProvider:
+    """The op provider ``linear``: ``nn.Linear(in, out)`` as a user builds it (bias included), one
+    module per input set, its weight a copy of that set's (out, in) weights, called as a module.
+
+    Called as ``f(x, scale, translation, weights)`` like the other op providers (it reads only
+    ``x`` and the weights' shape, dtype, device and values). Its gradients are set to None at the
+    start of each call, as the benchmark sets the other providers' inputs' gradients to None
+    before theirs: two attribute writes, inside the timed call in ``full`` mode."""
+
+    def __init__(self):
+        self.layers = {}  # id(weights) -> nn.Linear; the input sets outlive the provider
+
+    def layer_for(self, weights) -> nn.Linear:
+        layer = self.layers.get(id(weights))
+        if layer is None:
+            out_features, in_features = weights.shape
+            layer = nn.Linear(in_features, out_features, device=weights.device, dtype=weights.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(weights)
+            self.layers[id(weights)] = layer
+        return layer
+
+    def __call__(self, x, scale, translation, weights):
+        layer = self.layer_for(weights)
+        layer.weight.grad = layer.bias.grad = None
+        return layer(x)
+
+
+def make_relu_sigmoid_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
+    """nn.Linear per layer, ReLU between them and a sigmoid after the last, no BN: the MLP of
+    KAN-benchmarking."""
+    mods = []
+    for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+        mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.ReLU() if k < len(widths) - 2 else nn.Sigmoid()]
+    return nn.Sequential(*mods)
+
+
+def network_module(provider: str, protocol, wavelet: str, device=None, dtype=None) -> nn.Module:
+    """The module a network provider runs under ``protocol`` (a ``protocol.NetworkProtocol``),
+    before any compile or capture: ``WavKAN`` (backend triton) for wavkan*, ``PaperWavKAN`` for
+    paper-*, the protocol's MLP for mlp*. Every Wav-KAN layer ends in BatchNorm, as in the paper."""
+    if provider.startswith("mlp"):
+        make = make_relu_sigmoid_mlp if protocol.mlp_activations else make_mlp
+        return make(protocol.mlp_widths, device=device, dtype=dtype)
+    if provider.startswith("wavkan"):
+        return WavKAN(protocol.widths, wavelet, batch_norm=True, backend="triton", device=device, dtype=dtype)
+    if provider.startswith("paper"):
+        return PaperWavKAN(protocol.widths, wavelet, batch_norm=True, backend="reference", device=device, dtype=dtype)
+    raise ValueError(f"unknown network provider {provider!r}")
+
+
+def parameter_count(model: nn.Module) -> int:
+    """sum(p.numel()) over ``model.parameters()`` (BatchNorm's weight and bias included, its
+    running statistics not: they are buffers)."""
+    return sum(p.numel() for p in model.parameters())

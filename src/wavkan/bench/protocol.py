@@ -17,14 +17,73 @@ DEFAULT_SHAPES = tuple((b, 1024, 1024) for b in (64, 256, 1024, 4096))
 QUICK_SHAPES = ((256, 1024, 1024), (4096, 1024, 1024))
 MODES = ("forward", "backward", "full")
 PASSES = {"forward": 1, "backward": 1, "full": 2}
-OP_PROVIDERS = ("wavkan", "wavkan-fast", "reference-eager", "reference-compiled")
+OP_PROVIDERS = ("wavkan", "wavkan-fast", "linear", "reference-eager", "reference-compiled")
 # wavkan-fast: wavkan_linear(..., fast_math=True), the packed-half forward; fp16/bf16 only.
 HALF_ONLY = ("wavkan-fast",)
-NET_PROVIDERS = ("wavkan", "wavkan-graphed", "paper-eager", "paper-compiled", "mlp")
-COMPILED = ("reference-compiled", "paper-compiled")
+# linear: nn.Linear(in, out) (bias included, called as a module), weights copied from the row's.
+# It computes no exp: its rows count B*in*out edges a second but no fraction of the exp2 ceiling.
+NO_EXP_PROVIDERS = ("linear",)
+NET_PROVIDERS = ("wavkan", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "paper-eager",
+                 "paper-compiled", "mlp", "mlp-graphed")  # fmt: skip
+COMPILED = ("reference-compiled", "paper-compiled", "wavkan-compiled", "wavkan-reduce-overhead")
 NET_WIDTHS = (1024, 1024, 1024, 1024, 1024, 128)
 NET_BATCH = 256
 NET_INPUT_SETS = 3
+@dataclass(frozen=True)
+class NetworkProtocol:
+    """One public network benchmark, restated: what it builds, how it steps, what it reports.
+
+    Each timed step: the gradients set to None (``zero_grad``) or left to accumulate; one batch;
+    CUDA events around ``model(x)``, then a device synchronize; the MSE loss (untimed); events
+    around ``loss.backward()``, then a synchronize. ``statistic`` is the figure the protocol
+    publishes (every row carries median, p20, p80 and mean all the same)."""
+
+    name: str
+    widths: tuple  # the Wav-KAN networks (wavkan*, paper-*)
+    mlp_widths: tuple  # the MLP rows
+    mlp_activations: bool  # ReLU between the MLP's layers and a sigmoid after the last
+    batch: int
+    zero_grad: bool  # set the gradients to None before each step; False: they accumulate
+    statistic: str  # "median" or "mean"
+    warmup: Optional[int]  # untimed steps after the first call; None: the run's budget
+    reps: Optional[int]  # timed steps; None: the run's budget
+    host_dataset: bool  # batches drawn from a dataset in host memory, copied before the start event
+    title: str
+
+
+# The seed's protocol (benchmarks/RECORDED.md): 5 layers, BN in each, batch 256.
+CUDA_PORT = NetworkProtocol(
+    name="cuda-port", widths=NET_WIDTHS, mlp_widths=NET_WIDTHS, mlp_activations=False, batch=NET_BATCH,
+    zero_grad=True, statistic="median", warmup=None, reps=None, host_dataset=False,
+    title="the CUDA port's protocol: widths 1024-1024-1024-1024-1024-128, BN in every layer, batch 256, MSE",
+)  # fmt: skip
+# KAN-benchmarking (github.com/Jerry-Master/KAN-benchmarking, benchmark.py) with the options of its
+# Wav-KAN figures (--batch-size 100 --inp-size 1000 --hid-size 1000): the Wav-KAN network is
+# [in, 2 * hid, 1], its MLP [in, 10 * hid, 1] with ReLU and a sigmoid (the repository's rule for
+# comparable parameter counts), batches of 100 rows drawn at random from 1000 host rows,
+# gradients never zeroed, 1 + 10 steps with the first dropped, the mean reported.
+KAN_BENCHMARKING = NetworkProtocol(
+    name="kan-benchmarking", widths=(1000, 2000, 1), mlp_widths=(1000, 10000, 1), mlp_activations=True, batch=100,
+    zero_grad=False, statistic="mean", warmup=0, reps=10, host_dataset=True,
+    title="KAN-benchmarking's protocol: widths 1000-2000-1 (MLP 1000-10000-1, ReLU, sigmoid), BN in every "
+          "Wav-KAN layer, batch 100, MSE, gradients accumulate, mean of 10 steps after one",
+)  # fmt: skip
+PROTOCOLS = {p.name: p for p in (CUDA_PORT, KAN_BENCHMARKING)}
+KAN_DATASET_ROWS = 1000  # KAN-benchmarking's train_num
+# Untimed first steps of a compiled provider: the compile, then (reduce-overhead) the CUDA-graph
+# warm-up run and the recording; every other provider has one first step.
+COMPILED_FIRST_STEPS = 3
+
+
+def first_steps(provider: str) -> int:
+    """Untimed steps whose wall time is ``first_call_s``: 1, or COMPILED_FIRST_STEPS when compiled."""
+    return COMPILED_FIRST_STEPS if provider in COMPILED else 1
+
+
+def network_widths(provider: str, protocol: NetworkProtocol) -> tuple:
+    """The widths ``provider`` runs under ``protocol``: the MLP's for mlp*, else the Wav-KAN's."""
+    return tuple(protocol.mlp_widths if provider.startswith("mlp") else protocol.widths)
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # (B, out, in) tensors the paper's formula holds at its peak under autograd (mexican_hat:
@@ -68,8 +127,9 @@ RECORDED_NET = (
 )
 
 CSV_COLUMNS = (
-    "level", "source", "provider", "wavelet", "dtype", "mode", "shape", "B", "IN", "OUT",
-    "median_ms", "p20_ms", "p80_ms", "reps", "evals", "passes", "evals_per_s", "exps_per_s",
+    "level", "protocol", "source", "provider", "wavelet", "dtype", "mode", "shape", "B", "IN", "OUT", "params",
+    "median_ms", "p20_ms", "p80_ms", "mean_ms", "reps", "latency_ms", "latency_p20_ms", "latency_p80_ms",
+    "evals", "passes", "evals_per_s", "exps_per_s",
     "frac_ceiling", "ceiling_per_s", "peak_gb", "peak_abs_gb", "host_ms", "first_call_s", "status", "note",
     "gpu", "torch", "triton", "cuda", "date",
 )  # fmt: skip
@@ -104,11 +164,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summarize(times_ms: Sequence[float]) -> dict:
-    """{"median_ms", "p20_ms", "p80_ms", "reps"} of per-repetition times."""
+    """{"median_ms", "p20_ms", "p80_ms", "mean_ms", "reps"} of per-repetition times."""
     return {
         "median_ms": percentile(times_ms, 50),
         "p20_ms": percentile(times_ms, 20),
         "p80_ms": percentile(times_ms, 80),
+        "mean_ms": math.fsum(times_ms) / len(times_ms),
         "reps": len(times_ms),
     }
 
@@ -180,15 +241,21 @@ def choose_reps(est_ms: float, budget: Budget) -> int:
 def make_row(
     *, level, source, provider, wavelet="", dtype="", mode="", shape=None, B=None, IN=None, OUT=None,
     times_ms=None, median_ms=None, evals=None, passes=1, ceiling=None, peak_bytes=None,
-    peak_abs_bytes=None, host_ms=None, first_call_s=None, status="ok", note="",
+    peak_abs_bytes=None, host_ms=None, first_call_s=None, status="ok", note="", protocol="", params=None,
+    latency_ms=None,
 ) -> dict:  # fmt: skip
-    """One CSV row; statistics from ``times_ms`` (or a bare ``median_ms`` for recorded figures)."""
+    """One CSV row; statistics from ``times_ms`` (or a bare ``median_ms`` for recorded figures),
+    and from ``latency_ms`` (op level: events around each call with a synchronize after it)."""
     row = dict.fromkeys(CSV_COLUMNS)
     row.update(level=level, source=source, provider=provider, wavelet=wavelet, dtype=dtype, mode=mode,
-               B=B, IN=IN, OUT=OUT, status=status, note=note, host_ms=host_ms, first_call_s=first_call_s)  # fmt: skip
+               B=B, IN=IN, OUT=OUT, status=status, note=note, host_ms=host_ms, first_call_s=first_call_s,
+               protocol=protocol, params=params)  # fmt: skip
     row["shape"] = shape if shape is not None else (f"{B}x{IN}x{OUT}" if B is not None else "")
     if times_ms:
         row.update(summarize(times_ms))
+    if latency_ms:
+        row.update(latency_ms=percentile(latency_ms, 50), latency_p20_ms=percentile(latency_ms, 20),
+                   latency_p80_ms=percentile(latency_ms, 80))  # fmt: skip
     elif median_ms is not None:
         row["median_ms"] = median_ms
     if evals is not None:
@@ -227,7 +294,7 @@ def recorded_rows() -> list:
     for provider, fwd_ms, bwd_ms, fwd_gb, bwd_gb in RECORDED_NET:
         for mode, ms, gb in (("forward", fwd_ms, fwd_gb), ("backward", bwd_ms, bwd_gb)):
             rows.append(make_row(
-                level="network", source=RECORDED_SOURCE, provider=provider,
+                level="network", protocol=CUDA_PORT.name, source=RECORDED_SOURCE, provider=provider,
                 wavelet="" if provider == "mlp" else "mexican_hat", dtype="fp32", mode=mode, shape=net_shape,
                 B=NET_BATCH, IN=NET_WIDTHS[0], OUT=NET_WIDTHS[-1], median_ms=ms,
                 evals=None if provider == "mlp" else evals, ceiling=RECORDED_CEILING, peak_abs_bytes=gb * GB,

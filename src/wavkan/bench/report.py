@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import textwrap
 from typing import Sequence
 
 
 from ..files import atomic_write
 from .protocol import (
-    CSV_COLUMNS, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, OP_PROVIDERS, RECORDED_NOTE, RECORDED_SOURCE,
+    CSV_COLUMNS, CUDA_PORT, MODES, NET_PROVIDERS, OP_PROVIDERS, PROTOCOLS, RECORDED_NOTE, RECORDED_SOURCE,
 )
 
 def _csv_value(v) -> str:
@@ -38,7 +39,7 @@ def _fmt(v, spec: str) -> str:
 # (header, width, right-aligned, cell) for the printed table
 _TABLE = {
     "src": ("src", 4, False, lambda r: _SRC_TAGS.get(r["source"], r["source"][:4])),
-    "provider": ("provider", 20, False, lambda r: r["provider"]),
+    "provider": ("provider", 22, False, lambda r: r["provider"]),
     "wavelet": ("wavelet", 11, False, lambda r: r["wavelet"] or "-"),
     "mode": ("mode", 8, False, lambda r: r["mode"]),
     "shape": ("B x in x out", 15, False, lambda r: r["shape"]),
@@ -50,6 +51,11 @@ _TABLE = {
     "peak": ("peak GB", 8, True, lambda r: _fmt(r["peak_gb"], ".3g")),
     "abs": ("abs GB", 7, True, lambda r: _fmt(r["peak_abs_gb"], ".3g")),
     "host": ("host ms", 8, True, lambda r: _fmt(r["host_ms"], ".3g")),
+    "gpu": ("gpu ms", 8, True, lambda r: _fmt(r["median_ms"], ".4g")),
+    "sync": ("sync ms", 8, True, lambda r: _fmt(r["latency_ms"], ".4g")),
+    "mean": ("mean", 8, True, lambda r: _fmt(r["mean_ms"], ".4g")),
+    "params": ("params", 9, True, lambda r: _fmt(r["params"], "d")),
+    "first": ("1st s", 8, True, lambda r: _fmt(r["first_call_s"], ".3g")),
     "status": ("status", 0, False, lambda r: _status_cell(r)),
 }
 _SRC_TAGS = {"measured": "meas", RECORDED_SOURCE: "rec", "dry-run": "fake", "given": "giv"}
@@ -61,8 +67,9 @@ def _status_cell(r: dict) -> str:
         note = note.replace(RECORDED_NOTE, "").strip("; ")
     return (r["status"] + (f": {note}" if note else ""))[:72]
 
-OP_TABLE = ("src", "provider", "mode", "shape", "median", "p20", "p80", "geval", "ceil", "peak", "host", "status")
-NET_TABLE = ("src", "provider", "wavelet", "mode", "median", "p20", "p80", "geval", "ceil", "peak", "abs", "status")
+OP_TABLE = ("src", "provider", "mode", "shape", "gpu", "p20", "p80", "sync", "host", "geval", "ceil", "peak", "status")
+NET_TABLE = ("src", "provider", "wavelet", "mode", "median", "p20", "p80", "mean", "host", "first", "params", "ceil",
+             "abs", "status")  # fmt: skip
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -77,7 +84,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-_PROVIDER_ORDER = ("wavkan", "wavkan-fast", "wavkan-graphed", "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp")
+_PROVIDER_ORDER = ("wavkan", "wavkan-fast", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "linear",
+                   "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp", "mlp-graphed")  # fmt: skip
 
 
 def _table_order(r: dict) -> tuple:
@@ -108,22 +116,62 @@ def format_report(rows: Sequence[dict]) -> str:
         group = sorted((r for r in op_rows if (r["wavelet"], r["dtype"]) == (wavelet, dtype)), key=_table_order)
         out.append(f"\nOp level, one layer without BN ({wavelet}, {dtype})")
         out.append(format_table(group, OP_TABLE))
-    net_rows = [r for r in rows if r["level"] == "network"]
-    for dtype in dict.fromkeys(r["dtype"] for r in net_rows):
-        group = sorted((r for r in net_rows if r["dtype"] == dtype), key=_table_order)
-        widths = "-".join(map(str, NET_WIDTHS))
-        out.append(f"\nNetwork level, widths {widths}, BN in every layer, batch {NET_BATCH}, MSE ({dtype})")
-        out.append(format_table(group, NET_TABLE))
+    out += format_network_tables(rows)
     out.append(
         "\nGeval/s = B*in*out (summed over layers) / median time; %ceil = Geval/s * passes / exp2 ceiling"
         " (passes = 2 for full, else 1);\npeak GB = peak allocated above what was allocated before the step;"
-        " abs GB = max_memory_allocated; rec = recorded (benchmarks/RECORDED.md), not measured.\nOp times are GPU times"
-        " (the host queued each call ahead); host ms = the host's time per call: where it exceeds the median,"
-        " a loop of calls is host-bound.\nNetwork times follow the seed's protocol: events around the call,"
-        " host time included whenever the GPU waits for it."
+        " abs GB = max_memory_allocated; rec = recorded (benchmarks/RECORDED.md), not measured.\nOp level: gpu ms ="
+        " GPU time, the host having queued each call ahead (a GPU spin before the start event); sync ms = events"
+        " around each call\nwith a synchronize after it, the GPU idle before (what a caller waits for); host ms ="
+        " the host's time per call: where it exceeds gpu ms, a loop of calls is host-bound.\nNetwork level: each"
+        " protocol's events around model(x) and loss.backward(), a synchronize after each (host time included"
+        " whenever the GPU waits for it);\nhost ms = the host's time of the call; 1st s = wall time of the untimed"
+        " first step(s) (compiles), never in the statistics; params = sum(p.numel()) of the model."
     )
     return "\n".join(out)
 
+
+
+def format_network_tables(rows: Sequence[dict]) -> list:
+    """One table per (protocol, dtype) of the network rows, titled with the protocol and the
+    statistic it publishes."""
+    out = []
+    net_rows = [r for r in rows if r["level"] == "network"]
+    for protocol, dtype in dict.fromkeys((r["protocol"] or CUDA_PORT.name, r["dtype"]) for r in net_rows):
+        group = sorted((r for r in net_rows if (r["protocol"] or CUDA_PORT.name, r["dtype"]) == (protocol, dtype)),
+                       key=_table_order)  # fmt: skip
+        known = PROTOCOLS.get(protocol)
+        title = known.title if known else protocol
+        statistic = f"; its figure: the {known.statistic}" if known else ""
+        out.append(f"\nNetwork level, {title} ({dtype}{statistic})")
+        out.append(format_table(group, NET_TABLE))
+    return out
+
+
+def _network_plot(ax_title, bars, stat, path):
+    """Forward and backward bars per provider (hatched: recorded), log scale; returns ``path``."""
+    from ..files import new_figure, save_png
+
+    names = list(bars)
+    fig = new_figure((max(6, 1.1 * len(names) + 2), 4.5))
+    ax = fig.subplots()
+    width = 0.4
+    for k, mode in enumerate(("forward", "backward")):
+        xs = [j + (k - 0.5) * width for j in range(len(names))]
+        vals = [bars[n].get(mode, 0) or 0 for n in names]
+        hatch = ["//" if n.endswith("(rec.)") else "" for n in names]
+        rects = ax.bar(xs, vals, width, label=mode)
+        for rect, h in zip(rects, hatch):
+            rect.set_hatch(h)
+        ax.bar_label(rects, labels=[f"{v:.3g}" if v else "" for v in vals], fontsize=6)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"ms ({stat})")
+    ax.set_title(textwrap.fill(ax_title, 100), fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    return save_png(fig, path, dpi=120)
 
 
 def plot_results(rows: Sequence[dict], out_dir) -> list:
@@ -199,40 +247,24 @@ def plot_results(rows: Sequence[dict], out_dir) -> list:
         fig.tight_layout()
         paths.append(save_png(fig, os.path.join(out_dir, f"op_throughput_{wavelet}_{dtype}.png"), dpi=120))
 
-    net_keys = []
-    for r in measured:
-        if r["level"] == "network" and r["dtype"] not in net_keys:
-            net_keys.append(r["dtype"])
-    for dtype in net_keys:
-        for wavelet in sorted({r["wavelet"] for r in measured if r["level"] == "network" and r["wavelet"]}) or [""]:
-            sel = [r for r in measured if r["level"] == "network" and r["dtype"] == dtype
-                   and r["wavelet"] in (wavelet, "")]  # fmt: skip
+    net = [r for r in measured if r["level"] == "network"]
+    for protocol, dtype in dict.fromkeys((r["protocol"] or CUDA_PORT.name, r["dtype"]) for r in net):
+        known = PROTOCOLS.get(protocol)
+        stat = known.statistic if known else "median"
+        sel = [r for r in net if (r["protocol"] or CUDA_PORT.name, r["dtype"]) == (protocol, dtype)]
+        for wavelet in sorted({r["wavelet"] for r in sel if r["wavelet"]}) or [""]:
             bars = {}
             for r in sel:
-                bars.setdefault(r["provider"], {})[r["mode"]] = r["median_ms"]
-            if wavelet in ("mexican_hat", "") and dtype == "fp32":  # the recorded figures' setting
+                if r["wavelet"] in (wavelet, ""):
+                    bars.setdefault(r["provider"], {})[r["mode"]] = r[f"{stat}_ms"]
+            recorded_setting = protocol == CUDA_PORT.name and wavelet in ("mexican_hat", "") and dtype == "fp32"
+            if recorded_setting:
                 for r in recorded:
                     if r["level"] == "network":
                         bars.setdefault(f"{r['provider']} (rec.)", {})[r["mode"]] = r["median_ms"]
-            names = list(bars)
-            fig = new_figure((max(6, 1.1 * len(names) + 2), 4.5))
-            ax = fig.subplots()
-            width = 0.4
-            for k, mode in enumerate(("forward", "backward")):
-                xs = [j + (k - 0.5) * width for j in range(len(names))]
-                vals = [bars[n].get(mode, 0) or 0 for n in names]
-                hatch = ["//" if n.endswith("(rec.)") else "" for n in names]
-                rects = ax.bar(xs, vals, width, label=mode)
-                for rect, h in zip(rects, hatch):
-                    rect.set_hatch(h)
-                ax.bar_label(rects, labels=[f"{v:.3g}" if v else "" for v in vals], fontsize=6)
-            ax.set_xticks(range(len(names)))
-            ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-            ax.set_yscale("log")
-            ax.set_ylabel("ms (median)")
-            ax.set_title(f"network {'-'.join(map(str, NET_WIDTHS))}, batch {NET_BATCH}: {wavelet or 'mlp'}, {dtype}"
-                         "\nhatched: recorded (benchmarks/RECORDED.md), not measured here")  # fmt: skip
-            ax.legend()
-            fig.tight_layout()
-            paths.append(save_png(fig, os.path.join(out_dir, f"network_{wavelet or 'mlp'}_{dtype}.png"), dpi=120))
+            title = (f"{known.title if known else protocol}:\n{wavelet or 'mlp'}, {dtype}"
+                     + ("; hatched: recorded (benchmarks/RECORDED.md), not measured here" if recorded_setting else ""))  # fmt: skip
+            prefix = "network" if protocol == CUDA_PORT.name else f"network_{protocol}"
+            path = os.path.join(out_dir, f"{prefix}_{wavelet or 'mlp'}_{dtype}.png")
+            paths.append(_network_plot(title, bars, stat, path))
     return paths

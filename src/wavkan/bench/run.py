@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Optional
 
 import torch
@@ -13,9 +14,10 @@ import torch
 from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
-    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
-    OP_PROVIDERS, PASSES, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, ceiling_row,
-    eager_fits, make_row, network_evals, network_shape, parse_shape, percentile, recorded_rows,
+    COMPILED, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_EXP_PROVIDERS,
+    NO_GPU_MESSAGE, OP_PROVIDERS, PASSES, PROTOCOLS, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget,
+    NetworkProtocol, ceiling_row, eager_fits, make_row, network_evals, network_shape, network_widths, parse_shape,
+    percentile, recorded_rows,
 )
 from .report import format_report, plot_results, write_csv
 from .runners import CudaRunner, FakeRunner, _failure
@@ -26,9 +28,16 @@ __all__ = ["main", "build_parser"]
 
 
 def _log(row: dict) -> None:
-    msg = f"[{row['level']}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
+    level = row["level"] + (f" {row['protocol']}" if row["protocol"] else "")
+    msg = f"[{level}] {row['provider']} {row['mode']} {row['shape']} {row['wavelet']} {row['dtype']}: "
     if row["status"] == "ok" and row["median_ms"] is not None:
         msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
+        if row["level"] == "network":
+            msg += f", mean {row['mean_ms']:.4g} ms"
+        if row["latency_ms"] is not None:
+            msg += f", sync per call {row['latency_ms']:.4g} ms"
+        if row["host_ms"] is not None:
+            msg += f", host {row['host_ms']:.3g} ms"
         if row["frac_ceiling"] is not None:
             msg += f", {row['evals_per_s']:.3g} evals/s, {100 * row['frac_ceiling']:.1f}% of exp2 ceiling"
         if row["peak_gb"] is not None:
@@ -61,7 +70,8 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
         for wavelet in wavelets:
             for provider in providers:
                 base = dict(level="op", source=runner.source, provider=provider, wavelet=wavelet, dtype=dtype_name,
-                            B=B, IN=IN, OUT=OUT, evals=B * IN * OUT, ceiling=ceiling)  # fmt: skip
+                            B=B, IN=IN, OUT=OUT, evals=B * IN * OUT,
+                            ceiling=None if provider in NO_EXP_PROVIDERS else ceiling)  # fmt: skip
                 fwd, compile_failed = None, None
                 for mode in modes:
                     if provider in HALF_ONLY and dtype_name == "fp32":
@@ -94,7 +104,8 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                             note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"
                         row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
                                        peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
-                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note)  # fmt: skip
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note,
+                                       latency_ms=m.latency_ms)  # fmt: skip
                     except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
                         status, note = _failure(exc, compiled=provider in COMPILED)
                         if status == "compile-failed":
@@ -111,24 +122,30 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
     return rows
 
 
-def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
+def run_network_level(runner, wavelets, providers, dtype_name, ceiling, protocol: NetworkProtocol = CUDA_PORT) -> list:
+    """Forward and backward rows of every network provider under ``protocol``, with its
+    parameter count; the MLPs (no wavelet) once."""
     rows = []
-    shape = network_shape(NET_WIDTHS, NET_BATCH)
-    evals = network_evals(NET_WIDTHS, NET_BATCH)
     for wi, wavelet in enumerate(wavelets):
         for provider in providers:
-            if provider == "mlp" and wi > 0:
+            mlp = provider.startswith("mlp")
+            if mlp and wi > 0:
                 continue  # no wavelet: once is enough
-            base = dict(level="network", source=runner.source, provider=provider,
-                        wavelet="" if provider == "mlp" else wavelet, dtype=dtype_name, shape=shape, B=NET_BATCH,
-                        IN=NET_WIDTHS[0], OUT=NET_WIDTHS[-1], evals=None if provider == "mlp" else evals,
-                        ceiling=ceiling)  # fmt: skip
+            widths = network_widths(provider, protocol)
+            base = dict(level="network", protocol=protocol.name, source=runner.source, provider=provider,
+                        wavelet="" if mlp else wavelet, dtype=dtype_name, shape=network_shape(widths, protocol.batch),
+                        B=protocol.batch, IN=widths[0], OUT=widths[-1],
+                        evals=None if mlp else network_evals(widths, protocol.batch), ceiling=ceiling)  # fmt: skip
             model = None
             try:
-                model = runner.network_model(provider, wavelet, dtype_name)
-                fwd, bwd = runner.measure_network(model, dtype_name)
+                t0 = time.perf_counter()
+                model = runner.network_model(provider, wavelet, dtype_name, protocol)
+                built_s = time.perf_counter() - t0  # *-graphed: warm-up and capture
+                base["params"] = runner.network_params(model)
+                fwd, bwd = runner.measure_network(model, dtype_name, protocol, provider)
                 new = [make_row(**base, mode=mode, times_ms=m.times_ms, peak_bytes=m.peak_bytes,
-                                peak_abs_bytes=m.peak_abs_bytes, first_call_s=m.first_call_s)
+                                peak_abs_bytes=m.peak_abs_bytes, first_call_s=m.first_call_s + built_s,
+                                host_ms=m.host_ms, note=m.note)
                        for mode, m in (("forward", fwd), ("backward", bwd))]  # fmt: skip
             except Exception as exc:  # noqa: BLE001
                 status, note = _failure(exc, compiled=provider in COMPILED)
@@ -142,12 +159,13 @@ def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
     return rows
 
 
-
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or "wavkan bench",
-        description="Benchmark the fused Wav-KAN op and network (CUDA GPU only): forward, backward and "
-        "full times, evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
+        description="Benchmark the fused Wav-KAN op and network (CUDA GPU only): per op row the GPU time, the "
+        "latency with a sync per call and the host time, beside nn.Linear and the paper's formula eager and "
+        "compiled; networks eager, compiled, graphed, under the CUDA port's or KAN-benchmarking's protocol, with "
+        "parameter counts; evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
     )
     p.add_argument("--out", default="bench-results", help="output folder for results.csv and plots (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a fast subset: shapes 256x1024x1024 and 4096x1024x1024, fewer reps")
@@ -161,6 +179,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=OP_PROVIDERS, nargs="+", default=list(OP_PROVIDERS), help="op providers (default: all)")
     p.add_argument("--net-provider", choices=NET_PROVIDERS, nargs="+", default=list(NET_PROVIDERS),
                    help="network providers (default: all)")  # fmt: skip
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), nargs="+", default=[CUDA_PORT.name],
+                   help="network protocols, each in turn (default: %(default)s); kan-benchmarking keeps its own "
+                   "1 + 10 steps unless --reps is given")  # fmt: skip
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default: fill ~0.25 s, 10..200)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per row after the first (default: 3)")
     p.add_argument("--ceiling", type=float, default=None, help="exp2/s to use instead of measuring it")
@@ -195,9 +216,11 @@ def main(argv=None, prog: Optional[str] = None) -> int:
         if args.level in ("all", "op"):
             rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, dtype_name, ceiling)
         if args.level in ("all", "network"):
-            rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling)
+            for name in dict.fromkeys(args.protocol):
+                rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling, PROTOCOLS[name])
     if not args.no_recorded:
-        rows += [r for r in recorded_rows() if args.level == "all" or r["level"] in (args.level, "ceiling")]
+        rows += [r for r in recorded_rows() if (args.level == "all" or r["level"] in (args.level, "ceiling"))
+                 and r["protocol"] in ("", *args.protocol)]  # fmt: skip
     for row in rows:
         row.update(env if row["source"] != RECORDED_SOURCE else {"gpu": "NVIDIA H200 (recorded)", "date": "2026-11-28"})
 

@@ -10,18 +10,18 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from ..nn import WavKAN
 from ..ops import wavkan_linear
 from ..wavelets import get_wavelet
-from .models import PaperWavKAN, make_mlp, paper_linear
+from .models import LinearProvider, network_module, paper_linear, parameter_count
 from .network_step import CapturedNetwork, EagerNetwork
 from .protocol import (
-    Budget, DTYPES, DTYPE_BYTES, EAGER_TENSORS, NET_BATCH, NET_INPUT_SETS, NET_WIDTHS, RECORDED_CEILING,
-    choose_reps, input_set_bytes, input_sets_needed, network_evals, percentile, spin_ms_for,
+    CUDA_PORT, Budget, DTYPES, DTYPE_BYTES, EAGER_TENSORS, KAN_DATASET_ROWS, NET_INPUT_SETS, RECORDED_CEILING,
+    NetworkProtocol, choose_reps, first_steps, input_set_bytes, input_sets_needed, network_evals, network_widths,
+    percentile, spin_ms_for,
 )
 
 # --- runners: the CUDA one measures; the fake one (--dry-run) only feeds the plumbing ----------
@@ -34,6 +34,8 @@ class Measurement:
     peak_abs_bytes: Optional[float]
     first_call_s: Optional[float]
     host_ms: Optional[float] = None
+    latency_ms: Optional[list] = None  # op level: events around each call, a synchronize after it
+    note: str = ""
 
 
 class FirstCallError(RuntimeError):
@@ -62,6 +64,80 @@ def _triton_version() -> str:
             pass
     mod = sys.modules.get("triton")
     return getattr(mod, "__version__", "n/a") if mod is not None else "n/a"
+
+
+class StepRecord(NamedTuple):
+    """One network step: event ms and host ms of the forward and the backward, their peak
+    memory above what was allocated before each (``peak_*``) and absolute (``abs_*``), bytes."""
+
+    fwd_ms: float
+    bwd_ms: float
+    host_fwd_ms: float
+    host_bwd_ms: float
+    peak_fwd: float
+    abs_fwd: float
+    peak_bwd: float
+    abs_bwd: float
+
+
+def network_reps(protocol: NetworkProtocol, budget: Budget, warm: list) -> int:
+    """Timed steps: ``--reps`` when given, else the protocol's count, else enough to fill the
+    budget at the warm-up's median step."""
+    if budget.fixed_reps is not None:
+        return max(1, budget.fixed_reps)
+    if protocol.reps is not None:
+        return protocol.reps
+    est = percentile([r.fwd_ms + r.bwd_ms for r in warm], 50) if warm else 0.0
+    return choose_reps(est, budget)
+
+
+def network_warmup(protocol: NetworkProtocol, budget: Budget) -> int:
+    """Untimed steps after the first ones: the protocol's count, else the budget's (at least 1)."""
+    return protocol.warmup if protocol.warmup is not None else max(1, budget.warmup)
+
+
+def run_schedule(step, first: int, warmup: int, reps_for) -> tuple:
+    """(first_call_s, timed records): ``first`` untimed first steps (compiles, autotuning, CUDA
+    graph recording; their wall time is first_call_s), ``warmup`` untimed steps, then
+    ``reps_for(warm-up records)`` timed steps. ``step(i)`` runs step i and returns its record;
+    only the last group's records are returned, so no first step ever reaches a statistic."""
+    t0 = time.perf_counter()
+    try:
+        for i in range(first):
+            step(i)
+    except Exception as exc:
+        raise FirstCallError("first call failed") from exc
+    first_s = time.perf_counter() - t0
+    warm = [step(first + k) for k in range(warmup)]
+    reps = reps_for(warm)
+    return first_s, [step(first + warmup + k) for k in range(reps)]
+
+
+def network_measurements(first_s: float, records: list, note: str = "") -> tuple:
+    """(forward, backward) Measurements of timed StepRecords: event times per step, the median
+    host time per call, the mean peak memory over the steps (KAN-benchmarking's figure)."""
+
+    def mean(values):
+        return math.fsum(values) / len(values)
+
+    fwd = Measurement([r.fwd_ms for r in records], mean([r.peak_fwd for r in records]),
+                      mean([r.abs_fwd for r in records]), first_s, percentile([r.host_fwd_ms for r in records], 50),
+                      note=note)  # fmt: skip
+    bwd = Measurement([r.bwd_ms for r in records], mean([r.peak_bwd for r in records]),
+                      mean([r.abs_bwd for r in records]), first_s, percentile([r.host_bwd_ms for r in records], 50),
+                      note=note)  # fmt: skip
+    return fwd, bwd
+
+
+def _accumulate_into_zeros(net) -> None:
+    """Gradients preallocated as zeros outside any compile or capture, for a protocol whose
+    gradients accumulate: its steps then all add into the same ``p.grad``, as its loop does
+    after the first step; and torch.compile(mode="reduce-overhead") requires it (a .grad
+    first allocated inside its CUDA graphs is overwritten by the next replay)."""
+    if isinstance(net, EagerNetwork):
+        for p in net.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
 
 def _op_closures(fwd, sets, mode):
@@ -158,6 +234,8 @@ class CudaRunner:
         return sets
 
     def op_function(self, provider, wavelet):
+        if provider == "linear":
+            return LinearProvider()
         if provider in ("wavkan", "wavkan-fast"):
             fast = provider == "wavkan-fast"
             return lambda x, s, t, w: wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=fast)
@@ -188,86 +266,109 @@ class CudaRunner:
 
     # network level
 
-    def network_model(self, provider, wavelet, dtype_name):
+    def network_model(self, provider, wavelet, dtype_name, protocol: NetworkProtocol = CUDA_PORT):
+        """``provider``'s network under ``protocol``, ready to step: an ``EagerNetwork`` (eager or
+        compiled model) or a ``CapturedNetwork`` (*-graphed)."""
         dev, dtype = self.device, DTYPES[dtype_name]
-        if provider == "mlp":
-            return EagerNetwork(make_mlp(NET_WIDTHS, device=dev, dtype=dtype))
-        if provider in ("wavkan", "wavkan-graphed"):
-            model = WavKAN(NET_WIDTHS, wavelet, batch_norm=True, backend="triton", device=dev, dtype=dtype)
-            model.train()
-            if provider == "wavkan-graphed":
-                # The forward, the loss and the backward each replayed from a CUDA graph:
-                # what the kernels do without the host's per-launch cost (see network_step).
-                x = torch.empty(NET_BATCH, NET_WIDTHS[0], device=dev, dtype=dtype)
-                target = torch.empty(NET_BATCH, NET_WIDTHS[-1], device=dev, dtype=dtype)
-                return CapturedNetwork(model, x, target)
-            return EagerNetwork(model)
-        model = PaperWavKAN(NET_WIDTHS, wavelet, batch_norm=True, backend="reference", device=dev, dtype=dtype)
-        if provider == "paper-compiled":
-            torch.compiler.reset()
-            model = torch.compile(model, dynamic=False)
+        model = network_module(provider, protocol, wavelet, device=dev, dtype=dtype)
+        model.train()
+        if provider.endswith("-graphed"):
+            # The forward, the loss and the backward each replayed from a CUDA graph:
+            # what the kernels do without the host's per-launch cost (see network_step).
+            widths = network_widths(provider, protocol)
+            x = torch.zeros(protocol.batch, widths[0], device=dev, dtype=dtype)
+            target = torch.zeros(protocol.batch, widths[-1], device=dev, dtype=dtype)
+            return CapturedNetwork(model, x, target)
+        if provider in ("wavkan-compiled", "wavkan-reduce-overhead", "paper-compiled"):
+            torch.compiler.reset()  # each compiled provider from a clean cache
+            if provider == "wavkan-compiled":
+                model = torch.compile(model)  # as a user writes it: the default mode
+            elif provider == "wavkan-reduce-overhead":
+                model = torch.compile(model, mode="reduce-overhead")
+            else:
+                model = torch.compile(model, dynamic=False)
         return EagerNetwork(model)
 
-    def measure_network(self, net, dtype_name) -> tuple:
-        """(forward, backward) Measurements of the seed's protocol for ``net`` (an
-        ``EagerNetwork`` or ``CapturedNetwork``), its model in train mode."""
+    @staticmethod
+    def network_params(net) -> int:
+        return parameter_count(net.model)
+
+    def _network_batches(self, protocol: NetworkProtocol, dtype_name):
+        """batch(i) -> (x, target) on the GPU. The CUDA port's protocol rotates among
+        NET_INPUT_SETS random sets already there; KAN-benchmarking draws ``batch`` rows at random
+        from KAN_DATASET_ROWS rows in host memory (inputs uniform in [-1, 1], its label
+        exp(sin(pi x0) + x1^2)) and copies them to the GPU before the start event."""
         dev, dtype = self.device, DTYPES[dtype_name]
+        n_in, n_out = protocol.widths[0], protocol.widths[-1]
+        if protocol.host_dataset:
+            gen = torch.Generator().manual_seed(0)
+            inputs = 2 * torch.rand(KAN_DATASET_ROWS, n_in, generator=gen) - 1
+            label = torch.exp(torch.sin(math.pi * inputs[:, :1]) + inputs[:, 1:2] ** 2)
+            labels = label.expand(KAN_DATASET_ROWS, n_out).contiguous()
+
+            def batch(_i):
+                rows = torch.randperm(KAN_DATASET_ROWS, generator=gen)[: protocol.batch]
+                return inputs[rows].to(dev, dtype), labels[rows].to(dev, dtype)
+
+            return batch
         gen = torch.Generator(device=dev).manual_seed(0)
-        xs = [torch.randn(NET_BATCH, NET_WIDTHS[0], device=dev, generator=gen).to(dtype) for _ in range(NET_INPUT_SETS)]
-        ys = [torch.randn(NET_BATCH, NET_WIDTHS[-1], device=dev, generator=gen).to(dtype) for _ in range(NET_INPUT_SETS)]
+        xs = [torch.randn(protocol.batch, n_in, device=dev, generator=gen).to(dtype) for _ in range(NET_INPUT_SETS)]
+        ys = [torch.randn(protocol.batch, n_out, device=dev, generator=gen).to(dtype) for _ in range(NET_INPUT_SETS)]
+        return lambda i: (xs[i % NET_INPUT_SETS], ys[i % NET_INPUT_SETS])
+
+    def measure_network(self, net, dtype_name, protocol: NetworkProtocol = CUDA_PORT, provider: str = "") -> tuple:
+        """(forward, backward) Measurements of ``protocol`` for ``net`` (an ``EagerNetwork`` or
+        ``CapturedNetwork``), its model in train mode.
+
+        Each step, as the public protocols time it: gradients to None (when the protocol zeroes
+        them), the batch, CUDA events around ``net.forward(x)``, ``torch.cuda.synchronize()``,
+        the loss, events around ``net.backward(loss)``, a synchronize. No spin: the events time
+        what a caller waits for, the host's time included whenever the GPU waits for it. The
+        host's wall time of each call and the peak memory (reset before each call, read after
+        its synchronize: outside the events) are kept beside."""
+        batch = self._network_batches(protocol, dtype_name)
         net.model.train()
+        if not protocol.zero_grad:
+            _accumulate_into_zeros(net)
+        sync, allocated, peak = torch.cuda.synchronize, torch.cuda.memory_allocated, torch.cuda.max_memory_allocated
 
-        def step(i, ev):
-            net.zero_grad()
-            x, target = xs[i % NET_INPUT_SETS], ys[i % NET_INPUT_SETS]
+        def step(i):
+            if protocol.zero_grad:
+                net.zero_grad()
+            x, target = batch(i)
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+            base_f = allocated()
+            torch.cuda.reset_peak_memory_stats()
             ev[0].record()
+            t0 = time.perf_counter()
             out = net.forward(x)
+            host_f = time.perf_counter() - t0
             ev[1].record()
+            sync()
+            abs_f = peak()
             loss = net.loss(out, target)
+            base_b = allocated()
+            torch.cuda.reset_peak_memory_stats()
             ev[2].record()
+            t0 = time.perf_counter()
             net.backward(loss)
+            host_b = time.perf_counter() - t0
             ev[3].record()
+            sync()
+            abs_b = peak()
+            return StepRecord(ev[0].elapsed_time(ev[1]), ev[2].elapsed_time(ev[3]), host_f * 1e3, host_b * 1e3,
+                              abs_f - base_f, abs_f, abs_b - base_b, abs_b)  # fmt: skip
 
-        def timed(indices):
-            evs = []
-            for i in indices:
-                ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-                step(i, ev)
-                evs.append(ev)
-            torch.cuda.synchronize()
-            return [e[0].elapsed_time(e[1]) for e in evs], [e[2].elapsed_time(e[3]) for e in evs]
-
-        t0 = time.perf_counter()
-        try:
-            timed([0])
-        except Exception as exc:
-            raise FirstCallError("first call failed") from exc
-        first = time.perf_counter() - t0
-        warm_f, warm_b = timed(range(1, 1 + max(1, self.budget.warmup)))
-        reps = choose_reps(percentile([f + b for f, b in zip(warm_f, warm_b)], 50), self.budget)
-        fwd_ms, bwd_ms = timed(range(reps))
-
-        # peak memory: one more step, phase by phase
+        skips = _cudagraph_skips()
+        first_s, records = run_schedule(step, first_steps(provider), network_warmup(protocol, self.budget),
+                                        lambda warm: network_reps(protocol, self.budget, warm))  # fmt: skip
+        notes = []
+        if _cudagraph_skips() > skips:
+            notes.append("inductor skipped CUDA graphs (counters['inductor']['cudagraph_skips'])")
+        if isinstance(net, CapturedNetwork) and not protocol.zero_grad:
+            notes.append("each replay overwrites the gradients (the protocol accumulates them)")
         net.zero_grad()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = net.forward(xs[0])
-        torch.cuda.synchronize()
-        fwd_abs = torch.cuda.max_memory_allocated()
-        loss = net.loss(out, ys[0])
-        torch.cuda.synchronize()
-        base_b = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        net.backward(loss)
-        torch.cuda.synchronize()
-        bwd_abs = torch.cuda.max_memory_allocated()
-        del out, loss
-        net.zero_grad()
-        return (
-            Measurement(fwd_ms, fwd_abs - base, fwd_abs, first),
-            Measurement(bwd_ms, bwd_abs - base_b, bwd_abs, first),
-        )
+        return network_measurements(first_s, records, "; ".join(notes))
 
     # timing
 
@@ -328,17 +429,50 @@ class CudaRunner:
         reps = choose_reps(percentile(warm, 50), self.budget)
         spin = spin_ms_for(percentile(warm_host, 50))
         times, host = self._time(run, prepare, range(1 + len(warm), 1 + len(warm) + reps), spin)
+        latency = self._time_synced(run, prepare, range(reps))
         peak, peak_abs = self._peak(run, prepare)
-        return Measurement(times, peak, peak_abs, first, percentile(host, 50))
+        return Measurement(times, peak, peak_abs, first, percentile(host, 50), latency_ms=latency)
+
+    @staticmethod
+    def _time_synced(run, prepare, indices) -> list:
+        """ms per call as the public protocols time it: the GPU idle (a synchronize after the
+        untimed ``prepare``), CUDA events around the call, a synchronize after the end event.
+        No spin: where the GPU waits for the host, that wait is in the figure."""
+        times = []
+        for i in indices:
+            state = prepare(i) if prepare is not None else None
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(i, state)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+            state = None
+        return times
+
+
+class FakeNetwork:
+    """--dry-run's network: the provider's real module, built on the meta device (its parameter
+    count is real; nothing runs)."""
+
+    def __init__(self, provider: str, model):
+        self.provider, self.model = provider, model
 
 
 class FakeRunner:
     """--dry-run: deterministic made-up times from a cost model, to exercise rows, CSV, plots and
-    table on any machine. Nothing is timed and nothing here is a measurement."""
+    table on any machine. Nothing is timed and nothing here is a measurement; the network level
+    runs the real schedule (``run_schedule``) over made-up steps, and counts the parameters of
+    the real modules built on the meta device."""
 
     source = "dry-run"
-    RATES = {"wavkan": 2.5e12, "wavkan-fast": 4e12, "wavkan-graphed": 2.5e12, "reference-eager": 4e10, "reference-compiled": 6e11,
-             "paper-eager": 4e10, "paper-compiled": 5e11, "mlp": 1e13}  # fmt: skip
+    RATES = {"wavkan": 2.5e12, "wavkan-fast": 4e12, "wavkan-graphed": 2.5e12, "wavkan-compiled": 2e12,
+             "wavkan-reduce-overhead": 2.4e12, "reference-eager": 4e10, "reference-compiled": 6e11,
+             "paper-eager": 4e10, "paper-compiled": 5e11, "linear": 2e13, "mlp": 1e13, "mlp-graphed": 1e13}  # fmt: skip
+    # made-up host ms per call; a graph replay costs the host little
+    HOST_MS = {"linear": 0.03, "mlp": 0.2, "wavkan-graphed": 0.02, "mlp-graphed": 0.02, "wavkan-reduce-overhead": 0.05}
+    FIRST_STEP_MS = 5000.0  # made-up time of a first (compiling) step: must never reach a statistic
 
     def __init__(self, budget: Budget):
         self.budget = budget
@@ -374,18 +508,51 @@ class FakeRunner:
         B, IN, OUT = shape
         ms = B * IN * OUT * {"forward": 1.0, "backward": 1.5, "full": 2.5}[mode] / self.RATES[provider] * 1e3 + 0.005
         peak = B * IN * OUT * 4 * EAGER_TENSORS[mode] if provider == "reference-eager" else B * OUT * 4
-        return Measurement(self._times(ms), peak, peak + 1e8, 0.0, 0.05)
+        host = self.HOST_MS.get(provider, 0.3)
+        times = self._times(ms)
+        # synchronised per call: the host's issue time, then what the GPU has left
+        latency = [max(t, host) + 0.01 for t in times]
+        return Measurement(times, peak, peak + 1e8, 0.0, host, latency_ms=latency)
 
     @staticmethod
     def fast_math_error(sets, wavelet) -> float:
         return 1e-3
 
-    def network_model(self, provider, wavelet, dtype_name):
-        return provider
+    def network_model(self, provider, wavelet, dtype_name, protocol: NetworkProtocol = CUDA_PORT):
+        model = network_module(provider, protocol, wavelet, device="meta", dtype=DTYPES[dtype_name])
+        return FakeNetwork(provider, model)
 
-    def measure_network(self, provider, dtype_name) -> tuple:
-        ms = network_evals(NET_WIDTHS, NET_BATCH) / self.RATES[provider] * 1e3 + 0.05
-        return (Measurement(self._times(ms), 1e8, 2e8, 0.0), Measurement(self._times(2.5 * ms), 2e8, 4e8, 0.0))
+    @staticmethod
+    def network_params(net) -> int:
+        return parameter_count(net.model)
+
+    def measure_network(self, net, dtype_name, protocol: NetworkProtocol = CUDA_PORT, provider: str = "") -> tuple:
+        widths = network_widths(net.provider, protocol)
+        ms = network_evals(widths, protocol.batch) / self.RATES[net.provider] * 1e3 + 0.05
+        host = self.HOST_MS.get(net.provider, 0.3) * (len(widths) - 1)
+        first = first_steps(provider or net.provider)
+
+        def step(i):
+            if i < first:
+                slow = self.FIRST_STEP_MS
+                return StepRecord(slow, slow, slow, slow, 0, 0, 0, 0)
+            k = 1 + 0.01 * (i % 7 - 3)
+            fwd, bwd = max(ms, host) * k, max(2.5 * ms, 2 * host) * k
+            return StepRecord(fwd, bwd, host, 2 * host, 1e8, 2e8, 2e8, 4e8)
+
+        first_s, records = run_schedule(step, first, network_warmup(protocol, self.budget),
+                                        lambda warm: network_reps(protocol, self.budget, warm))  # fmt: skip
+        return network_measurements(first_s, records)
+
+
+def _cudagraph_skips() -> int:
+    """How many times inductor has declined CUDA graphs in this process (0 where this torch
+    keeps no such counter)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _now() -> str:
