@@ -116,6 +116,8 @@ def _read_verified(file: Path, name: Path, expected: str = None) -> dict:
         raise CheckpointError(f"{name}: not a wavkan checkpoint (a {type(state).__name__}, not a dict)")
     if state.get("format") != CHECKPOINT_FORMAT:
         found = f"format {state['format']!r}" if "format" in state else "no format field"
+        if state.get("format") == 1 and all(k in state for k in CHECKPOINT_KEYS):
+            found += ": written by an earlier wavkan, with no checksum to verify it by"
         raise CheckpointError(f"{name}: not a wavkan checkpoint of format {CHECKPOINT_FORMAT} ({found})")
     stored = state.get("sha256")
     if not isinstance(stored, str):
