@@ -228,6 +228,7 @@ def _bad_outs(tmp_path):
             str(tmp_path / "a-file" / "sub"): "a-file is a file, not a folder"}
     if sys.platform.startswith("linux"):
         outs["/sys/nope"] = "cannot create the folder /sys/nope"
+        outs["/sys"] = "cannot write in this folder"  # exists, but no file can be created in it
         outs["/proc/nope/run"] = "cannot create the folder /proc/nope"
     return outs
 

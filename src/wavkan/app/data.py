@@ -416,7 +416,8 @@ def dataset_name(dataset: str) -> str:
 
 
 def normalize(images: Tensor) -> Tensor:
-    """uint8 images (N, H, W) -> float32 (N, H*W) in [-1, 1]: ``x / 255 * 2 - 1``."""
+    """Images (N, H, W) on the 0..255 scale (uint8, or float) -> float32 (N, H*W) in [-1, 1]:
+    ``x / 255 * 2 - 1``."""
     return (images.reshape(images.shape[0], -1).to(torch.float32) / 255.0) * 2.0 - 1.0
 
 
