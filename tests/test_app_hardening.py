@@ -346,6 +346,20 @@ def test_a_killed_owner_leaves_no_claim(tmp_path):
     assert not (out / LOCK_NAME).exists()
 
 
+def test_a_file_system_without_locks_runs_unprotected_and_says_so(npz, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from wavkan import files
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    assert train_main(args(npz, tmp_path / "run")) == 0
+    assert "this file system has no file locks (No locks available)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv"]
+
+
 def test_make_folder_reports_what_it_created(tmp_path):
     created = make_folder(tmp_path / "a" / "b" / "c")
     assert created == [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"]

@@ -144,11 +144,16 @@ class FolderLock:
     opened the file just before then finds its lock on a deleted file and starts over, so two
     processes never both believe they hold the folder. A process killed while holding the lock
     leaves the file behind, unlocked and harmless.
+
+    On a file system that has no locks (some network and FUSE mounts answer ENOLCK or
+    EOPNOTSUPP), ``acquire()`` returns without the lock and ``unsupported`` says why: the caller
+    decides whether to go on unprotected.
     """
 
     def __init__(self, folder, name: str = ".lock"):
         self.path = Path(folder) / name
         self._fd: Optional[int] = None
+        self.unsupported: Optional[str] = None
 
     @property
     def held(self) -> bool:
@@ -175,6 +180,13 @@ class FolderLock:
             except BlockingIOError:
                 os.close(fd)
                 raise FolderBusyError(f"{folder} is in use by another process{self._holder()}") from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in _NO_LOCKS:
+                    raise FolderError(f"{folder}: cannot lock {self.path.name} ({e.strerror or e})") from None
+                self.unsupported = e.strerror or str(e)
+                self.path.unlink(missing_ok=True)  # a lock file that locks nothing
+                return self
             except BaseException:
                 os.close(fd)
                 raise
@@ -205,6 +217,10 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# errno values of a file system without advisory locks.
+_NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n)}
 
 
 def _lock_nonblocking(fd: int) -> None:

@@ -231,6 +231,9 @@ def _claim_folder(out: Path, lock: FolderLock) -> list:
                           "or pass another --out") from None
     except FolderError as e:
         raise ConfigError(f"--out {e}") from None
+    if lock.unsupported:
+        print(f"note: {out}: this file system has no file locks ({lock.unsupported}); nothing stops a second "
+              "wavkan train from writing this folder while this one runs", flush=True)
     return created
 
 
