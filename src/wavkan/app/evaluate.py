@@ -3,6 +3,8 @@
 ``wavkan evaluate --checkpoint runs/mnist-mexican_hat/checkpoint.pt`` rebuilds the network from
 the run config stored in the checkpoint, loads its weights, and prints the test loss and
 accuracy on the run's dataset (or ``--dataset``), which equal the run's last metrics.csv row.
+A checkpoint that fails its verification (``load_checkpoint``: empty, not a checkpoint, corrupt
+contents) is refused with one line naming the file and the defect, exit status 2.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def evaluate_checkpoint(
     model.to(dev)
     # One training row: only the test split is needed on the device.
     data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
-    check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset)
+    check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset,
+                     labels={"test_labels": data.test_y})
     loss, acc = evaluate(model, data.test_x, data.test_y, batch_size)
     return {"test_loss": loss, "test_acc": acc, "samples": data.test_x.shape[0], "dataset": dataset,
             "epoch": state["epoch"]}
@@ -109,9 +112,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="mnist, fashion-mnist, a folder of idx files or a .npz (default: the run's)")
     p.add_argument("--limit-test", type=int, default=-1, metavar="N",
                    help="score the first N test samples (default: the run's limit; 0: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="rows per forward pass")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to score: auto is the GPU when torch sees one, else the CPU (default: %(default)s)")
+    p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto",
+                   help="auto: Triton kernels for CUDA tensors, pure PyTorch otherwise (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+                   help="rows per forward pass (default: %(default)s)")
     return p
 
 
@@ -120,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     limit = None if args.limit_test == 0 else args.limit_test
     try:
         r = evaluate_checkpoint(args.checkpoint, args.dataset, args.device, args.backend, limit, args.batch_size)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing data/file, bad input, no CUDA
+    except (OSError, ValueError, RuntimeError) as e:  # missing or corrupt files, bad input, no CUDA
         print(f"wavkan evaluate: error: {e}", file=sys.stderr)
         return 2
     print(

@@ -2,7 +2,9 @@
 
 The loss lives in device accumulators; reading it syncs the device, so the bar reads it at
 most every ``refresh_s`` seconds and a fast GPU epoch is not slowed by a sync per step.
-Without tqdm (or when disabled) it is silent.
+Without tqdm, when disabled, or when stderr is not a terminal (a log file, a pipe, a batch job)
+it is silent: a bar redrawn with carriage returns is noise in a log; the per-epoch summary
+lines say the same.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class EpochProgress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+                # disable=None: tqdm stays quiet when its stream (stderr) is not a terminal.
+                bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, leave=True, disable=None)
+                self.bar = None if bar.disable else bar
 
     def update(self, rows_done: int) -> None:
         if self.bar is None:

@@ -22,14 +22,31 @@ replay one captured step and the partial last batch runs eagerly, so the step se
 the same as on CPU.
 
 Writes to ``--out`` (rank 0 only): ``checkpoint.pt`` (model, optimizer, scheduler, epoch,
-history, RNG, config; atomically), ``metrics.csv`` and ``curves.png``, both rebuilt from
-the checkpoint's history after every epoch.
+history, RNG, config; atomically, checksummed and verified before it replaces the previous
+one), ``metrics.csv`` and ``curves.png``, both rebuilt from the checkpoint's history after
+every epoch.
+
+Nothing can clobber a run:
+
+- Before anything is written or an epoch runs, the options, the dataset (and that the network
+  fits it) and the run folder are checked: a folder that cannot be created or written, a
+  previous run that does not match ``--resume``, or ``--resume --epochs`` below the epochs
+  already done, stops the command at once with one line naming the option and the defect.
+- The run folder is claimed by one process for the whole run (``FolderLock``, taken by rank 0,
+  the only writer; every rank learns the outcome before it starts): a second ``wavkan train``
+  on a folder in use is refused and touches none of the running process's files. The kernel
+  drops the claim when a process dies, so a killed run can be resumed at once.
+- ``--overwrite`` deletes nothing: the new run's first completed epoch replaces the previous
+  run's files, so a new run that fails before then leaves the previous one whole.
+- An epoch whose training loss or weights are NaN or infinite stops the run (``TrainingDiverged``)
+  before it is saved: the checkpoint keeps the last good epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,7 +57,7 @@ import torch
 from torch import Tensor
 
 from ..cli import int_list, positive_int
-from ..files import remove_stale_temps
+from ..files import FolderBusyError, FolderError, FolderLock, make_folder, remove_stale_temps
 from ..ops import resolve_backend
 from ..wavelets import WAVELETS
 from . import distributed as dist_utils
@@ -51,11 +68,16 @@ from .metrics import plot_curves, write_metrics_csv
 from .progress import EpochProgress
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
 
-__all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "batch_bounds", "build_parser", "main"]
+__all__ = [
+    "TrainConfig", "RunResult", "ConfigError", "TrainingDiverged", "train", "batch_bounds", "build_parser", "main",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
 CURVES_NAME = "curves.png"
+RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME)
+# The run folder's lock file (see FolderLock); present only while a run holds the folder.
+LOCK_NAME = ".wavkan-run.lock"
 
 # Config fields that define a run's trajectory: a resumed run must agree on all of them.
 # (epochs may grow; device, backend, graphs and progress change only speed or rounding.)
@@ -67,6 +89,10 @@ RUN_DEFINING = (
 
 class ConfigError(ValueError):
     """Options that cannot run together, or that disagree with the run being resumed."""
+
+
+class TrainingDiverged(RuntimeError):
+    """An epoch ended with a non-finite training loss or weights; nothing of it was saved."""
 
 
 @dataclass
@@ -110,8 +136,15 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
-            raise ConfigError("need lr > 0, weight_decay >= 0 and 0 < gamma <= 1")
+        for name in ("lr", "weight_decay", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -143,8 +176,8 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
     mine = config.to_dict()
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in RUN_DEFINING if saved.get(k) != mine[k]]
     if diff:
-        raise ConfigError(f"--resume: {path} is a different run; pass its options or another --out:\n  "
-                          + "\n  ".join(diff))
+        raise ConfigError(f"--resume: {path} is a different run ({'; '.join(diff)}); "
+                          "pass its options or another --out")
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -184,32 +217,116 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None
         dist_utils.destroy_process_group()
 
 
-def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunResult:
-    out = config.out_dir()
+def _claim_folder(out: Path, lock: FolderLock) -> list:
+    """Create ``out`` and lock it for this process; returns the folders created."""
+    try:
+        created = make_folder(out)
+        try:
+            lock.acquire()
+        except BaseException:
+            _remove_empty(created)
+            raise
+    except FolderBusyError as e:
+        raise ConfigError(f"--out {e}: another wavkan train is writing this run; wait for it to end "
+                          "or pass another --out") from None
+    except FolderError as e:
+        raise ConfigError(f"--out {e}") from None
+    if lock.unsupported:
+        print(f"note: {out}: this file system has no file locks ({lock.unsupported}); nothing stops a second "
+              "wavkan train from writing this folder while this one runs", flush=True)
+    return created
+
+
+def _remove_empty(folders: list) -> None:
+    """Remove the folders this run created if nothing was written in them, innermost first."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _load_data(config: TrainConfig, ctx, device: torch.device):
+    data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+    layers = [int(w) for w in config.layers]
+    check_layers_fit(layers, data.num_features, data.num_classes, config.dataset,
+                     labels={"train_labels": data.train_y, "test_labels": data.test_y})
+    n_train = data.train_x.shape[0]
+    bounds = batch_bounds(n_train, config.batch_size, max(2, ctx.world_size))
+    if not bounds:
+        raise ConfigError(f"{n_train} training samples make no batch of >= {max(2, ctx.world_size)} rows")
+    if config.cuda_graph is True and device.type != "cuda":
+        raise ConfigError("--cuda-graph needs a CUDA device")
+    return data, bounds
+
+
+def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
+    """The checkpoint to resume from (verified), or None for a new run; refuses a run folder
+    that holds a run unless --resume (same options, --epochs not below the epochs done) or
+    --overwrite says what to do with it. Deletes only stale temp files, on rank 0 under the lock."""
     ckpt_path = out / CHECKPOINT_NAME
     saved = None
     if ckpt_path.exists():
         if config.resume:
             saved = load_checkpoint(ckpt_path)
             _check_resumable(saved["config"], config, ckpt_path)
+            done = int(saved["epoch"])
+            if config.epochs < done:
+                raise ConfigError(f"--resume --epochs {config.epochs}: {ckpt_path} has already completed {done} "
+                                  f"epochs; pass --epochs above {done} to train on, or score it with wavkan evaluate")
         elif not config.overwrite:
             raise ConfigError(f"{ckpt_path} exists: pass --resume to continue that run, "
                               "--overwrite to start over, or another --out")
-        elif ctx.is_main:
-            for name in (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME):
-                (out / name).unlink(missing_ok=True)
+        else:
+            _log(ctx, f"--overwrite: the run in {out} is replaced when the new run's first epoch completes")
     elif config.resume:
         _log(ctx, f"no checkpoint in {out}: starting a new run")
     if ctx.is_main:
-        remove_stale_temps(out, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME))
+        remove_stale_temps(out, RUN_FILES)
+    return saved
 
-    data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+
+def _agree(ctx, device: torch.device, error: Optional[BaseException]) -> None:
+    """Every rank learns whether any rank failed to prepare the run, so none waits for the
+    others in a collective: a rank that failed raises its own error, the others a short note."""
+    if ctx.enabled:
+        failed = dist_utils.all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=device))
+        if error is None and failed.item() > 0:
+            raise ConfigError(f"rank {ctx.rank}: another rank could not start the run (see its error)")
+    if error is not None:
+        raise error
+
+
+def _all_finite(model) -> bool:
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunResult:
+    out = config.out_dir()
+    lock = FolderLock(out, LOCK_NAME)
+    created: list = []
+    try:
+        try:
+            if ctx.is_main:  # the only writer, alive for the whole job: it holds the folder
+                created = _claim_folder(out, lock)
+            data, bounds = _load_data(config, ctx, device)
+            saved = _previous_run(config, out, ctx)
+            error = None
+        except Exception as e:
+            error = e
+        _agree(ctx, device, error)
+        return _run(config, ctx, device, out, data, bounds, saved, on_epoch_end)
+    finally:
+        lock.release()
+        _remove_empty(created)  # a run that wrote nothing leaves no folder behind
+
+
+def _run(config: TrainConfig, ctx, device: torch.device, out: Path, data, bounds, saved: Optional[dict],
+         on_epoch_end) -> RunResult:
+    ckpt_path = out / CHECKPOINT_NAME
     layers = [int(w) for w in config.layers]
-    check_layers_fit(layers, data.num_features, data.num_classes, config.dataset)
     n_train = data.train_x.shape[0]
-    bounds = batch_bounds(n_train, config.batch_size, max(2, ctx.world_size))
-    if not bounds:
-        raise ConfigError(f"{n_train} training samples make no batch of >= {max(2, ctx.world_size)} rows")
 
     # Built on the CPU from the seed, then moved: the same initial weights on any device.
     torch.manual_seed(config.seed)
@@ -229,7 +346,11 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     start_epoch = 0
     if saved is not None:
         start_epoch, history = restore_training_state(saved, raw_model, optimizer, scheduler, device)
-        _log(ctx, f"resuming {out} after epoch {start_epoch}")
+        if start_epoch < config.epochs:
+            _log(ctx, f"resuming {out} after epoch {start_epoch}")
+        else:
+            _log(ctx, f"{ckpt_path} has completed all {start_epoch} epochs: nothing to train "
+                      f"(pass --epochs above {start_epoch} to train on)")
 
     model = raw_model
     if ctx.enabled:
@@ -280,6 +401,13 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
         loss_sum, correct, count = sums.tolist()  # syncs the device: the epoch's work is done
         seconds = time.perf_counter() - t0
         progress.close()
+        if not (math.isfinite(loss_sum) and _all_finite(raw_model)):
+            if epoch > 0:
+                kept = f"{ckpt_path} keeps epoch {epoch}"
+            else:
+                kept = f"{ckpt_path} is untouched" if ckpt_path.exists() else "no checkpoint was written"
+            raise TrainingDiverged(f"epoch {epoch + 1}: training diverged (loss {loss_sum / max(count, 1)}, "
+                                   f"lr {config.lr:g}); stopped before saving it: {kept}")
 
         test_loss, test_acc = evaluate(raw_model, data.test_x, data.test_y, config.eval_batch_size, ctx)
         row = {
@@ -313,35 +441,52 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    # Each help text states its own default (argparse's defaults formatter would append a
+    # second, or a misleading one: "(default: None)", "--no-progress (default: True)").
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog=prog or "wavkan train",
         description="Train a Wav-KAN classifier. The defaults are the paper's MNIST protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--dataset", default=d.dataset,
                    help="mnist, fashion-mnist, a folder of the four idx files (gz or not), or a .npz with "
-                        "train_images, train_labels, test_images, test_labels")
-    p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet, help="mother wavelet of every edge")
-    p.add_argument("--layers", type=int_list, default=argparse.SUPPRESS, help="comma-separated widths (default: 784,32,10)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (a resumed run may raise it)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="global batch, over all DDP ranks")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--gamma", type=float, default=d.gamma, help="ExponentialLR factor per epoch")
-    p.add_argument("--seed", type=int, default=d.seed, help="initial weights and shuffling")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+                        "train_images, train_labels, test_images, test_labels (default: %(default)s)")
+    p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet,
+                   help="mother wavelet of every edge (default: %(default)s)")
+    p.add_argument("--layers", type=int_list, default=argparse.SUPPRESS,
+                   help="comma-separated widths (default: " + ",".join(map(str, d.layers)) + ")")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="total epochs; --resume may raise it (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help="global batch, over all DDP ranks (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="ExponentialLR factor per epoch (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="initial weights and shuffling (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
+                   help="where to train: auto is the GPU when torch sees one, else the CPU; under torchrun "
+                        "each rank takes GPU LOCAL_RANK (default: %(default)s)")
     p.add_argument("--backend", choices=("auto", "reference", "triton"), default=d.backend,
-                   help="auto: Triton kernels for CUDA tensors, pure PyTorch otherwise")
-    p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<wavelet>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
-    p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a checkpoint")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N", help="train on the first N samples")
-    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="test on the first N samples")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+                   help="auto: Triton kernels for CUDA tensors, pure PyTorch otherwise (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder, used by one run at a time (default: runs/<dataset>-<wavelet>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over even if --out holds a run; its files are replaced when the new run's "
+                        "first epoch completes")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+                   help="train on the first N samples (default: all)")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N",
+                   help="test on the first N samples (default: all)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
-    p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="rows per evaluation pass")
+    p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size,
+                   help="rows per evaluation pass (default: %(default)s)")
     return p
 
 
@@ -354,7 +499,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     args = build_parser(prog).parse_args(argv)
     try:
         train(config_from_args(args))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing data, bad input, no CUDA
+    except (OSError, ValueError, RuntimeError) as e:  # missing or bad files, bad options, no CUDA, divergence
         print(f"{prog or 'wavkan train'}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
