@@ -14,10 +14,10 @@ from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_i
 
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
-from wavkan.kernels.launch import cdiv, plan_split
+from wavkan.kernels.launch import balanced_plan, cdiv, plan_split, release_split_scratch
 from wavkan.kernels.tuning import default_config
 from wavkan.kernels.partials import sum_partials
-from wavkan.kernels.staging import stage_rows
+from wavkan.kernels.staging import clear_pack_cache
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -108,8 +108,8 @@ def test_bf16_inputs_are_upcast(kernel_device):
 @pytest.mark.parametrize("g_layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
 def test_backward_on_whole_tiles(wavelet, g_layout, kernel_device):
-    """Sizes that are whole tiles, where the parameter pass reads fp32 contiguous operands in
-    place instead of staging copies; and dL/dy as a transposed view, which it must stage."""
+    """Sizes that are whole tiles (the parameter pass's loads unclamped), and dL/dy as a
+    transposed view, which every pass reads in place through its strides."""
     B, IN, OUT = 40, 64, 32
     x, s, t, w = layer_inputs(B, IN, OUT, torch.float32, kernel_device)
     g = torch.randn(B, OUT, device=kernel_device)
@@ -117,7 +117,6 @@ def test_backward_on_whole_tiles(wavelet, g_layout, kernel_device):
         g = g.t().contiguous().t()
     wav = get_wavelet(wavelet)
     cfg = KernelConfig(32, 32, num_warps=1, num_stages=1, split=1)
-    assert stage_rows(x, IN) is x and (stage_rows(g, OUT) is g) == (g_layout == "contiguous")
     got = [wavkan_bwd_dx(g, x, s, t, w, wav, cfg), *wavkan_bwd_dparams(g, x, s, t, w, wav, cfg)]
     expected = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), wavelet)
     for name, a, e in zip(("grad_x", "grad_scale", "grad_translation", "grad_weights"), got, expected):
@@ -371,19 +370,23 @@ def test_gpu_edge_planes_past_2_30_elements():
 
 @pytest.mark.gpu
 def test_gpu_peak_memory_forward_backward():
-    """Beyond 1.2x the tensors, only the split reductions' fp32 partials: the forward's,
-    grad_x's or the parameter pass's, never two at once (each is freed after its sum, the
-    forward's before the backward starts)."""
+    """Beyond 1.2x the tensors, only what the launchers keep on purpose: the split scratch
+    (sized for the largest of the forward's, grad_x's and the parameter pass's partials, kept
+    per stream), the two cached edge-constant packs (3 planes each, as large as a parameter),
+    and the staged x of the forward where its config stages it."""
     B, IN, OUT = 4096, 1024, 1024
     cuda = torch.device("cuda")
     fwd_cfg, dx_cfg, dp_cfg = (default_config(kind, cuda, B) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
-    assert fwd_cfg.split_rule == dx_cfg.split_rule == dp_cfg.split_rule == "balance"  # plan_split needs no kernel for it
-    fwd_split = plan_split(None, (cdiv(B, fwd_cfg.block_m), cdiv(OUT, fwd_cfg.block_n)), IN, (), {}, cuda, fwd_cfg)[0]
-    dx_split = plan_split(None, (cdiv(B, dx_cfg.block_m), cdiv(IN, dx_cfg.block_n)), OUT, (), {}, cuda, dx_cfg)[0]
-    dp_split = plan_split(None, (cdiv(OUT, dp_cfg.block_m), cdiv(IN, dp_cfg.block_n)), B, (), {}, cuda, dp_cfg)[0]
-    # the parameter pass's: 3 planes per split and their 3 sums
-    partials = 4 * max(fwd_split * B * OUT * (fwd_split > 1), dx_split * B * IN * (dx_split > 1),
-                       3 * (dp_split + 1) * OUT * IN * (dp_split > 1))
+    fwd_split = balanced_plan(cdiv(B, fwd_cfg.block_m) * cdiv(OUT, fwd_cfg.block_n), IN, cuda, fwd_cfg)[0]
+    dx_split = balanced_plan(cdiv(B, dx_cfg.block_m) * cdiv(IN, dx_cfg.block_n), OUT, cuda, dx_cfg)[0]
+    dp_split = balanced_plan(cdiv(OUT, dp_cfg.block_m) * cdiv(IN, dp_cfg.block_n), B, cuda, dp_cfg)[0]
+    scratch = 4 * max(fwd_split * B * OUT * (fwd_split > 1), dx_split * B * IN * (dx_split > 1),
+                      3 * dp_split * OUT * IN * (dp_split > 1))
+    packs = 2 * 4 * 3 * OUT * (IN + 128)  # padded to whole tiles
+    staged = 4 * B * IN if fwd_cfg.stage else 0
+    partials = scratch + packs + staged
+    release_split_scratch()
+    clear_pack_cache()
     x, s, t, w = (a.requires_grad_() for a in layer_inputs(B, IN, OUT, torch.float32, "cuda"))
     g = torch.randn(B, OUT, device="cuda")
     # Blocks cached by earlier tests (the > 2^31 case leaves gigabytes) would be handed out

@@ -5,7 +5,11 @@ window into the weights (so autograd carries the window's factor to ``grad_weigh
 runs the op. Under ``torch.compile`` that is the custom op ``wavkan::linear``, whose backward
 is the custom op ``wavkan::linear_backward``; both have fake implementations, so the compiler
 traces through them without a graph break. Eager calls take an ``autograd.Function`` over the
-same two implementations, which costs less host time per call. Either dispatches to a backend:
+same two implementations (``_forward_impl``, ``_backward_impl``): two registrations, because
+calling the custom op eagerly goes through the dispatcher's Python layers, which on the H200's
+host doubled an eager layer's host time per call (forward and forward+backward; figures in
+benchmarks/STATUS.md). tests/test_eager_path.py checks that both give bitwise-equal outputs and
+gradients. Either dispatches to a backend:
 
 - ``"reference"``: pure PyTorch (``wavkan.reference``), any device, any float dtype;
 - ``"triton"``: the fused kernels (``wavkan.kernels``) on CUDA tensors, or on CPU tensors

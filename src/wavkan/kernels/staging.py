@@ -3,11 +3,11 @@
 - ``pack_edge_constants``: the per-edge constants as three fp32 planes, either transposed
   (in, out_pad) for the forward, which walks ``in``: [k/s, -k t/s, w m], z = x a + c; or
   as (out, in_pad) for grad_x, which walks ``out``: [k/s, t, D w/s], kz = (x - t) a,
-  exactly 0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add nothing.
+  exactly 0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add
+  nothing. ``cached_edge_pack`` keeps them from one call to the next until a parameter changes.
 - ``stage_transposed``: a (rows, cols) operand transposed to fp32 (cols, rows_pad), padding
-  zero: x for the forward (walks ``in``), grad_y for grad_x (walks ``out``);
-- ``stage_rows``: an operand as fp32 rows padded to whole tiles: x and grad_y for the
-  parameter gradients (walk B); a no-op for fp32 contiguous operands of whole tiles.
+  zero: x for the forward where its config stages it (``KernelConfig.stage``), and the
+  packed-half forward's x as f16x2 pairs.
 
 Each is one pass over O(out in) or O(B in) elements, against B out in evaluations.
 """
@@ -134,16 +134,6 @@ def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None, dtype=torch.flo
     rows_pad = C if rows_pad is None else rows_pad
     dst = torch.empty((rows_pad, r_pad), dtype=dtype, device=t.device)
     return _stage(t, dst, r_pad, rows_pad, (1, r_pad))
-
-
-def stage_rows(t: torch.Tensor, c_pad: int) -> torch.Tensor:
-    """(R, c_pad) fp32 contiguous: t (R, C) with columns past C zero; t itself when it already
-    is such a tensor (fp32, contiguous, C == c_pad)."""
-    R, C = t.shape
-    if t.dtype == torch.float32 and C == c_pad and t.is_contiguous():
-        return t
-    dst = torch.empty((R, c_pad), dtype=torch.float32, device=t.device)
-    return _stage(t, dst, R, c_pad, (c_pad, 1))
 
 
 # --- the edge constants, packed once per parameter change ------------------------------------

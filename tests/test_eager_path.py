@@ -1,0 +1,196 @@
+"""The eager call path: one kernel launch per pass, the edge-constant cache and everything that
+must invalidate it, and the eager and compiled registrations agreeing on every output and
+gradient. Runs on the GPU, or on CPU tensors under Triton's interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import layer_inputs
+from wavkan import WavKANLinear, wavkan_linear
+from wavkan.kernels import staging
+from wavkan.reference import reference_backward, reference_forward
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts every Triton kernel launch (through the JIT, the interpreter or DirectLauncher)."""
+    from wavkan.kernels import launch
+
+    count = {"n": 0}
+    original = launch.DirectLauncher.__call__
+
+    def counting(self, *args, **kwargs):
+        count["n"] += 1
+        return original(self, *args, **kwargs)
+
+    packs = staging.pack_edge_constants
+
+    def counting_pack(*args, **kwargs):
+        count["n"] += 1
+        return packs(*args, **kwargs)
+
+    monkeypatch.setattr(launch.DirectLauncher, "__call__", counting)
+    monkeypatch.setattr(staging, "pack_edge_constants", counting_pack)
+    staging.clear_pack_cache()
+    return count
+
+
+def _layer(device, IN=13, OUT=7, wavelet="mexican_hat"):
+    layer = WavKANLinear(IN, OUT, wavelet=wavelet, batch_norm=False, backend="triton", device=device)
+    with torch.no_grad():
+        layer.scale.uniform_(0.5, 2.0)
+        layer.translation.normal_(0.0, 0.5)
+    return layer
+
+
+def _expected(layer, x):
+    return reference_forward(x.double(), layer.scale.double(), layer.translation.double(),
+                             layer.wavelet_weights.double(), layer.wavelet)  # fmt: skip
+
+
+def _close(y, layer, x):
+    assert torch.allclose(y.double(), _expected(layer, x), rtol=1e-5, atol=1e-6)
+
+
+def test_one_launch_per_pass_once_packed(kernel_device, launches):
+    layer = _layer(kernel_device)
+    x = torch.randn(37, 13, device=kernel_device, requires_grad=True)
+    layer(x).sum().backward()  # packs the forward's and grad_x's constants
+    launches["n"] = 0
+    y = layer(x)
+    assert launches["n"] == 1, "forward: one launch"
+    y.sum().backward()
+    assert launches["n"] == 3, "forward + grad_x + parameter pass"
+    launches["n"] = 0
+    with torch.no_grad():
+        layer(x.detach())
+    assert launches["n"] == 1
+
+
+def test_backward_skips_passes_nobody_asks_for(kernel_device, launches):
+    layer = _layer(kernel_device)
+    x = torch.randn(9, 13, device=kernel_device)  # a first layer's input: no grad_x pass
+    layer(x).sum().backward()
+    launches["n"] = 0
+    layer(x).sum().backward()
+    assert launches["n"] == 2
+
+
+def test_optimizer_step_invalidates(kernel_device, launches):
+    layer = _layer(kernel_device)
+    x = torch.randn(11, 13, device=kernel_device)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        y = layer(x)
+        _close(y, layer, x)
+        (y**2).sum().backward()
+        opt.step()
+    _close(layer(x), layer, x)
+
+
+def test_in_place_edits_invalidate(kernel_device):
+    layer = _layer(kernel_device)
+    x = torch.randn(5, 13, device=kernel_device)
+    before = layer(x)
+    for edit in (lambda: layer.scale.mul_(1.5), lambda: layer.translation.add_(0.25),
+                 lambda: layer.wavelet_weights[2, 3].fill_(4.0), lambda: layer.scale[:, 0].copy_(torch.full((7,), 3.0))):
+        with torch.no_grad():
+            edit()
+        after = layer(x)
+        _close(after, layer, x)
+        assert not torch.equal(after, before)
+        before = after
+
+
+def test_load_state_dict_invalidates(kernel_device):
+    layer, other = _layer(kernel_device), _layer(kernel_device)
+    x = torch.randn(6, 13, device=kernel_device)
+    layer(x)
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer(x), other(x))
+    _close(layer(x), layer, x)
+
+
+def test_moving_parameters_invalidates(kernel_device):
+    layer = _layer(kernel_device)
+    x = torch.randn(6, 13, device=kernel_device)
+    layer(x)
+    layer.half().float()  # new storage for every parameter, values rounded through fp16
+    _close(layer(x), layer, x)
+    layer.wavelet_weights.data = torch.randn(7, 13, device=kernel_device)  # p.data = ...
+    _close(layer(x), layer, x)
+
+
+def test_requires_grad_changes_are_seen(kernel_device):
+    layer = _layer(kernel_device)
+    x = torch.randn(8, 13, device=kernel_device, requires_grad=True)
+    layer(x).sum().backward()
+    layer.requires_grad_(False)
+    x.grad = None
+    layer(x).sum().backward()
+    _, grad_x_expected = None, reference_backward(
+        torch.ones(8, 7, dtype=torch.float64, device=kernel_device), x.detach().double(), layer.scale.double(),
+        layer.translation.double(), layer.wavelet_weights.double(), layer.wavelet)[0]
+    assert torch.allclose(x.grad.double(), grad_x_expected, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None or p.grad.abs().sum() > 0 for p in layer.parameters())
+    grads_before = [p.grad.clone() for p in layer.parameters()]
+    layer.requires_grad_(True)
+    layer(x).sum().backward()
+    assert all(not torch.equal(p.grad, g) for p, g in zip(layer.parameters(), grads_before))
+
+
+def test_cache_is_per_weights_object_and_freed_with_it(kernel_device):
+    x, s, t, w = layer_inputs(4, 9, 5, device=kernel_device)
+    wavkan_linear(x, s, t, w, backend="triton")
+    assert id(w) in staging._PACKS
+    ident = id(w)
+    del w
+    assert ident not in staging._PACKS
+    # A weights tensor made per call (the shannon window folded in) never reuses a stale pack.
+    w1, w2 = torch.randn(5, 9, device=kernel_device), torch.randn(5, 9, device=kernel_device)
+    for w in (w1, w2, w1):
+        assert torch.allclose(wavkan_linear(x, s, t, w, "shannon", backend="triton").double(),
+                              wavkan_linear(x.double(), s.double(), t.double(), w.double(), "shannon",
+                                            backend="reference"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "meyer"])
+def test_eager_and_custom_op_agree(kernel_device, wavelet):
+    """The eager autograd.Function and the torch.library custom op (what torch.compile traces)
+    run the same implementations: bitwise-equal outputs and gradients."""
+    x, s, t, w = layer_inputs(19, 11, 6, device=kernel_device)
+    g = torch.randn(19, 6, device=kernel_device)
+    results = []
+    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"),
+                 lambda *a: torch.ops.wavkan.linear(*a, wavelet, "triton", False)):
+        leaves = [v.clone().requires_grad_() for v in (x, s, t, w)]
+        y = call(*leaves)
+        y.backward(g)
+        results.append([y.detach()] + [v.grad for v in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_packs_inside_the_graph():
+    """A captured forward must repack on every replay: after an in-place parameter change the
+    replay's output follows the new parameters."""
+    layer = _layer(torch.device("cuda"), IN=64, OUT=32)
+    x = torch.randn(16, 64, device="cuda")
+    layer(x)  # warm: cached pack and compiled kernel
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    with torch.no_grad():
+        layer.scale.mul_(1.7)
+    graph.replay()
+    torch.cuda.synchronize()
+    _close(y, layer, x)
