@@ -1,7 +1,7 @@
 """Fused backward: grad_x and the three parameter gradients, psi and dpsi recomputed.
 
-With g = dL/dy (B, out), a = 1/s, z = x a - t a and psi, dpsi at z[b, o, i] (the kernels
-evaluate them at k z, scaled: ``device.FOLD_BWD``, undone in the packing and the epilogue):
+With g = dL/dy (B, out), a = 1/s, z = (x - t) a and psi, dpsi at z[b, o, i] (the kernels
+evaluate them at k z, scaled: ``Wavelet.fold_bwd``, undone in the packing and the epilogue):
 
     grad_x[b, i] = sum_o g[b, o] (w a)[o, i] dpsi        reduce over out: tile (B, in)
     grad_w[o, i] = sum_b g[b, o] psi                      reduce over B:   tile (out, in)
@@ -19,8 +19,10 @@ Like the forward, the loops read only staged operands (``staging.py``): fp32, pa
 tiles, addressed from the loop index, so their loads are unmasked and need one address per
 step. grad_x reads grad_y transposed (out, B_PAD) and the packed [k/s, t, D w/s]; the
 parameter pass reads x and grad_y as padded fp32 rows (no copy when they already are). Both
-evaluate psi / P and dpsi / D at k z (``device.FOLD_BWD``), the constants folded into the
+evaluate psi / P and dpsi / D at k z (``Wavelet.fold_bwd``), the constants folded into the
 packed weight and the epilogue, which keeps log2(e)/2 and the normalisation out of the loop.
+Both compute z as (x - t) (k/s), never x (k/s) - t (k/s): exact for any |t/s| (see the
+forward), and exactly 0 where x == t (meyer's dpsi jumps at 0).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import triton.language as tl
 
 from .launch import cdiv, launch_split, plan_split
 from .tuning import KernelConfig, default_config, loop_unroll
-from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
+from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .partials import sum_partials
 from .staging import pack_edge_constants, plane_offsets, stage_rows, stage_transposed
 
@@ -118,10 +120,6 @@ def _wavkan_bwd_dparams_kernel(
     t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
     inv_s = 1.0 / s
     a = inv_s * z_scale
-    if WAVELET == MEYER or WAVELET == SHANNON:
-        shift = t  # kz = (x - t) a: exactly 0 where x == t, like the reference (these branch at 0)
-    else:
-        shift = -t * a  # kz = x a - t a: one FFMA; the wavelet is smooth at 0
 
     b_start = pid_k * ROWS_PER_SPLIT
     b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
@@ -135,10 +133,7 @@ def _wavkan_bwd_dparams_kernel(
             x_next, g_next = _dparams_operands(xs_ptr, gs_ptr, tl.minimum(b + 1, b_end - 1), IN_PAD, OUT_PAD, offs_i, offs_o)
         else:
             xr, g = _dparams_operands(xs_ptr, gs_ptr, b, IN_PAD, OUT_PAD, offs_i, offs_o)
-        if WAVELET == MEYER or WAVELET == SHANNON:
-            zs = (xr[None, :] - shift) * a
-        else:
-            zs = xr[None, :] * a + shift
+        zs = (xr[None, :] - t) * a  # k z: exact for any |t/s|, exactly 0 where x == t
         g_psi, g_dpsi, g_dpsi_zs = wavelet_grad_terms(zs, g[:, None], WAVELET, FAST)
         acc_w += g_psi
         acc_q += g_dpsi
@@ -174,11 +169,11 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     cfg = config or default_config("bwd_dx", x.device, B)
     b_pad = cdiv(B, cfg.block_m) * cfg.block_m
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
+    z_scale, _, dpsi_scale = wavelet.fold_bwd
     gt = stage_transposed(grad, b_pad)
     pack = pack_edge_constants(scale, translation, weights, in_pad, for_grad_x=True, z_scale=z_scale, w_scale=dpsi_scale)
     meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet),
         BLOCK_B=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
     )
 
@@ -198,11 +193,11 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     cfg = config or default_config("bwd_dparams", x.device, B)
     out_pad = cdiv(OUT, cfg.block_m) * cfg.block_m
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
+    z_scale, psi_scale, dpsi_scale = wavelet.fold_bwd
     xs = stage_rows(x, in_pad)
     gs = stage_rows(grad, out_pad)
     meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet),
         BLOCK_OUT=cfg.block_m, BLOCK_IN=cfg.block_n, **cfg.launch_options(),
     )
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=x.device) for p in (scale, translation, weights))

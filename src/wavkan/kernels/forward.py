@@ -1,5 +1,5 @@
-"""Fused forward: y[b, o] = sum_i w[o, i] psi(x[b, i] * a[o, i] + c[o, i]), a = 1/s, c = -t/s
-(in the kernel a and c carry the wavelet's k as well: see the staging below).
+"""Fused forward: y[b, o] = sum_i w[o, i] psi((x[b, i] - t[o, i]) * a[o, i]), a = 1/s (in the
+kernel a carries the wavelet's k as well: see the staging below).
 
 One program owns a (BLOCK_B, BLOCK_OUT) tile of y in fp32 registers and walks its share of
 the ``in`` loop: per step it loads one column of x (BLOCK_B) and one row of each packed edge
@@ -14,11 +14,14 @@ aligned loads and arithmetic:
 
 - x goes to an fp32 (in, B_PAD) buffer, transposed and zero-padded to whole tiles (any input
   dtype and strides are handled here, once, instead of per step);
-- the edge constants go to a (3, in, OUT_PAD) fp32 buffer [k/s, -k t/s, w m] (zero weight in
-  the padding), so the inner step needs no division; (k, m) = ``device.FOLD[wavelet]`` fold
-  the Gaussian's log2(e)/2 and the wavelet's constant factor into the edge, so that
-  mexican_hat costs one MUFU.EX2 and four fp32 instructions per evaluation (its weight
-  enters as two per-column factors: ``device.wavelet_weighted_psi``).
+- the edge constants go to a (3, in, OUT_PAD) fp32 buffer [k/s, t, w m] (zero weight in
+  the padding), so the inner step needs no division; (k, m) = ``Wavelet.fold`` fold the
+  Gaussian's log2(e)/2 and the wavelet's constant factor into the edge.
+
+z is computed as (x - t) * (k/s), one FADD and one FMUL, not as x (k/s) - t (k/s) in one FFMA:
+where |t/s| is large the two products are large and nearly cancel, and fp32 loses all of z
+(|t/s| = 1e5 gave 2% error in y, 1e7 the wrong sign). x - t is exact where x and t are close
+(Sterbenz), so z keeps fp32's relative accuracy for every |t/s|.
 
 Both buffers are O(B in + out in), and a split's partials at most 4 x y's size in fp32 at
 large B (more only where y is small: fewer tiles than SMs); all are freed on return.
@@ -32,13 +35,14 @@ import triton.language as tl
 
 from .launch import cdiv, launch_split
 from .tuning import KernelConfig, default_config, loop_unroll
-from .device import FOLD, wavelet_weighted_psi
+from .device import wavelet_psi_folded
 from .staging import pack_edge_constants, plane_offsets, stage_transposed
 
 
 @triton.jit
 def _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o):
-    """Step i's operands: x[:, i] (BLOCK_B) and row i of the three edge planes (BLOCK_OUT)."""
+    """Step i's operands: x[:, i] (BLOCK_B) and row i of the three edge planes [k/s, t, w m]
+    (BLOCK_OUT)."""
     row = tl.cast(i, tl.int64)
     edge = pack_ptr + row * OUT_PAD + offs_o
     return tl.load(xt_ptr + row * B_PAD + offs_b), tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
@@ -66,18 +70,18 @@ def _wavkan_fwd_kernel(
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
     # Row offsets in 64 bits (in * B_PAD can pass 2^31); both pads are whole tiles, so the
     # loads need no mask and stay 16-byte aligned.
-    x_next, a_next, c_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
+    x_next, a_next, t_next, w_next = _fwd_operands(xt_ptr, pack_ptr, i_start, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
     for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
-            x, a, c, w = x_next, a_next, c_next, w_next
-            x_next, a_next, c_next, w_next = _fwd_operands(
+            x, a, t, w = x_next, a_next, t_next, w_next
+            x_next, a_next, t_next, w_next = _fwd_operands(
                 xt_ptr, pack_ptr, tl.minimum(i + 1, i_end - 1), B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
         else:
-            x, a, c, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
-        z = x[:, None] * a[None, :] + c[None, :]
-        acc += wavelet_weighted_psi(z, w[None, :], WAVELET, FAST)
+            x, a, t, w = _fwd_operands(xt_ptr, pack_ptr, i, B_PAD, OUT_PAD, PLANE, PLANE2, offs_b, offs_o)
+        zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s| (module docstring)
+        acc += w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST)
 
     mask_b = offs_b < B
     mask_o = offs_o < OUT
@@ -97,10 +101,10 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     b_pad = cdiv(B, cfg.block_m) * cfg.block_m
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
     xt = stage_transposed(x, b_pad)
-    z_scale, w_scale = FOLD[wavelet.code]
+    z_scale, w_scale = wavelet.fold
     pack = pack_edge_constants(scale, translation, weights, out_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale)
     meta = dict(
-        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet.code),
+        WAVELET=wavelet.code, FAST=x.is_cuda, PREFETCH=cfg.prefetch, UNROLL=loop_unroll(cfg, wavelet),
         BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n, **cfg.launch_options(),
     )
 
