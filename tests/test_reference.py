@@ -149,3 +149,32 @@ def test_reference_bf16_and_fp16_compute_in_fp32():
         exact_q = wavkan_linear(xq, s.double(), t.double(), w.double(), backend="reference")
         assert rel_err(y, exact_q) < (4e-3 if dtype == torch.float16 else 2e-2) / 4
         assert rel_err(y, exact) < 0.1
+
+
+# --- second derivatives (create_graph=True) ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", WAVELETS)
+def test_gradgradcheck_every_wavelet(name):
+    """The layer's second derivatives (the backward's own backward, a chunked autograd
+    computation) against finite differences of its gradients, in float64."""
+    x, s, t, w = layer_inputs(3, 4, 2, torch.float64)
+    inputs = tuple(a.requires_grad_() for a in (x, s, t, w))
+    assert torch.autograd.gradgradcheck(lambda *a: wavkan_linear(*a, wavelet=name, backend="reference"), inputs)
+
+
+def test_double_backward_is_chunked():
+    """The double backward in small blocks equals one block, and never holds a B x out x in
+    tensor."""
+    from wavkan.reference import reference_double_backward
+
+    B, IN, OUT = 64, 16, 12
+    x, s, t, w = layer_inputs(B, IN, OUT, torch.float64)
+    g = torch.randn(B, OUT, dtype=torch.float64)
+    grad_grads = (torch.randn(B, IN, dtype=torch.float64), *(torch.randn(OUT, IN, dtype=torch.float64) for _ in range(3)))
+    whole = reference_double_backward(g, x, s, t, w, "morlet", grad_grads, (True,) * 5, chunk_elements=B * OUT * IN)
+    with _LargestTensor() as spy:
+        parts = reference_double_backward(g, x, s, t, w, "morlet", grad_grads, (True,) * 5, chunk_elements=IN * 4)
+    assert spy.largest < B * OUT * IN // 8
+    for a, b in zip(whole, parts):
+        assert rel_err(b, a) < 1e-13

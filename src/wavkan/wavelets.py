@@ -108,7 +108,9 @@ def _shannon(z: Tensor, need_dpsi: bool):
     psi = torch.where(zero, torch.ones_like(z), s / safe)
     if not need_dpsi:
         return psi, None
-    direct = (safe * torch.cos(safe) - s) / (safe * safe)
+    # (z cos z - sin z) / z^2 written as (cos z - sin(z)/z) / z: z^2 would overflow fp32 for
+    # |z| > 1.8e19 (a tiny scale) and turn a finite derivative into 0.
+    direct = (torch.cos(safe) - s / safe) / safe
     z2 = z * z
     series = z * (-1.0 / 3.0 + z2 * (1.0 / 30.0 + z2 * (-1.0 / 840.0 + z2 * (1.0 / 45360.0))))
     below = SHANNON_SERIES_BELOW.get(z.dtype, 0.5)

@@ -167,11 +167,14 @@ def wavelet_psi_dpsi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
     elif WAVELET == SHANNON:
         near = tl.abs(zs) < SHANNON_SERIES_BELOW
         safe = tl.where(near, 1.0, zs)
-        s = fsin(safe, FAST)
-        direct = (safe * fcos(safe, FAST) - s) / (safe * safe)
+        r = 1.0 / safe
+        sinc = fsin(safe, FAST) * r
+        # (z cos z - sin z) / z^2 as (cos z - sin(z)/z) / z: z^2 overflows fp32 for a tiny scale.
+        direct = (fcos(safe, FAST) - sinc) * r
         z2 = zs * zs
+        psi_series = 1.0 + z2 * (-1.0 / 6.0 + z2 * (1.0 / 120.0 + z2 * (-1.0 / 5040.0 + z2 * (1.0 / 362880.0))))
         series = zs * (-1.0 / 3.0 + z2 * (1.0 / 30.0 + z2 * (-1.0 / 840.0 + z2 * (1.0 / 45360.0))))
-        return _sinc(zs, FAST), tl.where(near, series, direct)
+        return tl.where(near, psi_series, sinc), tl.where(near, series, direct)
     else:
         return _unknown_wavelet(WAVELET)
 
