@@ -115,6 +115,36 @@ def test_split_matches_unsplit(split, kernel_device):
     assert rel_err(parts, _exact(x, s, t, w, "mexican_hat")) < FAST_TOL
 
 
+@pytest.mark.parametrize("ratio", [1e2, 1e3])
+@pytest.mark.parametrize("wavelet", FAST_WAVELETS)
+def test_large_translation_over_scale(wavelet, ratio, kernel_device):
+    """The issue's case, 16 -> 8 in fp16 with |t/s| = 100 and 1000 (x near t): x a + c in fp16
+    cost 2.6e-2 and 0.52 of y; (x - t) a keeps z's relative accuracy whatever |t/s| is, within
+    the fast path's range (|t| < 6.5e4). (Far beyond, or in bf16, x itself cannot lie near t:
+    its grid is coarser than s, and every edge is in the Gaussian's tail.)"""
+    dtype = "fp16"
+    B, IN, OUT = 64, 16, 8
+    _, s, _, w = layer_inputs(1, IN, OUT, torch.float32)
+    t = torch.where(torch.rand(OUT, IN) < 0.5, -ratio, ratio) * s
+    near = torch.arange(B) % OUT
+    x = t[near] + s[near] * torch.randn(B, IN) * 1.5
+    x, s, t, w = (a.to(HALF[dtype]).to(kernel_device) for a in (x, s, t, w))
+    for poly_steps in (0, CHUNK):
+        y = wavkan_fwd_half(x, s, t, w, get_wavelet(wavelet), _config(kernel_device, poly_steps))
+        assert rel_err(y, _exact(x, s, t, w, wavelet)) < FAST_TOL, poly_steps
+
+
+def test_fp32_parameters_take_the_exact_path(kernel_device):
+    """fp32 translations are not exact in fp16, where (x - t) is computed: with fp32 parameters
+    (autocast's case) fast_math keeps the exact forward."""
+    x, s, t, w = layer_inputs(9, 20, 6, torch.float32, kernel_device)
+    x = x.half()
+    fast = wavkan_linear(x, s, t, w, "mexican_hat", backend="triton", fast_math=True)
+    assert torch.equal(fast, wavkan_linear(x, s, t, w, "mexican_hat", backend="triton"))
+    assert not torch.equal(wavkan_linear(x, s.half(), t.half(), w.half(), "mexican_hat", backend="triton", fast_math=True),
+                           wavkan_linear(x, s.half(), t.half(), w.half(), "mexican_hat", backend="triton"))  # fmt: skip
+
+
 @pytest.mark.parametrize("wavelet", FAST_WAVELETS)
 def test_far_edges_give_zero_not_nan(wavelet, kernel_device):
     # z far outside the wavelet (and past fp16's range in x * (1/s)): psi is 0, never inf * 0.

@@ -53,7 +53,10 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     assert set(a.state_dict()) == set(b.state_dict())
     for k, v in a.state_dict().items():
-        assert torch.equal(v, b.state_dict()[k]), k
+        if k.endswith("_extra_state"):
+            assert v == b.state_dict()[k] == {"wavelet": "morlet"}, k
+        else:
+            assert torch.equal(v, b.state_dict()[k]), k
 
 
 def test_leading_dims_normalise_over_all_rows():
@@ -100,3 +103,43 @@ def test_module_argument_errors(kwargs, match):
 def test_network_needs_two_widths():
     with pytest.raises(ValueError, match=r"at least two widths.*\[784\]"):
         WavKAN([784])
+
+
+def test_numpy_integers_are_features():
+    np = pytest.importorskip("numpy")
+    layer = WavKANLinear(np.int64(5), np.int32(3))
+    assert (layer.in_features, layer.out_features) == (5, 3) and type(layer.in_features) is int
+    assert WavKAN(np.array([6, 4, 2])).layers[1].out_features == 2
+    with pytest.raises(ValueError, match="in_features must be an int >= 1, got 2.5"):
+        WavKANLinear(2.5, 3)
+
+
+def test_network_widths_must_be_a_sequence():
+    with pytest.raises(TypeError, match=r"layers_hidden must be a sequence of layer widths such as \[784, 32, 10\], got 5"):
+        WavKAN(5)
+    with pytest.raises(ValueError, match=r"layers_hidden\[1\] must be an int >= 1, got 0"):
+        WavKAN([4, 0, 2])
+
+
+def test_float64_input_into_float32_model_fails_in_wavkan():
+    with pytest.raises(TypeError, match="x is float64, so scale, translation, wavelet_weights must be float64 too"):
+        WavKAN([5, 3])(torch.randn(4, 5, dtype=torch.float64))
+
+
+def test_wavelet_is_part_of_the_state():
+    """A dog model's state_dict loaded silently into a mexican_hat model; now it is refused by
+    name, strict or not. The same wavelet loads, also after a weights_only round trip."""
+    import io
+
+    dog = WavKAN([6, 4, 3], "dog")
+    state = dog.state_dict()
+    assert state["layers.0._extra_state"] == {"wavelet": "dog"}
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match="the state_dict is of a 'dog' layer, this layer's wavelet is 'mexican_hat'"):
+            WavKAN([6, 4, 3], "mexican_hat").load_state_dict(state, strict=strict)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    other = WavKAN([6, 4, 3], "dog")
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(other.layers[1].scale, dog.layers[1].scale)

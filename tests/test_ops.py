@@ -158,3 +158,53 @@ def test_third_derivative_flows():
     # dog: psi = -z e, psi''' = (z^4 - 6 z^2 + 3) e; d^3/dx^3 = psi''' / s^3.
     expected = (w.detach() * (z**4 - 6 * z**2 + 3) * e / s.detach() ** 3).sum(1)
     assert torch.allclose(gxxx, expected, rtol=1e-10, atol=1e-12)
+
+
+# --- dtypes, the window, the interpreter switch -------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_shannon_window_is_not_rounded_to_half(dtype, backend, kernel_device):
+    """The issue's example: x = 0, w = [1, 0, 0, 0, 0] in bf16 gave 0.078125 where the exact
+    value is H[0] = 0.08: the window was computed and multiplied into w in bf16. Now the result
+    is 0.08 rounded once to the dtype (within one ulp: Triton's interpreter converts fp32 to bf16
+    by truncation), and grad_weights is g * H, also rounded once."""
+    x = torch.zeros(1, 5, dtype=dtype, device=kernel_device)
+    s, t = torch.ones(1, 5, dtype=dtype, device=kernel_device), torch.zeros(1, 5, dtype=dtype, device=kernel_device)
+    w = torch.tensor([[1.0, 0, 0, 0, 0]], dtype=dtype, device=kernel_device).requires_grad_()
+    y = wavkan_linear(x, s, t, w, "shannon", backend=backend)
+    ulp = torch.finfo(dtype).eps * 2.0**-4  # 0.08 is in [2^-4, 2^-3)
+    assert abs(y.item() - 0.08) <= ulp
+    y.backward(torch.ones_like(y))
+    window = torch.hamming_window(5, periodic=False, dtype=torch.float64)
+    assert w.grad.dtype == dtype
+    assert torch.equal(w.grad.cpu(), window.to(dtype)[None])
+
+
+def test_float64_does_not_mix_with_other_dtypes():
+    """float64 parameters with an fp32 x were rounded to fp32 while their gradients came back
+    float64; an fp64 x into an fp32 model failed later, inside BatchNorm. Both are refused,
+    naming the tensors; fp32/bf16/fp16 still mix (autocast)."""
+    x, s, t, w = layer_inputs(3, 5, 4)
+    with pytest.raises(TypeError, match=r"scale, translation, wavelet_weights float64 needs float64 x \(got x torch.float32\)"):
+        wavkan_linear(x, s.double(), t.double(), w.double())
+    with pytest.raises(TypeError, match=r"x is float64, so scale must be float64 too .* got scale torch.float32"):
+        wavkan_linear(x.double(), s, t.double(), w.double())
+    y = wavkan_linear(x.bfloat16(), s, t, w.half())
+    assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("On", True), ("yes", True), ("0", False),
+                                       ("false", False), ("off", False), ("2", False), ("", False)])  # fmt: skip
+def test_triton_interpret_read_as_triton_reads_it(value, on, monkeypatch):
+    """TRITON_INTERPRET=false/off/2 was taken as on, and the call failed inside Triton."""
+    from wavkan import ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert ops._interpreting() is on
+    try:
+        from triton import knobs
+    except ImportError:  # a Triton without knobs: the words above are its documented ones
+        return
+    assert knobs.runtime.interpret is on
