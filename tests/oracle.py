@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from wavkan import get_wavelet
+
 RTOL = 1e-5
 K_Z = 8.0
 MEYER_BAND = (64.0, 2048.0)  # absolute allowance in u for psi, dpsi inside meyer's band
@@ -92,7 +94,7 @@ def oracle(x, s, t, w, g, name: str, trig_on_gpu: bool = False):
     wh = torch.nan_to_num((w * H).abs(), nan=0.0, posinf=0.0)
     ga = g.abs()[:, :, None]
     inv_s = torch.nan_to_num(1 / s.abs(), posinf=0.0)
-    sfu = SFU_ABS if trig_on_gpu and name in ("morlet", "meyer", "shannon") else 0.0
+    sfu = SFU_ABS if trig_on_gpu and not get_wavelet(name).gaussian else 0.0  # sines and cosines
     band = ((zf.abs() > 0.5) & (zf.abs() < 1.0)).double() if name == "meyer" else torch.zeros_like(zf)
     # Sensitivities in units of u: to z's rounding, plus meyer's own rounding in its band.
     sens_psi = K_Z * (zf * d1).abs() + MEYER_BAND[0] * band

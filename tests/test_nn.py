@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from helpers import rel_err
-from paper_kan import PaperKAN
+from paper_kan import PAPER_WAVELETS, PaperKAN
 
 from wavkan import WAVELETS, WavKAN, WavKANLinear
 
@@ -21,7 +21,7 @@ def test_parameters_and_init_follow_the_paper():
     assert isinstance(layer.bn, torch.nn.BatchNorm1d) and layer.bn.num_features == 7
 
 
-@pytest.mark.parametrize("name", WAVELETS)
+@pytest.mark.parametrize("name", PAPER_WAVELETS)
 def test_paper_checkpoint_loads_and_matches(name):
     paper = PaperKAN([12, 8, 5], name).double()
     with torch.no_grad():
