@@ -13,6 +13,7 @@ from wavkan import WAVELETS, WavKAN, WavKANLinear
 def test_parameters_and_init_follow_the_paper():
     layer = WavKANLinear(50, 7)
     assert [n for n, _ in layer.named_parameters()] == ["scale", "translation", "wavelet_weights", "bn.weight", "bn.bias"]
+    assert bytes(layer.wavelet_name.tolist()) == b"mexican_hat"
     assert torch.equal(layer.scale, torch.ones(7, 50))
     assert torch.equal(layer.translation, torch.zeros(7, 50))
     bound = 1 / math.sqrt(50)  # kaiming_uniform_(a=sqrt(5)) on fan_in 50
@@ -53,10 +54,7 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     assert set(a.state_dict()) == set(b.state_dict())
     for k, v in a.state_dict().items():
-        if k.endswith("_extra_state"):
-            assert v == b.state_dict()[k] == {"wavelet": "morlet"}, k
-        else:
-            assert torch.equal(v, b.state_dict()[k]), k
+        assert torch.equal(v, b.state_dict()[k]), k
 
 
 def test_leading_dims_normalise_over_all_rows():
@@ -133,7 +131,7 @@ def test_wavelet_is_part_of_the_state():
 
     dog = WavKAN([6, 4, 3], "dog")
     state = dog.state_dict()
-    assert state["layers.0._extra_state"] == {"wavelet": "dog"}
+    assert bytes(state["layers.0.wavelet_name"].tolist()) == b"dog"
     for strict in (True, False):
         with pytest.raises(RuntimeError, match="the state_dict is of a 'dog' layer, this layer's wavelet is 'mexican_hat'"):
             WavKAN([6, 4, 3], "mexican_hat").load_state_dict(state, strict=strict)
@@ -143,3 +141,8 @@ def test_wavelet_is_part_of_the_state():
     other = WavKAN([6, 4, 3], "dog")
     other.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(other.layers[1].scale, dog.layers[1].scale)
+    # .double() leaves the name alone; a corrupted entry is refused, naming what was expected.
+    assert torch.equal(WavKAN([6, 4, 3], "dog").double().layers[0].wavelet_name, state["layers.0.wavelet_name"])
+    state["layers.1.wavelet_name"] = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="layers.1.wavelet_name: expected the layer's wavelet name as uint8 bytes"):
+        WavKAN([6, 4, 3], "dog").load_state_dict(state)

@@ -29,8 +29,24 @@ def _check_features(name: str, value) -> int:
     return number
 
 
-# The key of a layer's extra state in its state_dict (torch's name), which holds its wavelet.
-_EXTRA_STATE_KEY = "_extra_state"
+# The buffer that holds a layer's wavelet in its state_dict: the name's UTF-8 bytes as uint8, a
+# tensor like every other entry (code that treats a state_dict as tensors keeps working; a
+# module's .double()/.half() leaves integer buffers alone).
+WAVELET_KEY = "wavelet_name"
+
+
+def _encode_name(name: str, device=None) -> Tensor:
+    return torch.tensor(list(name.encode()), dtype=torch.uint8, device=device)
+
+
+def _decode_name(value):
+    """The wavelet name a state_dict entry holds, or None if it holds none."""
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
+        return None
+    try:
+        return bytes(value.tolist()).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class WavKANLinear(nn.Module):
@@ -43,9 +59,9 @@ class WavKANLinear(nn.Module):
     ``fast_math=True`` allows the packed-half forward for float16/bfloat16 inputs (mexican_hat
     and dog on the triton backend; about 1e-3 relative error; see ``wavkan.ops``).
 
-    The wavelet is part of the layer's state (``{"wavelet": name}``, saved under the extra-state
-    key ``_extra_state``): a state_dict of another wavelet's layer is refused by name. A
-    state_dict without it (the paper's ``KANLinear``) loads as before.
+    The wavelet is part of the layer's state (the buffer ``wavelet_name``: the name's bytes as
+    uint8): a state_dict of another wavelet's layer is refused by name. A state_dict without it
+    (the paper's ``KANLinear``) loads as before.
     """
 
     def __init__(
@@ -73,6 +89,7 @@ class WavKANLinear(nn.Module):
         self.translation = nn.Parameter(torch.zeros(shape, **factory))
         self.wavelet_weights = nn.Parameter(torch.empty(shape, **factory))
         self.bn = nn.BatchNorm1d(self.out_features, **factory) if batch_norm else None
+        self.register_buffer(WAVELET_KEY, _encode_name(self.wavelet, device))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,29 +107,22 @@ class WavKANLinear(nn.Module):
             return y
         return self.bn(y.reshape(-1, self.out_features)).reshape(y.shape)
 
-    def get_extra_state(self) -> dict:
-        return {"wavelet": self.wavelet}
-
-    def set_extra_state(self, state) -> None:
-        # _load_from_state_dict has checked it: the wavelet is fixed at construction.
-        pass
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # fmt: skip
         for key in _UNUSED_PAPER_KEYS:
             state_dict.pop(prefix + key, None)
-        key = prefix + _EXTRA_STATE_KEY
+        key = prefix + WAVELET_KEY
+        own = getattr(self, WAVELET_KEY)
         if key not in state_dict:
-            state_dict[key] = self.get_extra_state()  # the paper's state_dict: no wavelet saved
+            state_dict[key] = own  # the paper's state_dict: no wavelet saved
         else:
-            saved = state_dict[key]
-            wavelet = saved.get("wavelet") if isinstance(saved, dict) else None
-            if wavelet != self.wavelet:
+            saved = _decode_name(state_dict[key])
+            if saved != self.wavelet:
                 error_msgs.append(
-                    f"{key}: the state_dict is of a {wavelet!r} layer, this layer's wavelet is {self.wavelet!r}; "
-                    f"build the model with wavelet={wavelet!r} to load it" if isinstance(wavelet, str)
-                    else f"{key}: expected a dict with the layer's wavelet ('wavelet': {self.wavelet!r}), got {saved!r}")
-                state_dict[key] = self.get_extra_state()
+                    f"{key}: the state_dict is of a {saved!r} layer, this layer's wavelet is {self.wavelet!r}; "
+                    f"build the model with wavelet={saved!r} to load it" if saved is not None
+                    else f"{key}: expected the layer's wavelet name as uint8 bytes, got {state_dict[key]!r}")
+                state_dict[key] = own
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)  # fmt: skip
 
