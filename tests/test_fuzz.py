@@ -1,6 +1,6 @@
 """Adversarial cases against the independent float64 oracle (tests/oracle.py), fixed seed.
 
-Random shapes, every wavelet and dtype, both backends (Triton through its interpreter on a
+Random shapes (x contiguous or a strided view), every wavelet and dtype, both backends (Triton through its interpreter on a
 machine without a GPU), and inputs chosen where fp32 arithmetic goes wrong: |t/s| up to 1e7
 (x near t, where x/s - t/s cancels), tiny and huge scales (z^2 overflows fp32 while z does
 not), everything scaled by 1e-20 or 1e20, and non-finite weights, inputs, translations and zero
@@ -124,7 +124,9 @@ def test_fuzz_against_float64_oracle(wavelet, dtype, regime, seed, kernel_device
     results = []
     for backend in backends:
         leaves = [a.to(kernel_device).clone().requires_grad_() for a in (x, s, t, w)]
-        y = wavkan_linear(*leaves, wavelet=wavelet, backend=backend)
+        # Half the cases pass x as a transposed (non-contiguous) view of the same values.
+        xin = leaves[0].t().contiguous().t() if seed % 2 else leaves[0]
+        y = wavkan_linear(xin, *leaves[1:], wavelet=wavelet, backend=backend)
         y.backward(g.to(kernel_device))
         names = ("y", "grad_x", "grad_scale", "grad_translation", "grad_weights")
         got = [y.detach()] + [a.grad for a in leaves]
