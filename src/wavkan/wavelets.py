@@ -16,8 +16,9 @@ Nothing else keeps a list of wavelets. Adding one: README.md, "Adding a wavelet"
 
 Overflow: where z is finite but z^2 overflows (a tiny scale), every Gaussian wavelet is 0, as
 in float64, not inf * 0 = NaN: the polynomial factors are peeled off one z at a time
-(``z * (z * e)``, never ``(z * z) * e``). An infinite z (an infinite input, or a zero scale)
-gives NaN, as IEEE arithmetic on the paper's formula does.
+(``z * (z * e)``, never ``(z * z) * e``), and shannon's derivative is (cos z - sin(z)/z) / z.
+An infinite z (an infinite input, or a zero scale) gives what IEEE arithmetic on the paper's
+formula gives: NaN for the paper's wavelets.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Wavelet", "WAVELETS", "get_wavelet", "MEXICAN_HAT_C", "GAUSS_K"]
+__all__ = ["Wavelet", "WAVELETS", "CATALOGUE", "get_wavelet", "MEXICAN_HAT_C", "GAUSS_K"]
 
 # 2 / (sqrt(3) * pi^(1/4)): the Mexican-hat normalisation of the paper's code.
 MEXICAN_HAT_C = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
@@ -189,10 +190,3 @@ def get_wavelet(name) -> Wavelet:
     except (KeyError, TypeError):
         raise ValueError(f"unknown wavelet {name!r}; expected one of {', '.join(WAVELETS)}") from None
 
-
-def wavelet_of_code(code: int) -> Wavelet:
-    """The catalogue entry whose kernel code is ``code``."""
-    for wavelet in _CATALOGUE.values():
-        if wavelet.code == code:
-            return wavelet
-    raise ValueError(f"no wavelet has kernel code {code!r}")
