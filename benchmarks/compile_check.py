@@ -50,7 +50,8 @@ def _signature(fn, pointers: dict, constexprs: dict):
 
 
 def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly_steps=None):
-    code = get_wavelet(wavelet).code
+    wav = get_wavelet(wavelet)
+    code = wav.code
     fwd, dx, dp = (default_config(kind, _cuda(), rows) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
     if unroll is not None:
         fwd, dx, dp = (dataclasses.replace(c, unroll=unroll) for c in (fwd, dx, dp))
@@ -58,15 +59,15 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly_steps=None):
         fwd, dx, dp = (dataclasses.replace(c, maxnreg=maxnreg) for c in (fwd, dx, dp))
     f32 = "*fp32"
     yield "fwd", forward._wavkan_fwd_kernel, {"xt_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": loop_unroll(fwd, code), "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": loop_unroll(fwd, wav), "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
         {k: f32 for k in ("x_ptr", "gt_ptr", "pack_ptr", "dx_ptr")}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, code), "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
+        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, wav), "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
     yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
         {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
-        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, code), "BLOCK_OUT": dp.block_m,
+        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, wav), "BLOCK_OUT": dp.block_m,
          "BLOCK_IN": dp.block_n}, dp
-    if code in forward_half.HALF_WAVELETS:
+    if wav.fast_math:
         half = default_config("fwd_half", _cuda(), rows)
         yield "fwd_half", forward_half._wavkan_fwd_half_kernel, {"xt_ptr": "*i32", "pack_ptr": "*i32", "y_ptr": "*fp16"}, \
             {"WAVELET": code, "PTX": True, "CHUNK_STEPS": forward_half.CHUNK,

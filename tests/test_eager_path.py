@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import layer_inputs
+from helpers import FP32_TOL, layer_inputs, rel_err
 from wavkan import WavKANLinear, wavkan_linear
 from wavkan.kernels import staging
 from wavkan.reference import reference_backward, reference_forward
@@ -51,7 +51,8 @@ def _expected(layer, x):
 
 
 def _close(y, layer, x):
-    assert torch.allclose(y.double(), _expected(layer, x), rtol=1e-5, atol=1e-6)
+    # Relative to the output's norm: a stale pack is off by far more than fp32 rounding.
+    assert rel_err(y, _expected(layer, x)) < FP32_TOL["output"]
 
 
 def test_one_launch_per_pass_once_packed(kernel_device, launches):
@@ -81,7 +82,7 @@ def test_backward_skips_passes_nobody_asks_for(kernel_device, launches):
 def test_optimizer_step_invalidates(kernel_device, launches):
     layer = _layer(kernel_device)
     x = torch.randn(11, 13, device=kernel_device)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
     for _ in range(3):
         opt.zero_grad()
         y = layer(x)

@@ -14,7 +14,7 @@ from helpers import layer_inputs, rel_err
 
 from wavkan import WavKANLinear, get_wavelet, ops, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_fwd
-from wavkan.kernels.forward_half import CHUNK, HALF_WAVELETS, poly_mask, wavkan_fwd_half
+from wavkan.kernels.forward_half import CHUNK, poly_mask, wavkan_fwd_half
 from wavkan.reference import reference_forward
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,7 +51,8 @@ def test_fast_math_needs_enough_rows(monkeypatch, kernel_device):
 
 
 def test_half_wavelets_are_the_gaussian_ones():
-    assert {get_wavelet(name).code for name in FAST_WAVELETS} == set(HALF_WAVELETS)
+    assert set(ops.FAST_MATH_WAVELETS) == set(FAST_WAVELETS)
+    assert all(get_wavelet(name).gaussian for name in FAST_WAVELETS)
 
 
 def test_poly_mask_spreads_the_polynomial_steps():
@@ -112,6 +113,36 @@ def test_split_matches_unsplit(split, kernel_device):
     # The same fp16 chunk sums, added in fp32 in another grouping, then rounded to fp16.
     assert rel_err(parts, whole) < 2e-3
     assert rel_err(parts, _exact(x, s, t, w, "mexican_hat")) < FAST_TOL
+
+
+@pytest.mark.parametrize("ratio", [1e2, 1e3])
+@pytest.mark.parametrize("wavelet", FAST_WAVELETS)
+def test_large_translation_over_scale(wavelet, ratio, kernel_device):
+    """The issue's case, 16 -> 8 in fp16 with |t/s| = 100 and 1000 (x near t): x a + c in fp16
+    cost 2.6e-2 and 0.52 of y; (x - t) a keeps z's relative accuracy whatever |t/s| is, within
+    the fast path's range (|t| < 6.5e4). (Far beyond, or in bf16, x itself cannot lie near t:
+    its grid is coarser than s, and every edge is in the Gaussian's tail.)"""
+    dtype = "fp16"
+    B, IN, OUT = 64, 16, 8
+    _, s, _, w = layer_inputs(1, IN, OUT, torch.float32)
+    t = torch.where(torch.rand(OUT, IN) < 0.5, -ratio, ratio) * s
+    near = torch.arange(B) % OUT
+    x = t[near] + s[near] * torch.randn(B, IN) * 1.5
+    x, s, t, w = (a.to(HALF[dtype]).to(kernel_device) for a in (x, s, t, w))
+    for poly_steps in (0, CHUNK):
+        y = wavkan_fwd_half(x, s, t, w, get_wavelet(wavelet), _config(kernel_device, poly_steps))
+        assert rel_err(y, _exact(x, s, t, w, wavelet)) < FAST_TOL, poly_steps
+
+
+def test_fp32_parameters_take_the_exact_path(kernel_device):
+    """fp32 translations are not exact in fp16, where (x - t) is computed: with fp32 parameters
+    (autocast's case) fast_math keeps the exact forward."""
+    x, s, t, w = layer_inputs(9, 20, 6, torch.float32, kernel_device)
+    x = x.half()
+    fast = wavkan_linear(x, s, t, w, "mexican_hat", backend="triton", fast_math=True)
+    assert torch.equal(fast, wavkan_linear(x, s, t, w, "mexican_hat", backend="triton"))
+    assert not torch.equal(wavkan_linear(x, s.half(), t.half(), w.half(), "mexican_hat", backend="triton", fast_math=True),
+                           wavkan_linear(x, s.half(), t.half(), w.half(), "mexican_hat", backend="triton"))  # fmt: skip
 
 
 @pytest.mark.parametrize("wavelet", FAST_WAVELETS)
@@ -189,7 +220,7 @@ def test_empty_batch(kernel_device):
 
 def test_unsupported_wavelet_is_refused_by_the_kernel(kernel_device):
     x, s, t, w = layer_inputs(2, 3, 4, torch.float16, kernel_device)
-    with pytest.raises(ValueError, match="mexican_hat and dog, not 'morlet'"):
+    with pytest.raises(ValueError, match="wavelets with Wavelet.fast_math, not 'morlet'"):
         wavkan_fwd_half(x, s, t, w, get_wavelet("morlet"))
 
 

@@ -11,6 +11,7 @@ import gc
 import pytest
 import torch
 from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_inputs, rel_err
+from oracle import oracle
 
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
@@ -103,6 +104,84 @@ def test_bf16_inputs_are_upcast(kernel_device):
     assert ((y - exact).abs() <= ulp * 1.01).all()
     bf16_sum = (wavkan_linear_unchunked(x, s, t, w, "mexican_hat").double() - exact).abs()
     assert (bf16_sum > ulp * 1.01).any()  # the check above tells bf16 arithmetic apart
+
+
+# --- accuracy where |t/s| is large, overflow and non-finite values ---------------------------
+
+
+def test_issue_example_large_translation_over_scale(kernel_device):
+    """x = 100.007, s = 0.01, t = 100, w = 1: z = 0.7. x/s - t/s cancelled to -0.3459355 in
+    fp32; float64 says -0.3457668."""
+    x = torch.tensor([[100.007]], device=kernel_device)
+    s, t, w = (torch.tensor([[v]], device=kernel_device) for v in (0.01, 100.0, 1.0))
+    y = wavkan_linear(x, s, t, w, "mexican_hat", backend="triton")
+    exact = reference_forward(x.double(), s.double(), t.double(), w.double(), "mexican_hat")
+    assert abs(y.item() - exact.item()) <= 1e-5 * abs(exact.item())
+
+
+def _within_oracle(x, s, t, w, g, wavelet, backend, device):
+    """Output and every gradient within the float64 oracle's bound (tests/oracle.py: 1e-5 of
+    the sum of the terms' magnitudes, plus what rounding z to fp32 costs)."""
+    values, tols = oracle(x, s, t, w, g, wavelet, trig_on_gpu=device.type == "cuda")
+    leaves = [a.to(device).clone().requires_grad_() for a in (x, s, t, w)]
+    y = wavkan_linear(*leaves, wavelet=wavelet, backend=backend)
+    y.backward(g.to(device))
+    names = ("y", "grad_x", "grad_scale", "grad_translation", "grad_weights")
+    for name, got, expected, tol in zip(names, [y.detach()] + [a.grad for a in leaves], values, tols):
+        err = (got.double().cpu() - expected).abs()
+        assert (err <= tol + 1e-7 * expected.abs()).all(), (backend, name, (err / tol).max().item())
+
+
+@pytest.mark.parametrize("ratio", [1e3, 1e5, 1e7])
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_large_translation_over_scale(wavelet, ratio, kernel_device):
+    """|t/s| up to 1e7 with x near t (z of order 1, where x/s - t/s cancels in fp32: at 1e5 it
+    cost 2% of y, at 1e7 its sign): the output and every gradient as accurate as float64
+    allows in fp32, on both backends."""
+    B, IN, OUT = 6, 9, 5
+    _, s, _, w = layer_inputs(1, IN, OUT, torch.float64)
+    t = torch.where(torch.rand(OUT, IN) < 0.5, -ratio, ratio).double() * s
+    near = torch.arange(B) % OUT
+    x = t[near] + s[near] * torch.randn(B, IN, dtype=torch.float64) * 1.5
+    g = torch.randn(B, OUT)
+    for backend in ("reference", "triton"):
+        _within_oracle(*(a.float() for a in (x, s, t, w, g)), wavelet, backend, kernel_device)
+
+
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_tiny_scale_gives_float64_not_nan(wavelet, kernel_device):
+    """s = 1e-20: z ~ 1e20 is finite but z^2 overflows fp32. The edge contributes what float64
+    says (0 for the Gaussians, whose exp underflows; about 1/z for shannon), on both backends,
+    not inf * 0 = NaN; its gradients likewise (shannon's dpsi is not (z cos z - sin z) / z^2,
+    which would be 0)."""
+    x = torch.tensor([[0.3, -1.2]])
+    s = torch.tensor([[1e-20, 1.0]])
+    t = torch.tensor([[0.1, 0.4]])
+    w = torch.tensor([[1.0, 0.5]])
+    for backend in ("reference", "triton"):
+        _within_oracle(x, s, t, w, torch.ones(1, 1), wavelet, backend, kernel_device)
+
+
+def _window64(wavelet, n):
+    wav = get_wavelet(wavelet)
+    return wav.window(n, torch.float64, "cpu") if wav.window else 1.0
+
+
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_non_finite_values_follow_float64(wavelet, kernel_device):
+    """An infinite weight gives an infinite term of psi's sign (mexican_hat's folded weight
+    computed inf - inf = NaN); an infinite input or a zero scale gives NaN (psi of an infinite
+    z), on both backends as in float64."""
+    x = torch.tensor([[0.3, 0.2], [float("inf"), 0.2], [0.3, 0.2]], device=kernel_device)
+    s = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], device=kernel_device)
+    t = torch.tensor([[0.1, 0.0], [0.1, 0.0], [0.1, 0.0]], device=kernel_device)
+    w = torch.tensor([[float("inf"), 0.5], [-1.0, 0.5], [1.0, 0.5]], device=kernel_device)
+    expected = reference_forward(x.double(), s.double(), t.double(), w.double() * _window64(wavelet, 2), wavelet)
+    assert torch.isinf(expected[0, 0])  # (the paper's wavelets also give NaN in row 1 and column 2)
+    for backend in ("reference", "triton"):
+        y = wavkan_linear(x, s, t, w, wavelet=wavelet, backend=backend).double()
+        assert torch.equal(torch.isnan(y), torch.isnan(expected)), (backend, y, expected)
+        assert torch.equal(y[torch.isinf(expected)], expected[torch.isinf(expected)]), (backend, y, expected)
 
 
 @pytest.mark.parametrize("g_layout", ["contiguous", "transposed"])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from helpers import rel_err
-from paper_kan import PaperKAN
+from paper_kan import PAPER_WAVELETS, PaperKAN
 
 from wavkan import WAVELETS, WavKAN, WavKANLinear
 
@@ -13,6 +13,7 @@ from wavkan import WAVELETS, WavKAN, WavKANLinear
 def test_parameters_and_init_follow_the_paper():
     layer = WavKANLinear(50, 7)
     assert [n for n, _ in layer.named_parameters()] == ["scale", "translation", "wavelet_weights", "bn.weight", "bn.bias"]
+    assert bytes(layer.wavelet_name.tolist()) == b"mexican_hat"
     assert torch.equal(layer.scale, torch.ones(7, 50))
     assert torch.equal(layer.translation, torch.zeros(7, 50))
     bound = 1 / math.sqrt(50)  # kaiming_uniform_(a=sqrt(5)) on fan_in 50
@@ -21,7 +22,7 @@ def test_parameters_and_init_follow_the_paper():
     assert isinstance(layer.bn, torch.nn.BatchNorm1d) and layer.bn.num_features == 7
 
 
-@pytest.mark.parametrize("name", WAVELETS)
+@pytest.mark.parametrize("name", PAPER_WAVELETS)
 def test_paper_checkpoint_loads_and_matches(name):
     paper = PaperKAN([12, 8, 5], name).double()
     with torch.no_grad():
@@ -100,3 +101,48 @@ def test_module_argument_errors(kwargs, match):
 def test_network_needs_two_widths():
     with pytest.raises(ValueError, match=r"at least two widths.*\[784\]"):
         WavKAN([784])
+
+
+def test_numpy_integers_are_features():
+    np = pytest.importorskip("numpy")
+    layer = WavKANLinear(np.int64(5), np.int32(3))
+    assert (layer.in_features, layer.out_features) == (5, 3) and type(layer.in_features) is int
+    assert WavKAN(np.array([6, 4, 2])).layers[1].out_features == 2
+    with pytest.raises(ValueError, match="in_features must be an int >= 1, got 2.5"):
+        WavKANLinear(2.5, 3)
+
+
+def test_network_widths_must_be_a_sequence():
+    with pytest.raises(TypeError, match=r"layers_hidden must be a sequence of layer widths such as \[784, 32, 10\], got 5"):
+        WavKAN(5)
+    with pytest.raises(ValueError, match=r"layers_hidden\[1\] must be an int >= 1, got 0"):
+        WavKAN([4, 0, 2])
+
+
+def test_float64_input_into_float32_model_fails_in_wavkan():
+    with pytest.raises(TypeError, match="x is float64, so scale, translation, wavelet_weights must be float64 too"):
+        WavKAN([5, 3])(torch.randn(4, 5, dtype=torch.float64))
+
+
+def test_wavelet_is_part_of_the_state():
+    """A dog model's state_dict loaded silently into a mexican_hat model; now it is refused by
+    name, strict or not. The same wavelet loads, also after a weights_only round trip."""
+    import io
+
+    dog = WavKAN([6, 4, 3], "dog")
+    state = dog.state_dict()
+    assert bytes(state["layers.0.wavelet_name"].tolist()) == b"dog"
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match="the state_dict is of a 'dog' layer, this layer's wavelet is 'mexican_hat'"):
+            WavKAN([6, 4, 3], "mexican_hat").load_state_dict(state, strict=strict)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    other = WavKAN([6, 4, 3], "dog")
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(other.layers[1].scale, dog.layers[1].scale)
+    # .double() leaves the name alone; a corrupted entry is refused, naming what was expected.
+    assert torch.equal(WavKAN([6, 4, 3], "dog").double().layers[0].wavelet_name, state["layers.0.wavelet_name"])
+    state["layers.1.wavelet_name"] = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="layers.1.wavelet_name: expected the layer's wavelet name as uint8 bytes"):
+        WavKAN([6, 4, 3], "dog").load_state_dict(state)

@@ -90,3 +90,121 @@ def test_triton_feature_limit(kernel_device):
         y = wavkan_linear(x, s, t, w, backend="reference")
         assert y.shape == (1, out_features)
         torch.testing.assert_close(y, reference_forward(x.double(), s.double(), t.double(), w.double(), "mexican_hat").float())
+
+
+# --- double backward ---------------------------------------------------------------------
+
+
+def _penalty_grads(backend, wavelet, inputs, compiled_op=False):
+    """Gradients of a gradient penalty ||dy/dx||^2 + <v, dy/ds> with respect to x and the
+    parameters: second derivatives of the layer."""
+    leaves = [a.detach().clone().requires_grad_() for a in inputs]
+    if compiled_op:  # the torch.library custom op that torch.compile traces, called eagerly
+        y = torch.ops.wavkan.linear(*leaves, wavelet, backend, False)
+    else:
+        y = wavkan_linear(*leaves, wavelet=wavelet, backend=backend)
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
+    gx, gs = torch.autograd.grad(y, leaves[:2], g, create_graph=True)
+    assert gx.requires_grad and gs.requires_grad, "the gradients carry no graph"
+    penalty = (gx**2).sum() + (gs * torch.cos(torch.arange(gs.numel(), device=gs.device).reshape(gs.shape))).sum()
+    return torch.autograd.grad(penalty, leaves)
+
+
+def test_gradient_penalty_matches_the_paper_formula():
+    """The issue's example: a gradient penalty's scale gradient was [-0.162, -0.0084, 0.0386]
+    (no second-order term) where autograd of the paper's formula gives [-8.27, 0.574, -4.79]."""
+    from wavkan.reference import wavkan_linear_unchunked
+
+    x, s, t, w = layer_inputs(5, 4, 3, torch.float64)
+    ours = _penalty_grads("reference", "mexican_hat", (x, s, t, w))
+    leaves = [a.detach().clone().requires_grad_() for a in (x, s, t, w)]
+    y = wavkan_linear_unchunked(*leaves, "mexican_hat")
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    gx, gs = torch.autograd.grad(y, leaves[:2], g, create_graph=True)
+    penalty = (gx**2).sum() + (gs * torch.cos(torch.arange(gs.numel()).reshape(gs.shape))).sum()
+    for a, b in zip(ours, torch.autograd.grad(penalty, leaves)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "morlet", "dog", "meyer", "shannon"])
+def test_double_backward_triton_matches_reference(wavelet, kernel_device):
+    """On the triton backend the first-order gradients come from the kernels and their own
+    backward from the chunked reference: the penalty's gradients equal the float64 reference's."""
+    inputs = layer_inputs(6, 7, 5, torch.float32, kernel_device)
+    got = _penalty_grads("triton", wavelet, inputs)
+    expected = _penalty_grads("reference", wavelet, [a.double() for a in inputs])
+    for a, e in zip(got, expected):
+        assert a.dtype == torch.float32
+        assert (a.double() - e).norm() <= 1e-4 * e.norm(), (a, e)
+
+
+def test_double_backward_through_the_custom_op(kernel_device):
+    """The torch.library op (what torch.compile traces) also gives a differentiable backward."""
+    inputs = layer_inputs(4, 5, 3, torch.float32, kernel_device)
+    got = _penalty_grads("triton", "dog", inputs, compiled_op=True)
+    expected = _penalty_grads("reference", "dog", [a.double() for a in inputs])
+    for a, e in zip(got, expected):
+        assert (a.double() - e).norm() <= 1e-4 * e.norm()
+
+
+def test_third_derivative_flows():
+    """create_graph twice: the double backward's own graph (not bounded in memory) is kept."""
+    x, s, t, w = (a.requires_grad_() for a in layer_inputs(3, 4, 2, torch.float64))
+    (gx,) = torch.autograd.grad(wavkan_linear(x, s, t, w, "dog", backend="reference").sum(), x, create_graph=True)
+    (gxx,) = torch.autograd.grad(gx.sum(), x, create_graph=True)
+    (gxxx,) = torch.autograd.grad(gxx.sum(), x)
+    z = (x.detach()[:, None, :] - t.detach()) / s.detach()
+    e = torch.exp(-z * z / 2)
+    # dog: psi = -z e, psi''' = (z^4 - 6 z^2 + 3) e; d^3/dx^3 = psi''' / s^3.
+    expected = (w.detach() * (z**4 - 6 * z**2 + 3) * e / s.detach() ** 3).sum(1)
+    assert torch.allclose(gxxx, expected, rtol=1e-10, atol=1e-12)
+
+
+# --- dtypes, the window, the interpreter switch -------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_shannon_window_is_not_rounded_to_half(dtype, backend, kernel_device):
+    """The issue's example: x = 0, w = [1, 0, 0, 0, 0] in bf16 gave 0.078125 where the exact
+    value is H[0] = 0.08: the window was computed and multiplied into w in bf16. Now the result
+    is 0.08 rounded once to the dtype (within one ulp: Triton's interpreter converts fp32 to bf16
+    by truncation), and grad_weights is g * H, also rounded once."""
+    x = torch.zeros(1, 5, dtype=dtype, device=kernel_device)
+    s, t = torch.ones(1, 5, dtype=dtype, device=kernel_device), torch.zeros(1, 5, dtype=dtype, device=kernel_device)
+    w = torch.tensor([[1.0, 0, 0, 0, 0]], dtype=dtype, device=kernel_device).requires_grad_()
+    y = wavkan_linear(x, s, t, w, "shannon", backend=backend)
+    ulp = torch.finfo(dtype).eps * 2.0**-4  # 0.08 is in [2^-4, 2^-3)
+    assert abs(y.item() - 0.08) <= ulp
+    y.backward(torch.ones_like(y))
+    window = torch.hamming_window(5, periodic=False, dtype=torch.float64)
+    assert w.grad.dtype == dtype
+    assert torch.equal(w.grad.cpu(), window.to(dtype)[None])
+
+
+def test_float64_does_not_mix_with_other_dtypes():
+    """float64 parameters with an fp32 x were rounded to fp32 while their gradients came back
+    float64; an fp64 x into an fp32 model failed later, inside BatchNorm. Both are refused,
+    naming the tensors; fp32/bf16/fp16 still mix (autocast)."""
+    x, s, t, w = layer_inputs(3, 5, 4)
+    with pytest.raises(TypeError, match=r"scale, translation, wavelet_weights float64 needs float64 x \(got x torch.float32\)"):
+        wavkan_linear(x, s.double(), t.double(), w.double())
+    with pytest.raises(TypeError, match=r"x is float64, so scale must be float64 too .* got scale torch.float32"):
+        wavkan_linear(x.double(), s, t.double(), w.double())
+    y = wavkan_linear(x.bfloat16(), s, t, w.half())
+    assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("On", True), ("yes", True), ("0", False),
+                                       ("false", False), ("off", False), ("2", False), ("", False)])  # fmt: skip
+def test_triton_interpret_read_as_triton_reads_it(value, on, monkeypatch):
+    """TRITON_INTERPRET=false/off/2 was taken as on, and the call failed inside Triton."""
+    from wavkan import ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert ops._interpreting() is on
+    try:
+        from triton import knobs
+    except ImportError:  # a Triton without knobs: the words above are its documented ones
+        return
+    assert knobs.runtime.interpret is on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Sequence
 
 import torch
@@ -18,9 +19,34 @@ _UNUSED_PAPER_KEYS = ("weight1",)
 
 
 def _check_features(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """value as a Python int: any integer type (numpy's included, as nn.Linear takes), >= 1."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    return number
+
+
+# The buffer that holds a layer's wavelet in its state_dict: the name's UTF-8 bytes as uint8, a
+# tensor like every other entry (code that treats a state_dict as tensors keeps working; a
+# module's .double()/.half() leaves integer buffers alone).
+WAVELET_KEY = "wavelet_name"
+
+
+def _encode_name(name: str, device=None) -> Tensor:
+    return torch.tensor(list(name.encode()), dtype=torch.uint8, device=device)
+
+
+def _decode_name(value):
+    """The wavelet name a state_dict entry holds, or None if it holds none."""
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
+        return None
+    try:
+        return bytes(value.tolist()).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class WavKANLinear(nn.Module):
@@ -32,6 +58,10 @@ class WavKANLinear(nn.Module):
     ``BatchNorm1d(out_features)`` over all leading dims; ``batch_norm=False`` leaves it out.
     ``fast_math=True`` allows the packed-half forward for float16/bfloat16 inputs (mexican_hat
     and dog on the triton backend; about 1e-3 relative error; see ``wavkan.ops``).
+
+    The wavelet is part of the layer's state (the buffer ``wavelet_name``: the name's bytes as
+    uint8): a state_dict of another wavelet's layer is refused by name. A state_dict without it
+    (the paper's ``KANLinear``) loads as before.
     """
 
     def __init__(
@@ -54,11 +84,12 @@ class WavKANLinear(nn.Module):
         self.backend = backend
         self.fast_math = check_fast_math(fast_math)
         factory = {"device": device, "dtype": dtype}
-        shape = (out_features, in_features)
+        shape = (self.out_features, self.in_features)
         self.scale = nn.Parameter(torch.ones(shape, **factory))
         self.translation = nn.Parameter(torch.zeros(shape, **factory))
         self.wavelet_weights = nn.Parameter(torch.empty(shape, **factory))
-        self.bn = nn.BatchNorm1d(out_features, **factory) if batch_norm else None
+        self.bn = nn.BatchNorm1d(self.out_features, **factory) if batch_norm else None
+        self.register_buffer(WAVELET_KEY, _encode_name(self.wavelet, device))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -76,10 +107,24 @@ class WavKANLinear(nn.Module):
             return y
         return self.bn(y.reshape(-1, self.out_features)).reshape(y.shape)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # fmt: skip
         for key in _UNUSED_PAPER_KEYS:
             state_dict.pop(prefix + key, None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + WAVELET_KEY
+        own = getattr(self, WAVELET_KEY)
+        if key not in state_dict:
+            state_dict[key] = own  # the paper's state_dict: no wavelet saved
+        else:
+            saved = _decode_name(state_dict[key])
+            if saved != self.wavelet:
+                error_msgs.append(
+                    f"{key}: the state_dict is of a {saved!r} layer, this layer's wavelet is {self.wavelet!r}; "
+                    f"build the model with wavelet={saved!r} to load it" if saved is not None
+                    else f"{key}: expected the layer's wavelet name as uint8 bytes, got {state_dict[key]!r}")
+                state_dict[key] = own
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
@@ -109,7 +154,9 @@ class WavKAN(nn.Module):
         fast_math: bool = False,
     ):
         super().__init__()
-        widths = list(layers_hidden)
+        if isinstance(layers_hidden, (str, bytes)) or not hasattr(layers_hidden, "__iter__"):
+            raise TypeError(f"layers_hidden must be a sequence of layer widths such as [784, 32, 10], got {layers_hidden!r}")
+        widths = [_check_features(f"layers_hidden[{k}]", width) for k, width in enumerate(layers_hidden)]
         if len(widths) < 2:
             raise ValueError(f"layers_hidden needs at least two widths (in, out), got {widths}")
         self.layers_hidden = widths

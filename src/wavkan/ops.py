@@ -18,11 +18,24 @@ gradients. Either dispatches to a backend:
 - ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed, else reference.
 
 ``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
-exists and is faster: the triton backend, float16/bfloat16 x, mexican_hat or dog, at least
-``FAST_MATH_MIN_ROWS`` rows, a GPU of compute capability 8.0 or newer. It computes in fp16
-pairs with part of the exponentials as polynomials, at about 1e-3 relative error; elsewhere,
-and for every gradient, the exact path runs. Like ``torch.backends.cuda.matmul.allow_tf32`` it
-is a permission, not a request that fails when it cannot be met.
+exists and is faster: the triton backend, float16/bfloat16 x and parameters, a wavelet with
+``Wavelet.fast_math`` (mexican_hat, dog), at least ``FAST_MATH_MIN_ROWS`` rows, a GPU of
+compute capability 8.0 or newer. It computes in fp16 pairs with part of the exponentials as
+polynomials, at about 1e-3 relative error; elsewhere (fp32 parameters included: their
+translations are not exact in fp16), and for every gradient, the exact path runs. Like
+``torch.backends.cuda.matmul.allow_tf32`` it is a permission, not a request that fails when it
+cannot be met.
+
+Dtypes: x and the parameters may mix fp32, bf16 and fp16 (autocast gives bf16 x with fp32
+parameters); that computes in fp32 and returns y in x's dtype and each gradient in its
+tensor's dtype. float64 computes in float64, so it does not mix: float64 x with other
+parameters, or float64 parameters with another x, is refused (rounding float64 parameters to
+fp32 while their gradients come back float64 would hide a precision loss).
+
+Double backward: with ``create_graph=True`` (a gradient penalty) the gradients carry a graph on
+both backends. The first-order gradients come from the backend's passes as usual; their own
+backward (the layer's second derivatives) is ``reference.reference_double_backward``, a
+chunked autograd computation of bounded memory, on either backend (``_DifferentiableBackward``).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .wavelets import get_wavelet
+from .wavelets import CATALOGUE, get_wavelet
 
 __all__ = ["BACKENDS", "wavkan_linear", "resolve_backend"]
 
@@ -43,7 +56,8 @@ BACKENDS = ("auto", "reference", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-FAST_MATH_WAVELETS = ("mexican_hat", "dog")  # wavkan.kernels.forward_half.HALF_WAVELETS
+_F64 = torch.float64
+FAST_MATH_WAVELETS = tuple(w.name for w in CATALOGUE if w.fast_math)
 # Below this many rows the packed-half forward was slower than the fp32 one on the H200; its
 # gain grows with B (benchmarks/STATUS.md).
 FAST_MATH_MIN_ROWS = 1024
@@ -55,8 +69,14 @@ def _has_packed_half(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
+# Triton's own reading of a boolean environment variable (triton.knobs: getenv_bool).
+_TRUE_WORDS = ("1", "true", "on", "yes", "y")
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs kernels through its interpreter: TRITON_INTERPRET read as Triton
+    reads it (1, true, on, yes, y in any case are on; 0, false, off, 2, ... are off)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE_WORDS
 
 
 def resolve_backend(backend: str, x: Tensor) -> str:
@@ -99,7 +119,8 @@ def _check_inputs(x, scale, translation, weights) -> None:
             and translation.dtype in _FLOAT_DTYPES and weights.dtype in _FLOAT_DTYPES and scale.dim() == 2
             and translation.shape == scale.shape and weights.shape == scale.shape and scale.numel() > 0
             and x.dim() >= 1 and x.shape[-1] == scale.shape[1]
-            and x.device == scale.device == translation.device == weights.device):  # fmt: skip
+            and x.device == scale.device == translation.device == weights.device
+            and (x.dtype == _F64) == (scale.dtype == _F64) == (translation.dtype == _F64) == (weights.dtype == _F64)):  # fmt: skip
         return
     _explain_inputs(x, scale, translation, weights)
 
@@ -120,6 +141,15 @@ def _explain_inputs(x, scale, translation, weights) -> None:
             raise ValueError(f"{name} must have the shape of scale {tuple(scale.shape)}, got {tuple(t.shape)}")
     if x.dim() < 1 or x.shape[-1] != scale.shape[1]:
         raise ValueError(f"x must have shape (..., in_features={scale.shape[1]}), got {tuple(x.shape)}")
+    # float64 computes in float64 and does not mix (module docstring).
+    mixed = [name for name, t in named[1:] if (t.dtype == torch.float64) != (x.dtype == torch.float64)]
+    if mixed:
+        if x.dtype == torch.float64:
+            raise TypeError(f"x is float64, so {', '.join(mixed)} must be float64 too (a float64 layer computes in float64), got "
+                            + ", ".join(f"{name} {t.dtype}" for name, t in named[1:] if name in mixed)
+                            + "; convert the model with .double() or x with .float()")  # fmt: skip
+        raise TypeError(f"{', '.join(mixed)} float64 needs float64 x (got x {x.dtype}): float64 parameters compute in "
+                        "float64; convert x with .double() or the model with .float()")  # fmt: skip
     raise AssertionError("_check_inputs refused inputs that _explain_inputs accepts")  # the two disagree: a bug
 
 
@@ -133,11 +163,13 @@ def check_fast_math(fast_math) -> bool:
     return fast_math
 
 
-def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str) -> bool:
+def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str, params_dtypes=None) -> bool:
     """Whether ``fast_math`` takes the packed-half forward for this call (see the module docstring)."""
     if not (fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in FAST_MATH_WAVELETS
             and x.shape[0] >= FAST_MATH_MIN_ROWS):  # fmt: skip
         return False
+    if params_dtypes is not None and any(d not in _HALF_DTYPES for d in params_dtypes):
+        return False  # fp32 translations are not exact in fp16: (x - t) would lose them
     return not x.is_cuda or _has_packed_half(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
@@ -152,7 +184,7 @@ def _kernels():
 def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,
                   fast_math: bool = False):  # fmt: skip
     if backend == "triton":
-        if fast_math and uses_fast_math(fast_math, backend, x, wavelet):
+        if fast_math and uses_fast_math(fast_math, backend, x, wavelet, (scale.dtype, translation.dtype, weights.dtype)):
             return _kernels().wavkan_fwd_half(x, scale, translation, weights, get_wavelet(wavelet))
         return _kernels().wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
     return reference.reference_forward(x, scale, translation, weights, wavelet)
@@ -215,6 +247,27 @@ def _(grad, x, scale, translation, weights, wavelet, backend, need_x, need_param
     )
 
 
+def _setup_backward_context(ctx, inputs, output):
+    grad, x, scale, translation, weights, wavelet, _backend, _need_x, _need_params = inputs
+    ctx.save_for_backward(grad, x, scale, translation, weights)
+    ctx.wavelet = wavelet
+
+
+def _backward_backward(ctx, gg_x, gg_s, gg_t, gg_w):
+    grads = reference.reference_double_backward(
+        *ctx.saved_tensors, ctx.wavelet, tuple(_none_if_empty(g) for g in (gg_x, gg_s, gg_t, gg_w)),
+        ctx.needs_input_grad[:5], create_graph=torch.is_grad_enabled())
+    return (*grads, None, None, None, None)
+
+
+def _none_if_empty(g):
+    # The custom op's stand-in for a gradient not computed is an empty (0,) tensor.
+    return None if g is None or g.numel() == 0 and g.dim() == 1 else g
+
+
+_linear_backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
+
+
 def _setup_context(ctx, inputs, output):
     x, scale, translation, weights, wavelet, backend, _fast_math = inputs
     ctx.save_for_backward(x, scale, translation, weights)
@@ -233,11 +286,42 @@ _linear.register_autograd(_backward, setup_context=_setup_context)
 # --- for eager calls: the same implementations without the custom-op layer -----------------
 
 
+class _DifferentiableBackward(torch.autograd.Function):
+    """The backward as a differentiable function of (grad, x, scale, translation, weights), for
+    ``create_graph=True``: its forward is the backend's backward passes (``_backward_impl``),
+    its backward the layer's second derivatives (``reference.reference_double_backward``,
+    chunked, on either backend: there is no second-order kernel). Never a silent zero: each
+    second derivative flows, or autograd reports the input as unused."""
+
+    @staticmethod
+    def forward(ctx, grad, x, scale, translation, weights, wavelet, backend, need_x, need_params):
+        ctx.set_materialize_grads(False)  # None for a gradient nothing flows into: skipped below
+        ctx.save_for_backward(grad, x, scale, translation, weights)
+        ctx.wavelet = wavelet
+        return _backward_impl(grad, x, scale, translation, weights, wavelet, backend, need_x, need_params)
+
+    @staticmethod
+    def backward(ctx, gg_x, gg_s, gg_t, gg_w):
+        grads = reference.reference_double_backward(
+            *ctx.saved_tensors, ctx.wavelet, (gg_x, gg_s, gg_t, gg_w), ctx.needs_input_grad[:5],
+            create_graph=torch.is_grad_enabled())
+        return (*grads, None, None, None, None)
+
+
+def differentiable_backward(ctx, grad, x, scale, translation, weights) -> tuple:
+    """The four gradients of a layer call, carrying a graph when autograd records (grad mode is
+    on inside a backward only under ``create_graph=True``): then through
+    ``_DifferentiableBackward``, else straight from the backend's passes."""
+    if torch.is_grad_enabled():
+        return _DifferentiableBackward.apply(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
+    return _backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
+
+
 class _EagerLinear(torch.autograd.Function):
     """Eager calls skip the custom-op dispatcher's per-call Python work (its wrapper was the
-    largest single host cost in a profile of one layer call: benchmarks/HISTORY.md);
-    torch.compile traces the custom op instead. Both run ``_forward_impl`` and
-    ``_backward_impl``."""
+    largest single host cost in a profile of one layer call: benchmarks/HISTORY.md); torch.compile traces
+    the custom op instead. Both run ``_forward_impl`` and ``_backward_impl``; under
+    ``create_graph=True`` the backward goes through ``differentiable_backward``."""
 
     @staticmethod
     def forward(ctx, x, scale, translation, weights, wavelet, backend, fast_math):
@@ -246,10 +330,9 @@ class _EagerLinear(torch.autograd.Function):
         return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, scale, translation, weights = ctx.saved_tensors
-        grads = _backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
+        grads = differentiable_backward(ctx, grad, x, scale, translation, weights)
         return (*_keep_needed(ctx, grads), None, None, None)
 
 
@@ -280,7 +363,10 @@ def wavkan_linear(
         _check_triton_shape(scale)
     out_features, in_features = scale.shape
     if wav.window is not None:
-        wavelet_weights = wavelet_weights * wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
+        # w H in the compute dtype (fp32, or float64), not rounded back to a half dtype:
+        # autograd carries H to grad_weights and casts it to the weights' dtype.
+        window = wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
+        wavelet_weights = wavelet_weights.to(window.dtype) * window
     op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
     fast_math = check_fast_math(fast_math)
     if x.dim() == 2:  # no reshapes: each costs host time on the eager path

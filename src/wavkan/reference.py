@@ -17,7 +17,9 @@ Gradients, for g = dL/dy (B, out) and psi, dpsi at z[b,o,i]:
 lets autograd differentiate it. ``reference_forward``/``reference_backward`` compute the same
 in blocks of at most ``chunk_elements`` edges-times-rows, recomputing psi in the backward, so
 their extra memory is bounded by about 8 * chunk_elements * 4 bytes (fp32; twice that in
-float64) whatever the batch size.
+float64) whatever the batch size. ``reference_double_backward`` differentiates the backward
+(second derivatives: a gradient penalty under ``create_graph=True``) block by block the same
+way, with autograd inside each block.
 
 Arithmetic is fp32 for fp32/bf16/fp16 inputs and float64 for float64 inputs.
 """
@@ -34,11 +36,14 @@ __all__ = [
     "compute_dtype",
     "reference_forward",
     "reference_backward",
+    "reference_double_backward",
     "wavkan_linear_unchunked",
 ]
 
 # 2^22 edge-rows per block: ~16 MB per fp32 temporary, ~130 MB peak for the backward's eight.
 CHUNK_ELEMENTS = 1 << 22
+# The double backward keeps a block's autograd graph (about 30 block-sized tensors): smaller blocks.
+DOUBLE_BACKWARD_CHUNK_ELEMENTS = 1 << 19
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -123,3 +128,68 @@ def reference_backward(grad, x, scale, translation, weights, wavelet, chunk_elem
     g_t = -w_over_s * sum_q
     g_s = -w_over_s * sum_qz
     return grad_x, g_s.to(scale.dtype), g_t.to(translation.dtype), gw.to(weights.dtype)
+
+
+def reference_double_backward(grad, x, scale, translation, weights, wavelet, grad_grads, needs,
+                              create_graph: bool = False, chunk_elements: int = DOUBLE_BACKWARD_CHUNK_ELEMENTS):  # fmt: skip
+    """The backward's own vector-Jacobian product: second derivatives of the layer.
+
+    ``reference_backward`` maps (grad, x, scale, translation, weights) to (grad_x, grad_scale,
+    grad_translation, grad_weights). For ``grad_grads`` = the gradients flowing into those four
+    (each None where none flows; shapes as the four), this returns the gradients of
+    ``<gg_x, grad_x> + <gg_s, grad_scale> + <gg_t, grad_translation> + <gg_w, grad_weights>``
+    with respect to (grad, x, scale, translation, weights): five tensors in their inputs'
+    dtypes, None where ``needs`` (five bools) says not needed. Blocks as the backward's: each
+    block's share of the four gradients is recomputed under autograd and differentiated at
+    once, so memory stays bounded by one block's graph. ``create_graph`` keeps the graph (a
+    third derivative): then every block's graph is kept, and memory is no longer bounded.
+    """
+    wav = get_wavelet(wavelet)
+    cd = compute_dtype(x.dtype)
+    originals = (grad, x, scale, translation, weights)
+    with torch.set_grad_enabled(create_graph):
+        g, xc, s, t, w = (a.to(cd) if create_graph else a.detach().to(cd) for a in originals)
+    ggx, ggs, ggt, ggw = (None if a is None else a.detach().to(cd) if not create_graph else a.to(cd)
+                          for a in grad_grads)  # fmt: skip
+    out = [torch.zeros(a.shape, dtype=cd, device=a.device) if need else None for a, need in zip((g, xc, s, t, w), needs)]
+    if not any(needs) or all(a is None for a in (ggx, ggs, ggt, ggw)):
+        return tuple(o if o is None else o.to(a.dtype) for o, a in zip(out, originals))
+    B, IN = xc.shape
+    OUT = s.shape[0]
+    for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
+        with torch.enable_grad():
+            parts = (g[b0:b1, o0:o1], xc[b0:b1], s[o0:o1], t[o0:o1], w[o0:o1])
+            if create_graph:
+                leaves = parts
+            else:
+                leaves = tuple(p.detach().requires_grad_(need) for p, need in zip(parts, needs))
+            gb, xb, sb, tb, wb = leaves
+            inv_s = sb.reciprocal()
+            z = (xb[:, None, :] - tb) * inv_s
+            psi, dpsi = wav.psi_dpsi(z, True)
+            q = gb.unsqueeze(-1) * dpsi  # (b, o, i)
+            w_over_s = wb * inv_s
+            total = z.new_zeros(())
+            if ggx is not None:
+                total = total + ((q * w_over_s).sum(1) * ggx[b0:b1]).sum()
+            if ggw is not None:
+                total = total + ((gb.unsqueeze(-1) * psi).sum(0) * ggw[o0:o1]).sum()
+            if ggt is not None:
+                total = total - (w_over_s * q.sum(0) * ggt[o0:o1]).sum()
+            if ggs is not None:
+                total = total - (w_over_s * (q * z).sum(0) * ggs[o0:o1]).sum()
+            wanted = [k for k, need in enumerate(needs) if need and leaves[k].requires_grad]
+            if not wanted or not total.requires_grad:
+                continue
+            got = torch.autograd.grad(total, [leaves[k] for k in wanted], create_graph=create_graph, allow_unused=True)
+        slices = ((slice(b0, b1), slice(o0, o1)), (slice(b0, b1),), (slice(o0, o1),), (slice(o0, o1),), (slice(o0, o1),))
+        for k, d in zip(wanted, got):
+            if d is None:
+                continue
+            if create_graph:  # out-of-place, so that the sum keeps its graph
+                pad = torch.zeros_like(out[k])
+                pad[slices[k]] = d
+                out[k] = out[k] + pad
+            else:
+                out[k][slices[k]] += d
+    return tuple(o if o is None else o.to(a.dtype) for o, a in zip(out, originals))

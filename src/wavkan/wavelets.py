@@ -9,8 +9,16 @@ Shannon's window is not a function of z but of the input index i; it is kept apa
 ``Wavelet.window`` and multiplies the wavelet weights (``w[o, i] * H[i]``), which is how
 both backends apply it.
 
-Adding a wavelet: add its ``psi_dpsi`` here and its device function in
-``wavkan.kernels.device``; the tests parametrise over ``WAVELETS``.
+Every fact about a wavelet is declared here, once: its name, its code inside the Triton
+kernels, its torch functions, and the traits the kernels read (``Wavelet.gaussian``,
+``Wavelet.fast_math``, the folded constants ``Wavelet.fold`` and ``Wavelet.fold_bwd``).
+Nothing else keeps a list of wavelets. Adding one: README.md, "Adding a wavelet".
+
+Overflow: where z is finite but z^2 overflows (a tiny scale), every Gaussian wavelet is 0, as
+in float64, not inf * 0 = NaN: the polynomial factors are peeled off one z at a time
+(``z * (z * e)``, never ``(z * z) * e``), and shannon's derivative is (cos z - sin(z)/z) / z.
+An infinite z (an infinite input, or a zero scale) gives what IEEE arithmetic on the paper's
+formula gives: NaN for the paper's wavelets.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Wavelet", "WAVELETS", "get_wavelet", "MEXICAN_HAT_C"]
+__all__ = ["Wavelet", "WAVELETS", "CATALOGUE", "get_wavelet", "MEXICAN_HAT_C", "GAUSS_K"]
 
 # 2 / (sqrt(3) * pi^(1/4)): the Mexican-hat normalisation of the paper's code.
 MEXICAN_HAT_C = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
 MORLET_OMEGA0 = 5.0
+# The kernels evaluate Gaussians as exp(-z^2/2) = exp2(-(k z)^2), k = sqrt(log2(e) / 2).
+GAUSS_K = math.sqrt(0.5 / math.log(2.0))
 # Below this |z| shannon's derivative uses its Taylor series, where (z cos z - sin z) / z^2
 # cancels: four terms are exact to rounding below 0.5 in fp32 and below 0.1 in float64.
 SHANNON_SERIES_BELOW = {torch.float32: 0.5, torch.float64: 0.1}
@@ -37,13 +47,16 @@ def _gauss(z2: Tensor) -> Tensor:
 
 
 def _mexican_hat(z: Tensor, need_dpsi: bool):
-    z2 = z * z
-    ce = MEXICAN_HAT_C * _gauss(z2)
+    # psi = C (z^2 - 1) e = z (z C e) - C e; dpsi = C z (3 - z^2) e = 3 (z C e) - z (z (z C e)).
+    ce = MEXICAN_HAT_C * _gauss(z * z)
+    zce = z * ce
     if not _differentiable(z):
         # The reference backward's path: in-place steps save memory passes on CPU.
-        psi = (z2 - 1.0).mul_(ce)
-        return psi, (z2.neg_().add_(3.0).mul_(z).mul_(ce) if need_dpsi else None)
-    return (z2 - 1.0) * ce, (z * (3.0 - z2) * ce if need_dpsi else None)
+        z2ce = z * zce
+        psi = z2ce - ce
+        return psi, (zce.mul_(3.0).sub_(z2ce.mul_(z)) if need_dpsi else None)
+    z2ce = z * zce
+    return z2ce - ce, (3.0 * zce - z * z2ce if need_dpsi else None)
 
 
 def _morlet(z: Tensor, need_dpsi: bool):
@@ -56,12 +69,12 @@ def _morlet(z: Tensor, need_dpsi: bool):
 
 
 def _dog(z: Tensor, need_dpsi: bool):
-    z2 = z * z
-    e = _gauss(z2)
-    psi = -z * e
+    e = _gauss(z * z)
+    ze = z * e
     if not need_dpsi:
-        return psi, None
-    return psi, (z2.sub_(1.0).mul_(e) if not _differentiable(z) else (z2 - 1.0) * e)
+        return -ze, None
+    # dpsi = (z^2 - 1) e = z (z e) - e
+    return -ze, (z * ze - e)
 
 
 def _differentiable(z: Tensor) -> bool:
@@ -96,7 +109,9 @@ def _shannon(z: Tensor, need_dpsi: bool):
     psi = torch.where(zero, torch.ones_like(z), s / safe)
     if not need_dpsi:
         return psi, None
-    direct = (safe * torch.cos(safe) - s) / (safe * safe)
+    # (z cos z - sin z) / z^2 written as (cos z - sin(z)/z) / z: z^2 would overflow fp32 for
+    # |z| > 1.8e19 (a tiny scale) and turn a finite derivative into 0.
+    direct = (torch.cos(safe) - s / safe) / safe
     z2 = z * z
     series = z * (-1.0 / 3.0 + z2 * (1.0 / 30.0 + z2 * (-1.0 / 840.0 + z2 * (1.0 / 45360.0))))
     below = SHANNON_SERIES_BELOW.get(z.dtype, 0.5)
@@ -105,40 +120,65 @@ def _shannon(z: Tensor, need_dpsi: bool):
 
 def _hamming_window(n: int, dtype: torch.dtype, device) -> Tensor:
     # The paper's code: torch.hamming_window(in, periodic=False); a length-1 window is [1].
-    return torch.hamming_window(n, periodic=False, dtype=dtype, device=device)
+    # Computed in float64 for float64 and in fp32 otherwise: in bf16 the window itself is off
+    # by up to 3% (its cosine and 0.54 - 0.46 c rounded to 8 bits), whatever the weights are.
+    return torch.hamming_window(n, periodic=False, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                                device=device)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Wavelet:
-    """One mother wavelet.
+    """One mother wavelet and everything the backends need to know about it.
 
     ``psi_dpsi(z, need_dpsi)`` returns ``(psi(z), dpsi/dz(z) or None)`` elementwise.
     ``window(in_features, dtype, device)``, when set, is the per-input-index factor H[i]
-    that multiplies the wavelet weights.
-    ``code`` identifies the wavelet inside the Triton kernels.
+    that multiplies the wavelet weights, in float64 for float64 and fp32 for the other dtypes.
+
+    Kernel traits (read by ``wavkan.kernels``; a new wavelet also needs its branch in the
+    dispatch of ``wavkan.kernels.device``):
+
+    - ``code``: the wavelet's number inside the Triton kernels (``WAVELET`` constexpr);
+    - ``gaussian``: one exp2 and a few fp32 operations per evaluation, no sine or cosine: the
+      kernels unroll these loops (measured faster; the trigonometric ones are long already);
+    - ``fast_math``: has a packed-half forward (``kernels/forward_half.py``, ``fast_math=True``);
+    - ``fold = (k, m)``: the forward kernel evaluates psi(z) / m at k z (k and m are folded
+      into the packed edge constants, so that the inner loop does not multiply by them);
+    - ``fold_bwd = (k, P, D)``: the backward kernels evaluate psi(z) / P and dpsi(z) / D at k z.
     """
 
     name: str
     code: int
     psi_dpsi: Callable[[Tensor, bool], tuple]
     window: Optional[Callable[[int, torch.dtype, object], Tensor]] = None
+    gaussian: bool = False
+    fast_math: bool = False
+    fold: tuple = (1.0, 1.0)
+    fold_bwd: tuple = (1.0, 1.0, 1.0)
 
     def psi(self, z: Tensor) -> Tensor:
         return self.psi_dpsi(z, False)[0]
 
 
+# Folded constants of the Gaussian wavelets, with zs = k z, z^2 = 2 ln2 zs^2, e = exp2(-zs^2)
+# (kernels/device.py evaluates the right-hand sides):
+# mexican_hat: psi / C = (2 ln2 zs^2 - 1) e, dpsi / (3 C / k) = zs e - (2 ln2 / 3) zs^2 (zs e);
+# morlet: dpsi = -(5 sin 5z + z cos 5z) e = (-1/k) (5k sin + zs cos) e;
+# dog: psi = -z e = (-1/k) zs e, dpsi = (z^2 - 1) e.
 _CATALOGUE = {
     w.name: w
     for w in (
-        Wavelet("mexican_hat", 0, _mexican_hat),
-        Wavelet("morlet", 1, _morlet),
-        Wavelet("dog", 2, _dog),
+        Wavelet("mexican_hat", 0, _mexican_hat, gaussian=True, fast_math=True, fold=(GAUSS_K, MEXICAN_HAT_C),
+                fold_bwd=(GAUSS_K, MEXICAN_HAT_C, 3.0 * MEXICAN_HAT_C / GAUSS_K)),
+        Wavelet("morlet", 1, _morlet, fold=(GAUSS_K, 1.0), fold_bwd=(GAUSS_K, 1.0, -1.0 / GAUSS_K)),
+        Wavelet("dog", 2, _dog, gaussian=True, fast_math=True, fold=(GAUSS_K, -1.0 / GAUSS_K),
+                fold_bwd=(GAUSS_K, -1.0 / GAUSS_K, 1.0)),
         Wavelet("meyer", 3, _meyer),
         Wavelet("shannon", 4, _shannon, window=_hamming_window),
     )
 }
 
 WAVELETS: tuple = tuple(_CATALOGUE)
+CATALOGUE: tuple = tuple(_CATALOGUE.values())
 
 
 def get_wavelet(name) -> Wavelet:
@@ -149,3 +189,4 @@ def get_wavelet(name) -> Wavelet:
         return _CATALOGUE[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown wavelet {name!r}; expected one of {', '.join(WAVELETS)}") from None
+

@@ -1,7 +1,7 @@
 """Fused backward: grad_x and the three parameter gradients, psi and dpsi recomputed.
 
-With g = dL/dy (B, out), a = 1/s, z = x a - t a and psi, dpsi at z[b, o, i] (the kernels
-evaluate them at k z, scaled: ``device.FOLD_BWD``, undone in the packing and the epilogue):
+With g = dL/dy (B, out), a = 1/s, z = (x - t) a and psi, dpsi at z[b, o, i] (the kernels
+evaluate them at k z, scaled: ``Wavelet.fold_bwd``, undone in the packing and the epilogue):
 
     grad_x[b, i] = sum_o g[b, o] (w a)[o, i] dpsi        reduce over out: tile (B, in)
     grad_w[o, i] = sum_b g[b, o] psi                      reduce over B:   tile (out, in)
@@ -19,7 +19,7 @@ Like the forward, the loops read only staged operands (``staging.py``): fp32, pa
 tiles, addressed from the loop index, so their loads are unmasked and need one address per
 step. grad_x reads grad_y transposed (out, B_PAD) and the packed [k/s, t, D w/s]; the
 parameter pass reads x and grad_y as padded fp32 rows (no copy when they already are). Both
-evaluate psi / P and dpsi / D at k z (``device.FOLD_BWD``), the constants folded into the
+evaluate psi / P and dpsi / D at k z (``Wavelet.fold_bwd``), the constants folded into the
 packed weight and the epilogue, which keeps log2(e)/2 and the normalisation out of the loop.
 """
 
@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import FOLD_BWD, MEYER, SHANNON, wavelet_grad_terms, wavelet_psi_dpsi_folded
+from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .launch import DirectLauncher, balanced_plan, cdiv, split_scratch, stream_key
 from .partials import split_arrive, split_sum
 from .staging import cached_edge_pack, plane_offsets, stage_transposed
@@ -132,10 +132,6 @@ def _wavkan_bwd_dparams_kernel(
     t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
     inv_s = 1.0 / s
     a = inv_s * z_scale
-    if WAVELET == MEYER or WAVELET == SHANNON:
-        shift = t  # kz = (x - t) a: exactly 0 where x == t, like the reference (these branch at 0)
-    else:
-        shift = -t * a  # kz = x a - t a: one FFMA; the wavelet is smooth at 0
     # x and g read in place, a row per step; columns past in / out re-read the last one
     # (their sums are never stored), so the loop's loads need no mask. Where the tiles divide
     # in (out), the offsets stay unclamped, so unit-stride rows load as vectors.
@@ -161,10 +157,7 @@ def _wavkan_bwd_dparams_kernel(
             x_next, g_next = _dparams_operands(x_ptr, g_ptr, tl.minimum(b + 1, b_end - 1), stride_xb, stride_gb, x_cols, g_cols)
         else:
             xr, g = _dparams_operands(x_ptr, g_ptr, b, stride_xb, stride_gb, x_cols, g_cols)
-        if WAVELET == MEYER or WAVELET == SHANNON:
-            zs = (xr[None, :] - shift) * a
-        else:
-            zs = xr[None, :] * a + shift
+        zs = (xr[None, :] - t) * a  # k z: exact for any |t/s|, exactly 0 where x == t
         g_psi, g_dpsi, g_dpsi_zs = wavelet_grad_terms(zs, g[:, None], WAVELET, FAST)
         acc_w += g_psi
         acc_q += g_dpsi
@@ -207,7 +200,7 @@ _LAUNCH_DPARAMS = DirectLauncher(
 
 def _meta(cfg: KernelConfig, wavelet, device, block_names: tuple) -> dict:
     return dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-                UNROLL=loop_unroll(cfg, wavelet.code), **dict(zip(block_names, (cfg.block_m, cfg.block_n))),
+                UNROLL=loop_unroll(cfg, wavelet), **dict(zip(block_names, (cfg.block_m, cfg.block_n))),
                 **cfg.launch_options())
 
 
@@ -222,7 +215,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     cfg = config or default_config("bwd_dx", device, B)
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
     stream = stream_key(device)
-    z_scale, _, dpsi_scale = FOLD_BWD[wavelet.code]
+    z_scale, _, dpsi_scale = wavelet.fold_bwd
     pack = cached_edge_pack(scale, translation, weights, in_pad, True, z_scale, dpsi_scale, stream)
     tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
     gs, stride_gb, stride_go = grad, grad.stride(0), grad.stride(1)
@@ -268,7 +261,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         counters, part = ds, ds
     else:
         counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * 3 * OUT * IN)
-    z_scale, psi_scale, dpsi_scale = FOLD_BWD[wavelet.code]
+    z_scale, psi_scale, dpsi_scale = wavelet.fold_bwd
     _LAUNCH_DPARAMS(
         device, stream,
         (tiles[0], tiles[1], split),

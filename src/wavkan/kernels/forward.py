@@ -1,5 +1,5 @@
-"""Fused forward: y[b, o] = sum_i w[o, i] psi(x[b, i] * a[o, i] + c[o, i]), a = 1/s, c = -t/s
-(in the kernel a and c carry the wavelet's k as well: see the staging below).
+"""Fused forward: y[b, o] = sum_i w[o, i] psi((x[b, i] - t[o, i]) * a[o, i]), a = 1/s (in the
+kernel a carries the wavelet's k as well: see below).
 
 One program owns a (BLOCK_B, BLOCK_OUT) tile of y in fp32 registers and walks its share of
 the ``in`` loop: per step it loads one column of x (BLOCK_B) and one row of each packed edge
@@ -11,12 +11,15 @@ deterministic, and one launch per call.
 
 - x is read in place (any strides and float dtype), one column per step; a row's cache line
   serves the next steps of that row from L1.
-- the edge constants are a (3, in, OUT_PAD) fp32 pack [k/s, -k t/s, w m] (zero weight in
-  the padding), so the inner step needs no division, packed once per parameter change
-  (``staging.cached_edge_pack``); (k, m) = ``device.FOLD[wavelet]`` fold the Gaussian's
-  log2(e)/2 and the wavelet's constant factor into the edge, so that mexican_hat costs one
-  MUFU.EX2 and a few fp32 instructions per evaluation (its weight enters as two per-column
-  factors: ``device.wavelet_weighted_psi``).
+- the edge constants are a (3, in, OUT_PAD) fp32 pack [k/s, t, w m] (zero weight in the
+  padding), so the inner step needs no division, packed once per parameter change
+  (``staging.cached_edge_pack``); (k, m) = ``Wavelet.fold`` fold the Gaussian's log2(e)/2 and
+  the wavelet's constant factor into the edge.
+
+z is computed as (x - t) * (k/s), one FADD and one FMUL, not as x (k/s) - t (k/s) in one FFMA:
+where |t/s| is large the two products are large and nearly cancel, and fp32 loses all of z.
+x - t is exact where x and t are close (Sterbenz), so z keeps fp32's relative accuracy for
+every |t/s|.
 
 The host side is one launch (``launch.DirectLauncher``) and two allocations (y, and the
 partials when split): the eager call's host time is what a user pays per layer at small B.
@@ -28,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import FOLD, wavelet_weighted_psi
+from .device import wavelet_psi_folded
 from .launch import DirectLauncher, balanced_plan, cdiv, split_scratch, stream_key
 from .partials import split_arrive, split_sum
 from .staging import cached_edge_pack, plane_offsets, stage_transposed
@@ -76,18 +79,18 @@ def _wavkan_fwd_kernel(
     i_start = pid_k * IN_PER_SPLIT
     i_end = tl.minimum(i_start + IN_PER_SPLIT, IN)
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
-    x_next, a_next, c_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
+    x_next, a_next, t_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
     for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
-            x, a, c, w = x_next, a_next, c_next, w_next
-            x_next, a_next, c_next, w_next = _fwd_operands(
+            x, a, t, w = x_next, a_next, t_next, w_next
+            x_next, a_next, t_next, w_next = _fwd_operands(
                 x_ptr, stride_xi, pack_ptr, tl.minimum(i + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
         else:
-            x, a, c, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-        z = x[:, None] * a[None, :] + c[None, :]
-        acc += wavelet_weighted_psi(z, w[None, :], WAVELET, FAST)
+            x, a, t, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
+        zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s| (module docstring)
+        acc += w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST)
 
     mask = (offs_b < B)[:, None] & (offs_o < OUT)[None, :]
     rows = offs_b[:, None].to(tl.int64)
@@ -124,7 +127,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     cfg = config or default_config("fwd", device, B)
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
     stream = stream_key(device)
-    z_scale, w_scale = FOLD[wavelet.code]
+    z_scale, w_scale = wavelet.fold
     pack = cached_edge_pack(scale, translation, weights, out_pad, False, z_scale, w_scale, stream)
     tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
     xs, stride_xb, stride_xi = x, x.stride(0), x.stride(1)
@@ -143,7 +146,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
          stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-             UNROLL=loop_unroll(cfg, wavelet.code), X_STAGED=cfg.stage,
+             UNROLL=loop_unroll(cfg, wavelet), X_STAGED=cfg.stage,
              X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
              **cfg.launch_options()),
     )

@@ -1,28 +1,32 @@
 """Opt-in fast forward in packed half precision: two evaluations per instruction.
 
-``wavkan_fwd_half`` computes y[b, o] = sum_i w[o, i] psi(x[b, i] a[o, i] + c[o, i]) like the
+``wavkan_fwd_half`` computes y[b, o] = sum_i w[o, i] psi((x[b, i] - t[o, i]) a[o, i]) like the
 fp32 forward (``forward.py``: same folding, tiles and split), but evaluates the wavelet in fp16
 pairs: each 32-bit register holds two adjacent outputs' values (f16x2), so one HFMA2 does two
 edges' arithmetic and one ``ex2.approx.f16x2`` two edges' exponentials. That halves both the
 issued instructions and the special-function unit's work per evaluation, the two limits of the
-fp32 forward (benchmarks/STATUS.md says what each kernel reaches). Gaussian wavelets only
-(mexican_hat, dog): the others need sine and cosine, which have no packed half form.
+fp32 forward (benchmarks/STATUS.md says what each kernel reaches). Gaussian wavelets only (``Wavelet.fast_math``: mexican_hat,
+dog): the others need sine and cosine, which have no packed half form.
 
 Staging makes the pairs plain 32-bit loads:
 
 - x becomes an int32 (in_pad, B_PAD) buffer whose element holds x[b, i] in fp16 twice, so it
   multiplies both halves of a pair;
-- the edge constants are stored as fp16 (3, in_pad, OUT_PAD) and read as int32 pairs
-  (o, o + 1); padding edges have zero weight.
+- the edge constants [k/s, t, m w] are stored as fp16 (3, in_pad, OUT_PAD) and read as int32
+  pairs (o, o + 1); padding edges have zero weight.
 
-Accuracy: the fp16 sums run over chunks of ``CHUNK`` steps of the ``in`` loop and are added
-to fp32 accumulators after each chunk, so rounding does not grow with ``in``. The relative
-error of y is about 1e-3 (tests/test_fast_math.py and ``wavkan bench`` measure it against the
-fp32 kernel). Squares are clamped (to 32 before ex2, 15 before the polynomial) so an edge far
-outside its wavelet gives 0, not inf * 0; the clamps propagate NaN, as the exact path does.
-Values must fit fp16: |x|, |x/s|, |t/s| below 6.5e4 (beyond that an edge evaluates as if z
-were infinite: psi = 0), |w| below about 1e3 (mexican_hat's (2 ln2 u - 1) w at the clamp), and
-each 16-step partial sum of w psi below 6.5e4.
+Accuracy: z is computed as (x - t) (k/s), a subtraction then a product, each rounded once to
+fp16, so z keeps fp16's relative accuracy whatever |t/s| is (x a + c would cancel
+catastrophically: fp16's 11 bits lost everything from |t/s| = 1e3 on). That needs t exact in
+fp16: ``wavkan.ops`` takes this path only when the parameters are fp16 or bf16 (bf16 values in
+fp16's normal range are exact in fp16). The fp16 sums run over chunks of ``CHUNK`` steps of
+the ``in`` loop and are added to fp32 accumulators after each chunk, so rounding does not grow
+with ``in``. The relative error of y is about 1e-3 (tests/test_fast_math.py and ``wavkan
+bench`` measure it against the fp32 kernel). Squares are clamped (to 32 before ex2, 15 before
+the polynomial) so an edge far outside its wavelet gives 0, not inf * 0; the clamps propagate
+NaN, as the exact path does. Values must fit fp16: |x|, |t|, |x - t| and |1/s| below 6.5e4
+(beyond that an edge evaluates as if z were infinite: psi = 0), |w| below about 1e3
+(mexican_hat's (2 ln2 u - 1) w at the clamp), and each 16-step partial sum of w psi below 6.5e4.
 
 On CPU tensors under TRITON_INTERPRET=1 (which has no inline PTX) the same kernel computes
 each pair with Triton arithmetic that rounds like the PTX (each fma once, to fp16): the
@@ -38,11 +42,9 @@ import triton.language as tl
 
 from .launch import cdiv, launch_split
 from .tuning import KernelConfig, default_config
-from .device import FOLD, MEXICAN_HAT
+from .device import DOG, MEXICAN_HAT, _unknown_wavelet
 from .staging import pack_edge_constants, plane_offsets, stage_transposed
 
-# Wavelet codes with a packed-half forward.
-HALF_WAVELETS = frozenset({0, 2})  # mexican_hat, dog
 # Steps of the ``in`` loop summed in fp16 before the fp32 accumulators take them.
 CHUNK = 16
 
@@ -77,11 +79,11 @@ mul.rn.f16x2 e, e, t;"""
 
 
 def _pair_asm(wavelet_code: int, poly: bool) -> str:
-    """acc' = acc + w psi'(x a + c) on f16x2 pairs: $0 = acc', $1 acc, $2 x, $3 a, $4 c, then
+    """acc' = acc + w psi'((x - t) a) on f16x2 pairs: $0 = acc', $1 acc, $2 x, $3 a, $4 t, then
     mexican_hat: $5 = 2 ln2 w, $6 = -w (psi' w = (2 ln2 w u - w) e, one fma); dog: $5 = w."""
-    lines = ["{", ".reg .b32 z, u, uc, e, t, f, q, " + ", ".join(_F16X2) + ";"]
+    lines = ["{", ".reg .b32 d, z, u, uc, e, t, f, q, " + ", ".join(_F16X2) + ";"]
     lines += [f"mov.b32 {name}, {bits};" for name, bits in _F16X2.items()]
-    lines.append("fma.rn.f16x2 z, $2, $3, $4;")
+    lines += ["sub.rn.f16x2 d, $2, $4;", "mul.rn.f16x2 z, d, $3;"]
     if wavelet_code == 2:  # dog
         lines += ["min.NaN.f16x2 z, z, z_max;", "max.NaN.f16x2 z, z, z_min;"]
     lines.append("mul.rn.f16x2 u, z, z;")
@@ -161,50 +163,54 @@ def _exp2_neg_half(uc, POLY: tl.constexpr):
 
 
 @triton.jit
-def _emulated_step(acc, x, a, c, w1, w0, WAVELET: tl.constexpr, POLY: tl.constexpr):
+def _emulated_step(acc, x, a, t, w1, w0, WAVELET: tl.constexpr, POLY: tl.constexpr):
     # One half of ``_pair_asm``'s arithmetic, rounded as the PTX rounds it.
-    z = _fma16(x, a, c)
+    z = _f16(_f16(x - t) * a)
     if WAVELET == MEXICAN_HAT:
         uc = _min16(_f16(z * z), 15.0 if POLY else 32.0)
         return _fma16(_fma16(uc, w1, w0), _exp2_neg_half(uc, POLY), acc)
-    else:  # DOG
+    elif WAVELET == DOG:
         z = _f16(tl.maximum(_min16(z, 255.0), -255.0, propagate_nan=tl.PropagateNan.ALL))
         u = _f16(z * z)
         uc = _min16(u, 15.0) if POLY else u
         return _fma16(_f16(z * _exp2_neg_half(uc, POLY)), w1, acc)
+    else:
+        return _unknown_wavelet(WAVELET)
 
 
 @triton.jit
-def _asm_step(ASM: tl.constexpr, acc, x2, a2, c2, w2, w0):
-    return tl.inline_asm_elementwise(ASM, "=r,r,r,r,r,r,r", [acc, x2, a2, c2, w2, w0], dtype=tl.int32,
+def _asm_step(ASM: tl.constexpr, acc, x2, a2, t2, w2, w0):
+    return tl.inline_asm_elementwise(ASM, "=r,r,r,r,r,r,r", [acc, x2, a2, t2, w2, w0], dtype=tl.int32,
                                      is_pure=True, pack=1)  # fmt: skip
 
 
 @triton.jit
-def _pair_step(acc, x2, a2, c2, w2, w0, WAVELET: tl.constexpr, PTX: tl.constexpr, POLY: tl.constexpr):
-    """acc + w psi(x a + c) for every pair (int32 f16x2 operands, broadcast to acc's shape);
+def _pair_step(acc, x2, a2, t2, w2, w0, WAVELET: tl.constexpr, PTX: tl.constexpr, POLY: tl.constexpr):
+    """acc + w psi((x - t) a) for every pair (int32 f16x2 operands, broadcast to acc's shape);
     POLY: the exponential on the FMA pipe instead of the MUFU. Mexican_hat's weights come as
     (w2, w0) = (2 ln2 w, -w); dog's as w2 (w0 unused)."""
     if PTX:
         if WAVELET == MEXICAN_HAT:
             if POLY:
-                return _asm_step(_MEXICAN_HAT_POLY, acc, x2, a2, c2, w2, w0)
+                return _asm_step(_MEXICAN_HAT_POLY, acc, x2, a2, t2, w2, w0)
             else:
-                return _asm_step(_MEXICAN_HAT_MUFU, acc, x2, a2, c2, w2, w0)
-        else:
+                return _asm_step(_MEXICAN_HAT_MUFU, acc, x2, a2, t2, w2, w0)
+        elif WAVELET == DOG:
             if POLY:
-                return _asm_step(_DOG_POLY, acc, x2, a2, c2, w2, w0)
+                return _asm_step(_DOG_POLY, acc, x2, a2, t2, w2, w0)
             else:
-                return _asm_step(_DOG_MUFU, acc, x2, a2, c2, w2, w0)
+                return _asm_step(_DOG_MUFU, acc, x2, a2, t2, w2, w0)
+        else:
+            return _unknown_wavelet(WAVELET)
     else:
         acc_lo, acc_hi = _halves(acc)
         x, _x = _halves(x2)
         a_lo, a_hi = _halves(a2)
-        c_lo, c_hi = _halves(c2)
+        t_lo, t_hi = _halves(t2)
         w_lo, w_hi = _halves(w2)
         w0_lo, w0_hi = _halves(w0)
-        lo = _emulated_step(acc_lo, x, a_lo, c_lo, w_lo, w0_lo, WAVELET, POLY)
-        hi = _emulated_step(acc_hi, x, a_hi, c_hi, w_hi, w0_hi, WAVELET, POLY)
+        lo = _emulated_step(acc_lo, x, a_lo, t_lo, w_lo, w0_lo, WAVELET, POLY)
+        hi = _emulated_step(acc_hi, x, a_hi, t_hi, w_hi, w0_hi, WAVELET, POLY)
         return _pack(lo, hi)
 
 
@@ -229,7 +235,7 @@ def _wavkan_fwd_half_kernel(
     POLY_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_PAIRS: tl.constexpr,
 ):
     # xt_ptr: int32 (IN_PAD, B_PAD), x twice per element; pack_ptr: int32 (3, IN_PAD, PAIRS_PAD),
-    # planes [a, c, w] of output pairs (2p, 2p + 1). IN_PER_SPLIT and IN_PAD are whole chunks.
+    # planes [a, t, w] of output pairs (2p, 2p + 1). IN_PER_SPLIT and IN_PAD are whole chunks.
     # A chunk (fp16 sums, then one fp32 flush) runs as a loop over groups of GROUP_STEPS
     # unrolled steps: the unrolled body stays small enough for the instruction cache (a whole
     # unrolled chunk overflowed it, and was slower than the fp32 forward: benchmarks/HISTORY.md).
@@ -250,13 +256,13 @@ def _wavkan_fwd_half_kernel(
                 x2 = tl.load(xt_ptr + row * B_PAD + offs_b)
                 edge = pack_ptr + row * PAIRS_PAD + offs_p
                 a2 = tl.load(edge)
-                c2 = tl.load(edge + PLANE)
+                t2 = tl.load(edge + PLANE)
                 w2 = tl.load(edge + PLANE2)
                 if WAVELET == MEXICAN_HAT:
                     w2, w0 = _mexican_hat_weights(w2, PTX)
                 else:
                     w0 = w2
-                acc = _pair_step(acc, x2[:, None], a2[None, :], c2[None, :], w2[None, :], w0[None, :], WAVELET,
+                acc = _pair_step(acc, x2[:, None], a2[None, :], t2[None, :], w2[None, :], w0[None, :], WAVELET,
                                  PTX, ((POLY_MASK >> j) & 1) == 1)  # fmt: skip
         lo, hi = _halves(acc)
         acc_lo += lo.to(tl.float32)
@@ -272,9 +278,9 @@ def _wavkan_fwd_half_kernel(
 def wavkan_fwd_half(x, scale, translation, weights, wavelet, config: KernelConfig | None = None) -> torch.Tensor:
     """Packed-half forward (see the module docstring). x: (B, in), any strides and float dtype;
     scale, translation, weights: (out, in). Returns y: (B, out) in x's dtype. ``wavelet`` must
-    be mexican_hat or dog (``HALF_WAVELETS``)."""
-    if wavelet.code not in HALF_WAVELETS:
-        raise ValueError(f"the packed-half forward supports mexican_hat and dog, not {wavelet.name!r}")
+    have a packed-half forward (``Wavelet.fast_math``)."""
+    if not wavelet.fast_math:
+        raise ValueError(f"the packed-half forward supports the wavelets with Wavelet.fast_math, not {wavelet.name!r}")
     B, IN = x.shape
     OUT = scale.shape[0]
     y = torch.empty((B, OUT), dtype=x.dtype, device=x.device)
@@ -285,7 +291,7 @@ def wavkan_fwd_half(x, scale, translation, weights, wavelet, config: KernelConfi
     pairs_pad = cdiv(OUT, 2 * cfg.block_n) * cfg.block_n  # block_n counts pairs
     in_pad = cdiv(IN, CHUNK) * CHUNK
     xt = stage_transposed(x, b_pad, rows_pad=in_pad, dtype=torch.int32)
-    z_scale, w_scale = FOLD[wavelet.code]
+    z_scale, w_scale = wavelet.fold
     pack = pack_edge_constants(
         scale, translation, weights, 2 * pairs_pad, for_grad_x=False, z_scale=z_scale, w_scale=w_scale,
         dtype=torch.float16, in_pad=in_pad,

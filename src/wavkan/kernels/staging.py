@@ -1,10 +1,12 @@
 """Staging buffers that let the main kernels' loops run on wide, unmasked, aligned loads.
 
 - ``pack_edge_constants``: the per-edge constants as three fp32 planes, either transposed
-  (in, out_pad) for the forward, which walks ``in``: [k/s, -k t/s, w m], z = x a + c; or
-  as (out, in_pad) for grad_x, which walks ``out``: [k/s, t, D w/s], kz = (x - t) a,
+  (in, out_pad) for the forward, which walks ``in``: [k/s, t, m w]; or as (out, in_pad) for
+  grad_x, which walks ``out``: [k/s, t, D w/s]. Both loops compute kz = (x - t) (k/s): exact
+  for any |t/s| (x (k/s) - t (k/s) cancels catastrophically where |t/s| is large), and
   exactly 0 where x == t (meyer's dpsi jumps at 0). Padding edges get zero weight: they add
-  nothing. ``cached_edge_pack`` keeps them from one call to the next until a parameter changes.
+  nothing. ``cached_edge_pack`` keeps them
+  from one call to the next until a parameter changes.
 - ``stage_transposed``: a (rows, cols) operand transposed to fp32 (cols, rows_pad), padding
   zero: x for the forward where its config stages it (``KernelConfig.stage``), and the
   packed-half forward's x as f16x2 pairs.
@@ -27,6 +29,13 @@ HALF_MAX = tl.constexpr(65504.0)
 
 
 @triton.jit
+def _clamp_nan(v, bound):
+    # v clamped to [-bound, bound]; NaN stays NaN (a plain min/max would return the bound).
+    nan = tl.PropagateNan.ALL
+    return tl.minimum(tl.maximum(v, -bound, propagate_nan=nan), bound, propagate_nan=nan)
+
+
+@triton.jit
 def _wavkan_pack_kernel(
     s_ptr, t_ptr, w_ptr, pack_ptr,
     IN, OUT, IN_PAD, OUT_PAD, PLANE, PLANE2, stride_pi, stride_po, z_scale, w_scale,
@@ -44,20 +53,20 @@ def _wavkan_pack_kernel(
     inv_s = 1.0 / s
     dst = pack_ptr + i * stride_pi + o * stride_po
     inside = (offs_o[:, None] < OUT_PAD) & (offs_i[None, :] < IN_PAD)
+    a = inv_s * z_scale
     if FOR_GRAD_X:
-        tl.store(dst, inv_s * z_scale, mask=inside)
+        tl.store(dst, a, mask=inside)
         tl.store(dst + PLANE, t, mask=inside)
         tl.store(dst + PLANE2, w * w_scale * inv_s, mask=inside)
     else:
-        a = inv_s * z_scale
-        c = -t * a
         if pack_ptr.dtype.element_ty == tl.float16:
-            # fp16 planes (the packed-half forward): clamped to fp16's finite range, so a
-            # huge 1/s stays huge rather than becoming inf (inf * 0 would be NaN).
-            a = tl.minimum(tl.maximum(a, -HALF_MAX), HALF_MAX)
-            c = tl.minimum(tl.maximum(c, -HALF_MAX), HALF_MAX)
+            # fp16 planes (the packed-half forward): a clamped to fp16's finite range, so a
+            # huge 1/s stays huge rather than becoming inf (inf * 0 would be NaN); t is
+            # clamped likewise (the fast path's stated range: |t| < 6.5e4).
+            a = _clamp_nan(a, HALF_MAX)
+            t = _clamp_nan(t, HALF_MAX)
         tl.store(dst, a.to(pack_ptr.dtype.element_ty), mask=inside)
-        tl.store(dst + PLANE, c.to(pack_ptr.dtype.element_ty), mask=inside)
+        tl.store(dst + PLANE, t.to(pack_ptr.dtype.element_ty), mask=inside)
         tl.store(dst + PLANE2, (w * w_scale).to(pack_ptr.dtype.element_ty), mask=inside)
 
 
@@ -96,7 +105,7 @@ def pack_edge_constants(
     """Edge constants as three planes of ``dtype`` (fp32, or fp16 for the packed-half forward).
 
     for_grad_x=False: (3, in_pad, pad), out padded to ``pad`` and in to ``in_pad`` (default
-    in): [z_scale/s, -z_scale t/s, w w_scale].
+    in): [z_scale/s, t, w w_scale].
     for_grad_x=True: (3, out, pad), in padded to ``pad``: [z_scale/s, t, w w_scale/s].
     scale, translation, weights: (out, in), any strides and float dtype.
     """

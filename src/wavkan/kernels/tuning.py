@@ -112,11 +112,8 @@ def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConf
     return next(cfg for min_rows, cfg in _GPU[kind] if rows >= min_rows)
 
 
-# Wavelets whose loops take ``KernelConfig.unroll``: the Gaussian ones (one exp2 and a few fp32
-# operations per evaluation) were measured faster unrolled; the trigonometric ones are long
-# already, and unrolling them multiplies their compile time.
-UNROLLED_WAVELETS = frozenset({0, 2})  # mexican_hat, dog
-
-
-def loop_unroll(cfg: KernelConfig, wavelet_code: int) -> int:
-    return cfg.unroll if wavelet_code in UNROLLED_WAVELETS else 1
+def loop_unroll(cfg: KernelConfig, wavelet) -> int:
+    """``cfg.unroll`` for the Gaussian wavelets (``Wavelet.gaussian``: one exp2 and a few fp32
+    operations per evaluation), measured faster unrolled; 1 for the trigonometric ones, which
+    are long already, and whose compile time unrolling multiplies."""
+    return cfg.unroll if wavelet.gaussian else 1
