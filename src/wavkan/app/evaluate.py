@@ -82,9 +82,10 @@ def evaluate_checkpoint(
     """
     from .checkpoint import build_model, load_checkpoint
     from .data import check_layers_fit, load_raw, to_device
+    from .models import check_conv_fits, resolve_model_fields, to_device_images
 
     state = load_checkpoint(checkpoint)
-    config = state["config"]
+    config = resolve_model_fields(state["config"])
     dataset = config["dataset"] if dataset is None else dataset
     limit = config.get("limit_test") if limit_test == -1 else limit_test
     dev = resolve_device(device)
@@ -92,8 +93,12 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     model.to(dev)
     # One training row: only the test split is needed on the device.
-    data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
-    check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset)
+    if config["model"] == "conv":  # images (N, C, H, W) in [0, 1]; the net normalises them
+        data = to_device_images(load_raw(dataset), dev, limit_train=1, limit_test=limit)
+        check_conv_fits(config, data, dataset)
+    else:
+        data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
+        check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset)
     loss, acc = evaluate(model, data.test_x, data.test_y, batch_size)
     return {"test_loss": loss, "test_acc": acc, "samples": data.test_x.shape[0], "dataset": dataset,
             "epoch": state["epoch"]}
