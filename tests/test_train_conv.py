@@ -121,6 +121,16 @@ def test_augmentation_shapes_the_run_and_defines_it(run, tmp_path, capsys):
     assert "augment: checkpoint False, now True" in capsys.readouterr().err
 
 
+def test_bf16_autocast_trains_close_to_fp32(run, tmp_path):
+    """--amp runs the forward under bf16 autocast (here on the CPU): the same run up to bf16
+    rounding, and not bit-equal, so autocast really was on."""
+    amp = train(conv_config(run.npz, tmp_path / "amp", epochs=1, amp=True)).history[0]
+    fp32 = run.result.history[0]
+    assert amp["train_loss"] != fp32["train_loss"]
+    assert amp["train_loss"] == pytest.approx(fp32["train_loss"], rel=2e-2)
+    assert amp["test_loss"] == pytest.approx(fp32["test_loss"], rel=2e-2)
+
+
 # --- the model and its config ---------------------------------------------------------------------
 
 
