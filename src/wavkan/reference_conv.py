@@ -34,6 +34,8 @@ Arithmetic is fp32 for fp32/bf16/fp16 inputs and float64 for float64 inputs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -78,6 +80,19 @@ def _z_block(x: Tensor, t: Tensor, inv_s: Tensor, o0: int, o1: int, og: int) -> 
     return (xs - tb).mul_(sb), g0 * ig, n_g * ig
 
 
+def _fp32_convolutions(fn):
+    """Runs ``fn`` with autocast off: its convolutions must compute in the dtype of their
+    operands (fp32 or float64), not in autocast's lower precision."""
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x, *args, **kwargs)
+
+    return wrapper
+
+
+@_fp32_convolutions
 def conv_reference_forward(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet, stride, padding,
                            dilation, groups: int, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:  # fmt: skip
     """y: (B, C_out, H_out, W_out) in x's dtype (shapes and arguments: the module docstring)."""
@@ -102,6 +117,7 @@ def conv_reference_forward(x: Tensor, scale: Tensor, translation: Tensor, weight
     return y.to(out_dtype)
 
 
+@_fp32_convolutions
 def conv_reference_backward(grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet,
                             stride, padding, dilation, groups: int, chunk_elements: int = CHUNK_ELEMENTS,
                             need_x: bool = True, need_params: bool = True):  # fmt: skip

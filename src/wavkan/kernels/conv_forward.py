@@ -25,8 +25,9 @@ Cost per wavelet value (o, i, halo pixel): one MUFU.EX2 and the wavelet's FMA-pi
 (mexican_hat: about five); per tap (o, i, output pixel, k): one gathered element and one FMA.
 Halos of neighbouring tiles overlap, so a value at a tile border is computed by each tile
 whose halo holds it: ``conv_tiles.plan_forward_tiles`` picks the tile that minimises values
-plus taps over the padded power-of-two blocks (for a 3x3 kernel on 32x32 with padding 1 a
-14 x 14 output tile, whose 16 x 16 halo fills its block exactly).
+plus taps over the padded power-of-two blocks and a per-tile overhead (for a 3x3 kernel on
+32 x 32 with padding 1: 4 x 32 output tiles, 128 outputs from a 6 x 34 halo in a block of 256,
+1.6 wavelet values computed per input pixel and channel pair).
 
 z is computed as (x - t) * (k/s), never x (k/s) - t (k/s): exact where x == t and accurate
 for large |t/s|.
