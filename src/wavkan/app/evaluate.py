@@ -111,7 +111,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by wavkan train")
     p.add_argument("--dataset", default=None,
-                   help="mnist, fashion-mnist, a folder of idx files or a .npz (default: the run's)")
+                   help="mnist, fashion-mnist, cifar10, a folder of idx files or CIFAR-10 batches, a CIFAR-10 "
+                        "tarball or a .npz (default: the run's)")
     p.add_argument("--limit-test", type=int, default=-1, metavar="N",
                    help="score the first N test samples (default: the run's limit; 0: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

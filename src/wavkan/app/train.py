@@ -361,7 +361,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", default=d.dataset,
                    help="mnist, fashion-mnist, a folder of the four idx files (gz or not), or a .npz with "
-                        "train_images, train_labels, test_images, test_labels")
+                        "train_images, train_labels, test_images, test_labels; or cifar10 (searched in $WAVKAN_DATA, "
+                        "./data, ~/.cache/wavkan), a folder of CIFAR-10 batches or a CIFAR-10 tarball")
     p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet, help="mother wavelet of every edge")
     p.add_argument("--layers", type=int_list, default=argparse.SUPPRESS, help="comma-separated widths (default: 784,32,10)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (a resumed run may raise it)")
