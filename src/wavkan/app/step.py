@@ -119,6 +119,8 @@ class GraphedTrainStep:
     loaded into both (``optimizer.load_state_dict`` replaces state tensors that the graph would
     otherwise keep reading). Warm-up steps run real updates; the model, its buffers and the
     optimizer state are restored in place afterwards, so the run's first step is unchanged.
+    ``transform`` and ``autocast_dtype`` go to ``train_step``; a transform must keep its state
+    in device tensors updated in place (``wavkan.app.augment.EpochAugment``), which replays read.
     """
 
     def __init__(
@@ -130,6 +132,8 @@ class GraphedTrainStep:
         batch_size: int,
         totals: Totals,
         warmup_steps: int = 3,
+        transform: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+        autocast_dtype: Optional[torch.dtype] = None,
     ):
         if not train_x.is_cuda:
             raise ValueError("GraphedTrainStep needs CUDA tensors")
@@ -141,7 +145,8 @@ class GraphedTrainStep:
         loss_scale = 1.0 / batch_size
 
         def step():
-            train_step(model, optimizer, train_x, train_y, self.idx, loss_scale, totals, set_grads_to_none=True)
+            train_step(model, optimizer, train_x, train_y, self.idx, loss_scale, totals, set_grads_to_none=True,
+                       transform=transform, autocast_dtype=autocast_dtype)
 
         saved = self._snapshot(model, optimizer)
         side = torch.cuda.Stream(device)

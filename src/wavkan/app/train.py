@@ -251,10 +251,8 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     amp = config.amp if config.amp is not None else (conv and device.type == "cuda")
     autocast_dtype = torch.bfloat16 if amp else None
     augment = EpochAugment(n_train, config.seed, device) if run_config["augment"] else None
-    if use_graphs and (conv or amp):
-        if config.cuda_graph:
-            _log(ctx, "note: CUDA graphs capture the MLP's fp32 step only; training eagerly")
-        use_graphs = False
+    if use_graphs and (conv or amp) and not config.cuda_graph:
+        use_graphs = False  # by default graphs replay the MLP's plain step; --cuda-graph asks for them here too
     # --- end mixed precision and augmentation ---
     optimizer = torch.optim.AdamW(
         raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -277,7 +275,8 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     if use_graphs and start_epoch < config.epochs:
         # After loading the checkpoint: the graph keeps the addresses of the optimizer's state.
         lr_tensor = LrTensor(optimizer, device)
-        graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals)
+        graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals,
+                                   transform=augment, autocast_dtype=autocast_dtype)
 
     backend = resolve_backend(config.backend, data.train_x)
     _log(ctx, f"WavKAN {net} ({config.wavelet}) on {config.dataset}: {n_train} train / "
@@ -381,7 +380,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int, default=None, metavar="N", help="test on the first N samples")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
+                   help="capture the training step in a CUDA graph (default: on for the MLP on a single CUDA "
+                        "device; the conv net or --amp train eagerly unless asked)")
     p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="rows per evaluation pass")
     # --- the conv net (wavkan.app.models) ---
     p.add_argument("--model", choices=("mlp", "conv"), default=None,
