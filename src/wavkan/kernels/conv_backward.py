@@ -11,9 +11,10 @@ has an output pixel p (the transposed convolution of g):
 
 Both passes tile the INPUT plane (``conv_tiles.plan_backward_tiles``): input tiles partition
 the image, so psi and dpsi are evaluated exactly once per (o, i, input pixel) in each pass (one
-exp), and the taps combine grad_y at shifted positions: a program loads the halo of grad_y that
-reads its tile once per output channel and realises each tap as a ``tl.gather`` of it (valid
-where the tap's stride divides the offset), one FMA per tap for G, one more for grad_w.
+exp). The taps need grad_y at shifted positions, g[b, o, p(q, k)], which depends on o but not on
+i: a program holding BLOCK_C input channels of one group loads it straight from grad_y, one
+(tile-sized) load per (o, tap), shared by its BLOCK_C channels, and forms G with one FMA per
+(o, i, q, tap). No data moves between threads and nothing is staged.
 
 - ``_wavkan_conv_bwd_dx_kernel``: one program per (batch row, input tile, BLOCK_C input
   channels); loops over the output channels of the group and writes its grad_x block once.
@@ -23,8 +24,10 @@ where the tap's stride divides the offset), one FMA per tap for G, one more for 
   summed over the splits in a fixed order afterwards (no atomics).
 
 Cost per (o, i, input pixel): one MUFU.EX2 and the wavelet's psi/dpsi instructions; per tap: one
-gathered grad_y element and one FMA (grad_x) or two FMAs and a share of one row reduction
-(parameters). Extra memory: the per-split partials, splits x out x in/groups x (taps + 2) fp32.
+FMA (grad_x), or one FMA and a product summed in a row reduction (parameters); plus one load of
+grad_y per (o, input pixel, tap) for BLOCK_C channels. When a block's channels span groups
+(depthwise), each row loads its own grad_y. Extra memory: the per-split partials,
+splits x out x in/groups x (taps + 2) fp32.
 """
 
 from __future__ import annotations
@@ -37,48 +40,48 @@ from .conv_tiles import backward_constants, next_pow2, plan_backward_tiles
 from .device import FOLD_BWD, wavelet_psi_dpsi_folded
 from .launch import sm_count
 
-BLOCK_C_MAX = 8
+BLOCK_C_MAX = 16
+# Channels x tile pixels per program: a handful of fp32 tiles of this size live in registers.
+BLOCK_ELEMENTS = 2048
 NUM_WARPS = 4
 # Parameter-pass programs per SM to aim for when choosing the split.
 _PROGRAMS_PER_SM = 4
 
 
 @triton.jit
-def _tap_index(qh, qw, q_ok, ph0, pw0, PAD_T, PAD_L, kh: tl.constexpr, kw: tl.constexpr,
-               SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, HALO_W: tl.constexpr):  # fmt: skip
-    """For input pixels (qh, qw): whether tap (kh, kw) maps them to an output pixel, and that
-    pixel's index in the grad_y halo whose origin is (ph0, pw0)."""
-    rr = qh + PAD_T - kh * DH - ph0 * SH  # >= 0 by the choice of ph0
-    rc = qw + PAD_L - kw * DW - pw0 * SW
-    valid = q_ok & (rr % SH == 0) & (rc % SW == 0)
-    return valid, tl.where(valid, (rr // SH) * HALO_W + rc // SW, 0)
+def _shifted_grad(g_row, o, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
+                  kh: tl.constexpr, kw: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+                  DW: tl.constexpr, G_SHARED: tl.constexpr):  # fmt: skip
+    """grad_y[b, o, p] at the output pixel p that reads input pixel q through tap (kh, kw), zero
+    where there is none: (TILE_BLOCK,) for one output channel o (G_SHARED), else
+    (BLOCK_C, TILE_BLOCK) for one per channel row. A plain load from grad_y: the taps' shift
+    costs no data movement between threads."""
+    rr = qh + PAD_T - kh * DH
+    rc = qw + PAD_L - kw * DW
+    ph = rr // SH
+    pw = rc // SW
+    valid = q_ok & (rr >= 0) & (rc >= 0) & (rr % SH == 0) & (rc % SW == 0) & (ph < HO) & (pw < WO)
+    pix = tl.where(valid, ph, 0).to(tl.int64) * stride_gh + tl.where(valid, pw, 0).to(tl.int64) * stride_gw
+    if G_SHARED:
+        return tl.load(g_row + o.to(tl.int64) * stride_go + pix, mask=valid, other=0.0).to(tl.float32)
+    else:
+        ptrs = g_row + o.to(tl.int64)[:, None] * stride_go + pix[None, :]
+        return tl.load(ptrs, mask=mask_c[:, None] & valid[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _grad_halo(g_ptr, b, o, mask_c, qh0, qw0, HO, WO, PAD_T, PAD_L, stride_gb, stride_go, stride_gh, stride_gw,
-               SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr,
-               KW: tl.constexpr, SHIFT_H: tl.constexpr, SHIFT_W: tl.constexpr, HALO_H: tl.constexpr,
-               HALO_W: tl.constexpr, HALO_BLOCK: tl.constexpr):  # fmt: skip
-    """grad_y of output channels o (BLOCK_C,) on the halo that reads the input tile at (qh0, qw0):
-    (BLOCK_C, HALO_BLOCK) fp32, zero outside the output; and the halo's origin (ph0, pw0)."""
-    # floor((q0 + pad - (K-1) D) / S), the numerator made non-negative by a multiple of S.
-    ph0 = (qh0 + PAD_T - (KH - 1) * DH + SHIFT_H) // SH - SHIFT_H // SH
-    pw0 = (qw0 + PAD_L - (KW - 1) * DW + SHIFT_W) // SW - SHIFT_W // SW
-    hh = tl.arange(0, HALO_BLOCK)
-    gr = ph0 + hh // HALO_W
-    gc = pw0 + hh % HALO_W
-    ok = (hh < HALO_H * HALO_W) & (gr >= 0) & (gr < HO) & (gc >= 0) & (gc < WO)
-    pix = tl.where(ok, gr, 0).to(tl.int64) * stride_gh + tl.where(ok, gc, 0).to(tl.int64) * stride_gw
-    ptrs = g_ptr + b.to(tl.int64) * stride_gb + o.to(tl.int64)[:, None] * stride_go + pix[None, :]
-    g = tl.load(ptrs, mask=mask_c[:, None] & ok[None, :], other=0.0).to(tl.float32)
-    return g, ph0, pw0
+def _as_rows(v, G_SHARED: tl.constexpr):
+    if G_SHARED:
+        return v[None, :]
+    else:
+        return v
 
 
 @triton.jit
 def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh, stride_xw,
                 TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr):  # fmt: skip
-    """x on one input tile: (BLOCK_C, TILE_BLOCK) fp32, the tile's pixel rows and cols, the mask
-    of its pixels inside the image, and its origin."""
+    """x on one input tile: (BLOCK_C, TILE_BLOCK) fp32, the tile's pixel rows and cols, and the
+    mask of its pixels inside the image."""
     qh0 = (tile // TILES_W) * TILE_H
     qw0 = (tile % TILES_W) * TILE_W
     j = tl.arange(0, TILE_BLOCK)
@@ -88,7 +91,7 @@ def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride
     pix = tl.where(q_ok, qh, 0).to(tl.int64) * stride_xh + tl.where(q_ok, qw, 0).to(tl.int64) * stride_xw
     ptrs = x_ptr + b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + pix[None, :]
     x = tl.load(ptrs, mask=mask_c[:, None] & q_ok[None, :], other=0.0).to(tl.float32)
-    return x, qh, qw, q_ok, qh0, qw0
+    return x, qh, qw, q_ok
 
 
 @triton.jit
@@ -98,38 +101,39 @@ def _wavkan_conv_bwd_dx_kernel(
     stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-    TILE_BLOCK: tl.constexpr, HALO_BLOCK: tl.constexpr, SHIFT_H: tl.constexpr, SHIFT_W: tl.constexpr,
-    BLOCK_C: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+    G_SHARED: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = pid // TILES_PER_IMAGE
     tile = pid % TILES_PER_IMAGE
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     offs_c = tl.where(mask_c, offs_c, 0)
     i_c = offs_c % IG
-    o_first = (offs_c // IG) * OG
-    x, qh, qw, q_ok, qh0, qw0 = _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc,
-                                            stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
+    x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh,
+                                  stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
+    g_row = g_ptr + b.to(tl.int64) * stride_gb
     KK: tl.constexpr = KH * KW
     acc = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
     for oo in range(OG):
-        o = o_first + oo
+        o = (offs_c // IG) * OG + oo
+        if G_SHARED:
+            o_g = ((pid_c * BLOCK_C) // IG) * OG + oo  # one group for the whole block
+        else:
+            o_g = o
         edge = o * IG + i_c
         a = tl.load(planes_ptr + edge)[:, None]
         t = tl.load(planes_ptr + PLANE + edge)[:, None]
         _, dpsi = wavelet_psi_dpsi_folded((x - t) * a, WAVELET, FAST)
-        g, ph0, pw0 = _grad_halo(g_ptr, b, o, mask_c, qh0, qw0, HO, WO, PAD_T, PAD_L, stride_gb, stride_go,
-                                 stride_gh, stride_gw, SH, SW, DH, DW, KH, KW, SHIFT_H, SHIFT_W, HALO_H, HALO_W,
-                                 HALO_BLOCK)  # fmt: skip
         big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
-                valid, idx = _tap_index(qh, qw, q_ok, ph0, pw0, PAD_T, PAD_L, kh, kw, SH, SW, DH, DW, HALO_W)
-                tap = tl.gather(g, tl.broadcast_to(idx[None, :], (BLOCK_C, TILE_BLOCK)), 1)
+                g = _shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
+                                  stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED)  # fmt: skip
                 w = tl.load(wx_ptr + edge * KK + (kh * KW + kw))
-                big_g += w[:, None] * tl.where(valid[None, :], tap, 0.0)
+                big_g += w[:, None] * _as_rows(g, G_SHARED)
         acc += dpsi * big_g
     pix = (qh * W + qw)[None, :]
     gx_ptrs = gx_ptr + (b.to(tl.int64) * C + offs_c[:, None]) * (H * W) + pix
@@ -143,16 +147,20 @@ def _wavkan_conv_bwd_dparams_kernel(
     stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-    TILE_BLOCK: tl.constexpr, HALO_BLOCK: tl.constexpr, SHIFT_H: tl.constexpr, SHIFT_W: tl.constexpr,
-    BLOCK_C: tl.constexpr, K_BLOCK: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+    G_SHARED: tl.constexpr, K_BLOCK: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     pid_s = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     offs_c = tl.where(mask_c, offs_c, 0)
     i_c = offs_c % IG
     o = (offs_c // IG) * OG + tl.program_id(2)
+    if G_SHARED:
+        o_g = ((pid_c * BLOCK_C) // IG) * OG + tl.program_id(2)  # one group for the whole block
+    else:
+        o_g = o
     edge = o * IG + i_c
     a = tl.load(planes_ptr + edge)[:, None]
     t = tl.load(planes_ptr + PLANE + edge)[:, None]
@@ -164,23 +172,19 @@ def _wavkan_conv_bwd_dparams_kernel(
     start = pid_s * ITEMS_PER_SPLIT
     for item in range(start, tl.minimum(start + ITEMS_PER_SPLIT, ITEMS)):
         b = item // TILES_PER_IMAGE
-        x, qh, qw, q_ok, qh0, qw0 = _input_tile(x_ptr, b, offs_c, mask_c, item % TILES_PER_IMAGE, TILES_W, H, W,
-                                                stride_xb, stride_xc, stride_xh, stride_xw, TILE_H, TILE_W,
-                                                TILE_BLOCK)  # fmt: skip
+        x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, item % TILES_PER_IMAGE, TILES_W, H, W, stride_xb,
+                                      stride_xc, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
         zs = (x - t) * a
         psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
-        psi = tl.where(q_ok[None, :], psi, 0.0)
-        g, ph0, pw0 = _grad_halo(g_ptr, b, o, mask_c, qh0, qw0, HO, WO, PAD_T, PAD_L, stride_gb, stride_go,
-                                 stride_gh, stride_gw, SH, SW, DH, DW, KH, KW, SHIFT_H, SHIFT_W, HALO_H, HALO_W,
-                                 HALO_BLOCK)  # fmt: skip
+        g_row = g_ptr + b.to(tl.int64) * stride_gb
         big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
-                valid, idx = _tap_index(qh, qw, q_ok, ph0, pw0, PAD_T, PAD_L, kh, kw, SH, SW, DH, DW, HALO_W)
-                tap = tl.where(valid[None, :], tl.gather(g, tl.broadcast_to(idx[None, :], (BLOCK_C, TILE_BLOCK)), 1), 0.0)
+                g = _as_rows(_shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go,
+                                           stride_gh, stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED), G_SHARED)  # fmt: skip
                 w = tl.load(w_ptr + edge * KK + (kh * KW + kw))
-                big_g += w[:, None] * tap
-                acc_w += tl.where(k_ids == kh * KW + kw, tl.sum(psi * tap, axis=1)[:, None], 0.0)
+                big_g += w[:, None] * g
+                acc_w += tl.where(k_ids == kh * KW + kw, tl.sum(psi * g, axis=1)[:, None], 0.0)
         q = tl.where(q_ok[None, :], big_g * dpsi, 0.0)
         acc_t += q
         acc_s += q * zs
@@ -203,15 +207,14 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     pt, _, pl, _ = padding
     HO, WO = grad.shape[2:]
     OG = OUT // groups
-    tiles = plan_backward_tiles(H, W, KH, KW, SH, SW, DH, DW)
-    planes, w, w_x = backward_constants(scale, translation, weights, wavelet.code)
     block_c = min(BLOCK_C_MAX, next_pow2(C))
+    tiles = plan_backward_tiles(H, W, BLOCK_ELEMENTS // block_c)
+    planes, w, w_x = backward_constants(scale, translation, weights, wavelet.code)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     common = dict(
         SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, TILE_H=tiles.tile_h, TILE_W=tiles.tile_w,
-        HALO_H=tiles.halo_h, HALO_W=tiles.halo_w, TILE_BLOCK=tiles.tile_block, HALO_BLOCK=tiles.halo_block,
-        SHIFT_H=tiles.origin_shift_h, SHIFT_W=tiles.origin_shift_w, BLOCK_C=block_c, WAVELET=wavelet.code,
-        FAST=x.is_cuda, num_warps=NUM_WARPS,
+        TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c, G_SHARED=groups == 1 or IG % block_c == 0,
+        WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
     )  # fmt: skip
     grad_x = None
     if need_x:

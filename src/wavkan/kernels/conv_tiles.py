@@ -75,52 +75,24 @@ def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH:
 class BackwardTiles(NamedTuple):
     tile_h: int
     tile_w: int
-    halo_h: int
-    halo_w: int
     tile_block: int
-    halo_block: int
     tiles_h: int
     tiles_w: int
-    origin_shift_h: int
-    origin_shift_w: int
-
-
-def _grad_halo(tile: int, K: int, S: int, D: int) -> int:
-    """Rows (or cols) of grad_y that can read a tile of ``tile`` input rows: those p with
-    p S + k D - pad in the tile, counted from the floor-divided first one."""
-    return (tile - 1 + (K - 1) * D) // S + (1 if S == 1 else 2)
 
 
 @functools.lru_cache(maxsize=256)
-def plan_backward_tiles(H: int, W: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int) -> BackwardTiles:
-    """The input tile (tile_h x tile_w) for both backward passes: input tiles partition the
-    image, so each wavelet value and derivative is computed once; the cost counts them and the
-    grad_y gathers per tap over the padded blocks."""
+def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTiles:
+    """The input tile (tile_h x tile_w, at most ``max_tile`` pixels) for both backward passes:
+    input tiles partition the image, so each wavelet value and derivative is computed once;
+    the cost counts the padded power-of-two blocks and a per-tile overhead."""
     best = None
-    for th in range(1, min(H, MAX_TILE) + 1):
-        gh = _grad_halo(th, KH, SH, DH)
-        if gh > MAX_TILE:
-            break
-        for tw in range(1, min(W, MAX_TILE // th) + 1):
-            gw = _grad_halo(tw, KW, SW, DW)
-            if gh * gw > MAX_TILE:
-                break
-            n_tiles = cdiv(H, th) * cdiv(W, tw)
-            block = next_pow2(th * tw)
-            cost = n_tiles * (_COST_TILE + _COST_VALUE * block + _COST_TAP * KH * KW * block + 0.1 * next_pow2(gh * gw))
+    for th in range(1, min(H, max_tile) + 1):
+        for tw in range(1, min(W, max_tile // th) + 1):
+            cost = cdiv(H, th) * cdiv(W, tw) * (_COST_TILE + next_pow2(th * tw))
             if best is None or cost < best[0]:
-                best = (cost, th, tw, gh, gw)
-    if best is None:
-        raise ValueError(
-            f"the triton backend takes kernels whose dilated extent fits {MAX_TILE} input pixels "
-            f"(got kernel {(KH, KW)} with dilation {(DH, DW)}); use backend='reference'"
-        )
-    _, th, tw, gh, gw = best
-    # (q0 + pad - (K-1) D) // S with a non-negative numerator: shifted by a multiple of S.
-    shift_h = cdiv((KH - 1) * DH, SH) * SH
-    shift_w = cdiv((KW - 1) * DW, SW) * SW
-    return BackwardTiles(th, tw, gh, gw, next_pow2(th * tw), next_pow2(gh * gw), cdiv(H, th), cdiv(W, tw),
-                         shift_h, shift_w)  # fmt: skip
+                best = (cost, th, tw)
+    _, th, tw = best
+    return BackwardTiles(th, tw, next_pow2(th * tw), cdiv(H, th), cdiv(W, tw))
 
 
 def forward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
