@@ -241,7 +241,7 @@ def load_idx_folder(folder) -> RawData:
 def load_npz(path) -> RawData:
     """A ``.npz`` holding train_images, train_labels, test_images, test_labels.
 
-    Images, (N, H, W) or flat rows (N, features), are converted to the 0..255 pixel scale:
+    Images, (N, H, W), (N, H, W, C) or flat rows (N, features), are converted to the 0..255 pixel scale:
     uint8 as they are; other integer dtypes when every value lies in 0..255; floats (of both
     splits together) scaled by 255 when every value lies in [0, 1], else taken as they are when
     every value lies in [0, 255]; anything else (negative, above 255, NaN, another dtype) is
@@ -274,6 +274,9 @@ def load_npz(path) -> RawData:
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataFileError(f"{path}: {split} split: {len(arrays[f'{split}_images'])} images but "
                                 f"{len(arrays[f'{split}_labels'])} labels")
+    train_size, test_size = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train_size != test_size:
+        raise DataFileError(f"{path}: train_images and test_images differ in size: {train_size} vs {test_size}")
     return RawData(**arrays)
 
 
@@ -298,8 +301,9 @@ def _npz_images(path: Path, images: dict) -> dict:
     for name, a in images.items():
         if a.ndim == 2:
             a = a.reshape(a.shape[0], 1, a.shape[1])  # flat rows: one row of pixels per sample
-        if a.ndim != 3:
-            raise DataFileError(f"{path}: {name} must be (N, H, W) or flat (N, features), got shape {a.shape}")
+        if a.ndim not in (3, 4):  # (N, H, W), or (N, H, W, C) in colour as RawData holds it
+            raise DataFileError(f"{path}: {name} must be (N, H, W), (N, H, W, C) or flat (N, features), "
+                                f"got shape {a.shape}")
         if a.dtype.kind not in "uif":
             raise DataFileError(f"{path}: {name} must hold integer or float pixels, got dtype {a.dtype}")
         if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
