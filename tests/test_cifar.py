@@ -270,6 +270,21 @@ def test_npz_of_the_wrong_image_size(roots, source):
         load_raw("cifar10")
 
 
+def test_npz_label_out_of_range_and_int64_labels(roots, source):
+    """load_npz takes labels of any integer dtype; a cifar10.npz's must lie in 0..9 and come out
+    uint8, as from every other source."""
+    env, _, _ = roots
+    labels = source.train_labels.astype(np.int64)
+    np.savez(env / "cifar10.npz", train_images=source.train_images, train_labels=labels,
+             test_images=source.test_images, test_labels=source.test_labels.astype(np.int16))
+    assert_same(load_raw("cifar10"), source)
+    labels[4] = 10
+    np.savez(env / "cifar10.npz", train_images=source.train_images, train_labels=labels,
+             test_images=source.test_images, test_labels=source.test_labels)
+    with pytest.raises(ValueError, match=r"cifar10.npz: train_labels: labels must lie in 0..9, found 0..10"):
+        load_raw("cifar10")
+
+
 @pytest.mark.parametrize(
     "name, data, match",
     [

