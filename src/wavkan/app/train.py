@@ -4,6 +4,10 @@ Defaults: MNIST, layers [784, 32, 10], mexican_hat, AdamW (lr 1e-3, weight decay
 ExponentialLR (gamma 0.9) stepped per epoch, batch 64, cross-entropy on the network output,
 inputs x / 255 * 2 - 1 flattened to 784, 10 epochs.
 
+``--dataset cifar10`` (``--model conv``) trains the convolutional Wav-KAN of
+``wavkan.app.models`` on images (N, C, H, W) in [0, 1], augmented on the device per (seed,
+epoch, image) (``wavkan.app.augment``); everything below holds for it as for the MLP.
+
 Also ``python -m wavkan.train ...``, and ``torchrun --nproc-per-node N -m wavkan.train ...``
 for DistributedDataParallel (NCCL on CUDA, gloo on CPU).
 
