@@ -6,7 +6,9 @@ inputs x / 255 * 2 - 1 flattened to 784, 10 epochs.
 
 ``--dataset cifar10`` (``--model conv``) trains the convolutional Wav-KAN of
 ``wavkan.app.models`` on images (N, C, H, W) in [0, 1], augmented on the device per (seed,
-epoch, image) (``wavkan.app.augment``); everything below holds for it as for the MLP.
+epoch, image) (``wavkan.app.augment``), under bf16 autocast on CUDA (``--amp``). What follows
+holds for it too, except that its step is captured in a CUDA graph only when ``--cuda-graph``
+asks.
 
 Also ``python -m wavkan.train ...``, and ``torchrun --nproc-per-node N -m wavkan.train ...``
 for DistributedDataParallel (NCCL on CUDA, gloo on CPU).
