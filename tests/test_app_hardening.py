@@ -183,6 +183,21 @@ def test_npz_float_int_and_flat_images_follow_the_stated_rule(form, tmp_path):
     assert torch.equal(got.train_y, reference.train_y)
 
 
+def test_npz_colour_images_load_as_n_h_w_c(tmp_path):
+    """(N, H, W, C) images, as RawData holds colour images, load with the same rule: a single
+    channel gives the vectors of the (N, H, W) file; three channels keep their layout."""
+    arrays = tiny_arrays()
+    reference = to_device(load_npz(_save(tmp_path / "u8.npz", arrays)), "cpu")
+    one = {k: arrays[k][..., None] for k in ("train_images", "test_images")}
+    got = load_npz(_save(tmp_path / "c1.npz", {**arrays, **one}))
+    assert got.train_images.shape == arrays["train_images"].shape + (1,)
+    torch.testing.assert_close(to_device(got, "cpu").train_x, reference.train_x, rtol=0, atol=0)
+    rgb = {k: np.stack([v, 255 - v, v // 2], axis=-1) / 255.0 for k, v in arrays.items() if k.endswith("images")}
+    got = load_npz(_save(tmp_path / "c3.npz", {**arrays, **rgb}))  # floats in [0, 1]: scaled by 255
+    assert got.test_images.shape == arrays["test_images"].shape + (3,)
+    np.testing.assert_allclose(got.test_images[..., 1], 255 - arrays["test_images"], atol=1e-4)
+
+
 def _save(path, arrays):
     np.savez(path, **arrays)
     return path
@@ -198,10 +213,12 @@ def _save(path, arrays):
         (lambda a: {"train_labels": a["train_labels"].astype(np.int8) - 1}, r"train_labels\[\d+\] = -1: class"),
         (lambda a: {"test_labels": a["test_labels"].astype(np.float32)}, "integer class indices, got dtype float32"),
         (lambda a: {"train_labels": np.eye(4)[a["train_labels"]].astype(np.uint8)}, r"shape \(N,\), got shape"),
-        (lambda a: {"train_images": a["train_images"][:, :, :, None]}, r"\(N, H, W\) or flat \(N, features\)"),
+        (lambda a: {"train_images": a["train_images"][:, :, :, None, None]},
+         r"\(N, H, W\), \(N, H, W, C\) or flat \(N, features\)"),
+        (lambda a: {"train_images": a["train_images"][:, :, :, None]}, r"train_images and test_images differ in size"),
     ],
     ids=["float-1..1", "float-above-255", "nan", "int-above-255", "negative-label", "float-label", "one-hot",
-         "4d-images"],
+         "5d-images", "train-test-sizes"],
 )
 def test_npz_arrays_outside_the_rule_are_refused_by_name(change, message, tmp_path):
     arrays = tiny_arrays()

@@ -3,11 +3,12 @@
 Reads every module of src/wavkan with ``ast`` (nothing is imported) and checks its imports,
 module-level and lazy ones alike:
 
-- the library (wavelets, reference, ops, nn, kernels/ and the package's ``__init__``) never
-  imports the training application (app/) or the benchmark (bench/);
+- the library (wavelets, reference, reference_conv, ops, ops_conv, nn, kernels/ and the
+  package's ``__init__``) never imports the training application (app/) or the benchmark (bench/);
 - inside the library nothing imports upward: wavelets and kernels/ at the bottom, then the
-  reference, the op, the modules, the package face; the reference and the kernels never import
-  each other (the oracle stays independent of what it checks);
+  reference, the conv reference, the op, the conv op, the modules, the package face; the
+  references and the kernels never import each other (the oracle stays independent of what it
+  checks);
 - the application and the benchmark sit side by side on the library and never import each other;
 - files.py and cli.py import nothing of the project when they are imported;
 - Triton is imported at module level only in kernels/ and in the benchmark's exp-ceiling kernel,
@@ -33,10 +34,14 @@ LIBRARY_RANK = {
     "wavkan.wavelets": 0,
     "wavkan.kernels": 0,
     "wavkan.reference": 1,
-    "wavkan.ops": 2,
-    "wavkan.nn": 3,
-    "wavkan": 4,  # the package face, __init__.py
+    "wavkan.reference_conv": 2,  # builds on the linear reference's chunking
+    "wavkan.ops": 3,
+    "wavkan.ops_conv": 4,  # shares the op's backends
+    "wavkan.nn": 5,
+    "wavkan": 6,  # the package face, __init__.py
 }
+# The oracles: they and kernels/ never import each other.
+REFERENCES = ("wavkan.reference", "wavkan.reference_conv")
 HELPERS = ("wavkan.files", "wavkan.cli")
 # Entry points kept at the package top for short commands (``python -m wavkan``,
 # ``python -m wavkan.train``): they only hand over to cli / app.
@@ -136,8 +141,8 @@ def layout_violations(sources: dict) -> list:
                 same_room = _within(name, "wavkan.kernels") and _within(target, "wavkan.kernels")
                 if not same_room and library_rank(target) >= library_rank(name):
                     problems.append(f"{name} imports upward: {target}")
-                if {library_rank(name), library_rank(target)} == {0, 1} and (
-                        _within(target, "wavkan.kernels") or _within(name, "wavkan.kernels")):
+                if (name in REFERENCES and _within(target, "wavkan.kernels")) or (
+                        target in REFERENCES and _within(name, "wavkan.kernels")):
                     problems.append(f"{name} imports {target}: the reference and the kernels stay apart")
             elif own == "library" and other == "entry":
                 problems.append(f"{name} (library) imports the entry point {target}")
@@ -175,7 +180,8 @@ def _cycles(graph: dict) -> list:
 
 def test_every_module_has_a_room():
     sources = module_sources()
-    assert {"wavkan.ops", "wavkan.kernels.forward", "wavkan.app.train", "wavkan.bench.run"} <= set(sources)
+    assert {"wavkan.ops", "wavkan.kernels.forward", "wavkan.app.train", "wavkan.bench.run", "wavkan.ops_conv",
+            "wavkan.reference_conv", "wavkan.kernels.conv_forward", "wavkan.app.cifar", "wavkan.app.models"} <= set(sources)
     for name in sources:
         room(name)
 
@@ -210,6 +216,11 @@ def _with(module: str, extra: str) -> dict:
     ("wavkan.nn", "def f():\n    from .bench import run", "wavkan.nn (library) imports wavkan.bench.run (bench)"),
     ("wavkan.kernels.forward", "from ..ops import wavkan_linear", "wavkan.kernels.forward imports upward: wavkan.ops"),
     ("wavkan.reference", "from .kernels import wavkan_fwd", "the reference and the kernels stay apart"),
+    ("wavkan.reference_conv", "def f():\n    from .kernels.conv_forward import wavkan_conv_fwd",
+     "the reference and the kernels stay apart"),
+    ("wavkan.reference", "from .reference_conv import conv_reference_forward",
+     "wavkan.reference imports upward: wavkan.reference_conv"),
+    ("wavkan.ops", "from .ops_conv import wavkan_conv", "wavkan.ops imports upward: wavkan.ops_conv"),
     ("wavkan.wavelets", "from .reference import wavkan_linear_ref", "wavkan.wavelets imports upward: wavkan.reference"),
     ("wavkan.bench.run", "from ..app import train", "wavkan.bench.run (bench) imports wavkan.app.train (app)"),
     ("wavkan.app.metrics", "from ..bench import report", "wavkan.app.metrics (app) imports wavkan.bench.report (bench)"),
@@ -217,6 +228,7 @@ def _with(module: str, extra: str) -> dict:
     ("wavkan.nn", "import triton", "wavkan.nn imports triton at module level"),
     ("wavkan.kernels.tuning", "from .forward import wavkan_fwd", "import cycle"),
 ], ids=["ops->app", "ops->app-absolute", "nn->bench-lazy", "kernels->ops", "reference->kernels",
+        "reference_conv->kernels-lazy", "reference->reference_conv", "ops->ops_conv",
         "wavelets->reference", "bench->app", "app->bench", "files->nn", "nn->triton", "cycle"])
 def test_the_checker_reports_a_broken_layout(module, extra, expected):
     problems = layout_violations(_with(module, extra))

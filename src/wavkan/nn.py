@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from .ops import BACKENDS, check_fast_math, wavkan_linear
+from .ops_conv import conv_arguments, int_tuple, wavkan_conv
 from .wavelets import get_wavelet
 
-__all__ = ["WavKANLinear", "WavKAN"]
+__all__ = ["WavKANLinear", "WavKAN", "WavKANConv1d", "WavKANConv2d"]
 
 # Saved by the paper's KANLinear but never used in its output; accepted on load and dropped.
 _UNUSED_PAPER_KEYS = ("weight1",)
@@ -173,3 +174,102 @@ class WavKAN(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+# --- convolutional layers ------------------------------------------------------------------
+
+
+class _WavKANConvNd(nn.Module):
+    """The convolutional layers' common part: parameters, initialisation, forward (see
+    ``WavKANConv2d``); ``_NDIM`` and ``_BATCH_NORM`` set the rank."""
+
+    _NDIM = 2
+    _BATCH_NORM = nn.BatchNorm2d
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        wavelet: str = "mexican_hat",
+        batch_norm: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.in_channels = _check_features("in_channels", in_channels)
+        self.out_channels = _check_features("out_channels", out_channels)
+        self.groups = _check_features("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
+                             f"groups ({groups})")  # fmt: skip
+        self.kernel_size = int_tuple("kernel_size", kernel_size, self._NDIM, 1)
+        self.stride = int_tuple("stride", stride, self._NDIM, 1)
+        self.dilation = int_tuple("dilation", dilation, self._NDIM, 1)
+        self.padding = padding if isinstance(padding, str) else int_tuple("padding", padding, self._NDIM, 0)
+        conv_arguments(self.kernel_size, self.stride, self.padding, self.dilation)  # checks "same" with stride
+        self.wavelet = get_wavelet(wavelet).name
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        shape = (out_channels, in_channels // groups)
+        self.scale = nn.Parameter(torch.ones(shape, **factory))
+        self.translation = nn.Parameter(torch.zeros(shape, **factory))
+        self.wavelet_weights = nn.Parameter(torch.empty(*shape, *self.kernel_size, **factory))
+        self.bn = self._BATCH_NORM(out_channels, **factory) if batch_norm else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The linear layer's initialisation: scale ones, translation zeros, and
+        ``kaiming_uniform_(a=sqrt(5))`` on the weights, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        with fan_in = in_channels / groups * prod(kernel_size)."""
+        with torch.no_grad():
+            self.scale.fill_(1.0)
+            self.translation.zero_()
+        nn.init.kaiming_uniform_(self.wavelet_weights, a=math.sqrt(5))
+        if self.bn is not None:
+            self.bn.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = wavkan_conv(x, self.scale, self.translation, self.wavelet_weights, self.stride, self.padding,
+                        self.dilation, self.groups, self.wavelet, self.backend)  # fmt: skip
+        return y if self.bn is None else self.bn(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, dilation={self.dilation}, groups={self.groups}, wavelet={self.wavelet!r}, "
+            f"batch_norm={self.bn is not None}, backend={self.backend!r}"
+        )
+
+
+class WavKANConv2d(_WavKANConvNd):
+    """A 2-D convolutional Wav-KAN layer (torch-conv-kan's wavelet convolution), then BatchNorm2d.
+
+    One learnable wavelet per (output channel, input channel of its group) pair, a weight per
+    kernel tap: ``y[b,o,p] = sum_{i,k} w[o,i,k] psi((x[b,i,p*stride + k*dilation - pad] - t[o,i]) / s[o,i])``,
+    taps outside the input adding nothing (``wavkan.ops_conv.wavkan_conv``). The arguments of
+    ``nn.Conv2d`` (padding an int, a pair, "same" or "valid"; no bias: BatchNorm follows) and the
+    linear layer's ``wavelet``, ``batch_norm``, ``backend``. Input (B, in_channels, H, W), any
+    strides (channels-last included); output (B, out_channels, H_out, W_out). Parameters
+    ``scale``, ``translation``: (out_channels, in_channels / groups); ``wavelet_weights``:
+    (out_channels, in_channels / groups, kH, kW); ``bn``: ``BatchNorm2d(out_channels)`` or None.
+    """
+
+    _NDIM = 2
+    _BATCH_NORM = nn.BatchNorm2d
+
+
+class WavKANConv1d(_WavKANConvNd):
+    """The 1-D convolutional Wav-KAN layer (see ``WavKANConv2d``): input (B, in_channels, L),
+    output (B, out_channels, L_out); ``wavelet_weights``: (out_channels, in_channels / groups,
+    k); ``bn``: ``BatchNorm1d(out_channels)`` or None."""
+
+    _NDIM = 1
+    _BATCH_NORM = nn.BatchNorm1d

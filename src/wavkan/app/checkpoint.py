@@ -141,12 +141,20 @@ def _wavkan_mlp(config: dict, backend: str):
     return WavKAN(list(config["layers"]), wavelet=config["wavelet"], backend=backend)
 
 
+def _wavkan_conv(config: dict, backend: str):
+    from .models import WavKANConvNet
+
+    return WavKANConvNet(config["conv_widths"], config["conv_strides"], in_channels=config.get("in_channels", 3),
+                         num_classes=config.get("num_classes", 10), wavelet=config["wavelet"], backend=backend)
+
+
 # config["model"] -> builder(config, backend). A new model type is one entry here.
-MODEL_TYPES = {"mlp": _wavkan_mlp}
+MODEL_TYPES = {"mlp": _wavkan_mlp, "conv": _wavkan_conv}
 
 
 def build_model(config: dict, backend: str = "auto"):
     """An untrained model of a run's config (``model``, default "mlp": ``WavKAN(layers,
+    wavelet)``; "conv": ``WavKANConvNet(conv_widths, conv_strides, in_channels, num_classes,
     wavelet)``), on the CPU. Seed the RNG first for a reproducible initialisation; a
     checkpoint's weights replace it."""
     kind = config.get("model", "mlp")

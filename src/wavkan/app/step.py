@@ -14,7 +14,8 @@ learning rate held in a device tensor, so the LR scheduler's updates reach the r
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import nullcontext
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,18 +52,25 @@ def train_step(
     loss_scale: float,
     totals: Totals,
     set_grads_to_none: bool = True,
+    transform: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> None:
-    """One step on rows ``idx`` (B,) of ``train_x`` (N, in) / ``train_y`` (N,).
+    """One step on rows ``idx`` (B,) of ``train_x`` (N, ...) / ``train_y`` (N,).
 
     The minimised loss is ``loss_scale * sum of per-sample cross-entropies``: 1/B for plain
     training; under DDP, world_size / (global batch rows), so that DDP's average of the ranks'
     gradients is the gradient of the global batch's mean loss even when shares are unequal.
+    ``transform(x, idx)`` augments the batch (``wavkan.app.augment``); ``autocast_dtype`` runs
+    the forward and the loss under ``torch.autocast`` (mixed precision).
     """
     x = train_x.index_select(0, idx)
     y = train_y.index_select(0, idx)
+    if transform is not None:
+        x = transform(x, idx)
     optimizer.zero_grad(set_to_none=set_grads_to_none)
-    out = model(x)
-    ce_sum = F.cross_entropy(out, y, reduction="sum")
+    with torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext():
+        out = model(x)
+        ce_sum = F.cross_entropy(out, y, reduction="sum")
     (ce_sum * loss_scale).backward()
     optimizer.step()
     with torch.no_grad():
@@ -111,6 +119,8 @@ class GraphedTrainStep:
     loaded into both (``optimizer.load_state_dict`` replaces state tensors that the graph would
     otherwise keep reading). Warm-up steps run real updates; the model, its buffers and the
     optimizer state are restored in place afterwards, so the run's first step is unchanged.
+    ``transform`` and ``autocast_dtype`` go to ``train_step``; a transform must keep its state
+    in device tensors updated in place (``wavkan.app.augment.EpochAugment``), which replays read.
     """
 
     def __init__(
@@ -122,6 +132,8 @@ class GraphedTrainStep:
         batch_size: int,
         totals: Totals,
         warmup_steps: int = 3,
+        transform: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+        autocast_dtype: Optional[torch.dtype] = None,
     ):
         if not train_x.is_cuda:
             raise ValueError("GraphedTrainStep needs CUDA tensors")
@@ -133,7 +145,8 @@ class GraphedTrainStep:
         loss_scale = 1.0 / batch_size
 
         def step():
-            train_step(model, optimizer, train_x, train_y, self.idx, loss_scale, totals, set_grads_to_none=True)
+            train_step(model, optimizer, train_x, train_y, self.idx, loss_scale, totals, set_grads_to_none=True,
+                       transform=transform, autocast_dtype=autocast_dtype)
 
         saved = self._snapshot(model, optimizer)
         side = torch.cuda.Stream(device)

@@ -4,6 +4,12 @@ Defaults: MNIST, layers [784, 32, 10], mexican_hat, AdamW (lr 1e-3, weight decay
 ExponentialLR (gamma 0.9) stepped per epoch, batch 64, cross-entropy on the network output,
 inputs x / 255 * 2 - 1 flattened to 784, 10 epochs.
 
+``--dataset cifar10`` (``--model conv``) trains the convolutional Wav-KAN of
+``wavkan.app.models`` on images (N, C, H, W) in [0, 1], augmented on the device per (seed,
+epoch, image) (``wavkan.app.augment``), under bf16 autocast on CUDA (``--amp``). What follows
+holds for it too, except that its step is captured in a CUDA graph only when ``--cuda-graph``
+asks.
+
 Also ``python -m wavkan.train ...``, and ``torchrun --nproc-per-node N -m wavkan.train ...``
 for DistributedDataParallel (NCCL on CUDA, gloo on CPU).
 
@@ -65,6 +71,8 @@ from .checkpoint import build_model, load_checkpoint, restore_training_state, sa
 from .data import check_layers_fit, dataset_name, epoch_permutation, load_raw, to_device
 from .evaluate import EVAL_BATCH_SIZE, evaluate
 from .metrics import plot_curves, write_metrics_csv
+from .augment import EpochAugment
+from .models import channel_stats, check_conv_fits, resolve_model_fields, to_device_images
 from .progress import EpochProgress
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
 
@@ -84,6 +92,7 @@ LOCK_NAME = ".wavkan-run.lock"
 RUN_DEFINING = (
     "dataset", "wavelet", "layers", "batch_size", "lr", "weight_decay", "gamma", "seed",
     "limit_train", "limit_test",
+    "model", "conv_widths", "conv_strides", "augment",  # the conv net's (wavkan.app.models)
 )
 
 
@@ -118,6 +127,12 @@ class TrainConfig:
     progress: bool = True
     cuda_graph: Optional[bool] = None  # None: on for a single CUDA device
     eval_batch_size: int = EVAL_BATCH_SIZE
+    # --- the conv net (wavkan.app.models); None: resolved by resolve_model_fields ---
+    model: Optional[str] = None  # "conv" for cifar10, else "mlp"
+    conv_widths: Optional[list] = None
+    conv_strides: Optional[list] = None
+    augment: Optional[bool] = None  # random crop + flip; on for conv
+    amp: Optional[bool] = None  # bf16 autocast; on for conv on CUDA
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{dataset_name(self.dataset)}-{self.wavelet}"
@@ -145,11 +160,15 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        try:
+            resolve_model_fields(dataclasses.asdict(self))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layers"] = [int(w) for w in self.layers]
-        return d
+        return resolve_model_fields(d)
 
 
 @dataclass
@@ -174,6 +193,7 @@ def batch_bounds(n: int, batch_size: int, min_rows: int = 2) -> list[tuple[int, 
 
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
     mine = config.to_dict()
+    saved = resolve_model_fields(saved)  # a run saved before the conv net is an MLP run
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in RUN_DEFINING if saved.get(k) != mine[k]]
     if diff:
         raise ConfigError(f"--resume: {path} is a different run ({'; '.join(diff)}); "
@@ -247,17 +267,24 @@ def _remove_empty(folders: list) -> None:
 
 
 def _load_data(config: TrainConfig, ctx, device: torch.device):
-    data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
-    layers = [int(w) for w in config.layers]
-    check_layers_fit(layers, data.num_features, data.num_classes, config.dataset,
-                     labels={"train_labels": data.train_y, "test_labels": data.test_y})
+    """The data on the device, the batches of an epoch, and the run's config with its model
+    fields resolved (a conv net's input channels and classes taken from the data)."""
+    run_config = config.to_dict()
+    if run_config["model"] == "conv":  # images (N, C, H, W) in [0, 1] (wavkan.app.models)
+        data = to_device_images(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+        run_config.update(in_channels=int(data.train_x.shape[1]), num_classes=data.num_classes)
+        check_conv_fits(run_config, data, config.dataset)
+    else:  # the MLP takes flat vectors
+        data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+        check_layers_fit(run_config["layers"], data.num_features, data.num_classes, config.dataset,
+                         labels={"train_labels": data.train_y, "test_labels": data.test_y})
     n_train = data.train_x.shape[0]
     bounds = batch_bounds(n_train, config.batch_size, max(2, ctx.world_size))
     if not bounds:
         raise ConfigError(f"{n_train} training samples make no batch of >= {max(2, ctx.world_size)} rows")
     if config.cuda_graph is True and device.type != "cuda":
         raise ConfigError("--cuda-graph needs a CUDA device")
-    return data, bounds
+    return data, bounds, run_config
 
 
 def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
@@ -286,6 +313,7 @@ def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
     return saved
 
 
+
 def _agree(ctx, device: torch.device, error: Optional[BaseException]) -> None:
     """Every rank learns whether any rank failed to prepare the run, so none waits for the
     others in a collective: a rank that failed raises its own error, the others a short note."""
@@ -310,33 +338,46 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
         try:
             if ctx.is_main:  # the only writer, alive for the whole job: it holds the folder
                 created = _claim_folder(out, lock)
-            data, bounds = _load_data(config, ctx, device)
+            data, bounds, run_config = _load_data(config, ctx, device)
             saved = _previous_run(config, out, ctx)
             error = None
         except Exception as e:
             error = e
         _agree(ctx, device, error)
-        return _run(config, ctx, device, out, data, bounds, saved, on_epoch_end)
+        return _run(config, run_config, ctx, device, out, data, bounds, saved, on_epoch_end)
     finally:
         lock.release()
         _remove_empty(created)  # a run that wrote nothing leaves no folder behind
 
 
-def _run(config: TrainConfig, ctx, device: torch.device, out: Path, data, bounds, saved: Optional[dict],
-         on_epoch_end) -> RunResult:
+def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: Path, data, bounds,
+         saved: Optional[dict], on_epoch_end) -> RunResult:
     ckpt_path = out / CHECKPOINT_NAME
-    layers = [int(w) for w in config.layers]
+    conv = run_config["model"] == "conv"
+    if conv:
+        net = f"conv net {run_config['conv_widths']} strides {run_config['conv_strides']}"
+    else:
+        net = f"{run_config['layers']}"
     n_train = data.train_x.shape[0]
 
     # Built on the CPU from the seed, then moved: the same initial weights on any device.
     torch.manual_seed(config.seed)
-    raw_model = build_model(config.to_dict(), backend=config.backend).to(device)
+    raw_model = build_model(run_config, backend=config.backend).to(device)
+    if conv:
+        raw_model.set_input_stats(*channel_stats(data.train_x))  # a resumed run loads the saved ones
     if ctx.enabled:
         # BatchNorm over the global batch (same parameters, same state_dict keys). Its
         # all-reduces get their own group, so they never interleave with DDP's gradient ones.
         raw_model = dist_utils.sync_batchnorm(raw_model, device, dist_utils.new_group_like_world())
     n_full = sum(1 for b0, b1 in bounds if b1 - b0 == config.batch_size)
     use_graphs = _use_graphs(config, device, ctx, n_full)
+    # --- mixed precision and augmentation run in the eager step; graphs capture the plain one ---
+    amp = config.amp if config.amp is not None else (conv and device.type == "cuda")
+    autocast_dtype = torch.bfloat16 if amp else None
+    augment = EpochAugment(n_train, config.seed, device) if run_config["augment"] else None
+    if use_graphs and (conv or amp) and not config.cuda_graph:
+        use_graphs = False  # by default graphs replay the MLP's plain step; --cuda-graph asks for them here too
+    # --- end mixed precision and augmentation ---
     optimizer = torch.optim.AdamW(
         raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
         capturable=use_graphs, foreach=True if use_graphs else None,
@@ -362,17 +403,19 @@ def _run(config: TrainConfig, ctx, device: torch.device, out: Path, data, bounds
     if use_graphs and start_epoch < config.epochs:
         # After loading the checkpoint: the graph keeps the addresses of the optimizer's state.
         lr_tensor = LrTensor(optimizer, device)
-        graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals)
+        graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals,
+                                   transform=augment, autocast_dtype=autocast_dtype)
 
     backend = resolve_backend(config.backend, data.train_x)
-    _log(ctx, f"WavKAN {layers} ({config.wavelet}) on {config.dataset}: {n_train} train / "
+    _log(ctx, f"WavKAN {net} ({config.wavelet}) on {config.dataset}: {n_train} train / "
               f"{data.test_x.shape[0]} test samples; {len(bounds)} steps of {config.batch_size} per epoch; "
               f"device {device}, backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
+              + f", augment {'on' if augment else 'off'}, bf16 autocast {'on' if amp else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
     def write_outputs() -> None:
         write_metrics_csv(out / METRICS_NAME, history)
-        plot_curves(out / CURVES_NAME, history, title=f"Wav-KAN {layers} {config.wavelet} on {config.dataset}")
+        plot_curves(out / CURVES_NAME, history, title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
 
     if ctx.is_main and history:
         write_outputs()  # the checkpoint's history is the truth; drop rows of an unfinished epoch
@@ -384,6 +427,8 @@ def _run(config: TrainConfig, ctx, device: torch.device, out: Path, data, bounds
                                  enabled=config.progress and ctx.is_main)
         t0 = time.perf_counter()
         perm = epoch_permutation(n_train, config.seed, epoch).to(device)
+        if augment is not None:
+            augment.set_epoch(epoch)
         for b0, b1 in bounds:
             idx = perm[b0:b1]
             if graphed is not None and b1 - b0 == config.batch_size:
@@ -392,7 +437,8 @@ def _run(config: TrainConfig, ctx, device: torch.device, out: Path, data, bounds
                 if ctx.enabled:
                     idx = idx.tensor_split(ctx.world_size)[ctx.rank]
                 train_step(model, optimizer, data.train_x, data.train_y, idx, ctx.world_size / (b1 - b0),
-                           totals, set_grads_to_none=graphed is None)
+                           totals, set_grads_to_none=graphed is None, transform=augment,
+                           autocast_dtype=autocast_dtype)
             progress.update(b1)
         scheduler.step()
         if lr_tensor is not None:
@@ -421,7 +467,7 @@ def _run(config: TrainConfig, ctx, device: torch.device, out: Path, data, bounds
         }
         history.append(row)
         if ctx.is_main:
-            save_checkpoint(ckpt_path, training_state(config.to_dict(), epoch + 1, history, raw_model, optimizer,
+            save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
                                                       scheduler, device, ctx.world_size))
             write_outputs()
         _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
@@ -450,11 +496,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", default=d.dataset,
                    help="mnist, fashion-mnist, a folder of the four idx files (gz or not), or a .npz with "
-                        "train_images, train_labels, test_images, test_labels (default: %(default)s)")
+                        "train_images, train_labels, test_images, test_labels; or cifar10 (searched in $WAVKAN_DATA, "
+                        "./data, ~/.cache/wavkan), a folder of CIFAR-10 batches or a CIFAR-10 tarball "
+                        "(default: %(default)s)")
     p.add_argument("--wavelet", choices=WAVELETS, default=d.wavelet,
                    help="mother wavelet of every edge (default: %(default)s)")
     p.add_argument("--layers", type=int_list, default=argparse.SUPPRESS,
-                   help="comma-separated widths (default: " + ",".join(map(str, d.layers)) + ")")
+                   help="comma-separated widths of the MLP (default: " + ",".join(map(str, d.layers)) + ")")
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help="total epochs; --resume may raise it (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
@@ -464,7 +512,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--gamma", type=float, default=d.gamma,
                    help="ExponentialLR factor per epoch (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="initial weights and shuffling (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="initial weights, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
                    help="where to train: auto is the GPU when torch sees one, else the CPU; under torchrun "
                         "each rank takes GPU LOCAL_RANK (default: %(default)s)")
@@ -484,9 +533,21 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (there is none either when stderr is not a terminal)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
+                   help="capture the training step in a CUDA graph (default: on for the MLP on a single CUDA "
+                        "device; the conv net or --amp train eagerly unless asked)")
     p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size,
                    help="rows per evaluation pass (default: %(default)s)")
+    # --- the conv net (wavkan.app.models) ---
+    p.add_argument("--model", choices=("mlp", "conv"), default=None,
+                   help="mlp: WavKAN(--layers); conv: the Wav-KAN conv net (default: conv for cifar10, else mlp)")
+    p.add_argument("--conv-widths", type=int_list, default=None,
+                   help="channels of each conv block (default: 16,32,64,128,256,256,512,512)")
+    p.add_argument("--conv-strides", type=int_list, default=None,
+                   help="stride of each conv block (default: 1,2,2,1,1,2,1,1 for 8 blocks, else all 1)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (padding 4) and horizontal flip of each training image (default: on for conv)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast in training (default: on for conv on CUDA, off otherwise)")
     return p
 
 

@@ -1,4 +1,5 @@
-"""The baselines' networks: the paper's formula as a WavKAN, and an MLP of the same widths."""
+"""The baselines: the paper's formula as a WavKAN, an MLP of the same widths, and torch-conv-kan's
+wavelet convolution restated for the conv level."""
 
 from __future__ import annotations
 
@@ -106,3 +107,33 @@ def parameter_count(model: nn.Module) -> int:
     """sum(p.numel()) over ``model.parameters()`` (BatchNorm's weight and bias included, its
     running statistics not: they are buffers)."""
     return sum(p.numel() for p in model.parameters())
+
+
+# --- torch-conv-kan's wavelet convolution, for the conv level's baselines ----------------------
+
+
+def conv_kan_wavelet_branch(x, scale, translation, wavelet_weights, stride=1, padding=0, dilation=1, groups=1,
+                            wavelet="mexican_hat"):  # fmt: skip
+    """torch-conv-kan's 'fast' wavelet convolution (``WaveletConvNDFast``), restated: per group,
+    the (B, out/groups, in/groups, *spatial) wavelet tensor, then a convolution with
+    groups = out/groups over it; shannon's window multiplies the wavelet tensor over the input
+    channels, as there. Groups run one after the other and are concatenated, as its layer does.
+
+    x: (B, C, *spatial) with 1 or 2 spatial dims; scale, translation: (out, C/groups);
+    wavelet_weights: (out, C/groups, *kernel) -> (B, out, *out_spatial). Differentiated by autograd.
+    """
+    wav = get_wavelet(wavelet)
+    ndim = x.dim() - 2
+    conv = torch.nn.functional.conv1d if ndim == 1 else torch.nn.functional.conv2d
+    out_c, ig = scale.shape
+    og = out_c // groups
+    param_shape = (1, og, ig) + (1,) * ndim
+    outputs = []
+    for g, xg in enumerate(torch.split(x, ig, dim=1)):
+        rows = slice(g * og, (g + 1) * og)
+        z = (xg.unsqueeze(1) - translation[rows].reshape(param_shape)) / scale[rows].reshape(param_shape)
+        psi = wav.psi(z)
+        if wav.window is not None:
+            psi = psi * wav.window(ig, psi.dtype, psi.device).reshape((1, 1, ig) + (1,) * ndim)
+        outputs.append(conv(psi.flatten(1, 2), wavelet_weights[rows], None, stride, padding, dilation, og))
+    return torch.cat(outputs, dim=1)

@@ -131,7 +131,7 @@ CSV_COLUMNS = (
     "median_ms", "p20_ms", "p80_ms", "mean_ms", "reps", "latency_ms", "latency_p20_ms", "latency_p80_ms",
     "evals", "passes", "evals_per_s", "exps_per_s",
     "frac_ceiling", "ceiling_per_s", "peak_gb", "peak_abs_gb", "host_ms", "first_call_s", "status", "note",
-    "gpu", "torch", "triton", "cuda", "date",
+    "gpu", "torch", "triton", "cuda", "date", "limit_ms", "frac_limit", "io_gb",
 )  # fmt: skip
 
 
@@ -305,3 +305,75 @@ def recorded_rows() -> list:
 
 def network_shape(widths: Sequence[int], batch: int) -> str:
     return f"B{batch}:" + "-".join(str(w) for w in widths)
+
+
+# --- the convolution level ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One convolution layer: x (B, C, *spatial), C -> OUT channels, nn.Conv-style arguments."""
+
+    name: str
+    B: int
+    C: int
+    OUT: int
+    kernel: tuple
+    spatial: tuple
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+
+    @property
+    def out_spatial(self) -> tuple:
+        return tuple((n + 2 * self.padding - self.dilation * (k - 1) - 1) // self.stride + 1
+                     for n, k in zip(self.spatial, self.kernel))  # fmt: skip
+
+    @property
+    def shape(self) -> str:
+        k = "x".join(map(str, self.kernel))
+        sp = "x".join(map(str, self.spatial))
+        return f"{self.B}x{self.C}x{self.OUT} k{k} {sp} s{self.stride}p{self.padding}d{self.dilation}g{self.groups}"
+
+
+CONV_CASES = (
+    ConvCase("cifar", 128, 64, 64, (3, 3), (32, 32), padding=1),
+    ConvCase("ecg-1d", 64, 12, 64, (7,), (5000,), padding=3),
+    ConvCase("strided-dilated-grouped", 64, 64, 128, (3, 3), (64, 64), stride=2, padding=2, dilation=2, groups=4),
+)
+CONV_PROVIDERS = ("wavkan", "conv-kan-eager", "conv-kan-compiled")
+CONV_COMPILED = ("conv-kan-compiled",)
+CONV_MODES = ("forward", "full")
+# The FMA pipe's rate in fused multiply-adds per second: 58 TFLOP/s fp32 measured on the H200
+# (benchmarks/RECORDED.md), two FLOP per FMA.
+RECORDED_FMA_RATE = 29e12
+
+
+def conv_counts(case: ConvCase) -> tuple:
+    """(wavelet values, taps) of one forward: a value per (b, o, i of o's group, input pixel),
+    a tap per (b, o, i, output pixel, kernel tap)."""
+    ig = case.C // case.groups
+    values = case.B * case.OUT * ig * math.prod(case.spatial)
+    taps = case.B * case.OUT * ig * math.prod(case.out_spatial) * math.prod(case.kernel)
+    return values, taps
+
+
+def conv_limit_ms(case: ConvCase, mode: str, exp_rate: float, fma_rate: float = RECORDED_FMA_RATE) -> float:
+    """The joint limit of the exp unit and the FMA pipe, the two working side by side: the
+    forward needs one exp per wavelet value and one FMA per tap; forward+backward adds one exp
+    per value (psi and dpsi share it) and two FMAs per tap (the transposed convolution of
+    grad_y and the weight gradient)."""
+    values, taps = conv_counts(case)
+    exps, fmas = (values, taps) if mode == "forward" else (2 * values, 3 * taps)
+    return max(exps / exp_rate, fmas / fma_rate) * 1e3
+
+
+def conv_io_bytes(case: ConvCase, dtype_bytes: int) -> int:
+    """Bytes of the input, the output, the parameters and a gradient of each: the yardstick of
+    the forward+backward's peak extra memory."""
+    ig = case.C // case.groups
+    x = case.B * case.C * math.prod(case.spatial)
+    y = case.B * case.OUT * math.prod(case.out_spatial)
+    params = case.OUT * ig * (2 + math.prod(case.kernel))
+    return 2 * (x + y + params) * dtype_bytes

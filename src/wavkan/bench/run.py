@@ -14,9 +14,10 @@ import torch
 from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
-    COMPILED, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_EXP_PROVIDERS,
-    NO_GPU_MESSAGE, OP_PROVIDERS, PASSES, PROTOCOLS, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget,
-    NetworkProtocol, ceiling_row, eager_fits, make_row, network_evals, network_shape, network_widths, parse_shape,
+    COMPILED, CONV_CASES, CONV_COMPILED, CONV_MODES, CONV_PROVIDERS, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES,
+    GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_EXP_PROVIDERS, NO_GPU_MESSAGE, OP_PROVIDERS, PASSES, PROTOCOLS,
+    QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, NetworkProtocol, ceiling_row, conv_counts,
+    conv_io_bytes, conv_limit_ms, eager_fits, make_row, network_evals, network_shape, network_widths, parse_shape,
     percentile, recorded_rows,
 )
 from .report import format_report, plot_results, write_csv
@@ -40,6 +41,8 @@ def _log(row: dict) -> None:
             msg += f", host {row['host_ms']:.3g} ms"
         if row["frac_ceiling"] is not None:
             msg += f", {row['evals_per_s']:.3g} evals/s, {100 * row['frac_ceiling']:.1f}% of exp2 ceiling"
+        if row.get("frac_limit") is not None:
+            msg += f", {100 * row['frac_limit']:.1f}% of the exp+FMA limit ({row['limit_ms']:.3g} ms)"
         if row["peak_gb"] is not None:
             msg += f", peak +{row['peak_gb']:.3g} GB"
     else:
@@ -159,17 +162,76 @@ def run_network_level(runner, wavelets, providers, dtype_name, ceiling, protocol
     return rows
 
 
+
+def _conv_row(base: dict, case, mode: str, m=None, **extra) -> dict:
+    """A conv-level row; with a measurement, its time against the joint exp + FMA limit and its
+    peak extra memory against the bytes of input, output, parameters and their gradients."""
+    if m is None:
+        return make_row(**base, mode=mode, passes=PASSES[mode], **extra)
+    row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms, peak_bytes=m.peak_bytes,
+                   peak_abs_bytes=m.peak_abs_bytes, host_ms=m.host_ms, first_call_s=m.first_call_s,
+                   latency_ms=m.latency_ms, **extra)  # fmt: skip
+    row["limit_ms"] = conv_limit_ms(case, mode, base["ceiling"])
+    row["frac_limit"] = row["limit_ms"] / row["median_ms"]
+    return row
+
+
+def run_conv_level(runner, wavelets, providers, modes, dtype_name, ceiling, cases=CONV_CASES) -> list:
+    """Each ``ConvCase`` under each provider and mode; the fused op's forward row notes its
+    errors against the float64 reference (output and the four gradients)."""
+    rows = []
+    for case in cases:
+        inputs = runner.conv_inputs(case, dtype_name)
+        values, _taps = conv_counts(case)
+        for wavelet in wavelets:
+            for provider in providers:
+                base = dict(level="conv", source=runner.source, provider=provider, wavelet=wavelet, dtype=dtype_name,
+                            shape=case.shape, B=case.B, IN=case.C, OUT=case.OUT, evals=values, ceiling=ceiling)  # fmt: skip
+                fwd, compile_failed = None, None
+                for mode in modes:
+                    io_gb = conv_io_bytes(case, DTYPE_BYTES[dtype_name]) / GB
+                    if compile_failed is not None:
+                        row = _conv_row(base, case, mode, status="compile-failed", note=compile_failed)
+                    else:
+                        try:
+                            if fwd is None:
+                                fwd = runner.conv_function(provider, case, wavelet)
+                            m = runner.measure_conv(fwd, inputs, mode)
+                            note = ""
+                            if provider == "wavkan" and mode == modes[0]:
+                                errors = runner.conv_errors(inputs, case, wavelet)
+                                note = "err vs f64: " + " ".join(f"{k} {v:.0e}" for k, v in errors.items())
+                            row = _conv_row(base, case, mode, m, note=note)
+                        except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
+                            status, note = _failure(exc, compiled=provider in CONV_COMPILED)
+                            if status == "compile-failed":
+                                compile_failed = note
+                            row = _conv_row(base, case, mode, status=status, note=note)
+                        finally:
+                            runner.release_grads(inputs)
+                            runner.cleanup()
+                    row["io_gb"] = io_gb
+                    rows.append(row)
+                    _log(row)
+                fwd = None
+        del inputs
+        runner.cleanup()
+    return rows
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or "wavkan bench",
         description="Benchmark the fused Wav-KAN op and network (CUDA GPU only): per op row the GPU time, the "
         "latency with a sync per call and the host time, beside nn.Linear and the paper's formula eager and "
         "compiled; networks eager, compiled, graphed, under the CUDA port's or KAN-benchmarking's protocol, with "
-        "parameter counts; evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
+        "parameter counts; with --level conv, convolutional layers beside torch-conv-kan's wavelet convolution; "
+        "evaluations/s against the measured exp2 ceiling, peak memory; CSV, PNG plots, table.",
     )
     p.add_argument("--out", default="bench-results", help="output folder for results.csv and plots (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a fast subset: shapes 256x1024x1024 and 4096x1024x1024, fewer reps")
-    p.add_argument("--level", choices=("all", "op", "network"), default="all", help="what to run (default: %(default)s)")
+    p.add_argument("--level", choices=("all", "op", "network", "conv"), default="all",
+                   help="what to run: all = op and network; conv = the convolution layers (default: %(default)s)")  # fmt: skip
     p.add_argument("--shape", type=parse_shape, action="append", metavar="BxINxOUT",
                    help="op shape, repeatable; replaces the default B in {64,256,1024,4096} x 1024 x 1024")  # fmt: skip
     p.add_argument("--wavelet", choices=(*WAVELETS, "all"), default="mexican_hat", help="default: %(default)s")
@@ -218,6 +280,9 @@ def main(argv=None, prog: Optional[str] = None) -> int:
         if args.level in ("all", "network"):
             for name in dict.fromkeys(args.protocol):
                 rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling, PROTOCOLS[name])
+        if args.level == "conv":
+            modes = [m for m in args.mode if m in CONV_MODES] or list(CONV_MODES)
+            rows += run_conv_level(runner, wavelets, CONV_PROVIDERS, modes, dtype_name, ceiling)
     if not args.no_recorded:
         rows += [r for r in recorded_rows() if (args.level == "all" or r["level"] in (args.level, "ceiling"))
                  and r["protocol"] in ("", *args.protocol)]  # fmt: skip

@@ -1,0 +1,250 @@
+"""Fused convolutional backward: grad_x and the three parameter gradients, deterministic.
+
+With g = dL/dy, z = (x - t)/s at input pixel q of channel i of o's group, and
+G[b,o,i,q] = sum_k w[o,i,k] g[b,o,p(q,k)] over the taps k for which q = p*stride + k*dilation - pad
+has an output pixel p (the transposed convolution of g):
+
+    grad_x[b, g(o) IG + i, q] = sum_{o in group} dpsi(z) G / s[o,i]
+    grad_w[o,i,k]             = sum_{b,q} psi(z) g[b,o,p(q,k)]
+    grad_t[o,i]               = -sum_{b,q} dpsi(z) G / s[o,i]
+    grad_s[o,i]               = -sum_{b,q} dpsi(z) z G / s[o,i]
+
+Both passes tile the INPUT plane (``conv_tiles.plan_backward_tiles``): input tiles partition
+the image, so psi and dpsi are evaluated exactly once per (o, i, input pixel) in each pass (one
+exp). The taps need grad_y at shifted positions, g[b, o, p(q, k)], which depends on o but not on
+i: a program holding BLOCK_C input channels of one group loads it straight from grad_y, one
+(tile-sized) load per (o, tap), shared by its BLOCK_C channels, and forms G with one FMA per
+(o, i, q, tap). No data moves between threads and nothing is staged.
+
+- ``_wavkan_conv_bwd_dx_kernel``: one program per (batch row, input tile, BLOCK_C input
+  channels); loops over the output channels of the group and writes its grad_x block once.
+- ``_wavkan_conv_bwd_dparams_kernel``: one program per (split, BLOCK_C input channels, output
+  channel of the group), each (o, i) pair owned by one program per split; it walks its split's
+  share of the (batch row, input tile) items and writes per-split fp32 partial sums, which are
+  summed over the splits in a fixed order afterwards (no atomics).
+
+Cost per (o, i, input pixel): one MUFU.EX2 and the wavelet's psi/dpsi instructions; per tap: one
+FMA (grad_x), or one FMA and a product summed in a row reduction (parameters); plus one load of
+grad_y per (o, input pixel, tap) for BLOCK_C channels. When a block's channels span groups
+(depthwise), each row loads its own grad_y. Extra memory: the per-split partials,
+splits x out x in/groups x (taps + 2) fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .conv_tiles import backward_constants, next_pow2, plan_backward_tiles
+from .device import FOLD_BWD, wavelet_psi_dpsi_folded
+from .launch import sm_count
+
+BLOCK_C_MAX = 16
+# Channels x tile pixels per program: a handful of fp32 tiles of this size live in registers.
+BLOCK_ELEMENTS = 2048
+NUM_WARPS = 4
+# Parameter-pass programs per SM to aim for when choosing the split.
+_PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _shifted_grad(g_row, o, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
+                  kh: tl.constexpr, kw: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+                  DW: tl.constexpr, G_SHARED: tl.constexpr):  # fmt: skip
+    """grad_y[b, o, p] at the output pixel p that reads input pixel q through tap (kh, kw), zero
+    where there is none: (TILE_BLOCK,) for one output channel o (G_SHARED), else
+    (BLOCK_C, TILE_BLOCK) for one per channel row. A plain load from grad_y: the taps' shift
+    costs no data movement between threads."""
+    rr = qh + PAD_T - kh * DH
+    rc = qw + PAD_L - kw * DW
+    ph = rr // SH
+    pw = rc // SW
+    valid = q_ok & (rr >= 0) & (rc >= 0) & (rr % SH == 0) & (rc % SW == 0) & (ph < HO) & (pw < WO)
+    pix = tl.where(valid, ph, 0).to(tl.int64) * stride_gh + tl.where(valid, pw, 0).to(tl.int64) * stride_gw
+    if G_SHARED:
+        return tl.load(g_row + o.to(tl.int64) * stride_go + pix, mask=valid, other=0.0).to(tl.float32)
+    else:
+        ptrs = g_row + o.to(tl.int64)[:, None] * stride_go + pix[None, :]
+        return tl.load(ptrs, mask=mask_c[:, None] & valid[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _as_rows(v, G_SHARED: tl.constexpr):
+    if G_SHARED:
+        return v[None, :]
+    else:
+        return v
+
+
+@triton.jit
+def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh, stride_xw,
+                TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr):  # fmt: skip
+    """x on one input tile: (BLOCK_C, TILE_BLOCK) fp32, the tile's pixel rows and cols, and the
+    mask of its pixels inside the image."""
+    qh0 = (tile // TILES_W) * TILE_H
+    qw0 = (tile % TILES_W) * TILE_W
+    j = tl.arange(0, TILE_BLOCK)
+    qh = qh0 + j // TILE_W
+    qw = qw0 + j % TILE_W
+    q_ok = (j < TILE_H * TILE_W) & (qh < H) & (qw < W)
+    pix = tl.where(q_ok, qh, 0).to(tl.int64) * stride_xh + tl.where(q_ok, qw, 0).to(tl.int64) * stride_xw
+    ptrs = x_ptr + b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + pix[None, :]
+    x = tl.load(ptrs, mask=mask_c[:, None] & q_ok[None, :], other=0.0).to(tl.float32)
+    return x, qh, qw, q_ok
+
+
+@triton.jit
+def _wavkan_conv_bwd_dx_kernel(
+    x_ptr, g_ptr, planes_ptr, wx_ptr, gx_ptr,
+    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, PLANE,
+    stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
+    PAD_T, PAD_L,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+    G_SHARED: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    b = pid // TILES_PER_IMAGE
+    tile = pid % TILES_PER_IMAGE
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    offs_c = tl.where(mask_c, offs_c, 0)
+    i_c = offs_c % IG
+    x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh,
+                                  stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
+    g_row = g_ptr + b.to(tl.int64) * stride_gb
+    KK: tl.constexpr = KH * KW
+    acc = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+    for oo in range(OG):
+        o = (offs_c // IG) * OG + oo
+        if G_SHARED:
+            o_g = ((pid_c * BLOCK_C) // IG) * OG + oo  # one group for the whole block
+        else:
+            o_g = o
+        edge = o * IG + i_c
+        a = tl.load(planes_ptr + edge)[:, None]
+        t = tl.load(planes_ptr + PLANE + edge)[:, None]
+        _, dpsi = wavelet_psi_dpsi_folded((x - t) * a, WAVELET, FAST)
+        big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                g = _shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
+                                  stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED)  # fmt: skip
+                w = tl.load(wx_ptr + edge * KK + (kh * KW + kw))
+                big_g += w[:, None] * _as_rows(g, G_SHARED)
+        acc += dpsi * big_g
+    pix = (qh * W + qw)[None, :]
+    gx_ptrs = gx_ptr + (b.to(tl.int64) * C + offs_c[:, None]) * (H * W) + pix
+    tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=mask_c[:, None] & q_ok[None, :])
+
+
+@triton.jit
+def _wavkan_conv_bwd_dparams_kernel(
+    x_ptr, g_ptr, planes_ptr, w_ptr, part_ptr,
+    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, PLANE, ITEMS, ITEMS_PER_SPLIT, stride_ps,
+    stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
+    PAD_T, PAD_L,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+    G_SHARED: tl.constexpr, K_BLOCK: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+):  # fmt: skip
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    offs_c = tl.where(mask_c, offs_c, 0)
+    i_c = offs_c % IG
+    o = (offs_c // IG) * OG + tl.program_id(2)
+    if G_SHARED:
+        o_g = ((pid_c * BLOCK_C) // IG) * OG + tl.program_id(2)  # one group for the whole block
+    else:
+        o_g = o
+    edge = o * IG + i_c
+    a = tl.load(planes_ptr + edge)[:, None]
+    t = tl.load(planes_ptr + PLANE + edge)[:, None]
+    KK: tl.constexpr = KH * KW
+    k_ids = tl.arange(0, K_BLOCK)[None, :]
+    acc_w = tl.zeros((BLOCK_C, K_BLOCK), dtype=tl.float32)
+    acc_t = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+    acc_s = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+    start = pid_s * ITEMS_PER_SPLIT
+    for item in range(start, tl.minimum(start + ITEMS_PER_SPLIT, ITEMS)):
+        b = item // TILES_PER_IMAGE
+        x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, item % TILES_PER_IMAGE, TILES_W, H, W, stride_xb,
+                                      stride_xc, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
+        zs = (x - t) * a
+        psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
+        g_row = g_ptr + b.to(tl.int64) * stride_gb
+        big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                g = _as_rows(_shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go,
+                                           stride_gh, stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED), G_SHARED)  # fmt: skip
+                w = tl.load(w_ptr + edge * KK + (kh * KW + kw))
+                big_g += w[:, None] * g
+                acc_w += tl.where(k_ids == kh * KW + kw, tl.sum(psi * g, axis=1)[:, None], 0.0)
+        q = tl.where(q_ok[None, :], big_g * dpsi, 0.0)
+        acc_t += q
+        acc_s += q * zs
+    # Partials: [k] = sum psi' g (the taps), [KK] = sum G dpsi', [KK + 1] = sum G dpsi' zs.
+    row = part_ptr + pid_s.to(tl.int64) * stride_ps + edge.to(tl.int64)[:, None] * (KK + 2)
+    tl.store(row + k_ids, acc_w, mask=mask_c[:, None] & (k_ids < KK))
+    tl.store(row + KK, tl.sum(acc_t, axis=1)[:, None], mask=mask_c[:, None])
+    tl.store(row + KK + 1, tl.sum(acc_s, axis=1)[:, None], mask=mask_c[:, None])
+
+
+def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, padding, dilation, groups: int,
+                    need_x: bool = True, need_params: bool = True):  # fmt: skip
+    """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, OUT, HO, WO), any
+    strides; arguments as ``wavkan_conv_fwd``. Each gradient in the dtype of what it
+    differentiates (grad_x contiguous); None where not needed."""
+    B, C, H, W = x.shape
+    OUT, IG = scale.shape
+    KH, KW = weights.shape[2:]
+    (SH, SW), (DH, DW) = stride, dilation
+    pt, _, pl, _ = padding
+    HO, WO = grad.shape[2:]
+    OG = OUT // groups
+    block_c = min(BLOCK_C_MAX, next_pow2(C))
+    tiles = plan_backward_tiles(H, W, BLOCK_ELEMENTS // block_c)
+    planes, w, w_x = backward_constants(scale, translation, weights, wavelet.code)
+    tiles_per_image = tiles.tiles_h * tiles.tiles_w
+    common = dict(
+        SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, TILE_H=tiles.tile_h, TILE_W=tiles.tile_w,
+        TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c, G_SHARED=groups == 1 or IG % block_c == 0,
+        WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    grad_x = None
+    if need_x:
+        grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
+        if B > 0:
+            grid = (B * tiles_per_image, triton.cdiv(C, block_c))
+            _wavkan_conv_bwd_dx_kernel[grid](
+                x, grad, planes, w_x, grad_x,
+                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG,
+                *x.stride(), *grad.stride(), pt, pl, **common,
+            )  # fmt: skip
+    if not need_params:
+        return grad_x, None, None, None
+    items = B * tiles_per_image
+    c_blocks = triton.cdiv(C, block_c)
+    split = max(1, min(items, triton.cdiv(_PROGRAMS_PER_SM * sm_count(x.device), c_blocks * OG)))
+    per_split = triton.cdiv(items, split) if items else 0
+    split = triton.cdiv(items, per_split) if items else 1
+    KK = KH * KW
+    part = torch.zeros((split, OUT * IG, KK + 2), dtype=torch.float32, device=x.device)
+    if items:
+        _wavkan_conv_bwd_dparams_kernel[(split, c_blocks, OG)](
+            x, grad, planes, w, part,
+            C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG, items, per_split, part.stride(0),
+            *x.stride(), *grad.stride(), pt, pl, K_BLOCK=next_pow2(KK), **common,
+        )  # fmt: skip
+    sums = part.sum(0).view(OUT, IG, KK + 2)
+    z_scale, p_scale, d_scale = FOLD_BWD[wavelet.code]
+    inv_s = scale.float().reciprocal()
+    grad_w = (sums[..., :KK] * p_scale).view(OUT, IG, KH, KW)
+    grad_t = -inv_s * d_scale * sums[..., KK]
+    grad_s = -inv_s * (d_scale / z_scale) * sums[..., KK + 1]
+    return grad_x, grad_s.to(scale.dtype), grad_t.to(translation.dtype), grad_w.to(weights.dtype)

@@ -1,0 +1,115 @@
+"""Tile planning and edge constants shared by the convolution kernels (host side only).
+
+Both passes tile the image plane of one batch row: the forward by output tiles (each with the
+input halo its taps read), the backward by input tiles (each with the halo of ``grad_y`` that
+reads it). A tile is a rectangle of ``rows x cols`` pixels flattened row-major into a
+power-of-two ``arange``; its halo likewise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+
+from .device import FOLD, FOLD_BWD
+
+# The largest flattened tile or halo (elements per channel row held in registers).
+MAX_TILE = 256
+# Relative cost of one wavelet value (one MUFU.EX2 and about five FMA-pipe instructions) and of
+# one tap (a gather from the wavelet tile through shared memory and one FMA), per element of
+# the padded power-of-two blocks: shared memory serves 32 words a clock per SM, the exp unit 16.
+_COST_VALUE, _COST_TAP = 1.0, 0.6
+# Per tile and input channel: the edge constants' and tap weights' loads, the index arithmetic,
+# and (backward) the block reductions; it keeps tiles from shrinking to a few pixels.
+_COST_TILE = 64.0
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class ForwardTiles(NamedTuple):
+    tile_h: int
+    tile_w: int
+    halo_h: int
+    halo_w: int
+    out_block: int
+    halo_block: int
+    tiles_h: int
+    tiles_w: int
+
+
+@functools.lru_cache(maxsize=256)
+def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int) -> ForwardTiles:
+    """The output tile (tile_h x tile_w) whose padded blocks cost least over the whole output
+    plane: wavelet values on the halo (recomputed where neighbouring halos overlap) plus taps on
+    the output tile, both counted over their power-of-two blocks."""
+    best = None
+    for th in range(1, min(HO, MAX_TILE) + 1):
+        hh = (th - 1) * SH + (KH - 1) * DH + 1
+        if hh > MAX_TILE:
+            break
+        for tw in range(1, min(WO, MAX_TILE // th) + 1):
+            hw = (tw - 1) * SW + (KW - 1) * DW + 1
+            if hh * hw > MAX_TILE:
+                break
+            n_tiles = cdiv(HO, th) * cdiv(WO, tw)
+            cost = n_tiles * (_COST_TILE + _COST_VALUE * next_pow2(hh * hw) + _COST_TAP * KH * KW * next_pow2(th * tw))
+            if best is None or cost < best[0]:
+                best = (cost, th, tw, hh, hw)
+    if best is None:
+        raise ValueError(
+            f"the triton backend takes kernels whose dilated extent fits {MAX_TILE} input pixels "
+            f"(got kernel {(KH, KW)} with dilation {(DH, DW)}); use backend='reference'"
+        )
+    _, th, tw, hh, hw = best
+    return ForwardTiles(th, tw, hh, hw, next_pow2(th * tw), next_pow2(hh * hw), cdiv(HO, th), cdiv(WO, tw))
+
+
+class BackwardTiles(NamedTuple):
+    tile_h: int
+    tile_w: int
+    tile_block: int
+    tiles_h: int
+    tiles_w: int
+
+
+@functools.lru_cache(maxsize=256)
+def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTiles:
+    """The input tile (tile_h x tile_w, at most ``max_tile`` pixels) for both backward passes:
+    input tiles partition the image, so each wavelet value and derivative is computed once;
+    the cost counts the padded power-of-two blocks and a per-tile overhead."""
+    best = None
+    for th in range(1, min(H, max_tile) + 1):
+        for tw in range(1, min(W, max_tile // th) + 1):
+            cost = cdiv(H, th) * cdiv(W, tw) * (_COST_TILE + next_pow2(th * tw))
+            if best is None or cost < best[0]:
+                best = (cost, th, tw)
+    _, th, tw = best
+    return BackwardTiles(th, tw, next_pow2(th * tw), cdiv(H, th), cdiv(W, tw))
+
+
+def forward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
+    """fp32 (2, out, in/groups) planes [k/s, t] and (out, in/groups, KH, KW) weights times the
+    forward fold m: the kernel evaluates w m psi'((x - t) (k/s)) = w psi(z)."""
+    z_scale, w_scale = FOLD[code]
+    inv_s = scale.float().reciprocal()
+    planes = torch.stack((inv_s * z_scale, translation.float())).contiguous()
+    return planes, (weights.float() * w_scale).contiguous()
+
+
+def backward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
+    """fp32 planes [k/s, t], the weights as they are (fp32), and the weights times D/s for
+    grad_x: the kernels evaluate (psi / P, dpsi / D) at (x - t) (k/s)."""
+    z_scale, _, d_scale = FOLD_BWD[code]
+    inv_s = scale.float().reciprocal()
+    planes = torch.stack((inv_s * z_scale, translation.float())).contiguous()
+    w = weights.float().contiguous()
+    w_x = (w * (inv_s * d_scale)[:, :, None, None]).contiguous()
+    return planes, w, w_x

@@ -1,0 +1,139 @@
+"""The fused convolution kernels (wavkan.kernels.conv_forward / conv_backward) against the
+float64 reference: the output and every gradient, every wavelet, every dtype, awkward
+geometries. On CPU they run under Triton's interpreter, hence the tiny images."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import FP32_TOL, LOW_PRECISION_FLOOR, rel_err
+from wavkan import WAVELETS, WavKANConv2d, wavkan_conv
+
+pytest.importorskip("triton")
+
+
+def conv_inputs(B, C, OUT, kernel, spatial, groups, device, dtype=torch.float32):
+    ig = C // groups
+    x = torch.randn(B, C, *spatial, device=device) * 1.5
+    scale = torch.rand(OUT, ig, device=device) * 1.5 + 0.5
+    translation = torch.randn(OUT, ig, device=device) * 0.7
+    weights = torch.randn(OUT, ig, *kernel, device=device) / math.sqrt(ig * math.prod(kernel))
+    return x.to(dtype), scale, translation, weights
+
+
+def outputs_and_grads(x, params, conv, backend, dtype=None, grad=None):
+    """y and the gradients of x and the three parameters for dL/dy = grad (drawn if None)."""
+    leaves = [x.detach().clone().requires_grad_()] + [p.detach().clone().to(dtype or p.dtype).requires_grad_()
+                                                      for p in params]  # fmt: skip
+    y = wavkan_conv(*leaves, **conv, backend=backend)
+    if grad is None:
+        grad = torch.randn_like(y, dtype=torch.float64)
+    y.backward(grad.to(y.dtype))
+    return y.detach(), [leaf.grad for leaf in leaves], grad
+
+
+def check_against_reference(x, params, conv, out_tol=FP32_TOL["output"], grad_tol=FP32_TOL["grad"]):
+    y, grads, g = outputs_and_grads(x, params, conv, "triton")
+    y_ref, grads_ref, _ = outputs_and_grads(x.double(), params, conv, "reference", torch.float64, g)
+    assert y.dtype == x.dtype and y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < out_tol
+    for name, got, ref in zip(("x", "scale", "translation", "wavelet_weights"), grads, grads_ref):
+        assert got.dtype == (x.dtype if name == "x" else torch.float32)
+        assert rel_err(got, ref) < grad_tol, name
+
+
+def conv_kwargs(stride=1, padding=0, dilation=1, groups=1, wavelet="mexican_hat"):
+    return dict(stride=stride, padding=padding, dilation=dilation, groups=groups, wavelet=wavelet)
+
+
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_every_wavelet_3x3(wavelet, kernel_device):
+    x, *params = conv_inputs(2, 3, 5, (3, 3), (5, 6), 1, kernel_device)
+    check_against_reference(x, params, conv_kwargs(padding=1, wavelet=wavelet))
+
+
+# (name, B, C, OUT, kernel, spatial, stride, padding, dilation, groups)
+GEOMETRIES = [
+    ("b1-prime-5x3-valid", 1, 5, 7, (5, 3), (7, 6), 1, 0, 1, 1),
+    ("stride2-dil2-2x3", 2, 3, 2, (2, 3), (8, 9), 2, (1, 2), 2, 1),
+    ("same-even-groups2", 2, 4, 6, (2, 4), (5, 6), 1, "same", 1, 2),
+    ("groups2-block-aligned", 1, 4, 16, (3, 3), (4, 5), 1, 1, 1, 2),
+    ("depthwise-stride-1x5", 2, 3, 3, (1, 5), (4, 9), (2, 1), (0, 2), (1, 2), 3),
+    ("depthwise-multiplier2", 1, 3, 6, (3, 1), (5, 3), 1, (1, 0), 1, 3),
+    ("1x1", 2, 3, 4, (1, 1), (3, 5), 1, 0, 1, 1),
+    ("1d-k7-pad3", 2, 3, 5, (7,), (30,), 1, 3, 1, 1),
+    ("1d-k4-same-groups2", 1, 4, 2, (4,), (11,), 1, "same", 1, 2),
+    ("1d-k3-stride2-dil3", 2, 2, 3, (3,), (17,), 2, 2, 3, 1),
+    ("1d-long-tiles", 1, 1, 2, (5,), (300,), 1, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
+def test_geometries(geometry, kernel_device):
+    _, B, C, OUT, kernel, spatial, stride, padding, dilation, groups = geometry
+    x, *params = conv_inputs(B, C, OUT, kernel, spatial, groups, kernel_device)
+    check_against_reference(x, params, conv_kwargs(stride, padding, dilation, groups, "dog"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_matches_reference_in_that_dtype(dtype, kernel_device):
+    """From the same rounded input, the kernel and the reference (both fp32 inside) differ by
+    the output's rounding."""
+    x, *params = conv_inputs(2, 3, 4, (3, 3), (5, 5), 1, kernel_device, dtype)
+    conv = conv_kwargs(padding=1, wavelet="morlet")
+    y, grads, g = outputs_and_grads(x, params, conv, "triton")
+    y_ref, grads_ref, _ = outputs_and_grads(x, params, conv, "reference", None, g)
+    assert y.dtype == dtype and grads[0].dtype == dtype
+    floor = LOW_PRECISION_FLOOR[dtype]
+    assert rel_err(y, y_ref) < floor
+    for got, ref in zip(grads, grads_ref):
+        assert rel_err(got, ref) < floor
+
+
+def test_channels_last_and_strided_views(kernel_device):
+    x, *params = conv_inputs(2, 4, 4, (3, 2), (5, 6), 2, kernel_device)
+    conv = conv_kwargs(padding=(1, 0), groups=2, wavelet="shannon")
+    check_against_reference(x.to(memory_format=torch.channels_last), params, conv)
+    wide = torch.randn(2, 4, 5, 12, device=kernel_device)
+    wide[..., 1::2] = x
+    check_against_reference(wide[..., 1::2], params, conv)
+    # grad_y with stride 0 (the backward of a sum) and a transposed parameter view.
+    s, t, w = params
+    s_t = s.t().contiguous().t()
+    y = wavkan_conv(x, s_t, t, w, **conv, backend="triton")
+    torch.testing.assert_close(y, wavkan_conv(x, s, t, w, **conv, backend="reference"), rtol=1e-5, atol=1e-6)
+
+
+def test_backward_is_deterministic_and_skips_unneeded(kernel_device):
+    x, *params = conv_inputs(2, 3, 4, (3, 3), (6, 5), 1, kernel_device)
+    conv = conv_kwargs(padding=1, wavelet="meyer")
+    _, first, g = outputs_and_grads(x, params, conv, "triton")
+    _, second, _ = outputs_and_grads(x, params, conv, "triton", None, g)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    # Only grad_x (parameters frozen), then only the parameters (x a plain input).
+    s, t, w = params
+    xg = x.clone().requires_grad_()
+    wavkan_conv(xg, s, t, w, **conv, backend="triton").backward(g.float())
+    assert torch.equal(xg.grad, first[0])
+    leaves = [p.clone().requires_grad_() for p in params]
+    wavkan_conv(x, *leaves, **conv, backend="triton").backward(g.float())
+    for leaf, expected in zip(leaves, first[1:]):
+        assert torch.equal(leaf.grad, expected)
+
+
+def test_module_on_the_triton_backend(kernel_device):
+    m = WavKANConv2d(3, 4, (3, 1), padding="same", backend="triton", device=kernel_device)
+    ref = WavKANConv2d(3, 4, (3, 1), padding="same", backend="reference", device=kernel_device)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 4, 5, device=kernel_device)
+    torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
+    x, *params = conv_inputs(1, 1, 1, (3,), (600,), 1, kernel_device)
+    with pytest.raises(ValueError, match="use backend='reference'"):
+        wavkan_conv(x, *params, dilation=200, backend="triton")
