@@ -106,6 +106,8 @@ class WavKANLinear(nn.Module):
                           self.fast_math)  # fmt: skip
         if self.bn is None:
             return y
+        if y.dim() == 2:  # the common case: no reshapes (each costs host time on an eager call)
+            return self.bn(y)
         return self.bn(y.reshape(-1, self.out_features)).reshape(y.shape)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
