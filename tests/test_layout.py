@@ -31,8 +31,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Library modules by height: a module may import only modules strictly below it (or, inside
 # kernels/, its siblings: the kernels package is one room).
 LIBRARY_RANK = {
-    "wavkan.wavelets": 0,
-    "wavkan.kernels": 0,
+    "wavkan.wavelets": 0,  # the catalogue: the kernels read each wavelet's traits from it
+    "wavkan.kernels": 1,
     "wavkan.reference": 1,
     "wavkan.reference_conv": 2,  # builds on the linear reference's chunking
     "wavkan.ops": 3,
