@@ -64,10 +64,13 @@ GEOMETRIES = [
     ("depthwise-stride-1x5", 2, 3, 3, (1, 5), (4, 9), (2, 1), (0, 2), (1, 2), 3),
     ("depthwise-multiplier2", 1, 3, 6, (3, 1), (5, 3), 1, (1, 0), 1, 3),
     ("1x1", 2, 3, 4, (1, 1), (3, 5), 1, 0, 1, 1),
+    ("5x5-taps-in-two-passes", 1, 2, 2, (5, 5), (6, 6), 1, 2, 1, 1),
+    ("groups2-channel-block-in-one-group", 1, 32, 2, (3, 3), (3, 4), 1, 1, 1, 2),
     ("1d-k7-pad3", 2, 3, 5, (7,), (30,), 1, 3, 1, 1),
     ("1d-k4-same-groups2", 1, 4, 2, (4,), (11,), 1, "same", 1, 2),
     ("1d-k3-stride2-dil3", 2, 2, 3, (3,), (17,), 2, 2, 3, 1),
-    ("1d-long-tiles", 1, 1, 2, (5,), (300,), 1, 2, 1, 1),
+    ("1d-long-tiles", 1, 1, 2, (5,), (1500,), 1, 2, 1, 1),
+    ("1d-k17-two-passes", 1, 2, 1, (17,), (40,), 1, 8, 1, 1),
 ]
 
 
@@ -134,6 +137,6 @@ def test_module_on_the_triton_backend(kernel_device):
 
 
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
-    x, *params = conv_inputs(1, 1, 1, (3,), (600,), 1, kernel_device)
+    x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, kernel_device)
     with pytest.raises(ValueError, match="use backend='reference'"):
-        wavkan_conv(x, *params, dilation=200, backend="triton")
+        wavkan_conv(x, *params, dilation=1000, backend="triton")

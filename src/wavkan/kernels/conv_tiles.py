@@ -16,14 +16,12 @@ import torch
 from .device import FOLD, FOLD_BWD
 
 # The largest flattened tile or halo (elements per channel row held in registers).
-MAX_TILE = 256
-# Relative cost of one wavelet value (one MUFU.EX2 and about five FMA-pipe instructions) and of
-# one tap (a gather from the wavelet tile through shared memory and one FMA), per element of
-# the padded power-of-two blocks: shared memory serves 32 words a clock per SM, the exp unit 16.
-_COST_VALUE, _COST_TAP = 1.0, 0.6
-# Per tile and input channel: the edge constants' and tap weights' loads, the index arithmetic,
-# and (backward) the block reductions; it keeps tiles from shrinking to a few pixels.
-_COST_TILE = 64.0
+MAX_TILE = 1024
+# Relative costs, in clocks of one SM's exp unit (16 lanes): a wavelet value (one MUFU.EX2; its
+# few FMA-pipe instructions run beside it), a tap FMA (128 lanes), a scratch store or load
+# (32 lanes), the per-channel and per-tile loads and index arithmetic.
+_COST_VALUE, _COST_FMA, _COST_SHIFT = 1.0, 0.125, 0.5
+_COST_CHANNEL, _COST_TILE = 16.0, 64.0
 
 
 def next_pow2(n: int) -> int:
@@ -46,26 +44,31 @@ class ForwardTiles(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)
-def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int) -> ForwardTiles:
-    """The output tile (tile_h x tile_w) whose padded blocks cost least over the whole output
-    plane: wavelet values on the halo (recomputed where neighbouring halos overlap) plus taps on
-    the output tile, both counted over their power-of-two blocks."""
+def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int, IG: int = 1,
+                       max_halo: int = MAX_TILE) -> ForwardTiles:  # fmt: skip
+    """The output tile (tile_h x tile_w) of least estimated cost over the whole output plane:
+    per input channel, a wavelet value and a tap FMA per pixel of the halo block (values at tile
+    borders are computed by every tile whose halo holds them); per tile, the taps' scratch
+    store and load; both over the padded power-of-two blocks; the halo block at most
+    ``max_halo`` pixels."""
+    KK = KH * KW
     best = None
-    for th in range(1, min(HO, MAX_TILE) + 1):
+    for th in range(1, HO + 1):
         hh = (th - 1) * SH + (KH - 1) * DH + 1
-        if hh > MAX_TILE:
+        if hh > max_halo:
             break
-        for tw in range(1, min(WO, MAX_TILE // th) + 1):
+        for tw in range(1, WO + 1):
             hw = (tw - 1) * SW + (KW - 1) * DW + 1
-            if hh * hw > MAX_TILE:
+            if hh * hw > max_halo:
                 break
-            n_tiles = cdiv(HO, th) * cdiv(WO, tw)
-            cost = n_tiles * (_COST_TILE + _COST_VALUE * next_pow2(hh * hw) + _COST_TAP * KH * KW * next_pow2(th * tw))
+            halo, out = next_pow2(hh * hw), next_pow2(th * tw)
+            per_tile = IG * (_COST_CHANNEL + halo * (_COST_VALUE + KK * _COST_FMA)) + KK * _COST_SHIFT * (halo + out)
+            cost = cdiv(HO, th) * cdiv(WO, tw) * (_COST_TILE + per_tile)
             if best is None or cost < best[0]:
                 best = (cost, th, tw, hh, hw)
     if best is None:
         raise ValueError(
-            f"the triton backend takes kernels whose dilated extent fits {MAX_TILE} input pixels "
+            f"the triton backend takes kernels whose dilated extent fits {max_halo} input pixels "
             f"(got kernel {(KH, KW)} with dilation {(DH, DW)}); use backend='reference'"
         )
     _, th, tw, hh, hw = best
@@ -88,7 +91,7 @@ def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTil
     best = None
     for th in range(1, min(H, max_tile) + 1):
         for tw in range(1, min(W, max_tile // th) + 1):
-            cost = cdiv(H, th) * cdiv(W, tw) * (_COST_TILE + next_pow2(th * tw))
+            cost = cdiv(H, th) * cdiv(W, tw) * (_COST_TILE + next_pow2(th * tw))  # values, once each
             if best is None or cost < best[0]:
                 best = (cost, th, tw)
     _, th, tw = best
