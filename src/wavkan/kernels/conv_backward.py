@@ -40,12 +40,25 @@ from .conv_tiles import backward_constants, next_pow2, plan_backward_tiles
 from .device import FOLD_BWD, wavelet_psi_dpsi_folded
 from .launch import sm_count
 
-BLOCK_C_MAX = 16
-# Channels x tile pixels per program: a handful of fp32 tiles of this size live in registers.
-BLOCK_ELEMENTS = 2048
 NUM_WARPS = 4
+# Channels per program: a thread holds 4 channels x 4 pixels of the grad_x pass's (channels,
+# pixels) tiles (Triton's default layout spreads the pixel axis over the threads), so a tap
+# costs 4 loads of w and 4 of grad_y for 16 FMAs; fewer channels would load more grad_y, more
+# channels more w.
+BLOCK_C_MAX = 4
+# Channels x tile pixels per program: grad_x keeps four fp32 tiles of this size in registers,
+# the parameter pass up to 16 tap accumulators and six more.
+DX_ELEMENTS, DPARAMS_ELEMENTS = 2048, 512
+TAPS_PER_PASS = 16
 # Parameter-pass programs per SM to aim for when choosing the split.
 _PROGRAMS_PER_SM = 4
+
+
+def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool) -> tuple:
+    """(channels per program, input tiles) for programs of about ``elements`` channel-pixels.
+    The interpreter, slow per program and per operation, takes more channels per program."""
+    block_c = min(BLOCK_C_MAX if on_gpu else 4 * BLOCK_C_MAX, next_pow2(C))
+    return block_c, plan_backward_tiles(H, W, elements // block_c)
 
 
 @triton.jit
@@ -141,6 +154,37 @@ def _wavkan_conv_bwd_dx_kernel(
 
 
 @triton.jit
+def _tap_weight(w_ptr, edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr):
+    """w[o, i, K0 + k] as a (BLOCK_C, 1) column; zero for a tap that does not exist (unused)."""
+    if K0 + k < KK:
+        if k < TAPS:
+            return tl.load(w_ptr + edge * KK + (K0 + k))[:, None]
+    return tl.zeros_like(edge)[:, None].to(tl.float32)
+
+
+@triton.jit
+def _dparams_tap(big_g, acc, w, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
+                 stride_gw, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr, KW: tl.constexpr,
+                 SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, G_SHARED: tl.constexpr):  # fmt: skip
+    """For tap K0 + k: G += w g_k and the tap's weight-gradient accumulator += psi g_k, with g_k
+    grad_y at the output pixel the tap maps each input pixel to."""
+    if K0 + k < KK:
+        if k < TAPS:
+            g = _as_rows(_shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
+                                       stride_gw, (K0 + k) // KW, (K0 + k) % KW, SH, SW, DH, DW, G_SHARED), G_SHARED)  # fmt: skip
+            big_g += w * g
+            acc += psi * g
+    return big_g, acc
+
+
+@triton.jit
+def _store_tap_sum(row, acc, mask_c, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr):
+    if K0 + k < KK:
+        if k < TAPS:
+            tl.store(row + (K0 + k), tl.sum(acc, axis=1)[:, None], mask=mask_c[:, None])
+
+
+@triton.jit
 def _wavkan_conv_bwd_dparams_kernel(
     x_ptr, g_ptr, planes_ptr, w_ptr, part_ptr,
     C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, PLANE, ITEMS, ITEMS_PER_SPLIT, stride_ps,
@@ -148,8 +192,11 @@ def _wavkan_conv_bwd_dparams_kernel(
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-    G_SHARED: tl.constexpr, K_BLOCK: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    G_SHARED: tl.constexpr, TAPS: tl.constexpr, K0: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
+    """One pass over taps K0 .. K0 + TAPS - 1: their weight-gradient sums, and the sums of
+    G dpsi and G dpsi z for the part of G these taps make (G is linear in the taps: the passes'
+    partial sums add up)."""
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -165,8 +212,26 @@ def _wavkan_conv_bwd_dparams_kernel(
     a = tl.load(planes_ptr + edge)[:, None]
     t = tl.load(planes_ptr + PLANE + edge)[:, None]
     KK: tl.constexpr = KH * KW
-    k_ids = tl.arange(0, K_BLOCK)[None, :]
-    acc_w = tl.zeros((BLOCK_C, K_BLOCK), dtype=tl.float32)
+    # The taps' weights: loaded once, held in registers for every item.
+    w0 = _tap_weight(w_ptr, edge, 0, K0, KK, TAPS)
+    w1 = _tap_weight(w_ptr, edge, 1, K0, KK, TAPS)
+    w2 = _tap_weight(w_ptr, edge, 2, K0, KK, TAPS)
+    w3 = _tap_weight(w_ptr, edge, 3, K0, KK, TAPS)
+    w4 = _tap_weight(w_ptr, edge, 4, K0, KK, TAPS)
+    w5 = _tap_weight(w_ptr, edge, 5, K0, KK, TAPS)
+    w6 = _tap_weight(w_ptr, edge, 6, K0, KK, TAPS)
+    w7 = _tap_weight(w_ptr, edge, 7, K0, KK, TAPS)
+    w8 = _tap_weight(w_ptr, edge, 8, K0, KK, TAPS)
+    w9 = _tap_weight(w_ptr, edge, 9, K0, KK, TAPS)
+    w10 = _tap_weight(w_ptr, edge, 10, K0, KK, TAPS)
+    w11 = _tap_weight(w_ptr, edge, 11, K0, KK, TAPS)
+    w12 = _tap_weight(w_ptr, edge, 12, K0, KK, TAPS)
+    w13 = _tap_weight(w_ptr, edge, 13, K0, KK, TAPS)
+    w14 = _tap_weight(w_ptr, edge, 14, K0, KK, TAPS)
+    w15 = _tap_weight(w_ptr, edge, 15, K0, KK, TAPS)
+    acc0 = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+    acc1, acc2, acc3, acc4, acc5, acc6, acc7 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
+    acc8, acc9, acc10, acc11, acc12, acc13, acc14, acc15 = acc0, acc0, acc0, acc0, acc0, acc0, acc0, acc0
     acc_t = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
     acc_s = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
     start = pid_s * ITEMS_PER_SPLIT
@@ -176,21 +241,78 @@ def _wavkan_conv_bwd_dparams_kernel(
                                       stride_xc, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
         zs = (x - t) * a
         psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
+        psi = tl.where(q_ok[None, :], psi, 0.0)
         g_row = g_ptr + b.to(tl.int64) * stride_gb
         big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
-        for kh in tl.static_range(KH):
-            for kw in tl.static_range(KW):
-                g = _as_rows(_shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go,
-                                           stride_gh, stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED), G_SHARED)  # fmt: skip
-                w = tl.load(w_ptr + edge * KK + (kh * KW + kw))
-                big_g += w[:, None] * g
-                acc_w += tl.where(k_ids == kh * KW + kw, tl.sum(psi * g, axis=1)[:, None], 0.0)
+        big_g, acc0 = _dparams_tap(big_g, acc0, w0, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 0, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc1 = _dparams_tap(big_g, acc1, w1, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 1, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc2 = _dparams_tap(big_g, acc2, w2, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 2, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc3 = _dparams_tap(big_g, acc3, w3, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 3, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc4 = _dparams_tap(big_g, acc4, w4, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 4, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc5 = _dparams_tap(big_g, acc5, w5, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 5, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc6 = _dparams_tap(big_g, acc6, w6, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 6, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc7 = _dparams_tap(big_g, acc7, w7, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 7, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc8 = _dparams_tap(big_g, acc8, w8, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 8, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc9 = _dparams_tap(big_g, acc9, w9, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 9, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc10 = _dparams_tap(big_g, acc10, w10, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 10, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc11 = _dparams_tap(big_g, acc11, w11, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 11, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc12 = _dparams_tap(big_g, acc12, w12, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 12, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc13 = _dparams_tap(big_g, acc13, w13, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 13, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc14 = _dparams_tap(big_g, acc14, w14, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 14, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
+        big_g, acc15 = _dparams_tap(big_g, acc15, w15, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
+                                   PAD_L, stride_go, stride_gh, stride_gw, 15, K0, KK, TAPS, KW, SH, SW, DH, DW,
+                                   G_SHARED)  # fmt: skip
         q = tl.where(q_ok[None, :], big_g * dpsi, 0.0)
         acc_t += q
         acc_s += q * zs
-    # Partials: [k] = sum psi' g (the taps), [KK] = sum G dpsi', [KK + 1] = sum G dpsi' zs.
+    # Partials: [k] = sum psi' g_k (the taps), [KK] = sum G dpsi', [KK + 1] = sum G dpsi' zs.
     row = part_ptr + pid_s.to(tl.int64) * stride_ps + edge.to(tl.int64)[:, None] * (KK + 2)
-    tl.store(row + k_ids, acc_w, mask=mask_c[:, None] & (k_ids < KK))
+    _store_tap_sum(row, acc0, mask_c, 0, K0, KK, TAPS)
+    _store_tap_sum(row, acc1, mask_c, 1, K0, KK, TAPS)
+    _store_tap_sum(row, acc2, mask_c, 2, K0, KK, TAPS)
+    _store_tap_sum(row, acc3, mask_c, 3, K0, KK, TAPS)
+    _store_tap_sum(row, acc4, mask_c, 4, K0, KK, TAPS)
+    _store_tap_sum(row, acc5, mask_c, 5, K0, KK, TAPS)
+    _store_tap_sum(row, acc6, mask_c, 6, K0, KK, TAPS)
+    _store_tap_sum(row, acc7, mask_c, 7, K0, KK, TAPS)
+    _store_tap_sum(row, acc8, mask_c, 8, K0, KK, TAPS)
+    _store_tap_sum(row, acc9, mask_c, 9, K0, KK, TAPS)
+    _store_tap_sum(row, acc10, mask_c, 10, K0, KK, TAPS)
+    _store_tap_sum(row, acc11, mask_c, 11, K0, KK, TAPS)
+    _store_tap_sum(row, acc12, mask_c, 12, K0, KK, TAPS)
+    _store_tap_sum(row, acc13, mask_c, 13, K0, KK, TAPS)
+    _store_tap_sum(row, acc14, mask_c, 14, K0, KK, TAPS)
+    _store_tap_sum(row, acc15, mask_c, 15, K0, KK, TAPS)
     tl.store(row + KK, tl.sum(acc_t, axis=1)[:, None], mask=mask_c[:, None])
     tl.store(row + KK + 1, tl.sum(acc_s, axis=1)[:, None], mask=mask_c[:, None])
 
@@ -207,41 +329,46 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     pt, _, pl, _ = padding
     HO, WO = grad.shape[2:]
     OG = OUT // groups
-    block_c = min(BLOCK_C_MAX, next_pow2(C))
-    tiles = plan_backward_tiles(H, W, BLOCK_ELEMENTS // block_c)
     planes, w, w_x = backward_constants(scale, translation, weights, wavelet.code)
-    tiles_per_image = tiles.tiles_h * tiles.tiles_w
-    common = dict(
-        SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, TILE_H=tiles.tile_h, TILE_W=tiles.tile_w,
-        TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c, G_SHARED=groups == 1 or IG % block_c == 0,
-        WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    base = dict(SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS)
     grad_x = None
     if need_x:
         grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
+        block_c, tiles = _blocks(C, H, W, DX_ELEMENTS, x.is_cuda)
         if B > 0:
-            grid = (B * tiles_per_image, triton.cdiv(C, block_c))
-            _wavkan_conv_bwd_dx_kernel[grid](
+            tiles_per_image = tiles.tiles_h * tiles.tiles_w
+            _wavkan_conv_bwd_dx_kernel[(B * tiles_per_image, triton.cdiv(C, block_c))](
                 x, grad, planes, w_x, grad_x,
                 C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG,
-                *x.stride(), *grad.stride(), pt, pl, **common,
+                *x.stride(), *grad.stride(), pt, pl,
+                TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c,
+                G_SHARED=groups == 1 or IG % block_c == 0, **base,
             )  # fmt: skip
     if not need_params:
         return grad_x, None, None, None
+    block_c, tiles = _blocks(C, H, W, DPARAMS_ELEMENTS, x.is_cuda)
+    tiles_per_image = tiles.tiles_h * tiles.tiles_w
     items = B * tiles_per_image
     c_blocks = triton.cdiv(C, block_c)
     split = max(1, min(items, triton.cdiv(_PROGRAMS_PER_SM * sm_count(x.device), c_blocks * OG)))
     per_split = triton.cdiv(items, split) if items else 0
     split = triton.cdiv(items, per_split) if items else 1
     KK = KH * KW
-    part = torch.zeros((split, OUT * IG, KK + 2), dtype=torch.float32, device=x.device)
+    taps = min(TAPS_PER_PASS, KK)
+    passes = triton.cdiv(KK, taps)
+    # One plane of partials per (pass, split); a pass writes its taps' columns and its share
+    # of the two G sums, the rest of its plane stays zero, so one sum over planes gives all.
+    part = torch.zeros((passes, split, OUT * IG, KK + 2), dtype=torch.float32, device=x.device)
     if items:
-        _wavkan_conv_bwd_dparams_kernel[(split, c_blocks, OG)](
-            x, grad, planes, w, part,
-            C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG, items, per_split, part.stride(0),
-            *x.stride(), *grad.stride(), pt, pl, K_BLOCK=next_pow2(KK), **common,
-        )  # fmt: skip
-    sums = part.sum(0).view(OUT, IG, KK + 2)
+        for p in range(passes):
+            _wavkan_conv_bwd_dparams_kernel[(split, c_blocks, OG)](
+                x, grad, planes, w, part[p],
+                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG, items, per_split, part.stride(1),
+                *x.stride(), *grad.stride(), pt, pl,
+                TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c,
+                G_SHARED=groups == 1 or IG % block_c == 0, TAPS=taps, K0=p * taps, **base,
+            )  # fmt: skip
+    sums = part.sum((0, 1)).view(OUT, IG, KK + 2)
     z_scale, p_scale, d_scale = FOLD_BWD[wavelet.code]
     inv_s = scale.float().reciprocal()
     grad_w = (sums[..., :KK] * p_scale).view(OUT, IG, KH, KW)
