@@ -136,7 +136,66 @@ def test_module_on_the_triton_backend(kernel_device):
     torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-5)
 
 
+def test_compile_fullgraph_triton(kernel_device):
+    """torch.compile traces the custom op and its backward without a graph break."""
+    m = WavKANConv2d(3, 4, 3, padding=1, batch_norm=False, backend="triton", device=kernel_device)
+    x = torch.randn(2, 3, 5, 5, device=kernel_device, requires_grad=True)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y_eager = m(x)
+    torch.testing.assert_close(y, y_eager)
+    grads = torch.autograd.grad(y.square().sum(), (x, m.scale, m.wavelet_weights))
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), (x, m.scale, m.wavelet_weights))
+    for a, b in zip(grads, grads_eager):
+        torch.testing.assert_close(a, b)
+
+
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
     x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, kernel_device)
     with pytest.raises(ValueError, match="use backend='reference'"):
         wavkan_conv(x, *params, dilation=1000, backend="triton")
+
+
+# --- on the GPU: the benchmark's layers at reduced batch, with the GPU's block sizes ------------
+
+GPU_CASES = [
+    ("cifar-3x3", 4, 64, 64, (3, 3), (32, 32), 1, 1, 1, 1),
+    ("ecg-1d-k7", 2, 12, 64, (7,), (5000,), 1, 3, 1, 1),
+    ("strided-dilated-grouped", 2, 64, 128, (3, 3), (64, 64), 2, 2, 2, 4),
+    ("depthwise-5x5", 2, 32, 32, (5, 5), (33, 31), 1, 2, 1, 32),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("wavelet", WAVELETS)
+@pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
+def test_gpu_layers_against_reference(case, wavelet):
+    _, B, C, OUT, kernel, spatial, stride, padding, dilation, groups = case
+    x, *params = conv_inputs(B, C, OUT, kernel, spatial, groups, torch.device("cuda"))
+    check_against_reference(x, params, conv_kwargs(stride, padding, dilation, groups, wavelet))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_low_precision_and_channels_last(dtype):
+    x, *params = conv_inputs(4, 64, 64, (3, 3), (32, 32), 1, torch.device("cuda"), dtype)
+    x = x.to(memory_format=torch.channels_last)
+    conv = conv_kwargs(padding=1)
+    y, grads, g = outputs_and_grads(x, params, conv, "triton")
+    y_ref, grads_ref, _ = outputs_and_grads(x, params, conv, "reference", None, g)
+    floor = LOW_PRECISION_FLOOR[dtype]
+    assert rel_err(y, y_ref) < floor
+    for got, ref in zip(grads, grads_ref):
+        assert rel_err(got, ref) < floor
+
+
+@pytest.mark.gpu
+def test_gpu_backward_is_deterministic():
+    x, *params = conv_inputs(8, 64, 64, (3, 3), (32, 32), 1, torch.device("cuda"))
+    conv = conv_kwargs(padding=1)
+    y0, first, g = outputs_and_grads(x, params, conv, "triton")
+    for _ in range(3):
+        y1, again, _ = outputs_and_grads(x, params, conv, "triton", None, g)
+        assert torch.equal(y0, y1)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
