@@ -199,3 +199,10 @@ def test_gpu_backward_is_deterministic():
         assert torch.equal(y0, y1)
         for a, b in zip(first, again):
             assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_takes_the_reference_for_kernels_wider_than_a_tile():
+    x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, torch.device("cuda"))
+    y = wavkan_conv(x, *params, dilation=1000, backend="auto")
+    torch.testing.assert_close(y, wavkan_conv(x, *params, dilation=1000, backend="reference"))

@@ -160,6 +160,18 @@ def _wavkan_conv_fwd_kernel(
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=in_tile & (oh < HO) & (ow < WO))
 
 
+def max_halo(kernel_taps: int) -> int:
+    """The largest input halo (pixels) a forward program holds for a kernel of this many taps."""
+    return min(MAX_TILE, max(64, ACC_ELEMENTS // min(TAPS_PER_PASS, kernel_taps)))
+
+
+def kernel_fits(kernel: tuple, dilation: tuple) -> bool:
+    """Whether the forward can tile a (KH, KW) kernel with this dilation: the input pixels one
+    output pixel reads must fit a program's halo."""
+    (KH, KW), (DH, DW) = kernel, dilation
+    return ((KH - 1) * DH + 1) * ((KW - 1) * DW + 1) <= max_halo(KH * KW)
+
+
 def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, dilation, groups: int) -> torch.Tensor:
     """Fused forward. x: (B, C, H, W), any strides and float dtype; scale, translation: (OUT,
     C / groups); weights: (OUT, C / groups, KH, KW) (window folded in); stride, dilation: (h, w);
@@ -175,7 +187,7 @@ def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, di
     if B == 0:
         return y
     taps = min(TAPS_PER_PASS, KH * KW)
-    tiles = plan_forward_tiles(HO, WO, KH, KW, SH, SW, DH, DW, IG, min(MAX_TILE, max(64, ACC_ELEMENTS // taps)))
+    tiles = plan_forward_tiles(HO, WO, KH, KW, SH, SW, DH, DW, IG, max_halo(KH * KW))
     planes, w = forward_constants(scale, translation, weights, wavelet.code)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     n_items = B * tiles_per_image * OUT

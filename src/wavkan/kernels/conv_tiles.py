@@ -1,9 +1,9 @@
 """Tile planning and edge constants shared by the convolution kernels (host side only).
 
 Both passes tile the image plane of one batch row: the forward by output tiles (each with the
-input halo its taps read), the backward by input tiles (each with the halo of ``grad_y`` that
-reads it). A tile is a rectangle of ``rows x cols`` pixels flattened row-major into a
-power-of-two ``arange``; its halo likewise.
+input halo its taps read), the backward by input tiles, which partition the image. A tile is a
+rectangle of ``rows x cols`` pixels flattened row-major into a power-of-two ``arange``; its halo
+likewise.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .device import FOLD, FOLD_BWD
+from .launch import cdiv
 
 # The largest flattened tile or halo (elements per channel row held in registers).
 MAX_TILE = 1024
@@ -26,10 +27,6 @@ _COST_CHANNEL, _COST_TILE = 16.0, 64.0
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class ForwardTiles(NamedTuple):
