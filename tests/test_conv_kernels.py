@@ -103,11 +103,26 @@ def test_channels_last_and_strided_views(kernel_device):
     wide = torch.randn(2, 4, 5, 12, device=kernel_device)
     wide[..., 1::2] = x
     check_against_reference(wide[..., 1::2], params, conv)
-    # grad_y with stride 0 (the backward of a sum) and a transposed parameter view.
+    # A transposed parameter view, and grad_y with stride 0 (the backward of a sum).
     s, t, w = params
     s_t = s.t().contiguous().t()
-    y = wavkan_conv(x, s_t, t, w, **conv, backend="triton")
-    torch.testing.assert_close(y, wavkan_conv(x, s, t, w, **conv, backend="reference"), rtol=1e-5, atol=1e-6)
+    assert not s_t.is_contiguous()
+    grads = {}
+    for backend in ("triton", "reference"):
+        leaves = [a.clone().requires_grad_() for a in (x, s_t, t, w)]
+        wavkan_conv(*leaves, **conv, backend=backend).sum().backward()
+        grads[backend] = [leaf.grad for leaf in leaves]
+    for got, ref in zip(grads["triton"], grads["reference"]):
+        assert rel_err(got, ref) < FP32_TOL["grad"]
+
+
+def test_empty_batch(kernel_device):
+    x, *params = conv_inputs(0, 2, 3, (3,), (7,), 1, kernel_device)
+    leaves = [p.clone().requires_grad_() for p in params]
+    y = wavkan_conv(x.requires_grad_(), *leaves, padding=1, backend="triton")
+    assert y.shape == (0, 3, 7)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and all(torch.equal(p.grad, torch.zeros_like(p)) for p in leaves)
 
 
 def test_backward_is_deterministic_and_skips_unneeded(kernel_device):
