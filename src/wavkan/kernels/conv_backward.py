@@ -48,16 +48,19 @@ NUM_WARPS = 4
 BLOCK_C_MAX = 4
 # Channels x tile pixels per program: grad_x keeps four fp32 tiles of this size in registers,
 # the parameter pass up to 16 tap accumulators and six more.
-DX_ELEMENTS, DPARAMS_ELEMENTS = 2048, 512
+DX_ELEMENTS, DPARAMS_ELEMENTS = 1024, 512
 TAPS_PER_PASS = 16
 # Parameter-pass programs per SM to aim for when choosing the split.
 _PROGRAMS_PER_SM = 4
 
 
-def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool) -> tuple:
-    """(channels per program, input tiles) for programs of about ``elements`` channel-pixels.
+def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9) -> tuple:
+    """(channels per program, input tiles) for programs of about ``elements`` channel-pixels,
+    fewer for kernels of more than 9 taps (each tap's grad_y offsets and loads take registers).
     The interpreter, slow per program and per operation, takes more channels per program."""
     block_c = min(BLOCK_C_MAX if on_gpu else 4 * BLOCK_C_MAX, next_pow2(C))
+    if taps > 9:
+        elements = max(128, elements // 4)
     return block_c, plan_backward_tiles(H, W, elements // block_c)
 
 
@@ -334,7 +337,7 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     grad_x = None
     if need_x:
         grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
-        block_c, tiles = _blocks(C, H, W, DX_ELEMENTS, x.is_cuda)
+        block_c, tiles = _blocks(C, H, W, DX_ELEMENTS, x.is_cuda, KH * KW)
         if B > 0:
             tiles_per_image = tiles.tiles_h * tiles.tiles_w
             _wavkan_conv_bwd_dx_kernel[(B * tiles_per_image, triton.cdiv(C, block_c))](
@@ -346,7 +349,7 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
             )  # fmt: skip
     if not need_params:
         return grad_x, None, None, None
-    block_c, tiles = _blocks(C, H, W, DPARAMS_ELEMENTS, x.is_cuda)
+    block_c, tiles = _blocks(C, H, W, DPARAMS_ELEMENTS, x.is_cuda, KH * KW)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     items = B * tiles_per_image
     c_blocks = triton.cdiv(C, block_c)
