@@ -23,11 +23,14 @@ i: a program holding BLOCK_C input channels of one group loads it straight from 
   share of the (batch row, input tile) items and writes per-split fp32 partial sums, which are
   summed over the splits in a fixed order afterwards (no atomics).
 
-Cost per (o, i, input pixel): one MUFU.EX2 and the wavelet's psi/dpsi instructions; per tap: one
-FMA (grad_x), or one FMA and a product summed in a row reduction (parameters); plus one load of
-grad_y per (o, input pixel, tap) for BLOCK_C channels. When a block's channels span groups
-(depthwise), each row loads its own grad_y. Extra memory: the per-split partials,
-splits x out x in/groups x (taps + 2) fp32.
+Cost per (o, i, input pixel): one MUFU.EX2 and the wavelet's psi/dpsi instructions; per tap one
+FMA for G, and in the parameter pass one more into the tap's weight-gradient accumulator (held
+in registers, reduced once per program). Loads: grad_y once per (o, input pixel, tap) for the
+block's channels, and the taps' weights, which for grad_x change with o: Triton's default
+layout gives a thread 4 channels x 2 pixels of a (4, 256) block, so a tap costs it 4 weight and
+2 grad_y loads for 8 FMAs. When a block's channels span groups (depthwise), each row loads its
+own grad_y. Extra memory: the per-split partials, passes x splits x out x in/groups x
+(taps + 2) fp32.
 """
 
 from __future__ import annotations

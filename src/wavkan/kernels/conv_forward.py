@@ -23,7 +23,8 @@ per element by one program: deterministic, no atomics. Extra memory: the scratch
 taps x halo block fp32 (programs = a few per SM).
 
 Cost per (o, i, halo pixel): one MUFU.EX2, the wavelet's FMA-pipe instructions (mexican_hat:
-about four) and one FMA per tap; halos of neighbouring tiles overlap, so pixels at tile borders
+seven with the mask and the (x - t) k/s) and one FMA per tap, plus the load of x and a share of
+the tap weights' loads (scalars of the item, one load per tap and channel per thread); halos of neighbouring tiles overlap, so pixels at tile borders
 are computed by each tile that reads them (``conv_tiles.plan_forward_tiles`` weighs that against
 the padding of the power-of-two blocks). Per (o, tap, output pixel): one store and one load of
 the scratch.
