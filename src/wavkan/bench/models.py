@@ -80,4 +80,3 @@ def make_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
     for i, o in zip(widths[:-1], widths[1:]):
         mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.BatchNorm1d(o, device=device, dtype=dtype)]
     return nn.Sequential(*mods)
-
