@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import FP32_TOL, LOW_PRECISION_FLOOR, rel_err
-from wavkan import WAVELETS, WavKANConv2d, wavkan_conv
+from wavkan import WAVELETS, WavKANConv1d, WavKANConv2d, wavkan_conv
 
 pytest.importorskip("triton")
 
@@ -221,3 +221,20 @@ def test_gpu_auto_takes_the_reference_for_kernels_wider_than_a_tile():
     x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, torch.device("cuda"))
     y = wavkan_conv(x, *params, dilation=1000, backend="auto")
     torch.testing.assert_close(y, wavkan_conv(x, *params, dilation=1000, backend="reference"))
+
+
+def test_half_precision_parameters(kernel_device):
+    """A layer built in bfloat16: the kernels read bf16 parameters and compute in fp32."""
+    m = WavKANConv1d(3, 4, 3, padding=1, batch_norm=False, backend="triton", device=kernel_device,
+                     dtype=torch.bfloat16)  # fmt: skip
+    ref = WavKANConv1d(3, 4, 3, padding=1, batch_norm=False, backend="reference", device=kernel_device,
+                       dtype=torch.bfloat16)  # fmt: skip
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 9, device=kernel_device, dtype=torch.bfloat16)
+    y, y_ref = m(x), ref(x)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y, y_ref) < LOW_PRECISION_FLOOR[torch.bfloat16]
+    y.float().square().sum().backward()
+    y_ref.float().square().sum().backward()
+    for p, q in zip(m.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.bfloat16 and rel_err(p.grad, q.grad) < 2e-2

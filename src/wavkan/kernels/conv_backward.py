@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import backward_constants, next_pow2, plan_backward_tiles
+from .conv_tiles import next_pow2, plan_backward_tiles
 from .device import FOLD_BWD, wavelet_psi_dpsi_folded
 from .launch import sm_count
 
@@ -115,13 +115,14 @@ def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride
 
 @triton.jit
 def _wavkan_conv_bwd_dx_kernel(
-    x_ptr, g_ptr, planes_ptr, wx_ptr, gx_ptr,
-    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, PLANE,
+    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, gx_ptr,
+    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE,
     stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
+    stride_so, stride_si, stride_to, stride_ti,
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-    G_SHARED: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    G_SHARED: tl.constexpr, Z_SCALE: tl.constexpr, D_SCALE: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = pid // TILES_PER_IMAGE
@@ -143,17 +144,17 @@ def _wavkan_conv_bwd_dx_kernel(
         else:
             o_g = o
         edge = o * IG + i_c
-        a = tl.load(planes_ptr + edge)[:, None]
-        t = tl.load(planes_ptr + PLANE + edge)[:, None]
-        _, dpsi = wavelet_psi_dpsi_folded((x - t) * a, WAVELET, FAST)
+        inv_s = 1.0 / tl.load(s_ptr + o * stride_so + i_c * stride_si).to(tl.float32)[:, None]
+        t = tl.load(t_ptr + o * stride_to + i_c * stride_ti).to(tl.float32)[:, None]
+        _, dpsi = wavelet_psi_dpsi_folded((x - t) * (inv_s * Z_SCALE), WAVELET, FAST)
         big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
                 g = _shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
                                   stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED)  # fmt: skip
-                w = tl.load(wx_ptr + edge * KK + (kh * KW + kw))
+                w = tl.load(w_ptr + edge * KK + (kh * KW + kw)).to(tl.float32)
                 big_g += w[:, None] * _as_rows(g, G_SHARED)
-        acc += dpsi * big_g
+        acc += dpsi * big_g * (inv_s * D_SCALE)  # d z / d x = 1/s; dpsi carries 1/D
     pix = (qh * W + qw)[None, :]
     gx_ptrs = gx_ptr + (b.to(tl.int64) * C + offs_c[:, None]) * (H * W) + pix
     tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=mask_c[:, None] & q_ok[None, :])
@@ -164,7 +165,7 @@ def _tap_weight(w_ptr, edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr
     """w[o, i, K0 + k] as a (BLOCK_C, 1) column; zero for a tap that does not exist (unused)."""
     if K0 + k < KK:
         if k < TAPS:
-            return tl.load(w_ptr + edge * KK + (K0 + k))[:, None]
+            return tl.load(w_ptr + edge * KK + (K0 + k)).to(tl.float32)[:, None]
     return tl.zeros_like(edge)[:, None].to(tl.float32)
 
 
@@ -192,13 +193,15 @@ def _store_tap_sum(row, acc, mask_c, k: tl.constexpr, K0: tl.constexpr, KK: tl.c
 
 @triton.jit
 def _wavkan_conv_bwd_dparams_kernel(
-    x_ptr, g_ptr, planes_ptr, w_ptr, part_ptr,
-    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, PLANE, ITEMS, ITEMS_PER_SPLIT, stride_ps,
+    x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, part_ptr,
+    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, ITEMS, ITEMS_PER_SPLIT, stride_ps,
     stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
+    stride_so, stride_si, stride_to, stride_ti,
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-    G_SHARED: tl.constexpr, TAPS: tl.constexpr, K0: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    G_SHARED: tl.constexpr, TAPS: tl.constexpr, K0: tl.constexpr, Z_SCALE: tl.constexpr, WAVELET: tl.constexpr,
+    FAST: tl.constexpr,
 ):  # fmt: skip
     """One pass over taps K0 .. K0 + TAPS - 1: their weight-gradient sums, and the sums of
     G dpsi and G dpsi z for the part of G these taps make (G is linear in the taps: the passes'
@@ -215,8 +218,8 @@ def _wavkan_conv_bwd_dparams_kernel(
     else:
         o_g = o
     edge = o * IG + i_c
-    a = tl.load(planes_ptr + edge)[:, None]
-    t = tl.load(planes_ptr + PLANE + edge)[:, None]
+    a = Z_SCALE / tl.load(s_ptr + o * stride_so + i_c * stride_si).to(tl.float32)[:, None]
+    t = tl.load(t_ptr + o * stride_to + i_c * stride_ti).to(tl.float32)[:, None]
     KK: tl.constexpr = KH * KW
     # The taps' weights: loaded once, held in registers for every item.
     w0 = _tap_weight(w_ptr, edge, 0, K0, KK, TAPS)
@@ -335,8 +338,12 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     pt, _, pl, _ = padding
     HO, WO = grad.shape[2:]
     OG = OUT // groups
-    planes, w, w_x = backward_constants(scale, translation, weights, wavelet.code)
-    base = dict(SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS)
+    z_scale, p_scale, d_scale = FOLD_BWD[wavelet.code]
+    w = weights.contiguous()
+    params = (scale, translation, w)
+    param_strides = (*scale.stride(), *translation.stride())
+    base = dict(SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, Z_SCALE=z_scale, WAVELET=wavelet.code, FAST=x.is_cuda,
+                num_warps=NUM_WARPS)  # fmt: skip
     grad_x = None
     if need_x:
         grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
@@ -344,11 +351,11 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
         if B > 0:
             tiles_per_image = tiles.tiles_h * tiles.tiles_w
             _wavkan_conv_bwd_dx_kernel[(B * tiles_per_image, triton.cdiv(C, block_c))](
-                x, grad, planes, w_x, grad_x,
-                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG,
-                *x.stride(), *grad.stride(), pt, pl,
+                x, grad, *params, grad_x,
+                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image,
+                *x.stride(), *grad.stride(), *param_strides, pt, pl,
                 TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c,
-                G_SHARED=groups == 1 or IG % block_c == 0, **base,
+                G_SHARED=groups == 1 or IG % block_c == 0, D_SCALE=d_scale, **base,
             )  # fmt: skip
     if not need_params:
         return grad_x, None, None, None
@@ -368,14 +375,13 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     if items:
         for p in range(passes):
             _wavkan_conv_bwd_dparams_kernel[(split, c_blocks, OG)](
-                x, grad, planes, w, part[p],
-                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, OUT * IG, items, per_split, part.stride(1),
-                *x.stride(), *grad.stride(), pt, pl,
+                x, grad, *params, part[p],
+                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, items, per_split, part.stride(1),
+                *x.stride(), *grad.stride(), *param_strides, pt, pl,
                 TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c,
                 G_SHARED=groups == 1 or IG % block_c == 0, TAPS=taps, K0=p * taps, **base,
             )  # fmt: skip
     sums = part.sum((0, 1)).view(OUT, IG, KK + 2)
-    z_scale, p_scale, d_scale = FOLD_BWD[wavelet.code]
     inv_s = scale.float().reciprocal()
     grad_w = (sums[..., :KK] * p_scale).view(OUT, IG, KH, KW)
     grad_t = -inv_s * d_scale * sums[..., KK]

@@ -39,8 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import MAX_TILE, forward_constants, plan_forward_tiles
-from .device import wavelet_psi_folded
+from .conv_tiles import MAX_TILE, plan_forward_tiles
+from .device import FOLD, wavelet_psi_folded
 from .launch import sm_count
 
 TAPS_PER_PASS = 16
@@ -56,7 +56,7 @@ def _tap_acc(acc, psi, w_edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constex
     """acc + w[o, i, K0 + k] psi for a tap that exists (else acc unchanged, and unused)."""
     if K0 + k < KK:
         if k < TAPS:
-            acc += tl.load(w_edge + (K0 + k)) * psi
+            acc += tl.load(w_edge + (K0 + k)).to(tl.float32) * psi
     return acc
 
 
@@ -70,14 +70,14 @@ def _store_plane(slot, acc, offs, k: tl.constexpr, K0: tl.constexpr, KK: tl.cons
 
 @triton.jit
 def _wavkan_conv_fwd_kernel(
-    x_ptr, planes_ptr, w_ptr, y_ptr, scratch_ptr,
-    H, W, OUT, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, N_ITEMS, PLANE,
-    stride_xb, stride_xc, stride_xh, stride_xw,
+    x_ptr, s_ptr, t_ptr, w_ptr, y_ptr, scratch_ptr,
+    H, W, OUT, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, N_ITEMS,
+    stride_xb, stride_xc, stride_xh, stride_xw, stride_so, stride_si, stride_to, stride_ti,
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     OUT_BLOCK: tl.constexpr, HALO_BLOCK: tl.constexpr, TAPS: tl.constexpr,
-    WAVELET: tl.constexpr, FAST: tl.constexpr,
+    Z_SCALE: tl.constexpr, W_SCALE: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     KK: tl.constexpr = KH * KW
@@ -112,8 +112,9 @@ def _wavkan_conv_fwd_kernel(
             a8, a9, a10, a11, a12, a13, a14, a15 = a0, a0, a0, a0, a0, a0, a0, a0
             for i in range(IG):
                 edge = o * IG + i
-                a = tl.load(planes_ptr + edge)
-                t = tl.load(planes_ptr + PLANE + edge)
+                # The edge's constants, a scalar division per (item, channel): z' = (x - t) (k/s).
+                a = Z_SCALE / tl.load(s_ptr + o * stride_so + i * stride_si).to(tl.float32)
+                t = tl.load(t_ptr + o * stride_to + i * stride_ti).to(tl.float32)
                 xv = tl.load(x_chan + i * stride_xc, mask=in_image, other=0.0).to(tl.float32)
                 psi = tl.where(in_image, wavelet_psi_folded((xv - t) * a, WAVELET, FAST), 0.0)
                 w_edge = w_ptr + edge * KK
@@ -158,7 +159,7 @@ def _wavkan_conv_fwd_kernel(
                     shift = ((K0 + k) // KW) * (DH * HALO_W) + ((K0 + k) % KW) * DW  # tap (kh, kw)
                     out += tl.load(slot + k * HALO_BLOCK + base + shift)
         y_ptrs = y_ptr + (b.to(tl.int64) * OUT + o) * (HO * WO) + (oh * WO + ow)
-        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=in_tile & (oh < HO) & (ow < WO))
+        tl.store(y_ptrs, (out * W_SCALE).to(y_ptr.dtype.element_ty), mask=in_tile & (oh < HO) & (ow < WO))
 
 
 def max_halo(kernel_taps: int) -> int:
@@ -189,18 +190,18 @@ def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, di
         return y
     taps = min(TAPS_PER_PASS, KH * KW)
     tiles = plan_forward_tiles(HO, WO, KH, KW, SH, SW, DH, DW, IG, max_halo(KH * KW))
-    planes, w = forward_constants(scale, translation, weights, wavelet.code)
+    z_scale, w_scale = FOLD[wavelet.code]
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     n_items = B * tiles_per_image * OUT
     programs = min(n_items, PROGRAMS_PER_SM * sm_count(x.device))
     scratch = torch.empty((programs, taps, tiles.halo_block), dtype=torch.float32, device=x.device)
     _wavkan_conv_fwd_kernel[(programs,)](
-        x, planes, w, y, scratch,
-        H, W, OUT, IG, OUT // groups, HO, WO, tiles.tiles_w, tiles_per_image, n_items, OUT * IG,
-        *x.stride(), pt, pl,
+        x, scale, translation, weights.contiguous(), y, scratch,
+        H, W, OUT, IG, OUT // groups, HO, WO, tiles.tiles_w, tiles_per_image, n_items,
+        *x.stride(), *scale.stride(), *translation.stride(), pt, pl,
         SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW,
         TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, HALO_H=tiles.halo_h, HALO_W=tiles.halo_w,
         OUT_BLOCK=tiles.out_block, HALO_BLOCK=tiles.halo_block, TAPS=taps,
-        WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
+        Z_SCALE=z_scale, W_SCALE=w_scale, WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
     )  # fmt: skip
     return y

@@ -1,4 +1,4 @@
-"""Tile planning and edge constants shared by the convolution kernels (host side only).
+"""Tile planning for the convolution kernels (host side only).
 
 Both passes tile the image plane of one batch row: the forward by output tiles (each with the
 input halo its taps read), the backward by input tiles, which partition the image. A tile is a
@@ -11,9 +11,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import torch
-
-from .device import FOLD, FOLD_BWD
 from .launch import cdiv
 
 # The largest flattened tile or halo (elements per channel row held in registers).
@@ -93,23 +90,3 @@ def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTil
                 best = (cost, th, tw)
     _, th, tw = best
     return BackwardTiles(th, tw, next_pow2(th * tw), cdiv(H, th), cdiv(W, tw))
-
-
-def forward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
-    """fp32 (2, out, in/groups) planes [k/s, t] and (out, in/groups, KH, KW) weights times the
-    forward fold m: the kernel evaluates w m psi'((x - t) (k/s)) = w psi(z)."""
-    z_scale, w_scale = FOLD[code]
-    inv_s = scale.float().reciprocal()
-    planes = torch.stack((inv_s * z_scale, translation.float())).contiguous()
-    return planes, (weights.float() * w_scale).contiguous()
-
-
-def backward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
-    """fp32 planes [k/s, t], the weights as they are (fp32), and the weights times D/s for
-    grad_x: the kernels evaluate (psi / P, dpsi / D) at (x - t) (k/s)."""
-    z_scale, _, d_scale = FOLD_BWD[code]
-    inv_s = scale.float().reciprocal()
-    planes = torch.stack((inv_s * z_scale, translation.float())).contiguous()
-    w = weights.float().contiguous()
-    w_x = (w * (inv_s * d_scale)[:, :, None, None]).contiguous()
-    return planes, w, w_x
