@@ -115,7 +115,7 @@ def _wavkan_conv_fwd_kernel(
                 # The edge's constants, a scalar division per (item, channel): z' = (x - t) (k/s).
                 a = Z_SCALE / tl.load(s_ptr + o * stride_so + i * stride_si).to(tl.float32)
                 t = tl.load(t_ptr + o * stride_to + i * stride_ti).to(tl.float32)
-                xv = tl.load(x_chan + i * stride_xc, mask=in_image, other=0.0).to(tl.float32)
+                xv = tl.load(x_chan + tl.cast(i, tl.int64) * stride_xc, mask=in_image, other=0.0).to(tl.float32)
                 psi = tl.where(in_image, wavelet_psi_folded((xv - t) * a, WAVELET, FAST), 0.0)
                 w_edge = w_ptr + edge * KK
                 a0 = _tap_acc(a0, psi, w_edge, 0, K0, KK, TAPS)
