@@ -24,10 +24,11 @@ taps x halo block fp32 (programs = a few per SM).
 
 Cost per (o, i, halo pixel): one MUFU.EX2, the wavelet's FMA-pipe instructions (mexican_hat:
 seven with the mask and the (x - t) k/s) and one FMA per tap, plus the load of x and a share of
-the tap weights' loads (scalars of the item, one load per tap and channel per thread); halos of neighbouring tiles overlap, so pixels at tile borders
-are computed by each tile that reads them (``conv_tiles.plan_forward_tiles`` weighs that against
-the padding of the power-of-two blocks). Per (o, tap, output pixel): one store and one load of
-the scratch.
+the tap weights' loads (scalars of the item: one load per tap and channel per thread). Halos of
+neighbouring tiles overlap, so pixels at tile borders are computed by each tile that reads them
+(``conv_tiles.plan_forward_tiles`` weighs that against the padding of the power-of-two blocks).
+Per (o, tap, output pixel): one store and one load of the scratch. The edge constants (k/s, the
+wavelet's weight factor) are folded in the kernel, so a call does no host work on the parameters.
 
 z is computed as (x - t) * (k/s), never x (k/s) - t (k/s): exact where x == t and accurate for
 large |t/s|.
