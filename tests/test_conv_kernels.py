@@ -238,3 +238,19 @@ def test_half_precision_parameters(kernel_device):
     y_ref.float().square().sum().backward()
     for p, q in zip(m.parameters(), ref.parameters()):
         assert p.grad.dtype == torch.bfloat16 and rel_err(p.grad, q.grad) < 2e-2
+
+
+def test_wide_offsets_path(kernel_device, monkeypatch):
+    """The 64-bit offset variant (taken for tensors whose batch row spans 2^31 elements) gives
+    the same values as the 32-bit one."""
+    from wavkan.kernels import conv_backward, conv_forward
+
+    x, *params = conv_inputs(2, 4, 4, (3, 2), (5, 6), 2, kernel_device)
+    conv = conv_kwargs(stride=(1, 2), padding=1, groups=2, wavelet="dog")
+    y, grads, g = outputs_and_grads(x, params, conv, "triton")
+    monkeypatch.setattr(conv_forward, "needs_wide_offsets", lambda *t: True)
+    monkeypatch.setattr(conv_backward, "needs_wide_offsets", lambda *t: True)
+    y_wide, grads_wide, _ = outputs_and_grads(x, params, conv, "triton", None, g)
+    assert torch.equal(y, y_wide)
+    for a, b in zip(grads, grads_wide):
+        assert torch.equal(a, b)

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import next_pow2, plan_backward_tiles
+from .conv_tiles import index, needs_wide_offsets, next_pow2, plan_backward_tiles
 from .device import FOLD_BWD, wavelet_psi_dpsi_folded
 from .launch import sm_count
 
@@ -70,7 +70,7 @@ def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9) 
 @triton.jit
 def _shifted_grad(g_row, o, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
                   kh: tl.constexpr, kw: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-                  DW: tl.constexpr, G_SHARED: tl.constexpr):  # fmt: skip
+                  DW: tl.constexpr, G_SHARED: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
     """grad_y[b, o, p] at the output pixel p that reads input pixel q through tap (kh, kw), zero
     where there is none: (TILE_BLOCK,) for one output channel o (G_SHARED), else
     (BLOCK_C, TILE_BLOCK) for one per channel row. A plain load from grad_y: the taps' shift
@@ -80,11 +80,11 @@ def _shifted_grad(g_row, o, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_g
     ph = rr // SH
     pw = rc // SW
     valid = q_ok & (rr >= 0) & (rc >= 0) & (rr % SH == 0) & (rc % SW == 0) & (ph < HO) & (pw < WO)
-    pix = tl.where(valid, ph, 0).to(tl.int64) * stride_gh + tl.where(valid, pw, 0).to(tl.int64) * stride_gw
+    pix = index(tl.where(valid, ph, 0), WIDE) * stride_gh + index(tl.where(valid, pw, 0), WIDE) * stride_gw
     if G_SHARED:
-        return tl.load(g_row + o.to(tl.int64) * stride_go + pix, mask=valid, other=0.0).to(tl.float32)
+        return tl.load(g_row + index(o, WIDE) * stride_go + pix, mask=valid, other=0.0).to(tl.float32)
     else:
-        ptrs = g_row + o.to(tl.int64)[:, None] * stride_go + pix[None, :]
+        ptrs = g_row + index(o, WIDE)[:, None] * stride_go + pix[None, :]
         return tl.load(ptrs, mask=mask_c[:, None] & valid[None, :], other=0.0).to(tl.float32)
 
 
@@ -98,7 +98,7 @@ def _as_rows(v, G_SHARED: tl.constexpr):
 
 @triton.jit
 def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh, stride_xw,
-                TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr):  # fmt: skip
+                TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
     """x on one input tile: (BLOCK_C, TILE_BLOCK) fp32, the tile's pixel rows and cols, and the
     mask of its pixels inside the image."""
     qh0 = (tile // TILES_W) * TILE_H
@@ -107,8 +107,8 @@ def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride
     qh = qh0 + j // TILE_W
     qw = qw0 + j % TILE_W
     q_ok = (j < TILE_H * TILE_W) & (qh < H) & (qw < W)
-    pix = tl.where(q_ok, qh, 0).to(tl.int64) * stride_xh + tl.where(q_ok, qw, 0).to(tl.int64) * stride_xw
-    ptrs = x_ptr + b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + pix[None, :]
+    pix = index(tl.where(q_ok, qh, 0), WIDE) * stride_xh + index(tl.where(q_ok, qw, 0), WIDE) * stride_xw
+    ptrs = x_ptr + b.to(tl.int64) * stride_xb + index(offs_c, WIDE)[:, None] * stride_xc + pix[None, :]
     x = tl.load(ptrs, mask=mask_c[:, None] & q_ok[None, :], other=0.0).to(tl.float32)
     return x, qh, qw, q_ok
 
@@ -122,7 +122,8 @@ def _wavkan_conv_bwd_dx_kernel(
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-    G_SHARED: tl.constexpr, Z_SCALE: tl.constexpr, D_SCALE: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    G_SHARED: tl.constexpr, Z_SCALE: tl.constexpr, D_SCALE: tl.constexpr, WIDE: tl.constexpr, WAVELET: tl.constexpr,
+    FAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = pid // TILES_PER_IMAGE
@@ -133,7 +134,7 @@ def _wavkan_conv_bwd_dx_kernel(
     offs_c = tl.where(mask_c, offs_c, 0)
     i_c = offs_c % IG
     x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh,
-                                  stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
+                                  stride_xw, TILE_H, TILE_W, TILE_BLOCK, WIDE)  # fmt: skip
     g_row = g_ptr + b.to(tl.int64) * stride_gb
     KK: tl.constexpr = KH * KW
     acc = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
@@ -151,7 +152,7 @@ def _wavkan_conv_bwd_dx_kernel(
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
                 g = _shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
-                                  stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED)  # fmt: skip
+                                  stride_gw, kh, kw, SH, SW, DH, DW, G_SHARED, WIDE)  # fmt: skip
                 w = tl.load(w_ptr + edge * KK + (kh * KW + kw)).to(tl.float32)
                 big_g += w[:, None] * _as_rows(g, G_SHARED)
         acc += dpsi * big_g * (inv_s * D_SCALE)  # d z / d x = 1/s; dpsi carries 1/D
@@ -172,13 +173,15 @@ def _tap_weight(w_ptr, edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr
 @triton.jit
 def _dparams_tap(big_g, acc, w, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
                  stride_gw, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr, KW: tl.constexpr,
-                 SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, G_SHARED: tl.constexpr):  # fmt: skip
+                 SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, G_SHARED: tl.constexpr,
+                 WIDE: tl.constexpr):  # fmt: skip
     """For tap K0 + k: G += w g_k and the tap's weight-gradient accumulator += psi g_k, with g_k
     grad_y at the output pixel the tap maps each input pixel to."""
     if K0 + k < KK:
         if k < TAPS:
-            g = _as_rows(_shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
-                                       stride_gw, (K0 + k) // KW, (K0 + k) % KW, SH, SW, DH, DW, G_SHARED), G_SHARED)  # fmt: skip
+            g = _shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
+                              (K0 + k) // KW, (K0 + k) % KW, SH, SW, DH, DW, G_SHARED, WIDE)  # fmt: skip
+            g = _as_rows(g, G_SHARED)
             big_g += w * g
             acc += psi * g
     return big_g, acc
@@ -200,8 +203,8 @@ def _wavkan_conv_bwd_dparams_kernel(
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-    G_SHARED: tl.constexpr, TAPS: tl.constexpr, K0: tl.constexpr, Z_SCALE: tl.constexpr, WAVELET: tl.constexpr,
-    FAST: tl.constexpr,
+    G_SHARED: tl.constexpr, TAPS: tl.constexpr, K0: tl.constexpr, Z_SCALE: tl.constexpr, WIDE: tl.constexpr,
+    WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     """One pass over taps K0 .. K0 + TAPS - 1: their weight-gradient sums, and the sums of
     G dpsi and G dpsi z for the part of G these taps make (G is linear in the taps: the passes'
@@ -247,7 +250,7 @@ def _wavkan_conv_bwd_dparams_kernel(
     for item in range(start, tl.minimum(start + ITEMS_PER_SPLIT, ITEMS)):
         b = item // TILES_PER_IMAGE
         x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, item % TILES_PER_IMAGE, TILES_W, H, W, stride_xb,
-                                      stride_xc, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK)  # fmt: skip
+                                      stride_xc, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK, WIDE)  # fmt: skip
         zs = (x - t) * a
         psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
         psi = tl.where(q_ok[None, :], psi, 0.0)
@@ -255,52 +258,52 @@ def _wavkan_conv_bwd_dparams_kernel(
         big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
         big_g, acc0 = _dparams_tap(big_g, acc0, w0, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 0, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc1 = _dparams_tap(big_g, acc1, w1, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 1, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc2 = _dparams_tap(big_g, acc2, w2, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 2, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc3 = _dparams_tap(big_g, acc3, w3, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 3, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc4 = _dparams_tap(big_g, acc4, w4, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 4, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc5 = _dparams_tap(big_g, acc5, w5, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 5, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc6 = _dparams_tap(big_g, acc6, w6, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 6, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc7 = _dparams_tap(big_g, acc7, w7, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 7, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc8 = _dparams_tap(big_g, acc8, w8, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 8, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc9 = _dparams_tap(big_g, acc9, w9, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 9, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc10 = _dparams_tap(big_g, acc10, w10, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 10, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc11 = _dparams_tap(big_g, acc11, w11, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 11, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc12 = _dparams_tap(big_g, acc12, w12, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 12, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc13 = _dparams_tap(big_g, acc13, w13, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 13, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc14 = _dparams_tap(big_g, acc14, w14, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 14, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         big_g, acc15 = _dparams_tap(big_g, acc15, w15, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
                                    PAD_L, stride_go, stride_gh, stride_gw, 15, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED)  # fmt: skip
+                                   G_SHARED, WIDE)  # fmt: skip
         q = tl.where(q_ok[None, :], big_g * dpsi, 0.0)
         acc_t += q
         acc_s += q * zs
@@ -342,8 +345,8 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     w = weights.contiguous()
     params = (scale, translation, w)
     param_strides = (*scale.stride(), *translation.stride())
-    base = dict(SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, Z_SCALE=z_scale, WAVELET=wavelet.code, FAST=x.is_cuda,
-                num_warps=NUM_WARPS)  # fmt: skip
+    base = dict(SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW, Z_SCALE=z_scale, WIDE=needs_wide_offsets(x, grad),
+                WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS)  # fmt: skip
     grad_x = None
     if need_x:
         grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import MAX_TILE, plan_forward_tiles
+from .conv_tiles import MAX_TILE, index, needs_wide_offsets, plan_forward_tiles
 from .device import FOLD, wavelet_psi_folded
 from .launch import sm_count
 
@@ -78,7 +78,7 @@ def _wavkan_conv_fwd_kernel(
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     OUT_BLOCK: tl.constexpr, HALO_BLOCK: tl.constexpr, TAPS: tl.constexpr,
-    Z_SCALE: tl.constexpr, W_SCALE: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    Z_SCALE: tl.constexpr, W_SCALE: tl.constexpr, WIDE: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     KK: tl.constexpr = KH * KW
@@ -101,7 +101,7 @@ def _wavkan_conv_fwd_kernel(
         ih = oh0 * SH - PAD_T + h // HALO_W
         iw = ow0 * SW - PAD_L + h % HALO_W
         in_image = (h < HALO_H * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_pix = tl.where(in_image, ih, 0).to(tl.int64) * stride_xh + tl.where(in_image, iw, 0).to(tl.int64) * stride_xw
+        x_pix = index(tl.where(in_image, ih, 0), WIDE) * stride_xh + index(tl.where(in_image, iw, 0), WIDE) * stride_xw
         x_chan = x_ptr + b.to(tl.int64) * stride_xb + ((o // OG) * IG).to(tl.int64) * stride_xc + x_pix
         oh = oh0 + j // TILE_W
         ow = ow0 + j % TILE_W
@@ -203,6 +203,6 @@ def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, di
         SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW,
         TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, HALO_H=tiles.halo_h, HALO_W=tiles.halo_w,
         OUT_BLOCK=tiles.out_block, HALO_BLOCK=tiles.halo_block, TAPS=taps,
-        Z_SCALE=z_scale, W_SCALE=w_scale, WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
+        Z_SCALE=z_scale, W_SCALE=w_scale, WIDE=needs_wide_offsets(x), WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
     )  # fmt: skip
     return y

@@ -1,4 +1,4 @@
-"""Tile planning for the convolution kernels (host side only).
+"""Tile planning and offset widths for the convolution kernels.
 
 Both passes tile the image plane of one batch row: the forward by output tiles (each with the
 input halo its taps read), the backward by input tiles, which partition the image. A tile is a
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 from typing import NamedTuple
+
+import triton
+import triton.language as tl
 
 from .launch import cdiv
 
@@ -90,3 +93,18 @@ def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTil
                 best = (cost, th, tw)
     _, th, tw = best
     return BackwardTiles(th, tw, next_pow2(th * tw), cdiv(H, th), cdiv(W, tw))
+
+
+def needs_wide_offsets(*tensors) -> bool:
+    """Whether an offset inside one batch row (over channels and pixels) of any of these 4-D
+    tensors can pass int32: then the kernels compute such offsets in 64 bits."""
+    return any(sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31 - 1 for t in tensors)
+
+
+@triton.jit
+def index(v, WIDE: tl.constexpr):
+    """v as an offset: 64-bit where ``needs_wide_offsets`` said so, else as it is (int32)."""
+    if WIDE:
+        return v.to(tl.int64)
+    else:
+        return v
