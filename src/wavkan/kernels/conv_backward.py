@@ -50,9 +50,9 @@ NUM_WARPS = 4
 # channels more w.
 BLOCK_C_MAX = 4
 # Channels x tile pixels per program: grad_x keeps four fp32 tiles of this size in registers,
-# the parameter pass up to 16 tap accumulators and six more. Compiled for sm_90 with a 3x3
-# kernel: grad_x about 110 registers at 1024 (184 at 2048, which halves the weight loads per
-# FMA but allows half the resident programs); the parameter pass about 125 at 512. Untimed.
+# the parameter pass up to 16 tap accumulators and six more. For grad_x, 2048 would halve the
+# weight loads per FMA but take about 1.7x the registers (half the resident programs): to be
+# decided by measurement.
 DX_ELEMENTS, DPARAMS_ELEMENTS = 1024, 512
 TAPS_PER_PASS = 16
 # Parameter-pass programs per SM to aim for when choosing the split.
