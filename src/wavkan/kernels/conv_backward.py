@@ -18,14 +18,16 @@ i: a program holding BLOCK_C input channels of one group loads it straight from 
 
 - ``_wavkan_conv_bwd_dx_kernel``: one program per (batch row, input tile, BLOCK_C input
   channels); loops over the output channels of the group and writes its grad_x block once.
-- ``_wavkan_conv_bwd_dparams_kernel``: one program per (split, BLOCK_C input channels, output
-  channel of the group), each (o, i) pair owned by one program per split; it walks its split's
-  share of the (batch row, input tile) items and writes per-split fp32 partial sums, which are
-  summed over the splits in a fixed order afterwards (no atomics).
+- ``_wavkan_conv_bwd_dparams_kernel``: one program per (split of the batch rows, BLOCK_C input
+  channels, output channel of the group), each (o, i) pair owned by one program per split; it
+  walks the input tiles, and inside each its split's batch rows (a tile's pixel and tap offsets
+  are computed once per tile), and writes per-split fp32 partial sums, which are summed over the
+  splits in a fixed order afterwards (no atomics).
 
 Cost per (o, i, input pixel): one MUFU.EX2 and the wavelet's psi/dpsi instructions; per tap one
 FMA for G, and in the parameter pass one more into the tap's weight-gradient accumulator (held
-in registers, reduced once per program). Loads: grad_y once per (o, input pixel, tap) for the
+in registers, reduced once per program; its taps' validity masks and grad_y offsets computed
+once per tile for all its batch rows). Loads: grad_y once per (o, input pixel, tap) for the
 block's channels, and the taps' weights, which for grad_x change with o: Triton's default
 layout gives a thread 4 channels x 2 pixels of a (4, 256) block, so a tap costs it 4 weight and
 2 grad_y loads for 8 FMAs. When a block's channels span groups (depthwise), each row loads its
@@ -70,24 +72,40 @@ def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9) 
 
 
 @triton.jit
-def _shifted_grad(g_row, o, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
-                  kh: tl.constexpr, kw: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-                  DW: tl.constexpr, G_SHARED: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
-    """grad_y[b, o, p] at the output pixel p that reads input pixel q through tap (kh, kw), zero
-    where there is none: (TILE_BLOCK,) for one output channel o (G_SHARED), else
-    (BLOCK_C, TILE_BLOCK) for one per channel row. A plain load from grad_y: the taps' shift
-    costs no data movement between threads."""
+def _tap_geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, kh: tl.constexpr, kw: tl.constexpr,
+                  SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+                  WIDE: tl.constexpr):  # fmt: skip
+    """For input pixels (qh, qw) and tap (kh, kw): whether an output pixel p reads them through
+    the tap, and p's offset in a channel plane of grad_y."""
     rr = qh + PAD_T - kh * DH
     rc = qw + PAD_L - kw * DW
     ph = rr // SH
     pw = rc // SW
     valid = q_ok & (rr >= 0) & (rc >= 0) & (rr % SH == 0) & (rc % SW == 0) & (ph < HO) & (pw < WO)
     pix = index(tl.where(valid, ph, 0), WIDE) * stride_gh + index(tl.where(valid, pw, 0), WIDE) * stride_gw
+    return valid, pix
+
+
+@triton.jit
+def _load_grad(g_row, o, mask_c, valid, pix, stride_go, G_SHARED: tl.constexpr, WIDE: tl.constexpr):
+    """grad_y of output channel o at the pixels ``pix`` (zero where not ``valid``): (TILE_BLOCK,)
+    for one output channel (G_SHARED), else (BLOCK_C, TILE_BLOCK) for one per channel row. A
+    plain load from grad_y: the taps' shift costs no data movement between threads."""
     if G_SHARED:
         return tl.load(g_row + index(o, WIDE) * stride_go + pix, mask=valid, other=0.0).to(tl.float32)
     else:
         ptrs = g_row + index(o, WIDE)[:, None] * stride_go + pix[None, :]
         return tl.load(ptrs, mask=mask_c[:, None] & valid[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _shifted_grad(g_row, o, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
+                  kh: tl.constexpr, kw: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+                  DW: tl.constexpr, G_SHARED: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
+    """grad_y[b, o, p] at the output pixel p that reads input pixel q through tap (kh, kw), zero
+    where there is none."""
+    valid, pix = _tap_geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, kh, kw, SH, SW, DH, DW, WIDE)
+    return _load_grad(g_row, o, mask_c, valid, pix, stride_go, G_SHARED, WIDE)
 
 
 @triton.jit
@@ -99,10 +117,10 @@ def _as_rows(v, G_SHARED: tl.constexpr):
 
 
 @triton.jit
-def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh, stride_xw,
-                TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
-    """x on one input tile: (BLOCK_C, TILE_BLOCK) fp32, the tile's pixel rows and cols, and the
-    mask of its pixels inside the image."""
+def _tile_pixels(tile, TILES_W, H, W, stride_xh, stride_xw, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                 TILE_BLOCK: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
+    """An input tile's pixel rows and cols, the mask of those inside the image, and their offsets
+    in a channel plane of x."""
     qh0 = (tile // TILES_W) * TILE_H
     qw0 = (tile % TILES_W) * TILE_W
     j = tl.arange(0, TILE_BLOCK)
@@ -110,9 +128,23 @@ def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride
     qw = qw0 + j % TILE_W
     q_ok = (j < TILE_H * TILE_W) & (qh < H) & (qw < W)
     pix = index(tl.where(q_ok, qh, 0), WIDE) * stride_xh + index(tl.where(q_ok, qw, 0), WIDE) * stride_xw
-    ptrs = x_ptr + b.to(tl.int64) * stride_xb + index(offs_c, WIDE)[:, None] * stride_xc + pix[None, :]
-    x = tl.load(ptrs, mask=mask_c[:, None] & q_ok[None, :], other=0.0).to(tl.float32)
-    return x, qh, qw, q_ok
+    return qh, qw, q_ok, pix
+
+
+@triton.jit
+def _load_x(x_ptr, b, offs_c, mask_c, q_ok, pix, stride_xb, stride_xc, WIDE: tl.constexpr):
+    """x of the block's channels on a tile: (BLOCK_C, TILE_BLOCK) fp32."""
+    ptrs = x_ptr + tl.cast(b, tl.int64) * stride_xb + index(offs_c, WIDE)[:, None] * stride_xc + pix[None, :]
+    return tl.load(ptrs, mask=mask_c[:, None] & q_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _input_tile(x_ptr, b, offs_c, mask_c, tile, TILES_W, H, W, stride_xb, stride_xc, stride_xh, stride_xw,
+                TILE_H: tl.constexpr, TILE_W: tl.constexpr, TILE_BLOCK: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
+    """x on one input tile: (BLOCK_C, TILE_BLOCK) fp32, the tile's pixel rows and cols, and the
+    mask of its pixels inside the image."""
+    qh, qw, q_ok, pix = _tile_pixels(tile, TILES_W, H, W, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK, WIDE)
+    return _load_x(x_ptr, b, offs_c, mask_c, q_ok, pix, stride_xb, stride_xc, WIDE), qh, qw, q_ok
 
 
 @triton.jit
@@ -173,17 +205,25 @@ def _tap_weight(w_ptr, edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr
 
 
 @triton.jit
-def _dparams_tap(big_g, acc, w, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh,
-                 stride_gw, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr, KW: tl.constexpr,
-                 SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, G_SHARED: tl.constexpr,
-                 WIDE: tl.constexpr):  # fmt: skip
+def _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, k: tl.constexpr, K0: tl.constexpr,
+              KK: tl.constexpr, TAPS: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+              DH: tl.constexpr, DW: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
+    """``_tap_geometry`` of tap K0 + k where it exists (else q_ok and a zero offset, unused)."""
+    if K0 + k < KK:
+        if k < TAPS:
+            return _tap_geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, (K0 + k) // KW,
+                                 (K0 + k) % KW, SH, SW, DH, DW, WIDE)  # fmt: skip
+    return q_ok, index(tl.zeros_like(qh), WIDE)
+
+
+@triton.jit
+def _dparams_tap(big_g, acc, w, psi, g_row, o_g, mask_c, valid, pix, stride_go, k: tl.constexpr, K0: tl.constexpr,
+                 KK: tl.constexpr, TAPS: tl.constexpr, G_SHARED: tl.constexpr, WIDE: tl.constexpr):  # fmt: skip
     """For tap K0 + k: G += w g_k and the tap's weight-gradient accumulator += psi g_k, with g_k
     grad_y at the output pixel the tap maps each input pixel to."""
     if K0 + k < KK:
         if k < TAPS:
-            g = _shifted_grad(g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_go, stride_gh, stride_gw,
-                              (K0 + k) // KW, (K0 + k) % KW, SH, SW, DH, DW, G_SHARED, WIDE)  # fmt: skip
-            g = _as_rows(g, G_SHARED)
+            g = _as_rows(_load_grad(g_row, o_g, mask_c, valid, pix, stride_go, G_SHARED, WIDE), G_SHARED)
             big_g += w * g
             acc += psi * g
     return big_g, acc
@@ -199,7 +239,7 @@ def _store_tap_sum(row, acc, mask_c, k: tl.constexpr, K0: tl.constexpr, KK: tl.c
 @triton.jit
 def _wavkan_conv_bwd_dparams_kernel(
     x_ptr, g_ptr, s_ptr, t_ptr, w_ptr, part_ptr,
-    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, ITEMS, ITEMS_PER_SPLIT, stride_ps,
+    C, H, W, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, B, ROWS_PER_SPLIT, stride_ps,
     stride_xb, stride_xc, stride_xh, stride_xw, stride_gb, stride_go, stride_gh, stride_gw,
     stride_so, stride_si, stride_to, stride_ti,
     PAD_T, PAD_L,
@@ -248,67 +288,86 @@ def _wavkan_conv_bwd_dparams_kernel(
     acc8, acc9, acc10, acc11, acc12, acc13, acc14, acc15 = acc0, acc0, acc0, acc0, acc0, acc0, acc0, acc0
     acc_t = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
     acc_s = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
-    start = pid_s * ITEMS_PER_SPLIT
-    for item in range(start, tl.minimum(start + ITEMS_PER_SPLIT, ITEMS)):
-        b = item // TILES_PER_IMAGE
-        x, qh, qw, q_ok = _input_tile(x_ptr, b, offs_c, mask_c, item % TILES_PER_IMAGE, TILES_W, H, W, stride_xb,
-                                      stride_xc, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK, WIDE)  # fmt: skip
-        zs = (x - t) * a
-        psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
-        psi = tl.where(q_ok[None, :], psi, 0.0)
-        g_row = g_ptr + b.to(tl.int64) * stride_gb
-        big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
-        big_g, acc0 = _dparams_tap(big_g, acc0, w0, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 0, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc1 = _dparams_tap(big_g, acc1, w1, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 1, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc2 = _dparams_tap(big_g, acc2, w2, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 2, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc3 = _dparams_tap(big_g, acc3, w3, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 3, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc4 = _dparams_tap(big_g, acc4, w4, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 4, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc5 = _dparams_tap(big_g, acc5, w5, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 5, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc6 = _dparams_tap(big_g, acc6, w6, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 6, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc7 = _dparams_tap(big_g, acc7, w7, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 7, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc8 = _dparams_tap(big_g, acc8, w8, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 8, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc9 = _dparams_tap(big_g, acc9, w9, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 9, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc10 = _dparams_tap(big_g, acc10, w10, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 10, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc11 = _dparams_tap(big_g, acc11, w11, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 11, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc12 = _dparams_tap(big_g, acc12, w12, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 12, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc13 = _dparams_tap(big_g, acc13, w13, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 13, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc14 = _dparams_tap(big_g, acc14, w14, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 14, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        big_g, acc15 = _dparams_tap(big_g, acc15, w15, psi, g_row, o_g, mask_c, qh, qw, q_ok, HO, WO, PAD_T,
-                                   PAD_L, stride_go, stride_gh, stride_gw, 15, K0, KK, TAPS, KW, SH, SW, DH, DW,
-                                   G_SHARED, WIDE)  # fmt: skip
-        q = tl.where(q_ok[None, :], big_g * dpsi, 0.0)
-        acc_t += q
-        acc_s += q * zs
+    # Tile by tile, the batch rows of this split inside: a tile's pixel offsets and each tap's
+    # validity and grad_y offsets are computed once per tile, not once per (tile, row).
+    b_start = pid_s * ROWS_PER_SPLIT
+    b_end = tl.minimum(b_start + ROWS_PER_SPLIT, B)
+    for tile in range(TILES_PER_IMAGE):
+        qh, qw, q_ok, x_pix = _tile_pixels(tile, TILES_W, H, W, stride_xh, stride_xw, TILE_H, TILE_W, TILE_BLOCK, WIDE)
+        v0, p0 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 0, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v1, p1 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 1, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v2, p2 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 2, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v3, p3 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 3, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v4, p4 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 4, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v5, p5 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 5, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v6, p6 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 6, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v7, p7 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 7, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v8, p8 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 8, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v9, p9 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 9, K0, KK, TAPS, KW, SH, SW,
+                           DH, DW, WIDE)  # fmt: skip
+        v10, p10 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 10, K0, KK, TAPS, KW, SH, SW,
+                             DH, DW, WIDE)  # fmt: skip
+        v11, p11 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 11, K0, KK, TAPS, KW, SH, SW,
+                             DH, DW, WIDE)  # fmt: skip
+        v12, p12 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 12, K0, KK, TAPS, KW, SH, SW,
+                             DH, DW, WIDE)  # fmt: skip
+        v13, p13 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 13, K0, KK, TAPS, KW, SH, SW,
+                             DH, DW, WIDE)  # fmt: skip
+        v14, p14 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 14, K0, KK, TAPS, KW, SH, SW,
+                             DH, DW, WIDE)  # fmt: skip
+        v15, p15 = _geometry(qh, qw, q_ok, HO, WO, PAD_T, PAD_L, stride_gh, stride_gw, 15, K0, KK, TAPS, KW, SH, SW,
+                             DH, DW, WIDE)  # fmt: skip
+        for b in range(b_start, b_end):
+            x = _load_x(x_ptr, b, offs_c, mask_c, q_ok, x_pix, stride_xb, stride_xc, WIDE)
+            zs = (x - t) * a
+            psi, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
+            psi = tl.where(q_ok[None, :], psi, 0.0)
+            g_row = g_ptr + tl.cast(b, tl.int64) * stride_gb
+            big_g = tl.zeros((BLOCK_C, TILE_BLOCK), dtype=tl.float32)
+            big_g, acc0 = _dparams_tap(big_g, acc0, w0, psi, g_row, o_g, mask_c, v0, p0, stride_go, 0, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc1 = _dparams_tap(big_g, acc1, w1, psi, g_row, o_g, mask_c, v1, p1, stride_go, 1, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc2 = _dparams_tap(big_g, acc2, w2, psi, g_row, o_g, mask_c, v2, p2, stride_go, 2, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc3 = _dparams_tap(big_g, acc3, w3, psi, g_row, o_g, mask_c, v3, p3, stride_go, 3, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc4 = _dparams_tap(big_g, acc4, w4, psi, g_row, o_g, mask_c, v4, p4, stride_go, 4, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc5 = _dparams_tap(big_g, acc5, w5, psi, g_row, o_g, mask_c, v5, p5, stride_go, 5, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc6 = _dparams_tap(big_g, acc6, w6, psi, g_row, o_g, mask_c, v6, p6, stride_go, 6, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc7 = _dparams_tap(big_g, acc7, w7, psi, g_row, o_g, mask_c, v7, p7, stride_go, 7, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc8 = _dparams_tap(big_g, acc8, w8, psi, g_row, o_g, mask_c, v8, p8, stride_go, 8, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc9 = _dparams_tap(big_g, acc9, w9, psi, g_row, o_g, mask_c, v9, p9, stride_go, 9, K0, KK,
+                                       TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc10 = _dparams_tap(big_g, acc10, w10, psi, g_row, o_g, mask_c, v10, p10, stride_go, 10, K0, KK,
+                                        TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc11 = _dparams_tap(big_g, acc11, w11, psi, g_row, o_g, mask_c, v11, p11, stride_go, 11, K0, KK,
+                                        TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc12 = _dparams_tap(big_g, acc12, w12, psi, g_row, o_g, mask_c, v12, p12, stride_go, 12, K0, KK,
+                                        TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc13 = _dparams_tap(big_g, acc13, w13, psi, g_row, o_g, mask_c, v13, p13, stride_go, 13, K0, KK,
+                                        TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc14 = _dparams_tap(big_g, acc14, w14, psi, g_row, o_g, mask_c, v14, p14, stride_go, 14, K0, KK,
+                                        TAPS, G_SHARED, WIDE)  # fmt: skip
+            big_g, acc15 = _dparams_tap(big_g, acc15, w15, psi, g_row, o_g, mask_c, v15, p15, stride_go, 15, K0, KK,
+                                        TAPS, G_SHARED, WIDE)  # fmt: skip
+            q = tl.where(q_ok[None, :], big_g * dpsi, 0.0)
+            acc_t += q
+            acc_s += q * zs
     # Partials: [k] = sum psi' g_k (the taps), [KK] = sum G dpsi', [KK + 1] = sum G dpsi' zs.
     row = part_ptr + pid_s.to(tl.int64) * stride_ps + edge.to(tl.int64)[:, None] * (KK + 2)
     _store_tap_sum(row, acc0, mask_c, 0, K0, KK, TAPS)
@@ -366,22 +425,22 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
         return grad_x, None, None, None
     block_c, tiles = _blocks(C, H, W, DPARAMS_ELEMENTS, x.is_cuda, KH * KW)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
-    items = B * tiles_per_image
     c_blocks = triton.cdiv(C, block_c)
-    split = max(1, min(items, triton.cdiv(_PROGRAMS_PER_SM * sm_count(x.device), c_blocks * OG)))
-    per_split = triton.cdiv(items, split) if items else 0
-    split = triton.cdiv(items, per_split) if items else 1
+    # Splits of the batch rows: enough programs to fill the SMs.
+    split = max(1, min(B, triton.cdiv(_PROGRAMS_PER_SM * sm_count(x.device), c_blocks * OG)))
+    per_split = triton.cdiv(B, split) if B else 0
+    split = triton.cdiv(B, per_split) if B else 1
     KK = KH * KW
     taps = min(TAPS_PER_PASS, KK)
     passes = triton.cdiv(KK, taps)
     # One plane of partials per (pass, split); a pass writes its taps' columns and its share
     # of the two G sums, the rest of its plane stays zero, so one sum over planes gives all.
     part = torch.zeros((passes, split, OUT * IG, KK + 2), dtype=torch.float32, device=x.device)
-    if items:
+    if B:
         for p in range(passes):
             _wavkan_conv_bwd_dparams_kernel[(split, c_blocks, OG)](
                 x, grad, *params, part[p],
-                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, items, per_split, part.stride(1),
+                C, H, W, IG, OG, HO, WO, tiles.tiles_w, tiles_per_image, B, per_split, part.stride(1),
                 *x.stride(), *grad.stride(), *param_strides, pt, pl,
                 TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, TILE_BLOCK=tiles.tile_block, BLOCK_C=block_c,
                 G_SHARED=groups == 1 or IG % block_c == 0, TAPS=taps, K0=p * taps, **base,
