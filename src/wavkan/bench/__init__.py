@@ -1,7 +1,7 @@
 """Benchmark: the fused Wav-KAN op and network against the paper's formula, eager and compiled.
 
     python -m wavkan.bench [--quick] [--out DIR] [--wavelet NAME|all] [--dtype fp32|bf16|fp16 ...]
-                           [--shape BxINxOUT ...] [--level all|op|network] ...
+                           [--shape BxINxOUT ...] [--level all|op|network|conv] ...
 
 Op level (one layer, no BatchNorm), modes:
 
@@ -40,9 +40,17 @@ allocated before the timed step. The exp2 ceiling is measured first
 (``wavkan.bench.ceiling``). The recorded figures for the seed's CUDA kernels (benchmarks/RECORDED.md), which cannot
 be rerun, are added as rows marked "recorded".
 
-Conv level (``--level conv``, not part of ``all``): one convolutional layer against
-torch-conv-kan's wavelet branch restated, eager and compiled, with the joint exp + FMA limit and
-the peak memory against the layer's tensors (``wavkan.bench.conv`` says what and how).
+Conv level (``--level conv``; not part of ``all``): one convolutional layer without BatchNorm in
+three cases (``protocol.CONV_CASES``: a CIFAR-sized 3x3 layer, batch 128, 64 -> 64 channels,
+32x32, padding 1; an ECG-like 1-D layer, batch 64, 12 -> 64 channels, kernel 7, length 5000; a
+strided, dilated, grouped 3x3 layer), modes ``forward`` and ``full``, providers ``wavkan``
+(``wavkan_conv(..., backend="triton")``), ``conv-kan-eager`` (torch-conv-kan's wavelet branch
+restated: the (B, out, in, *spatial) wavelet tensor, then a grouped convolution:
+``models.conv_kan_wavelet_branch``) and ``conv-kan-compiled`` (``torch.compile`` of it). Each row
+gives the joint limit of the exp unit (one exp per wavelet value and pass) and the FMA pipe (one
+FMA per tap forward, two more backward) and the fraction of it reached, and the peak extra memory
+against the bytes of input, output, parameters and a gradient of each (``mem/io``); the fused
+forward row notes its errors (output, four gradients) against the float64 reference.
 
 Without a CUDA GPU it says so and returns 0; it never times the CPU or Triton's interpreter.
 

@@ -12,36 +12,6 @@ from ..nn import WavKAN
 from ..reference import wavkan_linear_unchunked
 from ..wavelets import get_wavelet
 
-# --- torch-conv-kan's wavelet convolution, for the conv level's baselines ----------------------
-
-
-def conv_kan_wavelet_branch(x, scale, translation, wavelet_weights, stride=1, padding=0, dilation=1, groups=1,
-                            wavelet="mexican_hat"):  # fmt: skip
-    """torch-conv-kan's 'fast' wavelet convolution (``WaveletConvNDFast``), restated: per group,
-    the (B, out/groups, in/groups, *spatial) wavelet tensor, then a convolution with
-    groups = out/groups over it; shannon's window multiplies the wavelet tensor over the input
-    channels, as there. Groups run one after the other and are concatenated, as its layer does.
-
-    x: (B, C, *spatial) with 1 or 2 spatial dims; scale, translation: (out, C/groups);
-    wavelet_weights: (out, C/groups, *kernel) -> (B, out, *out_spatial). Differentiated by autograd.
-    """
-    wav = get_wavelet(wavelet)
-    ndim = x.dim() - 2
-    conv = torch.nn.functional.conv1d if ndim == 1 else torch.nn.functional.conv2d
-    out_c, ig = scale.shape
-    og = out_c // groups
-    param_shape = (1, og, ig) + (1,) * ndim
-    outputs = []
-    for g, xg in enumerate(torch.split(x, ig, dim=1)):
-        rows = slice(g * og, (g + 1) * og)
-        z = (xg.unsqueeze(1) - translation[rows].reshape(param_shape)) / scale[rows].reshape(param_shape)
-        psi = wav.psi(z)
-        if wav.window is not None:
-            psi = psi * wav.window(ig, psi.dtype, psi.device).reshape((1, 1, ig) + (1,) * ndim)
-        outputs.append(conv(psi.flatten(1, 2), wavelet_weights[rows], None, stride, padding, dilation, og))
-    return torch.cat(outputs, dim=1)
-
-
 # --- the paper's network, for the eager and compiled baselines ---------------------------------
 
 
@@ -80,3 +50,33 @@ def make_mlp(widths: Sequence[int], device=None, dtype=None) -> nn.Sequential:
     for i, o in zip(widths[:-1], widths[1:]):
         mods += [nn.Linear(i, o, device=device, dtype=dtype), nn.BatchNorm1d(o, device=device, dtype=dtype)]
     return nn.Sequential(*mods)
+
+
+# --- torch-conv-kan's wavelet convolution, for the conv level's baselines ----------------------
+
+
+def conv_kan_wavelet_branch(x, scale, translation, wavelet_weights, stride=1, padding=0, dilation=1, groups=1,
+                            wavelet="mexican_hat"):  # fmt: skip
+    """torch-conv-kan's 'fast' wavelet convolution (``WaveletConvNDFast``), restated: per group,
+    the (B, out/groups, in/groups, *spatial) wavelet tensor, then a convolution with
+    groups = out/groups over it; shannon's window multiplies the wavelet tensor over the input
+    channels, as there. Groups run one after the other and are concatenated, as its layer does.
+
+    x: (B, C, *spatial) with 1 or 2 spatial dims; scale, translation: (out, C/groups);
+    wavelet_weights: (out, C/groups, *kernel) -> (B, out, *out_spatial). Differentiated by autograd.
+    """
+    wav = get_wavelet(wavelet)
+    ndim = x.dim() - 2
+    conv = torch.nn.functional.conv1d if ndim == 1 else torch.nn.functional.conv2d
+    out_c, ig = scale.shape
+    og = out_c // groups
+    param_shape = (1, og, ig) + (1,) * ndim
+    outputs = []
+    for g, xg in enumerate(torch.split(x, ig, dim=1)):
+        rows = slice(g * og, (g + 1) * og)
+        z = (xg.unsqueeze(1) - translation[rows].reshape(param_shape)) / scale[rows].reshape(param_shape)
+        psi = wav.psi(z)
+        if wav.window is not None:
+            psi = psi * wav.window(ig, psi.dtype, psi.device).reshape((1, 1, ig) + (1,) * ndim)
+        outputs.append(conv(psi.flatten(1, 2), wavelet_weights[rows], None, stride, padding, dilation, og))
+    return torch.cat(outputs, dim=1)

@@ -50,6 +50,11 @@ _TABLE = {
     "peak": ("peak GB", 8, True, lambda r: _fmt(r["peak_gb"], ".3g")),
     "abs": ("abs GB", 7, True, lambda r: _fmt(r["peak_abs_gb"], ".3g")),
     "host": ("host ms", 8, True, lambda r: _fmt(r["host_ms"], ".3g")),
+    "case": ("B x in x out, kernel, size, stride/pad/dil/groups", 44, False, lambda r: r["shape"]),
+    "limit": ("limit ms", 9, True, lambda r: _fmt(r.get("limit_ms"), ".3g")),
+    "flimit": ("%limit", 7, True, lambda r: _fmt(None if r.get("frac_limit") is None else 100 * r["frac_limit"], ".1f")),
+    "memio": ("mem/io", 7, True, lambda r: _fmt(None if r["peak_gb"] is None or not r.get("io_gb")
+                                               else r["peak_gb"] / r["io_gb"], ".3g")),  # fmt: skip
     "status": ("status", 0, False, lambda r: _status_cell(r)),
 }
 _SRC_TAGS = {"measured": "meas", RECORDED_SOURCE: "rec", "dry-run": "fake", "given": "giv"}
@@ -62,6 +67,8 @@ def _status_cell(r: dict) -> str:
     return (r["status"] + (f": {note}" if note else ""))[:72]
 
 OP_TABLE = ("src", "provider", "mode", "shape", "median", "p20", "p80", "geval", "ceil", "peak", "host", "status")
+CONV_TABLE = ("src", "provider", "mode", "case", "median", "p20", "p80", "limit", "flimit", "peak", "memio", "host",
+              "status")  # fmt: skip
 NET_TABLE = ("src", "provider", "wavelet", "mode", "median", "p20", "p80", "geval", "ceil", "peak", "abs", "status")
 
 
@@ -114,6 +121,18 @@ def format_report(rows: Sequence[dict]) -> str:
         widths = "-".join(map(str, NET_WIDTHS))
         out.append(f"\nNetwork level, widths {widths}, BN in every layer, batch {NET_BATCH}, MSE ({dtype})")
         out.append(format_table(group, NET_TABLE))
+    conv_rows = [r for r in rows if r["level"] == "conv"]
+    for wavelet, dtype in dict.fromkeys((r["wavelet"], r["dtype"]) for r in conv_rows):
+        group = sorted((r for r in conv_rows if (r["wavelet"], r["dtype"]) == (wavelet, dtype)),
+                       key=lambda r: (r["shape"], _table_order(r)))  # fmt: skip
+        out.append(f"\nConv level, one layer without BN ({wavelet}, {dtype})")
+        out.append(format_table(group, CONV_TABLE))
+    if conv_rows:
+        out.append(
+            "\nConv: limit ms = the joint limit of the exp unit (one exp per wavelet value and pass) and the FMA"
+            " pipe (one FMA per tap forward, two more backward), the two side by side; %limit = limit / median;"
+            "\nmem/io = peak extra memory / bytes of x, y, the parameters and a gradient of each."
+        )
     out.append(
         "\nGeval/s = B*in*out (summed over layers) / median time; %ceil = Geval/s * passes / exp2 ceiling"
         " (passes = 2 for full, else 1);\npeak GB = peak allocated above what was allocated before the step;"

@@ -13,13 +13,13 @@ import torch
 from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
-    COMPILED, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
+    COMPILED, CONV_CASES, CONV_COMPILED, CONV_MODES, CONV_PROVIDERS, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES, GB, HALF_ONLY, MODES, NET_BATCH, NET_PROVIDERS, NET_WIDTHS, NO_GPU_MESSAGE,
     OP_PROVIDERS, PASSES, QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, ceiling_row,
-    eager_fits, make_row, network_evals, network_shape, parse_shape, percentile, recorded_rows,
+    conv_counts, conv_io_bytes, conv_limit_ms, eager_fits, make_row, network_evals, network_shape, parse_shape,
+    percentile, recorded_rows,
 )
 from .report import format_report, plot_results, write_csv
 from .runners import CudaRunner, FakeRunner, _failure
-from .conv import format_conv_report, run_conv_level
 
 __all__ = ["main", "build_parser"]
 
@@ -32,6 +32,8 @@ def _log(row: dict) -> None:
         msg += f"{row['median_ms']:.4g} ms (p20 {row['p20_ms']:.4g}, p80 {row['p80_ms']:.4g}, {row['reps']} reps)"
         if row["frac_ceiling"] is not None:
             msg += f", {row['evals_per_s']:.3g} evals/s, {100 * row['frac_ceiling']:.1f}% of exp2 ceiling"
+        if row.get("frac_limit") is not None:
+            msg += f", {100 * row['frac_limit']:.1f}% of the exp+FMA limit ({row['limit_ms']:.3g} ms)"
         if row["peak_gb"] is not None:
             msg += f", peak +{row['peak_gb']:.3g} GB"
     else:
@@ -144,6 +146,61 @@ def run_network_level(runner, wavelets, providers, dtype_name, ceiling) -> list:
 
 
 
+def _conv_row(base: dict, case, mode: str, m=None, **extra) -> dict:
+    """A conv-level row; with a measurement, its time against the joint exp + FMA limit and its
+    peak extra memory against the bytes of input, output, parameters and their gradients."""
+    if m is None:
+        return make_row(**base, mode=mode, passes=PASSES[mode], **extra)
+    row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms, peak_bytes=m.peak_bytes,
+                   peak_abs_bytes=m.peak_abs_bytes, host_ms=m.host_ms, first_call_s=m.first_call_s, **extra)  # fmt: skip
+    row["limit_ms"] = conv_limit_ms(case, mode, base["ceiling"])
+    row["frac_limit"] = row["limit_ms"] / row["median_ms"]
+    return row
+
+
+def run_conv_level(runner, wavelets, providers, modes, dtype_name, ceiling, cases=CONV_CASES) -> list:
+    """Each ``ConvCase`` under each provider and mode; the fused op's forward row notes its
+    errors against the float64 reference (output and the four gradients)."""
+    rows = []
+    for case in cases:
+        inputs = runner.conv_inputs(case, dtype_name)
+        values, _taps = conv_counts(case)
+        for wavelet in wavelets:
+            for provider in providers:
+                base = dict(level="conv", source=runner.source, provider=provider, wavelet=wavelet, dtype=dtype_name,
+                            shape=case.shape, B=case.B, IN=case.C, OUT=case.OUT, evals=values, ceiling=ceiling)  # fmt: skip
+                fwd, compile_failed = None, None
+                for mode in modes:
+                    io_gb = conv_io_bytes(case, DTYPE_BYTES[dtype_name]) / GB
+                    if compile_failed is not None:
+                        row = _conv_row(base, case, mode, status="compile-failed", note=compile_failed)
+                    else:
+                        try:
+                            if fwd is None:
+                                fwd = runner.conv_function(provider, case, wavelet)
+                            m = runner.measure_conv(fwd, inputs, mode)
+                            note = ""
+                            if provider == "wavkan" and mode == modes[0]:
+                                errors = runner.conv_errors(inputs, case, wavelet)
+                                note = "err vs f64: " + " ".join(f"{k} {v:.0e}" for k, v in errors.items())
+                            row = _conv_row(base, case, mode, m, note=note)
+                        except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
+                            status, note = _failure(exc, compiled=provider in CONV_COMPILED)
+                            if status == "compile-failed":
+                                compile_failed = note
+                            row = _conv_row(base, case, mode, status=status, note=note)
+                        finally:
+                            runner.release_grads(inputs)
+                            runner.cleanup()
+                    row["io_gb"] = io_gb
+                    rows.append(row)
+                    _log(row)
+                fwd = None
+        del inputs
+        runner.cleanup()
+    return rows
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or "wavkan bench",
@@ -153,7 +210,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="output folder for results.csv and plots (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a fast subset: shapes 256x1024x1024 and 4096x1024x1024, fewer reps")
     p.add_argument("--level", choices=("all", "op", "network", "conv"), default="all",
-                   help="what to run (default: %(default)s: op and network; conv: the conv layers)")  # fmt: skip
+                   help="what to run: all = op and network; conv = the convolution layers (default: %(default)s)")  # fmt: skip
     p.add_argument("--shape", type=parse_shape, action="append", metavar="BxINxOUT",
                    help="op shape, repeatable; replaces the default B in {64,256,1024,4096} x 1024 x 1024")  # fmt: skip
     p.add_argument("--wavelet", choices=(*WAVELETS, "all"), default="mexican_hat", help="default: %(default)s")
@@ -193,13 +250,14 @@ def main(argv=None, prog: Optional[str] = None) -> int:
     ceiling_row, ceiling = _ceiling_rows(runner, args.ceiling)
     _log(ceiling_row)
     rows = [ceiling_row]
-    if args.level == "conv":
-        rows += run_conv_level(runner, wavelets, args.mode, args.dtype, ceiling)
     for dtype_name in dict.fromkeys(args.dtype):
         if args.level in ("all", "op"):
             rows += run_op_level(runner, shapes, wavelets, args.provider, args.mode, dtype_name, ceiling)
         if args.level in ("all", "network"):
             rows += run_network_level(runner, wavelets, args.net_provider, dtype_name, ceiling)
+        if args.level == "conv":
+            modes = [m for m in args.mode if m in CONV_MODES] or list(CONV_MODES)
+            rows += run_conv_level(runner, wavelets, CONV_PROVIDERS, modes, dtype_name, ceiling)
     if not args.no_recorded:
         rows += [r for r in recorded_rows() if args.level == "all" or r["level"] in (args.level, "ceiling")]
     for row in rows:
@@ -210,7 +268,5 @@ def main(argv=None, prog: Optional[str] = None) -> int:
     write_csv(rows, csv_path)
     plots = [] if args.no_plots else plot_results(rows, args.out)
     print("\n" + format_report(rows))
-    if args.level == "conv":
-        print(format_conv_report(rows))
     print(f"\nwrote {csv_path}" + "".join(f"\nwrote {p}" for p in plots))
     return 0

@@ -16,12 +16,14 @@ import torch
 
 from ..nn import WavKAN
 from ..ops import wavkan_linear
+from ..ops_conv import wavkan_conv
 from ..wavelets import get_wavelet
-from .models import PaperWavKAN, make_mlp, paper_linear
+from .models import PaperWavKAN, conv_kan_wavelet_branch, make_mlp, paper_linear
 from .network_step import CapturedNetwork, EagerNetwork
 from .protocol import (
     Budget, DTYPES, DTYPE_BYTES, EAGER_TENSORS, NET_BATCH, NET_INPUT_SETS, NET_WIDTHS, RECORDED_CEILING,
-    choose_reps, input_set_bytes, input_sets_needed, network_evals, percentile, spin_ms_for,
+    choose_reps, conv_counts, conv_io_bytes, input_set_bytes, input_sets_needed, network_evals, percentile,
+    spin_ms_for,
 )
 
 # --- runners: the CUDA one measures; the fake one (--dry-run) only feeds the plumbing ----------
@@ -185,6 +187,63 @@ class CudaRunner:
             fast = wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=True).double()
             exact = wavkan_linear(x.float(), s.float(), t.float(), w.float(), wavelet, backend="triton").double()
             return ((fast - exact).norm() / exact.norm()).item()
+
+    # conv level
+
+    def conv_inputs(self, case, dtype_name):
+        """Input sets (x, scale, translation, weights, grad_y) for one ``ConvCase``."""
+        dtype, dev = DTYPES[dtype_name], self.device
+        ig = case.C // case.groups
+        fan_in = ig * math.prod(case.kernel)
+        n = input_sets_needed(conv_io_bytes(case, DTYPE_BYTES[dtype_name]) // 2, self.l2_bytes)
+        gen = torch.Generator(device=dev).manual_seed(0)
+
+        def leaf(t):
+            return t.to(dtype).requires_grad_()
+
+        sets = []
+        for _ in range(n):
+            x = leaf(torch.randn(case.B, case.C, *case.spatial, device=dev, generator=gen))
+            s = leaf(0.5 + torch.rand(case.OUT, ig, device=dev, generator=gen))
+            t = leaf(0.5 * torch.randn(case.OUT, ig, device=dev, generator=gen))
+            w = leaf((2 * torch.rand(case.OUT, ig, *case.kernel, device=dev, generator=gen) - 1) / math.sqrt(fan_in))
+            g = torch.randn(case.B, case.OUT, *case.out_spatial, device=dev, generator=gen).to(dtype)
+            sets.append((x, s, t, w, g))
+        return sets
+
+    def conv_function(self, provider, case, wavelet):
+        geometry = (case.stride, case.padding, case.dilation, case.groups)
+        if provider == "wavkan":
+            return lambda x, s, t, w: wavkan_conv(x, s, t, w, *geometry, wavelet, backend="triton")
+        wav = get_wavelet(wavelet)  # resolved here, outside any compiled region
+
+        def branch(x, s, t, w):
+            return conv_kan_wavelet_branch(x, s, t, w, *geometry, wav)
+
+        if provider == "conv-kan-eager":
+            return branch
+        torch.compiler.reset()
+        return torch.compile(branch, dynamic=False)
+
+    def measure_conv(self, fwd, sets, mode) -> Measurement:
+        return self.measure_op(fwd, sets, mode)
+
+    @staticmethod
+    def conv_errors(sets, case, wavelet) -> dict:
+        """Relative errors ||a - ref|| / ||ref|| of the fused op's output and gradients on the first
+        input set, ref = the float64 reference (chunked, ``wavkan.reference_conv``)."""
+        x, s, t, w, g = sets[0]
+        geometry = (case.stride, case.padding, case.dilation, case.groups)
+        errors = {}
+        results = []
+        for backend, cast in (("triton", lambda a: a), ("reference", lambda a: a.double())):
+            leaves = [cast(a.detach()).requires_grad_() for a in (x, s, t, w)]
+            y = wavkan_conv(*leaves, *geometry, wavelet, backend=backend)
+            y.backward(cast(g))
+            results.append([y.detach()] + [leaf.grad for leaf in leaves])
+        for name, got, ref in zip(("y", "dx", "ds", "dt", "dw"), *results):
+            errors[name] = ((got.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+        return errors
 
     # network level
 
@@ -379,6 +438,23 @@ class FakeRunner:
     @staticmethod
     def fast_math_error(sets, wavelet) -> float:
         return 1e-3
+
+    def conv_inputs(self, case, dtype_name):
+        return case
+
+    def conv_function(self, provider, case, wavelet):
+        return provider
+
+    def measure_conv(self, provider, case, mode) -> Measurement:
+        values, taps = conv_counts(case)
+        rate = self.RATES["wavkan" if provider == "wavkan" else provider.replace("conv-kan", "paper")]
+        ms = (values + taps / 8) * {"forward": 1.0, "full": 2.5}[mode] / rate * 1e3 + 0.01
+        peak = conv_io_bytes(case, 4) * (0.8 if provider == "wavkan" else 20.0)
+        return Measurement(self._times(ms), peak, peak + 1e8, 0.0, 0.05)
+
+    @staticmethod
+    def conv_errors(sets, case, wavelet) -> dict:
+        return {"y": 1e-7, "dx": 2e-7, "ds": 3e-7, "dt": 3e-7, "dw": 2e-7}
 
     def network_model(self, provider, wavelet, dtype_name):
         return provider
