@@ -41,8 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import index, needs_wide_offsets, next_pow2, plan_backward_tiles
-from .device import FOLD_BWD, wavelet_psi_dpsi_folded
+from .conv_tiles import index, needs_wide_offsets, next_pow2, plan_backward_tiles, wavelet_folds
+from .device import wavelet_psi_dpsi_folded
 from .launch import sm_count
 
 NUM_WARPS = 4
@@ -402,7 +402,7 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     pt, _, pl, _ = padding
     HO, WO = grad.shape[2:]
     OG = OUT // groups
-    z_scale, p_scale, d_scale = FOLD_BWD[wavelet.code]
+    _, (z_scale, p_scale, d_scale) = wavelet_folds(wavelet)
     w = weights.contiguous()
     params = (scale, translation, w)
     param_strides = (*scale.stride(), *translation.stride())

@@ -40,8 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import MAX_TILE, index, needs_wide_offsets, plan_forward_tiles
-from .device import FOLD, wavelet_psi_folded
+from .conv_tiles import MAX_TILE, index, needs_wide_offsets, plan_forward_tiles, wavelet_folds
+from .device import wavelet_psi_folded
 from .launch import sm_count
 
 TAPS_PER_PASS = 16
@@ -191,7 +191,7 @@ def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, di
         return y
     taps = min(TAPS_PER_PASS, KH * KW)
     tiles = plan_forward_tiles(HO, WO, KH, KW, SH, SW, DH, DW, IG, max_halo(KH * KW))
-    z_scale, w_scale = FOLD[wavelet.code]
+    (z_scale, w_scale), _ = wavelet_folds(wavelet)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     n_items = B * tiles_per_image * OUT
     programs = min(n_items, PROGRAMS_PER_SM * sm_count(x.device))

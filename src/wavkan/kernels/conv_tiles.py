@@ -95,6 +95,18 @@ def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTil
     return BackwardTiles(th, tw, next_pow2(th * tw), cdiv(H, th), cdiv(W, tw))
 
 
+def wavelet_folds(wavelet) -> tuple:
+    """((k, m), (k, P, D)): the constants the device functions fold out of a wavelet (they
+    evaluate psi / m, or psi / P and dpsi / D, at k z; see ``kernels.device``). Read from the
+    catalogue (``Wavelet.fold``, ``Wavelet.fold_bwd``) where it declares them, else from the
+    device module's tables."""
+    if hasattr(wavelet, "fold"):
+        return tuple(wavelet.fold), tuple(wavelet.fold_bwd)
+    from . import device
+
+    return device.FOLD[wavelet.code], device.FOLD_BWD[wavelet.code]
+
+
 def needs_wide_offsets(*tensors) -> bool:
     """Whether an offset inside one batch row (over channels and pixels) of any of these 4-D
     tensors can pass int32: then the kernels compute such offsets in 64 bits."""
