@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import FP32_TOL, LOW_PRECISION_FLOOR, rel_err
-from wavkan import WAVELETS, WavKANConv2d, wavkan_conv
+from wavkan import WAVELETS, WavKANConv1d, WavKANConv2d, wavkan_conv
 
 pytest.importorskip("triton")
 
@@ -64,10 +64,13 @@ GEOMETRIES = [
     ("depthwise-stride-1x5", 2, 3, 3, (1, 5), (4, 9), (2, 1), (0, 2), (1, 2), 3),
     ("depthwise-multiplier2", 1, 3, 6, (3, 1), (5, 3), 1, (1, 0), 1, 3),
     ("1x1", 2, 3, 4, (1, 1), (3, 5), 1, 0, 1, 1),
+    ("5x5-taps-in-two-passes", 1, 2, 2, (5, 5), (6, 6), 1, 2, 1, 1),
+    ("groups2-channel-block-in-one-group", 1, 32, 2, (3, 3), (3, 4), 1, 1, 1, 2),
     ("1d-k7-pad3", 2, 3, 5, (7,), (30,), 1, 3, 1, 1),
     ("1d-k4-same-groups2", 1, 4, 2, (4,), (11,), 1, "same", 1, 2),
     ("1d-k3-stride2-dil3", 2, 2, 3, (3,), (17,), 2, 2, 3, 1),
-    ("1d-long-tiles", 1, 1, 2, (5,), (300,), 1, 2, 1, 1),
+    ("1d-long-tiles", 1, 1, 2, (5,), (1500,), 1, 2, 1, 1),
+    ("1d-k17-two-passes", 1, 2, 1, (17,), (40,), 1, 8, 1, 1),
 ]
 
 
@@ -100,11 +103,26 @@ def test_channels_last_and_strided_views(kernel_device):
     wide = torch.randn(2, 4, 5, 12, device=kernel_device)
     wide[..., 1::2] = x
     check_against_reference(wide[..., 1::2], params, conv)
-    # grad_y with stride 0 (the backward of a sum) and a transposed parameter view.
+    # A transposed parameter view, and grad_y with stride 0 (the backward of a sum).
     s, t, w = params
     s_t = s.t().contiguous().t()
-    y = wavkan_conv(x, s_t, t, w, **conv, backend="triton")
-    torch.testing.assert_close(y, wavkan_conv(x, s, t, w, **conv, backend="reference"), rtol=1e-5, atol=1e-6)
+    assert not s_t.is_contiguous()
+    grads = {}
+    for backend in ("triton", "reference"):
+        leaves = [a.clone().requires_grad_() for a in (x, s_t, t, w)]
+        wavkan_conv(*leaves, **conv, backend=backend).sum().backward()
+        grads[backend] = [leaf.grad for leaf in leaves]
+    for got, ref in zip(grads["triton"], grads["reference"]):
+        assert rel_err(got, ref) < FP32_TOL["grad"]
+
+
+def test_empty_batch(kernel_device):
+    x, *params = conv_inputs(0, 2, 3, (3,), (7,), 1, kernel_device)
+    leaves = [p.clone().requires_grad_() for p in params]
+    y = wavkan_conv(x.requires_grad_(), *leaves, padding=1, backend="triton")
+    assert y.shape == (0, 3, 7)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and all(torch.equal(p.grad, torch.zeros_like(p)) for p in leaves)
 
 
 def test_backward_is_deterministic_and_skips_unneeded(kernel_device):
@@ -133,7 +151,106 @@ def test_module_on_the_triton_backend(kernel_device):
     torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-5)
 
 
+def test_compile_fullgraph_triton(kernel_device):
+    """torch.compile traces the custom op and its backward without a graph break."""
+    m = WavKANConv2d(3, 4, 3, padding=1, batch_norm=False, backend="triton", device=kernel_device)
+    x = torch.randn(2, 3, 5, 5, device=kernel_device, requires_grad=True)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y_eager = m(x)
+    torch.testing.assert_close(y, y_eager)
+    grads = torch.autograd.grad(y.square().sum(), (x, m.scale, m.wavelet_weights))
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), (x, m.scale, m.wavelet_weights))
+    for a, b in zip(grads, grads_eager):
+        torch.testing.assert_close(a, b)
+
+
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
-    x, *params = conv_inputs(1, 1, 1, (3,), (600,), 1, kernel_device)
+    x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, kernel_device)
     with pytest.raises(ValueError, match="use backend='reference'"):
-        wavkan_conv(x, *params, dilation=200, backend="triton")
+        wavkan_conv(x, *params, dilation=1000, backend="triton")
+
+
+# --- on the GPU: the benchmark's layers at reduced batch, with the GPU's block sizes ------------
+
+GPU_CASES = [
+    ("cifar-3x3", 4, 64, 64, (3, 3), (32, 32), 1, 1, 1, 1),
+    ("ecg-1d-k7", 2, 12, 64, (7,), (5000,), 1, 3, 1, 1),
+    ("strided-dilated-grouped", 2, 64, 128, (3, 3), (64, 64), 2, 2, 2, 4),
+    ("depthwise-5x5", 2, 32, 32, (5, 5), (33, 31), 1, 2, 1, 32),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("wavelet", WAVELETS)
+@pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
+def test_gpu_layers_against_reference(case, wavelet):
+    _, B, C, OUT, kernel, spatial, stride, padding, dilation, groups = case
+    x, *params = conv_inputs(B, C, OUT, kernel, spatial, groups, torch.device("cuda"))
+    check_against_reference(x, params, conv_kwargs(stride, padding, dilation, groups, wavelet))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_low_precision_and_channels_last(dtype):
+    x, *params = conv_inputs(4, 64, 64, (3, 3), (32, 32), 1, torch.device("cuda"), dtype)
+    x = x.to(memory_format=torch.channels_last)
+    conv = conv_kwargs(padding=1)
+    y, grads, g = outputs_and_grads(x, params, conv, "triton")
+    y_ref, grads_ref, _ = outputs_and_grads(x, params, conv, "reference", None, g)
+    floor = LOW_PRECISION_FLOOR[dtype]
+    assert rel_err(y, y_ref) < floor
+    for got, ref in zip(grads, grads_ref):
+        assert rel_err(got, ref) < floor
+
+
+@pytest.mark.gpu
+def test_gpu_backward_is_deterministic():
+    x, *params = conv_inputs(8, 64, 64, (3, 3), (32, 32), 1, torch.device("cuda"))
+    conv = conv_kwargs(padding=1)
+    y0, first, g = outputs_and_grads(x, params, conv, "triton")
+    for _ in range(3):
+        y1, again, _ = outputs_and_grads(x, params, conv, "triton", None, g)
+        assert torch.equal(y0, y1)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_takes_the_reference_for_kernels_wider_than_a_tile():
+    x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, torch.device("cuda"))
+    y = wavkan_conv(x, *params, dilation=1000, backend="auto")
+    torch.testing.assert_close(y, wavkan_conv(x, *params, dilation=1000, backend="reference"))
+
+
+def test_half_precision_parameters(kernel_device):
+    """A layer built in bfloat16: the kernels read bf16 parameters and compute in fp32."""
+    m = WavKANConv1d(3, 4, 3, padding=1, batch_norm=False, backend="triton", device=kernel_device,
+                     dtype=torch.bfloat16)  # fmt: skip
+    ref = WavKANConv1d(3, 4, 3, padding=1, batch_norm=False, backend="reference", device=kernel_device,
+                       dtype=torch.bfloat16)  # fmt: skip
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 9, device=kernel_device, dtype=torch.bfloat16)
+    y, y_ref = m(x), ref(x)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y, y_ref) < LOW_PRECISION_FLOOR[torch.bfloat16]
+    y.float().square().sum().backward()
+    y_ref.float().square().sum().backward()
+    for p, q in zip(m.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.bfloat16 and rel_err(p.grad, q.grad) < 2e-2
+
+
+def test_wide_offsets_path(kernel_device, monkeypatch):
+    """The 64-bit offset variant (taken for tensors whose batch row spans 2^31 elements) gives
+    the same values as the 32-bit one."""
+    from wavkan.kernels import conv_backward, conv_forward
+
+    x, *params = conv_inputs(2, 4, 4, (3, 2), (5, 6), 2, kernel_device)
+    conv = conv_kwargs(stride=(1, 2), padding=1, groups=2, wavelet="dog")
+    y, grads, g = outputs_and_grads(x, params, conv, "triton")
+    monkeypatch.setattr(conv_forward, "needs_wide_offsets", lambda *t: True)
+    monkeypatch.setattr(conv_backward, "needs_wide_offsets", lambda *t: True)
+    y_wide, grads_wide, _ = outputs_and_grads(x, params, conv, "triton", None, g)
+    assert torch.equal(y, y_wide)
+    for a, b in zip(grads, grads_wide):
+        assert torch.equal(a, b)

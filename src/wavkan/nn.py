@@ -262,6 +262,11 @@ class WavKANConv2d(_WavKANConvNd):
     strides (channels-last included); output (B, out_channels, H_out, W_out). Parameters
     ``scale``, ``translation``: (out_channels, in_channels / groups); ``wavelet_weights``:
     (out_channels, in_channels / groups, kH, kW); ``bn``: ``BatchNorm2d(out_channels)`` or None.
+
+    For ``wavelet="shannon"`` the Hamming window runs over the ``in_channels / groups`` input
+    channels of a group and multiplies the weights, as torch-conv-kan applies it to its per-group
+    wavelet tensor. torch-conv-kan's whole layer adds a base branch ``conv(SiLU(x))`` and a 1x1
+    mix around this wavelet convolution; compose them with ``nn`` modules where wanted.
     """
 
     _NDIM = 2

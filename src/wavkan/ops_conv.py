@@ -267,6 +267,16 @@ def wavkan_conv(
     args = conv_arguments(kernel, stride, padding, dilation)
     _check_output_size(x, kernel, args)
     chosen = resolve_backend(backend, x)
+    if chosen == "triton":
+        from .kernels.conv_forward import kernel_fits
+
+        if not kernel_fits(kernel if ndim == 2 else (1, kernel[0]), args.dilation):
+            if backend == "triton":
+                raise ValueError(
+                    f"the triton backend takes kernels whose dilated extent fits one program's input tile; kernel "
+                    f"{kernel} with dilation {dilation!r} does not: use backend='reference'"
+                )
+            chosen = "reference"  # "auto": the reference computes the same
     in_g = scale.shape[1]
     if wav.window is not None:
         window = wav.window(in_g, wavelet_weights.dtype, wavelet_weights.device)

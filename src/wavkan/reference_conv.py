@@ -40,10 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import CHUNK_ELEMENTS, compute_dtype
 from .wavelets import get_wavelet
 
 __all__ = ["conv_reference_forward", "conv_reference_backward", "wavkan_conv_unchunked", "conv_output_size"]
+
+# 2^22 wavelet values per block, as the linear reference: ~16 MB per fp32 temporary.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, pad_hi: int) -> int:

@@ -1,9 +1,9 @@
-"""Tile planning and edge constants shared by the convolution kernels (host side only).
+"""Tile planning and offset widths for the convolution kernels.
 
 Both passes tile the image plane of one batch row: the forward by output tiles (each with the
-input halo its taps read), the backward by input tiles (each with the halo of ``grad_y`` that
-reads it). A tile is a rectangle of ``rows x cols`` pixels flattened row-major into a
-power-of-two ``arange``; its halo likewise.
+input halo its taps read), the backward by input tiles, which partition the image. A tile is a
+rectangle of ``rows x cols`` pixels flattened row-major into a power-of-two ``arange``; its halo
+likewise.
 """
 
 from __future__ import annotations
@@ -11,27 +11,22 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import torch
+import triton
+import triton.language as tl
 
-from .device import FOLD, FOLD_BWD
+from .launch import cdiv
 
 # The largest flattened tile or halo (elements per channel row held in registers).
-MAX_TILE = 256
-# Relative cost of one wavelet value (one MUFU.EX2 and about five FMA-pipe instructions) and of
-# one tap (a gather from the wavelet tile through shared memory and one FMA), per element of
-# the padded power-of-two blocks: shared memory serves 32 words a clock per SM, the exp unit 16.
-_COST_VALUE, _COST_TAP = 1.0, 0.6
-# Per tile and input channel: the edge constants' and tap weights' loads, the index arithmetic,
-# and (backward) the block reductions; it keeps tiles from shrinking to a few pixels.
-_COST_TILE = 64.0
+MAX_TILE = 1024
+# Relative costs, in clocks of one SM's exp unit (16 lanes): a wavelet value (one MUFU.EX2; its
+# few FMA-pipe instructions run beside it), a tap FMA (128 lanes), a scratch store or load
+# (32 lanes), the per-channel and per-tile loads and index arithmetic.
+_COST_VALUE, _COST_FMA, _COST_SHIFT = 1.0, 0.125, 0.5
+_COST_CHANNEL, _COST_TILE = 16.0, 64.0
 
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class ForwardTiles(NamedTuple):
@@ -46,26 +41,31 @@ class ForwardTiles(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)
-def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int) -> ForwardTiles:
-    """The output tile (tile_h x tile_w) whose padded blocks cost least over the whole output
-    plane: wavelet values on the halo (recomputed where neighbouring halos overlap) plus taps on
-    the output tile, both counted over their power-of-two blocks."""
+def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int, IG: int = 1,
+                       max_halo: int = MAX_TILE) -> ForwardTiles:  # fmt: skip
+    """The output tile (tile_h x tile_w) of least estimated cost over the whole output plane:
+    per input channel, a wavelet value and a tap FMA per pixel of the halo block (values at tile
+    borders are computed by every tile whose halo holds them); per tile, the taps' scratch
+    store and load; both over the padded power-of-two blocks; the halo block at most
+    ``max_halo`` pixels."""
+    KK = KH * KW
     best = None
-    for th in range(1, min(HO, MAX_TILE) + 1):
+    for th in range(1, HO + 1):
         hh = (th - 1) * SH + (KH - 1) * DH + 1
-        if hh > MAX_TILE:
+        if hh > max_halo:
             break
-        for tw in range(1, min(WO, MAX_TILE // th) + 1):
+        for tw in range(1, WO + 1):
             hw = (tw - 1) * SW + (KW - 1) * DW + 1
-            if hh * hw > MAX_TILE:
+            if hh * hw > max_halo:
                 break
-            n_tiles = cdiv(HO, th) * cdiv(WO, tw)
-            cost = n_tiles * (_COST_TILE + _COST_VALUE * next_pow2(hh * hw) + _COST_TAP * KH * KW * next_pow2(th * tw))
+            halo, out = next_pow2(hh * hw), next_pow2(th * tw)
+            per_tile = IG * (_COST_CHANNEL + halo * (_COST_VALUE + KK * _COST_FMA)) + KK * _COST_SHIFT * (halo + out)
+            cost = cdiv(HO, th) * cdiv(WO, tw) * (_COST_TILE + per_tile)
             if best is None or cost < best[0]:
                 best = (cost, th, tw, hh, hw)
     if best is None:
         raise ValueError(
-            f"the triton backend takes kernels whose dilated extent fits {MAX_TILE} input pixels "
+            f"the triton backend takes kernels whose dilated extent fits {max_halo} input pixels "
             f"(got kernel {(KH, KW)} with dilation {(DH, DW)}); use backend='reference'"
         )
     _, th, tw, hh, hw = best
@@ -88,28 +88,35 @@ def plan_backward_tiles(H: int, W: int, max_tile: int = MAX_TILE) -> BackwardTil
     best = None
     for th in range(1, min(H, max_tile) + 1):
         for tw in range(1, min(W, max_tile // th) + 1):
-            cost = cdiv(H, th) * cdiv(W, tw) * (_COST_TILE + next_pow2(th * tw))
+            cost = cdiv(H, th) * cdiv(W, tw) * (_COST_TILE + next_pow2(th * tw))  # values, once each
             if best is None or cost < best[0]:
                 best = (cost, th, tw)
     _, th, tw = best
     return BackwardTiles(th, tw, next_pow2(th * tw), cdiv(H, th), cdiv(W, tw))
 
 
-def forward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
-    """fp32 (2, out, in/groups) planes [k/s, t] and (out, in/groups, KH, KW) weights times the
-    forward fold m: the kernel evaluates w m psi'((x - t) (k/s)) = w psi(z)."""
-    z_scale, w_scale = FOLD[code]
-    inv_s = scale.float().reciprocal()
-    planes = torch.stack((inv_s * z_scale, translation.float())).contiguous()
-    return planes, (weights.float() * w_scale).contiguous()
+def wavelet_folds(wavelet) -> tuple:
+    """((k, m), (k, P, D)): the constants the device functions fold out of a wavelet (they
+    evaluate psi / m, or psi / P and dpsi / D, at k z; see ``kernels.device``). Read from the
+    catalogue (``Wavelet.fold``, ``Wavelet.fold_bwd``) where it declares them, else from the
+    device module's tables."""
+    if hasattr(wavelet, "fold"):
+        return tuple(wavelet.fold), tuple(wavelet.fold_bwd)
+    from . import device
+
+    return device.FOLD[wavelet.code], device.FOLD_BWD[wavelet.code]
 
 
-def backward_constants(scale: torch.Tensor, translation: torch.Tensor, weights: torch.Tensor, code: int):
-    """fp32 planes [k/s, t], the weights as they are (fp32), and the weights times D/s for
-    grad_x: the kernels evaluate (psi / P, dpsi / D) at (x - t) (k/s)."""
-    z_scale, _, d_scale = FOLD_BWD[code]
-    inv_s = scale.float().reciprocal()
-    planes = torch.stack((inv_s * z_scale, translation.float())).contiguous()
-    w = weights.float().contiguous()
-    w_x = (w * (inv_s * d_scale)[:, :, None, None]).contiguous()
-    return planes, w, w_x
+def needs_wide_offsets(*tensors) -> bool:
+    """Whether an offset inside one batch row (over channels and pixels) of any of these 4-D
+    tensors can pass int32: then the kernels compute such offsets in 64 bits."""
+    return any(sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31 - 1 for t in tensors)
+
+
+@triton.jit
+def index(v, WIDE: tl.constexpr):
+    """v as an offset: 64-bit where ``needs_wide_offsets`` said so, else as it is (int32)."""
+    if WIDE:
+        return v.to(tl.int64)
+    else:
+        return v
