@@ -162,9 +162,9 @@ def test_tiny_scale_gives_float64_not_nan(wavelet, kernel_device):
         _within_oracle(x, s, t, w, torch.ones(1, 1), wavelet, backend, kernel_device)
 
 
-def _window64(wavelet, n):
+def _window64(wavelet, n, device="cpu"):
     wav = get_wavelet(wavelet)
-    return wav.window(n, torch.float64, "cpu") if wav.window else 1.0
+    return wav.window(n, torch.float64, device) if wav.window else 1.0
 
 
 @pytest.mark.parametrize("wavelet", WAVELETS)
@@ -176,7 +176,7 @@ def test_non_finite_values_follow_float64(wavelet, kernel_device):
     s = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], device=kernel_device)
     t = torch.tensor([[0.1, 0.0], [0.1, 0.0], [0.1, 0.0]], device=kernel_device)
     w = torch.tensor([[float("inf"), 0.5], [-1.0, 0.5], [1.0, 0.5]], device=kernel_device)
-    expected = reference_forward(x.double(), s.double(), t.double(), w.double() * _window64(wavelet, 2), wavelet)
+    expected = reference_forward(x.double(), s.double(), t.double(), w.double() * _window64(wavelet, 2, kernel_device), wavelet)
     assert torch.isinf(expected[0, 0])  # (the paper's wavelets also give NaN in row 1 and column 2)
     for backend in ("reference", "triton"):
         y = wavkan_linear(x, s, t, w, wavelet=wavelet, backend=backend).double()

@@ -193,9 +193,9 @@ def _wavkan_bwd_dparams_kernel(
         tl.store(ds_ptr + dst, (wd * (acc_qz / z_scale)).to(ds_ptr.dtype.element_ty), mask=mask)
 
 
-_LAUNCH_DX = DirectLauncher(_wavkan_bwd_dx_kernel, own=("pack_ptr", "dx_ptr", "part_ptr", "counter_ptr"))
+_LAUNCH_DX = DirectLauncher(_wavkan_bwd_dx_kernel, own=("pack_ptr", "part_ptr", "counter_ptr"))
 _LAUNCH_DPARAMS = DirectLauncher(
-    _wavkan_bwd_dparams_kernel, own=("ds_ptr", "dt_ptr", "dw_ptr", "part_ptr", "counter_ptr"))
+    _wavkan_bwd_dparams_kernel, own=("part_ptr", "counter_ptr"))
 
 
 def _meta(cfg: KernelConfig, wavelet, device, block_names: tuple) -> dict:

@@ -110,7 +110,7 @@ def _wavkan_fwd_kernel(
             tl.store(counter_ptr + tile, 0)
 
 
-_LAUNCH = DirectLauncher(_wavkan_fwd_kernel, own=("pack_ptr", "y_ptr", "part_ptr", "counter_ptr"))
+_LAUNCH = DirectLauncher(_wavkan_fwd_kernel, own=("pack_ptr", "part_ptr", "counter_ptr"))
 
 
 def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | None = None) -> torch.Tensor:

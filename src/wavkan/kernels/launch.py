@@ -205,8 +205,10 @@ class DirectLauncher:
     specialisation is computed here the way Triton computes it (tensors: dtype and 16-byte
     alignment; ints outside ``do_not_specialize``: == 1, divisible by 16, and whether 32 bits
     hold them), so a launch never takes a binary compiled for other arguments. ``own`` names
-    the tensor arguments the launcher allocates itself (fresh fp32/int32 buffers of the
-    caching allocator: always aligned, fixed dtype), which need no check. Under the
+    the tensor arguments whose dtype and alignment the other arguments already decide (the
+    launcher's own fp32/int32 scratch, always aligned; where it aliases an output, the
+    output's check covers it), which need no check. An output's dtype is not decided by
+    the input's (a staged bf16 x is fp32, its y bf16): outputs are checked. Under the
     interpreter, with launch hooks set (profilers), or where this Triton's compiled kernel
     lacks the launcher API, every launch goes through the JIT.
     """
