@@ -195,3 +195,13 @@ def test_cuda_graph_capture_packs_inside_the_graph():
     graph.replay()
     torch.cuda.synchronize()
     _close(y, layer, x)
+
+
+def test_custom_op_keeps_no_buffers(kernel_device, launches):
+    """The custom op (torch.compile's path) packs on every call and caches nothing: under
+    mode="reduce-overhead" a cached tensor from the compiled graph's pool would outlive its run."""
+    x, s, t, w = layer_inputs(9, 13, 7, device=kernel_device)
+    for _ in range(2):
+        torch.ops.wavkan.linear(x, s, t, w, "mexican_hat", "triton", False)
+    assert launches["n"] == 4  # pack + forward, twice
+    assert id(w) not in staging._PACKS

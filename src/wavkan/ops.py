@@ -40,6 +40,7 @@ chunked autograd computation of bounded memory, on either backend (``_Differenti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -216,11 +217,19 @@ def _keep_needed(ctx, grads) -> tuple:
 # --- for torch.compile: custom ops with fake implementations --------------------------------
 
 
+def _fresh_buffers(backend: str):
+    """The custom ops run their kernels keeping nothing between calls: under
+    ``mode="reduce-overhead"`` their allocations come from torch.compile's CUDA-graph pool,
+    which refuses tensors that outlive a run (``kernels.launch.fresh_buffers``)."""
+    return _kernels().launch.fresh_buffers() if backend == "triton" else contextlib.nullcontext()
+
+
 @torch.library.custom_op("wavkan::linear", mutates_args=())
 def _linear(
     x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str, fast_math: bool
 ) -> Tensor:
-    return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
+    with _fresh_buffers(backend):
+        return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
 
 
 @_linear.register_fake
@@ -235,7 +244,8 @@ def _linear_backward(
     grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,
     need_x: bool, need_params: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    grads = _backward_impl(grad, x, scale, translation, weights, wavelet, backend, need_x, need_params)
+    with _fresh_buffers(backend):
+        grads = _backward_impl(grad, x, scale, translation, weights, wavelet, backend, need_x, need_params)
     return tuple(g if g is not None else like.new_empty(0) for g, like in zip(grads, (x, scale, translation, weights)))
 
 

@@ -5,7 +5,9 @@ fixed order (deterministic, no atomics).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import torch
 
@@ -171,12 +173,33 @@ def balanced_plan(tiles: int, loop_len: int, device: torch.device, cfg: KernelCo
 # graph's replays and the eager launches around them.
 _SCRATCH: dict = {}
 _MIN_COUNTERS = 4096
+_KEEP = threading.local()
+
+
+@contextlib.contextmanager
+def fresh_buffers():
+    """Within this block the launchers keep nothing between calls: no cached edge-constant
+    packs, no cached split scratch; every call allocates (and packs) its own. For callers
+    whose allocations belong to someone else's memory pool: torch.compile's CUDA-graph trees
+    (``mode="reduce-overhead"``) record and warm up the compiled graph in a private pool and
+    refuse tensors of that pool that outlive a run (a cache would keep them)."""
+    previous = getattr(_KEEP, "off", False)
+    _KEEP.off = True
+    try:
+        yield
+    finally:
+        _KEEP.off = previous
+
+
+def keeping_buffers() -> bool:
+    """Whether the launchers may keep buffers between calls (see ``fresh_buffers``)."""
+    return not getattr(_KEEP, "off", False)
 
 
 def split_scratch(device: torch.device, stream, tiles: int, partial_elems: int) -> tuple:
     """(counters, partials): a zeroed int32 buffer of at least ``tiles`` counters and an fp32
     buffer of at least ``partial_elems`` elements, for a split launch on ``stream``."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if not keeping_buffers() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return (torch.zeros(tiles, dtype=torch.int32, device=device),
                 torch.empty(partial_elems, dtype=torch.float32, device=device))
     key = (device, stream)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv
+from .launch import cdiv, keeping_buffers
 
 _BLOCK = 32
 HALF_MAX = tl.constexpr(65504.0)
@@ -171,12 +171,12 @@ def _drop(ident: int, ref) -> None:
 def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_scale, w_scale, stream_key):
     """``pack_edge_constants(...)`` (fp32), computed once per parameter change and reused.
 
-    Not cached (packed on every call): during CUDA-graph capture (a graph must contain the
+    Not cached (packed on every call): inside ``launch.fresh_buffers``, during CUDA-graph capture (a graph must contain the
     pack, or its replays after an optimizer step would read stale constants), for inference
     tensors (they keep no version counter), and for weights that cannot be weakly referenced.
     """
     pack_args = (pad, for_grad_x, z_scale, w_scale)
-    if (weights.is_inference() or scale.is_inference() or translation.is_inference()
+    if (not keeping_buffers() or weights.is_inference() or scale.is_inference() or translation.is_inference()
             or (weights.is_cuda and torch.cuda.is_current_stream_capturing())):  # fmt: skip
         return pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale)
     key = (pack_args, stream_key, _param_key(scale), _param_key(translation), _param_key(weights))
