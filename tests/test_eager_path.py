@@ -205,3 +205,23 @@ def test_custom_op_keeps_no_buffers(kernel_device, launches):
         torch.ops.wavkan.linear(x, s, t, w, "mexican_hat", "triton", False)
     assert launches["n"] == 4  # pack + forward, twice
     assert id(w) not in staging._PACKS
+
+
+@pytest.mark.parametrize("stage", [False, True], ids=["in-place", "staged"])
+@pytest.mark.parametrize("split", [1, 3])
+def test_column_operand_in_place_or_staged(kernel_device, stage, split):
+    """The forward's x and grad_x's grad_y, read in place (any strides) or staged transposed
+    (``KernelConfig.stage``), with and without a split summed in-kernel: the same values."""
+    from wavkan.kernels import KernelConfig, wavkan_bwd_dx, wavkan_fwd
+    from wavkan.wavelets import get_wavelet
+
+    x, s, t, w = layer_inputs(37, 29, 11, device=kernel_device)
+    x = x.t().contiguous().t()  # strided rows
+    g = torch.randn(37, 11, device=kernel_device)
+    cfg = KernelConfig(16, 16, num_warps=1, num_stages=1, split=split, stage=stage)
+    wav = get_wavelet("mexican_hat")
+    y = wavkan_fwd(x, s, t, w, wav, cfg)
+    dx = wavkan_bwd_dx(g, x, s, t, w, wav, cfg)
+    y_ref = reference_forward(x.double(), s.double(), t.double(), w.double(), "mexican_hat")
+    dx_ref = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), "mexican_hat")[0]
+    assert rel_err(y, y_ref) < FP32_TOL["output"] and rel_err(dx, dx_ref) < FP32_TOL["grad"]

@@ -50,6 +50,18 @@ def _decode_name(value):
         return None
 
 
+def _reset_wavelet_parameters(module) -> None:
+    """The paper's initialisation: scale ones, translation zeros, ``kaiming_uniform_(a=sqrt(5))``
+    on the weights (whatever their shape: fan_in is their second dim times the rest), and a
+    fresh BatchNorm."""
+    with torch.no_grad():
+        module.scale.fill_(1.0)
+        module.translation.zero_()
+    nn.init.kaiming_uniform_(module.wavelet_weights, a=math.sqrt(5))
+    if module.bn is not None:
+        module.bn.reset_parameters()
+
+
 class WavKANLinear(nn.Module):
     """A Wav-KAN layer: a learnable wavelet on every edge, then BatchNorm (as in the paper).
 
@@ -94,12 +106,7 @@ class WavKANLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.scale.fill_(1.0)
-            self.translation.zero_()
-        nn.init.kaiming_uniform_(self.wavelet_weights, a=math.sqrt(5))
-        if self.bn is not None:
-            self.bn.reset_parameters()
+        _reset_wavelet_parameters(self)
 
     def forward(self, x: Tensor) -> Tensor:
         y = wavkan_linear(x, self.scale, self.translation, self.wavelet_weights, self.wavelet, self.backend,
@@ -231,12 +238,7 @@ class _WavKANConvNd(nn.Module):
         """The linear layer's initialisation: scale ones, translation zeros, and
         ``kaiming_uniform_(a=sqrt(5))`` on the weights, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         with fan_in = in_channels / groups * prod(kernel_size)."""
-        with torch.no_grad():
-            self.scale.fill_(1.0)
-            self.translation.zero_()
-        nn.init.kaiming_uniform_(self.wavelet_weights, a=math.sqrt(5))
-        if self.bn is not None:
-            self.bn.reset_parameters()
+        _reset_wavelet_parameters(self)
 
     def forward(self, x: Tensor) -> Tensor:
         y = wavkan_conv(x, self.scale, self.translation, self.wavelet_weights, self.stride, self.padding,

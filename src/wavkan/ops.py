@@ -126,8 +126,10 @@ def _check_inputs(x, scale, translation, weights) -> None:
     _explain_inputs(x, scale, translation, weights)
 
 
-def _explain_inputs(x, scale, translation, weights) -> None:
-    named = (("x", x), ("scale", scale), ("translation", translation), ("wavelet_weights", weights))
+def check_tensor_args(named) -> None:
+    """``named``: ((name, value), ...), x first. Each must be a float tensor on x's device;
+    a TypeError / ValueError naming the argument otherwise (the conv op shares this)."""
+    x = named[0][1]
     for name, t in named:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -135,6 +137,11 @@ def _explain_inputs(x, scale, translation, weights) -> None:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"all tensors must be on one device: x is on {x.device}, {name} on {t.device}")
+
+
+def _explain_inputs(x, scale, translation, weights) -> None:
+    named = (("x", x), ("scale", scale), ("translation", translation), ("wavelet_weights", weights))
+    check_tensor_args(named)
     if scale.dim() != 2 or scale.shape[0] < 1 or scale.shape[1] < 1:
         raise ValueError(f"scale must have shape (out_features, in_features) with both >= 1, got {tuple(scale.shape)}")
     for name, t in named[2:]:

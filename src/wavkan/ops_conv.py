@@ -25,12 +25,11 @@ import torch
 from torch import Tensor
 
 from . import reference_conv
-from .ops import BACKENDS, resolve_backend
+from .ops import BACKENDS, check_tensor_args, resolve_backend
 from .wavelets import get_wavelet
 
 __all__ = ["wavkan_conv", "wavkan_conv1d", "wavkan_conv2d", "conv_arguments", "ConvArguments", "int_tuple"]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PADDING_MODES = ("same", "valid")
 
 
@@ -87,13 +86,7 @@ def conv_arguments(kernel_size: Sequence[int], stride, padding, dilation) -> Con
 
 def _check_inputs(x, scale, translation, weights, groups: int, ndim: int) -> None:
     named = (("x", x), ("scale", scale), ("translation", translation), ("wavelet_weights", weights))
-    for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"all tensors must be on one device: x is on {x.device}, {name} on {t.device}")
+    check_tensor_args(named)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be an int >= 1, got {groups!r}")
     if scale.dim() != 2 or scale.shape[0] < 1 or scale.shape[1] < 1:

@@ -30,9 +30,9 @@ import triton
 import triton.language as tl
 
 from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .launch import DirectLauncher, balanced_plan, cdiv, split_scratch, stream_key
-from .partials import split_arrive, split_sum
-from .staging import cached_edge_pack, plane_offsets, stage_transposed
+from .launch import DirectLauncher, cdiv, split_plan, stream_key
+from .partials import split_arrive, split_sum, store_tile
+from .staging import cached_edge_pack, column_operand, plane_offsets
 from .tuning import KernelConfig, default_config, loop_unroll
 
 
@@ -94,17 +94,7 @@ def _wavkan_bwd_dx_kernel(
         acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
     dx_ptrs = dx_ptr + rows * stride_db + cols * stride_di
-    if not SPLIT_SUM:  # as the forward's
-        tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
-    else:
-        part_offs = rows * IN + cols
-        stride_part = STRIDE_PART.to(tl.int64)  # B * IN
-        tl.store(part_ptr + pid_k.to(tl.int64) * stride_part + part_offs, acc, mask=mask)
-        tile = pid_b * tl.num_programs(1) + pid_i
-        if split_arrive(counter_ptr, tile, SPLIT):
-            total = split_sum(tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32), part_ptr, part_offs, stride_part, mask, SPLIT)
-            tl.store(dx_ptrs, total.to(dx_ptr.dtype.element_ty), mask=mask)
-            tl.store(counter_ptr + tile, 0)
+    store_tile(acc, dx_ptrs, mask, part_ptr, rows * IN + cols, STRIDE_PART, counter_ptr, SPLIT, SPLIT_SUM)
 
 
 @triton.jit(do_not_specialize=["SPLIT", "ROWS_PER_SPLIT", "PLANE"])
@@ -218,15 +208,8 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     z_scale, _, dpsi_scale = wavelet.fold_bwd
     pack = cached_edge_pack(scale, translation, weights, in_pad, True, z_scale, dpsi_scale, stream)
     tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
-    gs, stride_gb, stride_go = grad, grad.stride(0), grad.stride(1)
-    if cfg.stage:
-        gs = stage_transposed(grad, tiles[0] * cfg.block_m)
-        stride_gb, stride_go = 1, gs.stride(0)
-    split, per_split = balanced_plan(tiles[0] * tiles[1], OUT, device, cfg)
-    if split == 1:
-        counters, part = dx, dx
-    else:
-        counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * B * IN)
+    gs, stride_gb, stride_go = column_operand(grad, tiles[0] * cfg.block_m, cfg.stage)
+    split, per_split, counters, part = split_plan(device, stream, cfg, tiles, OUT, dx, B * IN)
     plane1, plane2 = plane_offsets(pack)
     _LAUNCH_DX(
         device, stream,
@@ -254,13 +237,9 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     if OUT * grad.stride(1) >= 2**31:
         grad = grad.contiguous()
     tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
-    split, per_split = balanced_plan(tiles[0] * tiles[1], B, device, cfg)
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))
     stream = stream_key(device)
-    if split == 1:
-        counters, part = ds, ds
-    else:
-        counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * 3 * OUT * IN)
+    split, per_split, counters, part = split_plan(device, stream, cfg, tiles, B, ds, 3 * OUT * IN)
     z_scale, psi_scale, dpsi_scale = wavelet.fold_bwd
     _LAUNCH_DPARAMS(
         device, stream,

@@ -32,9 +32,9 @@ import triton
 import triton.language as tl
 
 from .device import wavelet_psi_folded
-from .launch import DirectLauncher, balanced_plan, cdiv, split_scratch, stream_key
-from .partials import split_arrive, split_sum
-from .staging import cached_edge_pack, plane_offsets, stage_transposed
+from .launch import DirectLauncher, cdiv, split_plan, stream_key
+from .partials import store_tile
+from .staging import cached_edge_pack, column_operand, plane_offsets
 from .tuning import KernelConfig, default_config, loop_unroll
 
 
@@ -96,18 +96,8 @@ def _wavkan_fwd_kernel(
     rows = offs_b[:, None].to(tl.int64)
     cols = offs_o[None, :].to(tl.int64)
     y_ptrs = y_ptr + rows * stride_yb + cols * stride_yo
-    if not SPLIT_SUM:  # one program per tile (a constexpr: the unsplit binary has no epilogue)
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        # Partials (SPLIT, B, OUT) fp32; the last program of the tile sums them into y.
-        part_offs = rows * OUT + cols
-        stride_part = STRIDE_PART.to(tl.int64)  # B * OUT
-        tl.store(part_ptr + pid_k.to(tl.int64) * stride_part + part_offs, acc, mask=mask)
-        tile = pid_b * tl.num_programs(1) + pid_o
-        if split_arrive(counter_ptr, tile, SPLIT):
-            total = split_sum(tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32), part_ptr, part_offs, stride_part, mask, SPLIT)
-            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
-            tl.store(counter_ptr + tile, 0)
+    # One program per tile, or a split summed by the tile's last program: (SPLIT, B, OUT) partials.
+    store_tile(acc, y_ptrs, mask, part_ptr, rows * OUT + cols, STRIDE_PART, counter_ptr, SPLIT, SPLIT_SUM)
 
 
 _LAUNCH = DirectLauncher(_wavkan_fwd_kernel, own=("pack_ptr", "part_ptr", "counter_ptr"))
@@ -130,15 +120,8 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     z_scale, w_scale = wavelet.fold
     pack = cached_edge_pack(scale, translation, weights, out_pad, False, z_scale, w_scale, stream)
     tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
-    xs, stride_xb, stride_xi = x, x.stride(0), x.stride(1)
-    if cfg.stage:
-        xs = stage_transposed(x, tiles[0] * cfg.block_m)
-        stride_xb, stride_xi = 1, xs.stride(0)
-    split, per_split = balanced_plan(tiles[0] * tiles[1], IN, device, cfg)
-    if split == 1:
-        counters, part = y, y
-    else:
-        counters, part = split_scratch(device, stream, tiles[0] * tiles[1], split * B * OUT)
+    xs, stride_xb, stride_xi = column_operand(x, tiles[0] * cfg.block_m, cfg.stage)
+    split, per_split, counters, part = split_plan(device, stream, cfg, tiles, IN, y, B * OUT)
     plane1, plane2 = plane_offsets(pack)
     _LAUNCH(
         device, stream,

@@ -213,6 +213,18 @@ def split_scratch(device: torch.device, stream, tiles: int, partial_elems: int) 
     return entry
 
 
+def split_plan(device: torch.device, stream, cfg: KernelConfig, tiles: tuple, loop_len: int, out: torch.Tensor,
+               partial_elems: int) -> tuple:
+    """(split, per_split, counters, partials) for a kernel that sums a split in-kernel over a
+    (tiles[0], tiles[1]) grid: the "balance" plan, and the scratch of ``partial_elems`` fp32
+    per split (unsplit, ``out`` stands in for both: the binary never touches them)."""
+    split, per_split = balanced_plan(tiles[0] * tiles[1], loop_len, device, cfg)
+    if split == 1:
+        return split, per_split, out, out
+    counters, partials = split_scratch(device, stream, tiles[0] * tiles[1], split * partial_elems)
+    return split, per_split, counters, partials
+
+
 def release_split_scratch() -> None:
     """Free the cached split scratch of every stream (it is reallocated on demand)."""
     _SCRATCH.clear()

@@ -52,6 +52,25 @@ def split_sum(acc, part_ptr, part_offs, stride_part, mask, SPLIT):
     return acc
 
 
+@triton.jit
+def store_tile(acc, dst_ptrs, mask, part_ptr, part_offs, STRIDE_PART, counter_ptr, SPLIT,
+               SPLIT_SUM: tl.constexpr):
+    """Store a program's (M, N) fp32 tile ``acc`` at ``dst_ptrs`` (in their dtype). Split
+    (SPLIT_SUM, a constexpr so that unsplit binaries carry none of this): store it as partial
+    program_id(2) of SPLIT, ``STRIDE_PART`` elements apart at ``part_offs``, and let the
+    tile's last program sum them in order into ``dst_ptrs``."""
+    if not SPLIT_SUM:
+        tl.store(dst_ptrs, acc.to(dst_ptrs.dtype.element_ty), mask=mask)
+    else:
+        stride_part = STRIDE_PART.to(tl.int64)
+        tl.store(part_ptr + tl.program_id(2).to(tl.int64) * stride_part + part_offs, acc, mask=mask)
+        tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        if split_arrive(counter_ptr, tile, SPLIT):
+            total = split_sum(tl.zeros(acc.shape, dtype=tl.float32), part_ptr, part_offs, stride_part, mask, SPLIT)
+            tl.store(dst_ptrs, total.to(dst_ptrs.dtype.element_ty), mask=mask)
+            tl.store(counter_ptr + tile, 0)
+
+
 @triton.jit(do_not_specialize=["SPLIT"])
 def _sum_partials_kernel(part_ptr, dst_ptr, N, SPLIT, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

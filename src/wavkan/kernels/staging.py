@@ -145,6 +145,16 @@ def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None, dtype=torch.flo
     return _stage(t, dst, r_pad, rows_pad, (1, r_pad))
 
 
+def column_operand(t: torch.Tensor, rows_pad: int, stage: bool) -> tuple:
+    """(operand, stride along rows, stride along columns) of a (rows, cols) operand a loop walks
+    one column per step: ``t`` itself, read in place through its strides, or (``stage``) its
+    fp32 transposed copy padded to ``rows_pad`` rows, unit stride along the rows."""
+    if not stage:
+        return t, t.stride(0), t.stride(1)
+    staged = stage_transposed(t, rows_pad)
+    return staged, 1, staged.stride(0)
+
+
 # --- the edge constants, packed once per parameter change ------------------------------------
 
 # id(weights) -> (weakref to weights, key, pack). Keyed on the weights tensor object, which a
