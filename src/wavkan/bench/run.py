@@ -21,7 +21,8 @@ from .protocol import (
     percentile, recorded_rows,
 )
 from .report import format_report, plot_results, write_csv
-from .runners import CudaRunner, FakeRunner, _failure
+from .fake import FakeRunner
+from .runners import CudaRunner, _failure
 
 __all__ = ["main", "build_parser"]
 
