@@ -5,7 +5,8 @@ PyTorch op, so a layer's forward and backward each pass over the (rows, out, in)
 ten to twenty times. Here the same formulas (``Wavelet.psi_dpsi``, ``(x - t) * (1 / s)``,
 the same reductions) are traced once per wavelet and pass by ``torch.compile``, whose Inductor
 C++ code generation emits vectorised loops that compute the wavelet in registers and reduce
-as they go: the forward is one pass, the backward two. Nothing is written by hand, and the
+as they go: the forward is one pass over the edges, and so is each of the backward's two
+(grad_x; the three parameter sums). Nothing is written by hand, and the
 wavelet formulas keep one source.
 
 Each pass is compiled with symbolic sizes, so one compiled kernel serves every batch, layer
@@ -51,45 +52,37 @@ def compiler_available() -> bool:
 
 
 # --- the passes, as plain PyTorch for torch.compile to fuse ----------------------------------
-
-
-def _z(x: Tensor, inv_s: Tensor, t: Tensor) -> Tensor:
-    # As the reference: (x - t) * (1/s), exactly 0 where x == t.
-    return (x[:, None, :] - t) * inv_s
+#
+# Each pass is laid out so that its reductions run over the innermost or outermost loop of one
+# loop nest: the forward and grad_x over (rows, out, in), reducing in and out; the parameter
+# sums over (out, in, rows), reducing rows, all three in one nest. (Laid out as (rows, out,
+# in), the parameter sums took two nests, with g * dpsi stored whole between them.)
 
 
 def _forward(x, inv_s, t, w, wav):
-    psi, _ = wav.psi_dpsi(_z(x, inv_s, t), False)
+    """x (B, in), inv_s, t, w (out, in) -> y (B, out)."""
+    psi, _ = wav.psi_dpsi((x[:, None, :] - t) * inv_s, False)
     return (psi * w).sum(-1)
 
 
 def _backward_x(g, x, inv_s, t, w, wav):
-    _, dpsi = wav.psi_dpsi(_z(x, inv_s, t), True)
+    """g (B, out), x (B, in) -> grad_x (B, in)."""
+    _, dpsi = wav.psi_dpsi((x[:, None, :] - t) * inv_s, True)
     return (dpsi * g[:, :, None] * (w * inv_s)).sum(1)
 
 
-def _backward_params(g, x, inv_s, t, w, wav):
-    z = _z(x, inv_s, t)
+def _backward_params(g_t, x_t, inv_s, t, wav):
+    """g_t (out, B), x_t (in, B): g and x transposed -> (grad_weights, sum_b q, sum_b q z),
+    each (out, in), for q = g dpsi."""
+    z = (x_t[None, :, :] - t[:, :, None]) * inv_s[:, :, None]
     psi, dpsi = wav.psi_dpsi(z, True)
-    gb = g[:, :, None]
-    q = dpsi * gb
-    return (psi * gb).sum(0), q.sum(0), (q * z).sum(0)
+    g = g_t[:, None, :]
+    # Not q = dpsi * g reused by two sums: Inductor stores a reused value that needs an exp
+    # whole, where each sum computing its own product keeps everything in registers.
+    return (psi * g).sum(-1), (dpsi * g).sum(-1), (dpsi * (z * g)).sum(-1)
 
 
-def _backward_all(g, x, inv_s, t, w, wav):
-    z = _z(x, inv_s, t)
-    psi, dpsi = wav.psi_dpsi(z, True)
-    gb = g[:, :, None]
-    q = dpsi * gb
-    return (q * (w * inv_s)).sum(1), (psi * gb).sum(0), q.sum(0), (q * z).sum(0)
-
-
-_PASSES = {
-    "forward": _forward,
-    "backward_x": _backward_x,
-    "backward_params": _backward_params,
-    "backward_all": _backward_all,
-}
+_PASSES = {"forward": _forward, "backward_x": _backward_x, "backward_params": _backward_params}
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,15 +100,19 @@ def _compiled(wavelet: str, pass_name: str):
     return torch.compile(fn, dynamic=True, fullgraph=True)
 
 
+def _cast(cd, *tensors):
+    return tuple(a.to(cd).contiguous() for a in tensors)
+
+
 def compiled_forward(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet,
                      chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:  # fmt: skip
     """y = sum_i weights * psi(z): x (B, in), params (out, in) -> (B, out) in x's dtype.
 
-    The reference's ``reference_forward``, compiled; CPU tensors.
+    ``reference_forward``, compiled; CPU tensors.
     """
     wav = get_wavelet(wavelet)
     cd = compute_dtype(x.dtype)
-    xc, s, t, w = (a.to(cd).contiguous() for a in (x, scale, translation, weights))
+    xc, s, t, w = _cast(cd, x, scale, translation, weights)
     inv_s = s.reciprocal()
     B, IN = xc.shape
     OUT = s.shape[0]
@@ -134,39 +131,34 @@ def compiled_backward(grad: Tensor, x: Tensor, scale: Tensor, translation: Tenso
     ``reference_backward`` (None for what is not needed), compiled; CPU tensors."""
     wav = get_wavelet(wavelet)
     cd = compute_dtype(x.dtype)
-    g, xc, s, t, w = (a.to(cd).contiguous() for a in (grad, x, scale, translation, weights))
+    g, xc, s, t, w = _cast(cd, grad, x, scale, translation, weights)
     inv_s = s.reciprocal()
     B, IN = xc.shape
     OUT = s.shape[0]
-    if not (need_x or need_params):
-        return None, None, None, None
-    name = "backward_all" if need_x and need_params else "backward_x" if need_x else "backward_params"
-    bwd = _compiled(wav.name, name)
-    single = B * OUT * IN <= chunk_elements
-    gx = None if single or not need_x else torch.zeros(B, IN, dtype=cd, device=x.device)
-    if need_params and not single:
-        gw, sum_q, sum_qz = (torch.zeros(OUT, IN, dtype=cd, device=x.device) for _ in range(3))
-    for b0, b1, o0, o1 in ((0, B, 0, OUT),) if single else _blocks(B, OUT, IN, chunk_elements):
-        parts = bwd(g[b0:b1, o0:o1], xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
-        if need_x and not need_params:
-            parts = (parts,)
-        if single:
-            if need_x:
-                gx, *parts = parts
-            if need_params:
-                gw, sum_q, sum_qz = parts
-            continue
-        if need_x:
-            gx[b0:b1] += parts[0]
-            parts = parts[1:]
-        if need_params:
-            gw[o0:o1] += parts[0]
-            sum_q[o0:o1] += parts[1]
-            sum_qz[o0:o1] += parts[2]
-    grad_x = gx.to(x.dtype) if need_x else None
-    if not need_params:
-        return grad_x, None, None, None
-    w_over_s = w * inv_s
-    g_t = -w_over_s * sum_q
-    g_s = -w_over_s * sum_qz
-    return grad_x, g_s.to(scale.dtype), g_t.to(translation.dtype), gw.to(weights.dtype)
+    blocks = [(0, B, 0, OUT)] if B * OUT * IN <= chunk_elements else list(_blocks(B, OUT, IN, chunk_elements))
+    grad_x = grad_s = grad_t = grad_w = None
+    if need_x:
+        bwd_x = _compiled(wav.name, "backward_x")
+        if len(blocks) == 1:
+            gx = bwd_x(g, xc, inv_s, t, w)
+        else:
+            gx = torch.zeros(B, IN, dtype=cd, device=x.device)
+            for b0, b1, o0, o1 in blocks:
+                gx[b0:b1] += bwd_x(g[b0:b1, o0:o1], xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
+        grad_x = gx.to(x.dtype)
+    if need_params:
+        bwd_p = _compiled(wav.name, "backward_params")
+        g_t, x_t = g.t(), xc.t()
+        if len(blocks) == 1:
+            gw, sum_q, sum_qz = bwd_p(g_t.contiguous(), x_t.contiguous(), inv_s, t)
+        else:
+            gw, sum_q, sum_qz = (torch.zeros(OUT, IN, dtype=cd, device=x.device) for _ in range(3))
+            for b0, b1, o0, o1 in blocks:
+                parts = bwd_p(g_t[o0:o1, b0:b1].contiguous(), x_t[:, b0:b1].contiguous(), inv_s[o0:o1], t[o0:o1])
+                for total, part in zip((gw, sum_q, sum_qz), parts):
+                    total[o0:o1] += part
+        w_over_s = w * inv_s
+        grad_t = (-w_over_s * sum_q).to(translation.dtype)
+        grad_s = (-w_over_s * sum_qz).to(scale.dtype)
+        grad_w = gw.to(weights.dtype)
+    return grad_x, grad_s, grad_t, grad_w

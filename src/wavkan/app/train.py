@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..cli import int_list, positive_int
 from ..files import remove_stale_temps
-from ..ops import resolve_backend
+from ..ops import BACKENDS, resolve_backend
 from ..wavelets import WAVELETS
 from . import distributed as dist_utils
 from .checkpoint import build_model, load_checkpoint, restore_training_state, save_checkpoint, training_state
@@ -49,6 +49,7 @@ from .data import check_layers_fit, dataset_name, epoch_permutation, load_raw, t
 from .evaluate import EVAL_BATCH_SIZE, evaluate
 from .metrics import plot_curves, write_metrics_csv
 from .progress import EpochProgress
+from .startup import StartupClock, compile_ahead, set_threads, uses_compiled
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "batch_bounds", "build_parser", "main"]
@@ -92,6 +93,7 @@ class TrainConfig:
     progress: bool = True
     cuda_graph: Optional[bool] = None  # None: on for a single CUDA device
     eval_batch_size: int = EVAL_BATCH_SIZE
+    threads: Optional[int] = None  # CPU threads; None: the cores this process may use (app/startup.py)
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{dataset_name(self.dataset)}-{self.wavelet}"
@@ -106,7 +108,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2: BatchNorm needs two rows to train")
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
@@ -168,23 +170,27 @@ def _use_graphs(config: TrainConfig, device: torch.device, ctx, n_full_batches: 
     return n_full_batches > 0
 
 
-def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> RunResult:
+def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+          startup: Optional[StartupClock] = None) -> RunResult:  # fmt: skip
     """Run (or resume) training; returns the history. Called once per process under torchrun.
 
     ``on_epoch_end(epoch, row)`` runs after each epoch's files are written (``epoch`` counts
-    from 1); tests use it to interrupt a run.
+    from 1); tests use it to interrupt a run. ``startup``: the clock whose phases the start-up
+    line reports (the command's starts at the process's start; by default, at this call).
     """
+    startup = startup or StartupClock()
     config.validate()
+    set_threads(config.threads)
     ctx = dist_utils.context_from_env()
     device = dist_utils.resolve_device(config.device, ctx)
     dist_utils.init_process_group(ctx, device)
     try:
-        return _train(config, ctx, device, on_epoch_end)
+        return _train(config, ctx, device, on_epoch_end, startup)
     finally:
         dist_utils.destroy_process_group()
 
 
-def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunResult:
+def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup: StartupClock) -> RunResult:
     out = config.out_dir()
     ckpt_path = out / CHECKPOINT_NAME
     saved = None
@@ -203,7 +209,9 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     if ctx.is_main:
         remove_stale_temps(out, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME))
 
+    startup.phase("set-up")
     data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+    startup.phase("data")
     layers = [int(w) for w in config.layers]
     check_layers_fit(layers, data.num_features, data.num_classes, config.dataset)
     n_train = data.train_x.shape[0]
@@ -234,6 +242,7 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     model = raw_model
     if ctx.enabled:
         model = dist_utils.wrap_ddp(raw_model, device)
+    startup.phase("model and optimizer")
 
     totals = Totals(device)
     graphed = None
@@ -242,11 +251,16 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
         # After loading the checkpoint: the graph keeps the addresses of the optimizer's state.
         lr_tensor = LrTensor(optimizer, device)
         graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals)
+        startup.phase("CUDA graph capture")
+    if start_epoch < config.epochs and uses_compiled(raw_model):
+        compile_ahead(raw_model, data.train_x[: max(2, config.batch_size // ctx.world_size)])
+        startup.phase("compilation")
 
     backend = resolve_backend(config.backend, data.train_x)
     _log(ctx, f"WavKAN {layers} ({config.wavelet}) on {config.dataset}: {n_train} train / "
               f"{data.test_x.shape[0]} test samples; {len(bounds)} steps of {config.batch_size} per epoch; "
-              f"device {device}, backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
+              f"device {device}" + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+              + f", backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
     def write_outputs() -> None:
@@ -256,6 +270,8 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
     if ctx.is_main and history:
         write_outputs()  # the checkpoint's history is the truth; drop rows of an unfinished epoch
 
+    if start_epoch < config.epochs:
+        _log(ctx, startup.summary())
     for epoch in range(start_epoch, config.epochs):
         raw_model.train()
         totals.zero_()
@@ -331,8 +347,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=d.gamma, help="ExponentialLR factor per epoch")
     p.add_argument("--seed", type=int, default=d.seed, help="initial weights and shuffling")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--backend", choices=("auto", "reference", "triton"), default=d.backend,
-                   help="auto: Triton kernels for CUDA tensors, pure PyTorch otherwise")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="auto: Triton kernels for CUDA tensors, the compiled CPU path (torch.compile) for "
+                        "CPU tensors where a C++ compiler is found, pure PyTorch otherwise")
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<wavelet>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a checkpoint")
@@ -342,6 +359,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
     p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="rows per evaluation pass")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads (default: the cores this process may use; 1 when other jobs share the cores)")
     return p
 
 
@@ -351,9 +370,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    startup = StartupClock(from_process_start=True)
     args = build_parser(prog).parse_args(argv)
     try:
-        train(config_from_args(args))
+        train(config_from_args(args), startup=startup)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # missing data, bad input, no CUDA
         print(f"{prog or 'wavkan train'}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,111 @@
+"""What a run does before its first epoch: CPU threads, compiling ahead, and the start-up clock.
+
+Threads. PyTorch's CPU ops and the compiled backend's kernels share one OpenMP pool, whose
+idle threads spin before they sleep. Two processes that each run as many threads as there are
+cores then take turns at every parallel region and both slow down many times over; one thread
+per process does not. ``default_threads`` is the number of cores this process may run on
+(``os.sched_getaffinity``: a ``taskset`` or container limit counts), so a run alone on the
+machine uses them all; ``--threads 1`` is the setting for a run that shares its cores.
+
+Compiling ahead. The compiled CPU backend (``wavkan.cpu``) compiles each pass on its first
+call. ``compile_ahead`` makes those calls before the first epoch, on a batch of the run's
+shape and without touching the model's state, so the first epoch's time is training alone
+and the compilation is reported as part of the start-up.
+
+The clock. ``StartupClock`` splits the time to the first epoch into named phases, printed in
+one line; for the command it starts at the process's start (``/proc`` on Linux), so the
+interpreter and the imports count too.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["default_threads", "set_threads", "compile_ahead", "StartupClock", "process_age"]
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """Set PyTorch's intra-op threads (None: ``default_threads()``); returns the number set."""
+    n = default_threads() if threads is None else threads
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def uses_compiled(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` would take the compiled CPU backend for a big call."""
+    from ..ops import resolve_backend
+
+    probe = next(model.parameters(), None)
+    if probe is None:
+        return False
+    backends = {getattr(m, "backend", None) for m in model.modules()} - {None}
+    return any(resolve_backend(b, probe) == "compiled" for b in backends)
+
+
+def compile_ahead(model: nn.Module, x: Tensor) -> None:
+    """Run one forward and backward of ``model`` on ``x`` (a training batch) so that every
+    pass the training step will call is compiled, leaving the model as it was: eval mode
+    (BatchNorm's running statistics untouched), and every ``.grad`` restored afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x).sum().backward()
+    finally:
+        model.train(was_training)
+        for p, g in zip(params, grads):
+            p.grad = g
+
+
+def process_age() -> Optional[float]:
+    """Seconds since this process started, or None where /proc does not say."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        start_ticks = int(fields[19])  # field 22, starttime, counted after the ")" of comm
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class StartupClock:
+    """``phase(name)`` ends the current phase under ``name``; ``summary()`` is the line to print."""
+
+    def __init__(self, from_process_start: bool = False):
+        age = process_age() if from_process_start else None
+        self.before = age if age is not None and age >= 0 else None  # process start -> now
+        self.last = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+
+    def phase(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((name, now - self.last))
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return (self.before or 0.0) + sum(s for _, s in self.phases)
+
+    def summary(self) -> str:
+        parts = ([("python and imports", self.before)] if self.before is not None else []) + self.phases
+        text = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts if seconds >= 0.05)
+        since = "the process's start" if self.before is not None else "the train() call"
+        return f"start-up: {self.total:.1f} s from {since} to the first epoch ({text})"
