@@ -16,9 +16,10 @@ or ``$CXX``); Inductor caches the result on disk, so later processes load it. Wo
 the reference's blocks (``reference.CHUNK_ELEMENTS`` edges-times-rows), so the extra memory is
 bounded by a few such blocks whatever the batch.
 
-    forward          y[b,o]  = sum_i w[o,i] psi(z[b,o,i]),  z = (x[b,i] - t[o,i]) / s[o,i]
-    backward         grad_x, and (grad_weights, sum_b q, sum_b q z) with q = g[b,o] dpsi(z),
-                     from which the parameter gradients follow as in the reference.
+    forward          y[b,o] = sum_i w[o,i] psi(z[b,o,i]),  z = (x[b,i] - t[o,i]) / s[o,i]
+    grad_x           sum_o g[b,o] w[o,i] dpsi(z) / s[o,i]
+    parameters       grad_scale, grad_translation, grad_weights from sum_b g[b,o] psi(z),
+                     sum_b g[b,o] dpsi(z) and sum_b g[b,o] dpsi(z) z, as in the reference.
 """
 
 from __future__ import annotations
@@ -71,15 +72,17 @@ def _backward_x(g, x, inv_s, t, w, wav):
     return (dpsi * g[:, :, None] * (w * inv_s)).sum(1)
 
 
-def _backward_params(g_t, x_t, inv_s, t, wav):
-    """g_t (out, B), x_t (in, B): g and x transposed -> (grad_weights, sum_b q, sum_b q z),
-    each (out, in), for q = g dpsi."""
+def _backward_params(g_t, x_t, inv_s, t, w, wav):
+    """g_t (out, B), x_t (in, B): g and x transposed -> (grad_scale, grad_translation,
+    grad_weights), each (out, in)."""
     z = (x_t[None, :, :] - t[:, :, None]) * inv_s[:, :, None]
     psi, dpsi = wav.psi_dpsi(z, True)
     g = g_t[:, None, :]
-    # Not q = dpsi * g reused by two sums: Inductor stores a reused value that needs an exp
+    # Not q = g * dpsi reused by two sums: Inductor stores a reused value that needs an exp
     # whole, where each sum computing its own product keeps everything in registers.
-    return (psi * g).sum(-1), (dpsi * g).sum(-1), (dpsi * (z * g)).sum(-1)
+    sum_q, sum_qz = (dpsi * g).sum(-1), (dpsi * (z * g)).sum(-1)
+    w_over_s = w * inv_s
+    return -w_over_s * sum_qz, -w_over_s * sum_q, (psi * g).sum(-1)
 
 
 _PASSES = {"forward": _forward, "backward_x": _backward_x, "backward_params": _backward_params}
@@ -150,15 +153,14 @@ def compiled_backward(grad: Tensor, x: Tensor, scale: Tensor, translation: Tenso
         bwd_p = _compiled(wav.name, "backward_params")
         g_t, x_t = g.t(), xc.t()
         if len(blocks) == 1:
-            gw, sum_q, sum_qz = bwd_p(g_t.contiguous(), x_t.contiguous(), inv_s, t)
+            grads = bwd_p(g_t.contiguous(), x_t.contiguous(), inv_s, t, w)
         else:
-            gw, sum_q, sum_qz = (torch.zeros(OUT, IN, dtype=cd, device=x.device) for _ in range(3))
+            # Each gradient is a sum over rows times a factor of (o, i): block sums add up.
+            grads = tuple(torch.zeros(OUT, IN, dtype=cd, device=x.device) for _ in range(3))
             for b0, b1, o0, o1 in blocks:
-                parts = bwd_p(g_t[o0:o1, b0:b1].contiguous(), x_t[:, b0:b1].contiguous(), inv_s[o0:o1], t[o0:o1])
-                for total, part in zip((gw, sum_q, sum_qz), parts):
+                parts = bwd_p(g_t[o0:o1, b0:b1].contiguous(), x_t[:, b0:b1].contiguous(), inv_s[o0:o1], t[o0:o1],
+                              w[o0:o1])  # fmt: skip
+                for total, part in zip(grads, parts):
                     total[o0:o1] += part
-        w_over_s = w * inv_s
-        grad_t = (-w_over_s * sum_q).to(translation.dtype)
-        grad_s = (-w_over_s * sum_qz).to(scale.dtype)
-        grad_w = gw.to(weights.dtype)
+        grad_s, grad_t, grad_w = (gr.to(p.dtype) for gr, p in zip(grads, (scale, translation, weights)))
     return grad_x, grad_s, grad_t, grad_w

@@ -110,7 +110,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int, default=-1, metavar="N",
                    help="score the first N test samples (default: the run's limit; 0: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto")
+    p.add_argument("--backend", choices=("auto", "reference", "triton", "compiled"), default="auto")
     p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="rows per forward pass")
     return p
 

@@ -23,7 +23,8 @@ the same as on CPU.
 
 Writes to ``--out`` (rank 0 only): ``checkpoint.pt`` (model, optimizer, scheduler, epoch,
 history, RNG, config; atomically), ``metrics.csv`` and ``curves.png``, both rebuilt from
-the checkpoint's history after every epoch.
+the checkpoint's history after every epoch, and at the end ``edges.png``, the learned edge
+functions (``wavkan plot``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .checkpoint import build_model, load_checkpoint, restore_training_state, sa
 from .data import check_layers_fit, dataset_name, epoch_permutation, load_raw, to_device
 from .evaluate import EVAL_BATCH_SIZE, evaluate
 from .metrics import plot_curves, write_metrics_csv
+from .plot import EDGES_NAME, write_edges_png
 from .progress import EpochProgress
 from .startup import StartupClock, compile_ahead, set_threads, uses_compiled
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
@@ -202,12 +204,12 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
             raise ConfigError(f"{ckpt_path} exists: pass --resume to continue that run, "
                               "--overwrite to start over, or another --out")
         elif ctx.is_main:
-            for name in (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME):
+            for name in (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, EDGES_NAME):
                 (out / name).unlink(missing_ok=True)
     elif config.resume:
         _log(ctx, f"no checkpoint in {out}: starting a new run")
     if ctx.is_main:
-        remove_stale_temps(out, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME))
+        remove_stale_temps(out, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, EDGES_NAME))
 
     startup.phase("set-up")
     data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
@@ -231,6 +233,7 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
     optimizer = torch.optim.AdamW(
         raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
         capturable=use_graphs, foreach=True if use_graphs else None,
+        fused=True if device.type == "cpu" else None,  # one kernel per tensor: the CPU step is host-bound
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
     history: list = []
@@ -259,7 +262,7 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
     backend = resolve_backend(config.backend, data.train_x)
     _log(ctx, f"WavKAN {layers} ({config.wavelet}) on {config.dataset}: {n_train} train / "
               f"{data.test_x.shape[0]} test samples; {len(bounds)} steps of {config.batch_size} per epoch; "
-              f"device {device}" + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+              f"device {device}" + (f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})" if device.type == "cpu" else "")
               + f", backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
@@ -318,6 +321,9 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
+    if history and ctx.is_main:  # the learned edge functions, over the inputs' training ranges
+        write_edges_png(out / EDGES_NAME, raw_model, data.train_x,
+                        f"Wav-KAN {layers} {config.wavelet} on {config.dataset}: learned edge functions")
     if history:
         final = history[-1]
         _log(ctx, f"final test accuracy {100 * final['test_acc']:.2f}% (test loss {final['test_loss']:.4f}) "
