@@ -1,11 +1,13 @@
 """What a run does before its first epoch: CPU threads, compiling ahead, and the start-up clock.
 
-Threads. PyTorch's CPU ops and the compiled backend's kernels share one OpenMP pool, whose
-idle threads spin before they sleep. Two processes that each run as many threads as there are
-cores then take turns at every parallel region and both slow down many times over; one thread
-per process does not. ``default_threads`` is the number of cores this process may run on
-(``os.sched_getaffinity``: a ``taskset`` or container limit counts), so a run alone on the
-machine uses them all; ``--threads 1`` is the setting for a run that shares its cores.
+Threads. PyTorch's CPU ops and the compiled backend's kernels share one OpenMP pool whose
+threads split every parallel loop evenly and spin before they sleep. When other work holds one
+of the cores, each loop waits for the thread that is not running: a run with as many threads
+as cores then slows down many times over, where one thread per busy core less does not. So by
+default a run takes the cores it may use (``os.sched_getaffinity``) less those the load
+average shows busy, at least one (``default_threads``), decided once when it starts;
+``--threads`` overrides it, and so does ``OMP_NUM_THREADS`` (torchrun sets it to 1). A resumed run keeps the thread count it started with: results
+depend on it at the level of float rounding.
 
 Compiling ahead. The compiled CPU backend (``wavkan.cpu``) compiles each pass on its first
 call. ``compile_ahead`` makes those calls before the first epoch, on a batch of the run's
@@ -26,24 +28,52 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["default_threads", "set_threads", "compile_ahead", "StartupClock", "process_age"]
+__all__ = ["available_cores", "default_threads", "set_threads", "uses_compiled", "compile_ahead", "StartupClock",
+           "process_age"]
 
 
-def default_threads() -> int:
-    """The cores this process may run on."""
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset`` and container limits count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
 
 
-def set_threads(threads: Optional[int]) -> int:
-    """Set PyTorch's intra-op threads (None: ``default_threads()``); returns the number set."""
-    n = default_threads() if threads is None else threads
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
+_auto_threads: Optional[tuple[int, float]] = None
+
+
+def default_threads() -> tuple[int, float]:
+    """(threads, busy): the available cores less those that the 1-minute load average shows
+    busy with other work (``busy``, the machine's load scaled to this process's share of its
+    cores), at least 1. Decided once per process, so every run in it computes alike."""
+    global _auto_threads
+    if _auto_threads is None:
+        cores = available_cores()
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not POSIX
+            load = 0.0
+        busy = load * cores / max(os.cpu_count() or cores, cores)
+        _auto_threads = (max(1, min(cores, int(cores - busy + 0.5))), busy)
+    return _auto_threads
+
+
+def set_threads(threads: Optional[int]) -> str:
+    """Set PyTorch's intra-op threads to ``threads`` (None: what ``OMP_NUM_THREADS`` says, else
+    ``default_threads()``); returns a note for the log saying how many and why."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        # The user's (or torchrun's) setting, which torch already follows.
+        n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+    elif threads is None:
+        n, busy = default_threads()
+        why = f"{available_cores()} cores, load average {busy:.1f} on them from other work"
+    else:
+        n, why = threads, "--threads"
+        if n < 1:
+            raise ValueError(f"threads must be >= 1, got {n}")
     torch.set_num_threads(n)
-    return n
+    return f"{n} thread{'s' if n > 1 else ''}: {why}"
 
 
 def uses_compiled(model: nn.Module) -> bool:
@@ -63,6 +93,8 @@ def compile_ahead(model: nn.Module, x: Tensor) -> None:
     (BatchNorm's running statistics untouched), and every ``.grad`` restored afterwards."""
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [p.grad for p in params]
+    for p in params:  # backward accumulates into an existing .grad in place
+        p.grad = None
     was_training = model.training
     model.eval()
     try:

@@ -95,7 +95,7 @@ class TrainConfig:
     progress: bool = True
     cuda_graph: Optional[bool] = None  # None: on for a single CUDA device
     eval_batch_size: int = EVAL_BATCH_SIZE
-    threads: Optional[int] = None  # CPU threads; None: the cores this process may use (app/startup.py)
+    threads: Optional[int] = None  # CPU threads; None: the idle cores this process may use (app/startup.py)
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{dataset_name(self.dataset)}-{self.wavelet}"
@@ -182,7 +182,6 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None
     """
     startup = startup or StartupClock()
     config.validate()
-    set_threads(config.threads)
     ctx = dist_utils.context_from_env()
     device = dist_utils.resolve_device(config.device, ctx)
     dist_utils.init_process_group(ctx, device)
@@ -208,6 +207,12 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
                 (out / name).unlink(missing_ok=True)
     elif config.resume:
         _log(ctx, f"no checkpoint in {out}: starting a new run")
+    # A resumed run keeps its threads unless told otherwise; the checkpoint records the number.
+    resumed_threads = saved["config"].get("threads") if saved is not None else None
+    threads_note = set_threads(config.threads or resumed_threads)
+    if config.threads is None and resumed_threads is not None:
+        threads_note = threads_note.replace("--threads", "the resumed run's")
+    config = dataclasses.replace(config, threads=torch.get_num_threads())
     if ctx.is_main:
         remove_stale_temps(out, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, EDGES_NAME))
 
@@ -259,10 +264,12 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
         compile_ahead(raw_model, data.train_x[: max(2, config.batch_size // ctx.world_size)])
         startup.phase("compilation")
 
-    backend = resolve_backend(config.backend, data.train_x)
+    # The backend of the largest layer's training call (auto on CPU: small calls stay on the reference).
+    step_edges = max(config.batch_size // ctx.world_size * i * o for i, o in zip(layers[:-1], layers[1:]))
+    backend = resolve_backend(config.backend, data.train_x, step_edges)
     _log(ctx, f"WavKAN {layers} ({config.wavelet}) on {config.dataset}: {n_train} train / "
               f"{data.test_x.shape[0]} test samples; {len(bounds)} steps of {config.batch_size} per epoch; "
-              f"device {device}" + (f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})" if device.type == "cpu" else "")
+              f"device {device}" + (f" ({threads_note})" if device.type == "cpu" else "")
               + f", backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
@@ -366,7 +373,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
     p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="rows per evaluation pass")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads (default: the cores this process may use; 1 when other jobs share the cores)")
+                   help="CPU threads (default: the cores this process may use less those the load average shows "
+                        "busy, at least 1; a resumed run keeps its own)")
     return p
 
 
