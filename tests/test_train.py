@@ -116,7 +116,7 @@ def test_run_files(mnist_run):
     for r in rows:
         assert r["samples_per_s"] == pytest.approx(1920 / r["epoch_seconds"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "edges.png", "metrics.csv"]
 
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 3 and ckpt["history"] == mnist_run.history
