@@ -100,13 +100,16 @@ def _compiled(wavelet: str, pass_name: str):
     code = template.__code__.replace(co_name=f"wavkan_{pass_name}_{wavelet}")
     # The wavelet is the last parameter's default: the copy is called with the tensors alone.
     fn = types.FunctionType(code, template.__globals__, code.co_name, (get_wavelet(wavelet),))
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+    # Not fullgraph: past Dynamo's limit of compiled versions per code object (say, sizes of 1
+    # in many combinations), a call runs these same lines eagerly instead of failing.
+    return torch.compile(fn, dynamic=True)
 
 
 def _cast(cd, *tensors):
     return tuple(a.to(cd).contiguous() for a in tensors)
 
 
+@torch.no_grad()  # one grad mode: Dynamo compiles a version per mode
 def compiled_forward(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet,
                      chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:  # fmt: skip
     """y = sum_i weights * psi(z): x (B, in), params (out, in) -> (B, out) in x's dtype.
@@ -128,6 +131,7 @@ def compiled_forward(x: Tensor, scale: Tensor, translation: Tensor, weights: Ten
     return y.to(x.dtype)
 
 
+@torch.no_grad()
 def compiled_backward(grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet,
                       chunk_elements: int = CHUNK_ELEMENTS, need_x: bool = True, need_params: bool = True):  # fmt: skip
     """(grad_x, grad_scale, grad_translation, grad_weights) for grad = dL/dy (B, out), as
