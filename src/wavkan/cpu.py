@@ -46,10 +46,14 @@ def _cxx_name() -> str:
     return os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
 
 
-@functools.lru_cache(maxsize=None)
+# Looked up once, at import (a PATH search; the compiler is not run): a plain module value is
+# also what torch.compile of a whole model can read while it traces the backend choice.
+_COMPILER_FOUND = shutil.which(_cxx_name()) is not None
+
+
 def compiler_available() -> bool:
-    """Whether Inductor can build CPU kernels here: the C++ compiler it calls is on PATH."""
-    return shutil.which(_cxx_name()) is not None
+    """Whether Inductor can build CPU kernels here: the C++ compiler it calls was on PATH."""
+    return _COMPILER_FOUND
 
 
 # --- the passes, as plain PyTorch for torch.compile to fuse ----------------------------------
