@@ -6,8 +6,9 @@ of the cores, each loop waits for the thread that is not running: a run with as 
 as cores then slows down many times over, where one thread per busy core less does not. So by
 default a run takes the cores it may use (``os.sched_getaffinity``) less those the load
 average shows busy, at least one (``default_threads``), decided once when it starts;
-``--threads`` overrides it, and so does ``OMP_NUM_THREADS`` (torchrun sets it to 1). A resumed run keeps the thread count it started with: results
-depend on it at the level of float rounding.
+``--threads`` overrides it, and so does ``OMP_NUM_THREADS`` (torchrun sets it to 1). A
+resumed run keeps the thread count it started with: results depend on it at the level of
+float rounding.
 
 Compiling ahead. The compiled CPU backend (``wavkan.cpu``) compiles each pass on its first
 call. ``compile_ahead`` makes those calls before the first epoch, on a batch of the run's
