@@ -93,20 +93,26 @@ _PASSES = {"forward": _forward, "backward_x": _backward_x, "backward_params": _b
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(wavelet: str, pass_name: str):
-    """The pass ``pass_name`` for ``wavelet``, compiled on first call.
+def _compiled_for(wavelet: str, pass_name: str, threads: int):
+    """The pass ``pass_name`` for ``wavelet``, compiled on first call for ``threads`` threads.
 
     Dynamo keeps its compiled versions per code object, a bounded number of them; a copy of
-    the pass's code per wavelet (named after both) keeps each wavelet's float32 and float64
-    versions apart from the other wavelets' instead of all in one full cache.
+    the pass's code per wavelet keeps each wavelet's float32 and float64 versions apart from
+    the other wavelets' instead of all in one full cache. Inductor splits some sums across
+    the threads it compiles for, which changes their rounding, so each thread count gets its
+    own copy too: a given thread count then computes the same bits in every process.
     """
     template = _PASSES[pass_name]
-    code = template.__code__.replace(co_name=f"wavkan_{pass_name}_{wavelet}")
+    code = template.__code__.replace(co_name=f"wavkan_{pass_name}_{wavelet}_{threads}t")
     # The wavelet is the last parameter's default: the copy is called with the tensors alone.
     fn = types.FunctionType(code, template.__globals__, code.co_name, (get_wavelet(wavelet),))
     # Not fullgraph: past Dynamo's limit of compiled versions per code object (say, sizes of 1
     # in many combinations), a call runs these same lines eagerly instead of failing.
     return torch.compile(fn, dynamic=True)
+
+
+def _compiled(wavelet: str, pass_name: str):
+    return _compiled_for(wavelet, pass_name, torch.get_num_threads())
 
 
 def _cast(cd, *tensors):
