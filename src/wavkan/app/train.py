@@ -372,7 +372,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the training step in a CUDA graph (default: on for a single CUDA device)")
     p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="rows per evaluation pass")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS, metavar="N",
                    help="CPU threads (default: the cores this process may use less those the load average shows "
                         "busy, at least 1; a resumed run keeps its own)")
     return p
