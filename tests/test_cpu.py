@@ -70,6 +70,26 @@ def test_compiled_chunked_equals_whole(dtype):
         assert rel_err(a, b) < TOL[dtype]["grad"]
 
 
+def test_parameters_compute_the_bits_of_plain_tensors(monkeypatch):
+    """A layer's nn.Parameters and plain tensors of the same values give the same bits, over
+    more layer shapes than Dynamo keeps compiled versions of per code object. (A parameter's
+    sizes are guarded as static: each layer shape compiled its own version and, past the
+    limit, ran eagerly with other rounding, so results hung on what the process ran before.)"""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # a copy of the pass no other test fills
+    limit = torch._dynamo.config.recompile_limit
+    for out in range(2, limit + 5):
+        x, s, t, w = layer_inputs(6, 29, out, torch.float32)
+        g = torch.randn(6, out)
+        plain = (s.clone(), t.clone(), w.clone())
+        params = tuple(torch.nn.Parameter(p.clone()) for p in plain)
+        y_plain = wavkan_cpu.compiled_forward(x, *plain, "meyer")
+        y_param = wavkan_cpu.compiled_forward(x, *params, "meyer")
+        assert torch.equal(y_param, y_plain), f"out={out}"
+        for a, b in zip(wavkan_cpu.compiled_backward(g, x, *params, "meyer"),
+                        wavkan_cpu.compiled_backward(g, x, *plain, "meyer")):  # fmt: skip
+            assert torch.equal(a, b), f"out={out}"
+
+
 def test_compiled_backward_computes_only_what_is_needed():
     x, s, t, w = layer_inputs(6, 10, 4, torch.float32)
     g = torch.randn(6, 4)

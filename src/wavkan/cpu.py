@@ -116,7 +116,11 @@ def _compiled(wavelet: str, pass_name: str):
 
 
 def _cast(cd, *tensors):
-    return tuple(a.to(cd).contiguous() for a in tensors)
+    # detach(): plain tensors, never nn.Parameter. Dynamo guards a parameter's sizes as static
+    # even under dynamic=True, so every layer shape would compile its own version and, past
+    # Dynamo's limit of versions per code object, run eagerly with other rounding: the bits
+    # would depend on what the process ran before.
+    return tuple(a.detach().to(cd).contiguous() for a in tensors)
 
 
 @torch.no_grad()  # one grad mode: Dynamo compiles a version per mode
