@@ -262,7 +262,7 @@ def test_unusable_out_is_refused_before_any_epoch(npz, tmp_path, capsys):
 def test_overwrite_with_bad_options_keeps_the_previous_run(npz, finished, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    for name in ("checkpoint.pt", "metrics.csv", "curves.png"):
+    for name in ("checkpoint.pt", "metrics.csv", "curves.png", "edges.png"):
         (out / name).write_bytes((finished / name).read_bytes())
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = [
@@ -280,7 +280,7 @@ def test_overwrite_with_bad_options_keeps_the_previous_run(npz, finished, tmp_pa
 def test_overwrite_replaces_the_previous_run_only_when_an_epoch_completes(npz, finished, tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
-    for name in ("checkpoint.pt", "metrics.csv", "curves.png"):
+    for name in ("checkpoint.pt", "metrics.csv", "curves.png", "edges.png"):
         (out / name).write_bytes((finished / name).read_bytes())
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -294,7 +294,7 @@ def test_overwrite_replaces_the_previous_run_only_when_an_epoch_completes(npz, f
     monkeypatch.undo()
     result = train(config(npz, out, overwrite=True, seed=5))
     assert load_checkpoint(out / "checkpoint.pt")["history"] == result.history
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "edges.png", "metrics.csv"]
 
 
 def test_a_folder_in_use_is_refused_and_its_files_left_alone(npz, finished, tmp_path, capsys):
@@ -365,16 +365,21 @@ def test_a_killed_owner_leaves_no_claim(tmp_path):
 
 def test_a_file_system_without_locks_runs_unprotected_and_says_so(npz, tmp_path, monkeypatch, capsys):
     import errno
+    import fcntl
+    import types
 
     from wavkan import files
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    # Only wavkan.files's view of fcntl: torch.compile's cache takes real locks in this run.
+    monkeypatch.setattr(files, "fcntl", types.SimpleNamespace(flock=no_locks, LOCK_EX=fcntl.LOCK_EX,
+                                                             LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
     assert train_main(args(npz, tmp_path / "run")) == 0
     assert "this file system has no file locks (No locks available)" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv"]
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["checkpoint.pt", "curves.png", "edges.png", "metrics.csv"]
 
 
 def test_make_folder_reports_what_it_created(tmp_path):

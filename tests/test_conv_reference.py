@@ -246,6 +246,20 @@ def test_module_rejects_bad_arguments():
         WavKANConv2d(2, 2, 3, stride=2, padding="same")
 
 
+@pytest.mark.parametrize("backend", ["compiled", "auto"])
+def test_cpu_conv_calls_run_the_reference_under_compiled_and_auto(backend):
+    """The compiled CPU backend fuses the linear op only: a conv call asked for it (a whole
+    model asked for "compiled"), or "auto" on CPU tensors, computes the reference's bits."""
+    x = torch.randn(3, 6, 9, 7, dtype=torch.float64).float().requires_grad_()
+    m = WavKANConv2d(6, 5, 3, padding=1, wavelet="dog", backend="reference")
+    y_ref = m(x)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    m.backend = backend
+    y = m(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+
+
 def test_compile_fullgraph_reference():
     m = WavKANConv2d(3, 4, 3, padding=1, wavelet="mexican_hat", backend="reference")
     x = torch.randn(2, 3, 5, 5, requires_grad=True)

@@ -35,10 +35,12 @@ LIBRARY_RANK = {
     "wavkan.kernels": 1,
     "wavkan.reference": 1,
     "wavkan.reference_conv": 2,  # builds on the linear reference's chunking
+    "wavkan.cpu": 2,  # the compiled CPU backend: the reference's passes under torch.compile
     "wavkan.ops": 3,
     "wavkan.ops_conv": 4,  # shares the op's backends
     "wavkan.nn": 5,
-    "wavkan": 6,  # the package face, __init__.py
+    "wavkan.plot": 6,  # draws the modules' edges
+    "wavkan": 7,  # the package face, __init__.py
 }
 # The oracles: they and kernels/ never import each other.
 REFERENCES = ("wavkan.reference", "wavkan.reference_conv")

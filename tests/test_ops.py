@@ -5,6 +5,7 @@ import torch
 from helpers import layer_inputs
 
 from wavkan import wavkan_linear
+from wavkan.cpu import compiler_available
 from wavkan.ops import TRITON_MAX_FEATURES, resolve_backend
 from wavkan.reference import reference_forward
 
@@ -56,7 +57,7 @@ def test_unknown_wavelet_and_backend():
     x, s, t, w = _args()
     with pytest.raises(ValueError, match="unknown wavelet 'gabor'; expected one of mexican_hat, morlet"):
         wavkan_linear(x, s, t, w, wavelet="gabor")
-    with pytest.raises(ValueError, match="unknown backend 'cudnn'; expected one of auto, reference, triton"):
+    with pytest.raises(ValueError, match="unknown backend .cudnn.; expected one of auto, reference, triton, compiled"):
         wavkan_linear(x, s, t, w, backend="cudnn")
 
 
@@ -64,7 +65,8 @@ def test_backend_resolution():
     x = torch.randn(2, 3)
     assert resolve_backend("reference", x) == "reference"
     assert resolve_backend("triton", x.double()) == "reference"  # float64 stays exact on the reference
-    assert resolve_backend("auto", x) == ("triton" if x.is_cuda else "reference")
+    on_cpu = "compiled" if compiler_available() else "reference"  # wavkan.cpu: tests/test_cpu.py
+    assert resolve_backend("auto", x) == ("triton" if x.is_cuda else on_cpu)
 
 
 def test_scalar_batch_and_empty_batch():

@@ -128,7 +128,7 @@ def test_run_files(mnist_run):
     for r in rows:
         assert r["samples_per_s"] == pytest.approx(1920 / r["epoch_seconds"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "edges.png", "metrics.csv"]
 
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 3 and ckpt["history"] == mnist_run.history
@@ -243,7 +243,7 @@ def test_resume_after_a_crash_mid_run(synth, tmp_path):
 def test_resume_after_sigkill(tmp_path):
     """A real process killed during its third epoch, restarted with --resume."""
     args = ["--dataset", "mnist", "--layers", "784,16,10", "--limit-train", "640", "--limit-test", "300",
-            "--epochs", "6", "--device", "cpu", "--no-progress"]
+            "--epochs", "6", "--device", "cpu", "--no-progress", "--threads", "1"]
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "wavkan.train", *args, "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -266,7 +266,7 @@ def test_resume_after_sigkill(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
     reference = train(TrainConfig(dataset="mnist", layers=[784, 16, 10], limit_train=640, limit_test=300,
-                                   epochs=6, device="cpu", progress=False, out=str(tmp_path / "ref")))
+                                   epochs=6, device="cpu", progress=False, out=str(tmp_path / "ref"), threads=1))
     assert_same_run(read_metrics_csv(out / "metrics.csv"), reference.history, tol=1e-6)
 
 

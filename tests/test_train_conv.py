@@ -88,6 +88,30 @@ def test_conv_run_files_and_checkpoint(run):
     model.load_state_dict(state)  # the registry rebuilds the same net
 
 
+def test_conv_edges_are_the_linear_heads(run, tmp_path):
+    """edges.png and wavkan plot draw the conv net's WavKANLinear head, each edge over the range
+    of the pooled feature the training images gave it."""
+    from wavkan.app.data import load_raw
+    from wavkan.app.models import to_device_images
+    from wavkan.app.plot import plot_checkpoint
+    from wavkan.plot import layer_input_ranges
+
+    out = run.result.out_dir
+    assert (out / "edges.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = plot_checkpoint(out / "checkpoint.pt", tmp_path / "head.png", device="cpu", backend="reference")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = build_model(load_checkpoint(out / "checkpoint.pt")["config"], backend="reference")
+    model.load_state_dict(load_checkpoint(out / "checkpoint.pt")["model"])
+    images = to_device_images(load_raw(str(run.npz)), "cpu").train_x
+    (low, high), = layer_input_ranges(model, images, batch_size=5)
+    model.eval()
+    with torch.no_grad():
+        normalised = (images - model.input_mean[:, None, None]) / model.input_std[:, None, None]
+        pooled = model.blocks(normalised).mean(dim=(2, 3))
+    torch.testing.assert_close(low, pooled.double().amin(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(high, pooled.double().amax(0), rtol=1e-6, atol=1e-6)
+
+
 def test_evaluate_conv_checkpoint(run, capsys):
     final = run.result.final
     ckpt = run.result.out_dir / "checkpoint.pt"

@@ -1,4 +1,4 @@
-"""The ``wavkan`` command (``wavkan train``, ``wavkan evaluate``, ``wavkan bench``) and the
+"""The ``wavkan`` command (``wavkan train``, ``evaluate``, ``bench``, ``plot``) and the
 argument types its subcommands share.
 
 Each subcommand owns its options (``wavkan train --help``); this module only dispatches, and
@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("wavkan.app.train", "train a Wav-KAN classifier (defaults: the paper's MNIST protocol)"),
     "evaluate": ("wavkan.app.evaluate", "score a checkpoint on a test set"),
     "bench": ("wavkan.bench", "benchmark the Wav-KAN backends"),
+    "plot": ("wavkan.app.plot", "draw a checkpoint's learned edge functions"),
 }
 
 

@@ -15,7 +15,11 @@ gradients. Either dispatches to a backend:
 - ``"triton"``: the fused kernels (``wavkan.kernels``) on CUDA tensors, or on CPU tensors
   under ``TRITON_INTERPRET=1``. They compute in fp32, so float64 inputs stay on the
   reference, which keeps float64 exact;
-- ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed, else reference.
+- ``"compiled"``: the reference's formulas fused by ``torch.compile`` (``wavkan.cpu``), on CPU
+  tensors, float32 or float64; it needs a C++ compiler, and its first call of a pass compiles;
+- ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed; compiled for
+  fp32/bf16/fp16 CPU tensors when a C++ compiler is found and the call has at least
+  ``COMPILED_MIN_EDGES`` rows x out x in edges; else reference.
 
 ``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
 exists and is faster: the triton backend, float16/bfloat16 x and parameters, a wavelet with
@@ -44,6 +48,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -53,7 +58,7 @@ from .wavelets import CATALOGUE, get_wavelet
 
 __all__ = ["BACKENDS", "wavkan_linear", "resolve_backend"]
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "compiled")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -80,10 +85,15 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE_WORDS
 
 
-def resolve_backend(backend: str, x: Tensor) -> str:
-    """The backend that will run for ``x``: "reference" or "triton"."""
+def resolve_backend(backend: str, x: Tensor, edges: Optional[int] = None) -> str:
+    """The backend that will run for ``x``: "reference", "triton" or "compiled". ``edges``: the
+    call's rows x out x in (None: a call large enough for any backend)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    # --- the compiled CPU backend (wavkan.cpu) ---
+    if backend == "compiled" or (backend == "auto" and not x.is_cuda):
+        return _resolve_compiled(backend, x, edges)
+    # ---
     if backend == "reference" or x.dtype == torch.float64:
         return "reference"
     if backend == "auto":
@@ -96,6 +106,30 @@ def resolve_backend(backend: str, x: Tensor) -> str:
             "only under Triton's interpreter (TRITON_INTERPRET=1 set before wavkan is imported)"
         )
     return "triton"
+
+
+# --- the compiled CPU backend (wavkan.cpu) ---
+# Below this many rows x out x in edges a call runs eagerly on the reference under "auto": a
+# compiled call's fixed host cost outweighs the few ops it fuses, and small layers compile nothing.
+COMPILED_MIN_EDGES = 1 << 14
+
+
+def _resolve_compiled(backend: str, x: Tensor, edges: Optional[int]) -> str:
+    from .cpu import compiler_available
+
+    if backend == "auto":
+        big = edges is None or edges >= COMPILED_MIN_EDGES
+        usable = x.dtype != torch.float64 and x.device.type == "cpu" and compiler_available()
+        return "compiled" if big and usable else "reference"
+    if x.device.type != "cpu":
+        raise RuntimeError(f"backend='compiled' runs CPU tensors (x is on {x.device}); use 'triton' or 'reference'")
+    if not compiler_available():
+        raise RuntimeError("backend='compiled' needs a C++ compiler for torch.compile (g++, or $CXX); "
+                           "use backend='reference'")
+    return "compiled"
+
+
+# ---
 
 
 # The Triton backend's staging kernels put features / 32 programs on a launch-grid axis that
@@ -195,6 +229,10 @@ def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor
         if fast_math and uses_fast_math(fast_math, backend, x, wavelet, (scale.dtype, translation.dtype, weights.dtype)):
             return _kernels().wavkan_fwd_half(x, scale, translation, weights, get_wavelet(wavelet))
         return _kernels().wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
+    if backend == "compiled":  # wavkan.cpu
+        from .cpu import compiled_forward
+
+        return compiled_forward(x, scale, translation, weights, wavelet)
     return reference.reference_forward(x, scale, translation, weights, wavelet)
 
 
@@ -203,6 +241,10 @@ def _backward_impl(grad, x, scale, translation, weights, wavelet: str, backend: 
     the parameter gradients are separate passes, each skipped when nothing asks for it."""
     if backend == "triton":
         return _kernels().wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet), need_x, need_params)
+    if backend == "compiled":  # wavkan.cpu
+        from .cpu import compiled_backward
+
+        return compiled_backward(grad, x, scale, translation, weights, wavelet, need_x=need_x, need_params=need_params)
     return reference.reference_backward(grad, x, scale, translation, weights, wavelet,
                                         need_x=need_x, need_params=need_params)  # fmt: skip
 
@@ -369,13 +411,13 @@ def wavkan_linear(
 
     x: (..., in_features), any strides; scale, translation, wavelet_weights: (out_features,
     in_features). Returns (..., out_features) in the dtype of x. H is the wavelet's input
-    window (shannon's Hamming window; 1 for the others). ``backend``: "auto", "reference" or
-    "triton"; ``fast_math``: allow the packed-half forward for float16/bfloat16 x (both: see
+    window (shannon's Hamming window; 1 for the others). ``backend``: "auto", "reference",
+    "triton" or "compiled"; ``fast_math``: allow the packed-half forward for float16/bfloat16 x (both: see
     the module docstring).
     """
     wav = get_wavelet(wavelet)
     _check_inputs(x, scale, translation, wavelet_weights)
-    chosen = resolve_backend(backend, x)
+    chosen = resolve_backend(backend, x, x.numel() * scale.shape[0])
     if chosen == "triton":
         _check_triton_shape(scale)
     out_features, in_features = scale.shape

@@ -10,7 +10,9 @@ implementations (no graph break); eager calls take an ``autograd.Function`` over
 implementations. Backends as for ``wavkan_linear``: "reference" (``wavkan.reference_conv``, any
 device and float dtype), "triton" (``wavkan.kernels.conv_forward``/``conv_backward``, fp32
 arithmetic; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``; float64 stays on the
-reference), "auto" (triton for fp32/bf16/fp16 CUDA tensors when Triton is installed).
+reference), "auto" (triton for fp32/bf16/fp16 CUDA tensors when Triton is installed, else the
+reference). "compiled" (``wavkan.cpu``) fuses the linear op only: conv calls under it run the
+reference, so a whole model may be asked for it.
 
 Inputs may be channels-last or any strided view; the output is contiguous in x's dtype, and
 each gradient comes back in the dtype of the tensor it differentiates. Under autocast the op
@@ -260,6 +262,8 @@ def wavkan_conv(
     args = conv_arguments(kernel, stride, padding, dilation)
     _check_output_size(x, kernel, args)
     chosen = resolve_backend(backend, x)
+    if chosen == "compiled":  # the compiled CPU backend (wavkan.cpu) fuses the linear op only
+        chosen = "reference"
     if chosen == "triton":
         from .kernels.conv_forward import kernel_fits
 

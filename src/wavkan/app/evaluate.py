@@ -120,8 +120,10 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="score the first N test samples (default: the run's limit; 0: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to score: auto is the GPU when torch sees one, else the CPU (default: %(default)s)")
-    p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto",
-                   help="auto: Triton kernels for CUDA tensors, pure PyTorch otherwise (default: %(default)s)")
+    p.add_argument("--backend", choices=("auto", "reference", "triton", "compiled"), default="auto",
+                   help="auto: Triton kernels for CUDA tensors, the compiled CPU path (torch.compile) for the "
+                        "linear layers' larger CPU calls where a C++ compiler is found, pure PyTorch otherwise "
+                        "(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
                    help="rows per forward pass (default: %(default)s)")
     return p

@@ -30,7 +30,8 @@ the same as on CPU.
 Writes to ``--out`` (rank 0 only): ``checkpoint.pt`` (model, optimizer, scheduler, epoch,
 history, RNG, config; atomically, checksummed and verified before it replaces the previous
 one), ``metrics.csv`` and ``curves.png``, both rebuilt from the checkpoint's history after
-every epoch.
+every epoch, and at the end ``edges.png``, the learned edge functions (``wavkan plot``; for
+the conv net, its ``WavKANLinear`` head alone).
 
 Nothing can clobber a run:
 
@@ -64,7 +65,7 @@ from torch import Tensor
 
 from ..cli import int_list, positive_int
 from ..files import FolderBusyError, FolderError, FolderLock, make_folder, remove_stale_temps
-from ..ops import resolve_backend
+from ..ops import BACKENDS, resolve_backend
 from ..wavelets import WAVELETS
 from . import distributed as dist_utils
 from .checkpoint import build_model, load_checkpoint, restore_training_state, save_checkpoint, training_state
@@ -73,7 +74,9 @@ from .evaluate import EVAL_BATCH_SIZE, evaluate
 from .metrics import plot_curves, write_metrics_csv
 from .augment import EpochAugment
 from .models import channel_stats, check_conv_fits, resolve_model_fields, to_device_images
+from .plot import EDGES_NAME, write_edges_png
 from .progress import EpochProgress
+from .startup import StartupClock, compile_ahead, set_threads, uses_compiled
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
 
 __all__ = [
@@ -83,7 +86,7 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
 CURVES_NAME = "curves.png"
-RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME)
+RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, EDGES_NAME)
 # The run folder's lock file (see FolderLock); present only while a run holds the folder.
 LOCK_NAME = ".wavkan-run.lock"
 
@@ -133,6 +136,7 @@ class TrainConfig:
     conv_strides: Optional[list] = None
     augment: Optional[bool] = None  # random crop + flip; on for conv
     amp: Optional[bool] = None  # bf16 autocast; on for conv on CUDA
+    threads: Optional[int] = None  # CPU threads; None: the idle cores this process may use (app/startup.py)
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{dataset_name(self.dataset)}-{self.wavelet}"
@@ -147,7 +151,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2: BatchNorm needs two rows to train")
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
@@ -221,18 +225,21 @@ def _use_graphs(config: TrainConfig, device: torch.device, ctx, n_full_batches: 
     return n_full_batches > 0
 
 
-def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> RunResult:
+def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+          startup: Optional[StartupClock] = None) -> RunResult:  # fmt: skip
     """Run (or resume) training; returns the history. Called once per process under torchrun.
 
     ``on_epoch_end(epoch, row)`` runs after each epoch's files are written (``epoch`` counts
-    from 1); tests use it to interrupt a run.
+    from 1); tests use it to interrupt a run. ``startup``: the clock whose phases the start-up
+    line reports (the command's starts at the process's start; by default, at this call).
     """
+    startup = startup or StartupClock()
     config.validate()
     ctx = dist_utils.context_from_env()
     device = dist_utils.resolve_device(config.device, ctx)
     dist_utils.init_process_group(ctx, device)
     try:
-        return _train(config, ctx, device, on_epoch_end)
+        return _train(config, ctx, device, on_epoch_end, startup)
     finally:
         dist_utils.destroy_process_group()
 
@@ -314,6 +321,29 @@ def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
 
 
 
+def _set_run_threads(config: TrainConfig, run_config: dict, saved: Optional[dict]) -> str:
+    """Set this process's CPU threads: --threads, else the resumed run's, else the default
+    (``startup.set_threads``); records the number in ``run_config`` (so in the checkpoint) and
+    returns the note for the log."""
+    resumed = saved["config"].get("threads") if saved is not None else None
+    note = set_threads(config.threads or resumed)
+    if config.threads is None and resumed is not None:
+        note = note.replace("--threads", "the resumed run's")
+    run_config["threads"] = torch.get_num_threads()
+    return note
+
+
+def _largest_linear_call(model, config: TrainConfig, ctx) -> Optional[int]:
+    """Rows x out x in of the largest ``WavKANLinear`` call of a training step on one rank
+    (None for a model without one); a conv layer's rows are its pixels, so for the conv net
+    this is its linear head."""
+    from ..nn import WavKANLinear
+
+    rows = config.batch_size // ctx.world_size
+    sizes = [rows * m.in_features * m.out_features for m in model.modules() if isinstance(m, WavKANLinear)]
+    return max(sizes) if sizes else None
+
+
 def _agree(ctx, device: torch.device, error: Optional[BaseException]) -> None:
     """Every rank learns whether any rank failed to prepare the run, so none waits for the
     others in a collective: a rank that failed raises its own error, the others a short note."""
@@ -330,7 +360,7 @@ def _all_finite(model) -> bool:
     return bool(torch.stack(checks).all()) if checks else True
 
 
-def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunResult:
+def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup: StartupClock) -> RunResult:
     out = config.out_dir()
     lock = FolderLock(out, LOCK_NAME)
     created: list = []
@@ -338,20 +368,23 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end) -> RunR
         try:
             if ctx.is_main:  # the only writer, alive for the whole job: it holds the folder
                 created = _claim_folder(out, lock)
+            startup.phase("set-up")
             data, bounds, run_config = _load_data(config, ctx, device)
+            startup.phase("data")
             saved = _previous_run(config, out, ctx)
+            threads_note = _set_run_threads(config, run_config, saved)
             error = None
         except Exception as e:
             error = e
         _agree(ctx, device, error)
-        return _run(config, run_config, ctx, device, out, data, bounds, saved, on_epoch_end)
+        return _run(config, run_config, ctx, device, out, data, bounds, saved, on_epoch_end, startup, threads_note)
     finally:
         lock.release()
         _remove_empty(created)  # a run that wrote nothing leaves no folder behind
 
 
 def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: Path, data, bounds,
-         saved: Optional[dict], on_epoch_end) -> RunResult:
+         saved: Optional[dict], on_epoch_end, startup: StartupClock, threads_note: str) -> RunResult:
     ckpt_path = out / CHECKPOINT_NAME
     conv = run_config["model"] == "conv"
     if conv:
@@ -381,6 +414,7 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
     optimizer = torch.optim.AdamW(
         raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
         capturable=use_graphs, foreach=True if use_graphs else None,
+        fused=True if device.type == "cpu" else None,  # one kernel per tensor: the CPU step is host-bound
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
     history: list = []
@@ -396,6 +430,7 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
     model = raw_model
     if ctx.enabled:
         model = dist_utils.wrap_ddp(raw_model, device)
+    startup.phase("model and optimizer")
 
     totals = Totals(device)
     graphed = None
@@ -405,11 +440,17 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
         lr_tensor = LrTensor(optimizer, device)
         graphed = GraphedTrainStep(raw_model, optimizer, data.train_x, data.train_y, config.batch_size, totals,
                                    transform=augment, autocast_dtype=autocast_dtype)
+        startup.phase("CUDA graph capture")
+    if start_epoch < config.epochs and uses_compiled(raw_model):
+        compile_ahead(raw_model, data.train_x[: max(2, config.batch_size // ctx.world_size)])
+        startup.phase("compilation")
 
-    backend = resolve_backend(config.backend, data.train_x)
+    # The backend of the largest linear layer's training call (auto on CPU: small calls stay on the reference).
+    backend = resolve_backend(config.backend, data.train_x, _largest_linear_call(raw_model, config, ctx))
     _log(ctx, f"WavKAN {net} ({config.wavelet}) on {config.dataset}: {n_train} train / "
               f"{data.test_x.shape[0]} test samples; {len(bounds)} steps of {config.batch_size} per epoch; "
-              f"device {device}, backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
+              f"device {device}" + (f" ({threads_note})" if device.type == "cpu" else "")
+              + f", backend {backend}, CUDA graph {'on' if use_graphs else 'off'}"
               + f", augment {'on' if augment else 'off'}, bf16 autocast {'on' if amp else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
@@ -420,6 +461,8 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
     if ctx.is_main and history:
         write_outputs()  # the checkpoint's history is the truth; drop rows of an unfinished epoch
 
+    if start_epoch < config.epochs:
+        _log(ctx, startup.summary())
     for epoch in range(start_epoch, config.epochs):
         raw_model.train()
         totals.zero_()
@@ -469,6 +512,7 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
         if ctx.is_main:
             save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
                                                       scheduler, device, ctx.world_size))
+            (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
             write_outputs()
         _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
                   f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
@@ -476,6 +520,10 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
+    if history and ctx.is_main:  # the learned edge functions, over the inputs' training ranges
+        write_edges_png(out / EDGES_NAME, raw_model, data.train_x,
+                        f"Wav-KAN {net} {config.wavelet} on {config.dataset}: learned edge functions"
+                        + (" of the WavKANLinear head" if conv else ""), batch_size=config.eval_batch_size)
     if history:
         final = history[-1]
         _log(ctx, f"final test accuracy {100 * final['test_acc']:.2f}% (test loss {final['test_loss']:.4f}) "
@@ -517,8 +565,10 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
                    help="where to train: auto is the GPU when torch sees one, else the CPU; under torchrun "
                         "each rank takes GPU LOCAL_RANK (default: %(default)s)")
-    p.add_argument("--backend", choices=("auto", "reference", "triton"), default=d.backend,
-                   help="auto: Triton kernels for CUDA tensors, pure PyTorch otherwise (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="auto: Triton kernels for CUDA tensors, the compiled CPU path (torch.compile) for the "
+                        "linear layers' larger CPU calls where a C++ compiler is found, pure PyTorch otherwise "
+                        "(default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run folder, used by one run at a time (default: runs/<dataset>-<wavelet>)")
     p.add_argument("--resume", action="store_true",
@@ -537,6 +587,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         "device; the conv net or --amp train eagerly unless asked)")
     p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size,
                    help="rows per evaluation pass (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads (default: the cores this process may use less those the load average shows "
+                        "busy, at least 1; a resumed run keeps its own)")
     # --- the conv net (wavkan.app.models) ---
     p.add_argument("--model", choices=("mlp", "conv"), default=None,
                    help="mlp: WavKAN(--layers); conv: the Wav-KAN conv net (default: conv for cifar10, else mlp)")
@@ -557,9 +610,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    startup = StartupClock(from_process_start=True)
     args = build_parser(prog).parse_args(argv)
     try:
-        train(config_from_args(args))
+        train(config_from_args(args), startup=startup)
     except (OSError, ValueError, RuntimeError) as e:  # missing or bad files, bad options, no CUDA, divergence
         print(f"{prog or 'wavkan train'}: error: {e}", file=sys.stderr)
         return 2
