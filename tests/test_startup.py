@@ -24,7 +24,7 @@ def fresh_threads(monkeypatch):
 
 @pytest.mark.parametrize(
     ("cores", "machine", "load", "expected"),
-    [(2, 2, 0.2, 2), (2, 2, 0.6, 1), (2, 2, 1.0, 1), (2, 2, 6.0, 1), (4, 4, 1.2, 3), (2, 16, 4.0, 2), (2, 8, 4.0, 1)],
+    [(2, 2, 0.2, 2), (2, 2, 0.9, 2), (2, 2, 1.0, 1), (2, 2, 1.7, 1), (2, 2, 6.0, 1), (4, 4, 1.2, 3), (2, 16, 4.0, 2), (2, 8, 4.0, 1)],
 )
 def test_default_threads_leave_busy_cores_alone(fresh_threads, cores, machine, load, expected):
     fresh_threads.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))

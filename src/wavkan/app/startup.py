@@ -46,7 +46,7 @@ _auto_threads: Optional[tuple[int, float]] = None
 
 def default_threads() -> tuple[int, float]:
     """(threads, busy): the available cores less those that the 1-minute load average shows
-    busy with other work (``busy``, the machine's load scaled to this process's share of its
+    fully busy with other work (``busy``, the machine's load scaled to this process's share of its
     cores), at least 1. Decided once per process, so every run in it computes alike."""
     global _auto_threads
     if _auto_threads is None:
@@ -56,7 +56,10 @@ def default_threads() -> tuple[int, float]:
         except (AttributeError, OSError):  # not POSIX
             load = 0.0
         busy = load * cores / max(os.cpu_count() or cores, cores)
-        _auto_threads = (max(1, min(cores, int(cores - busy + 0.5))), busy)
+        # A core counts as busy once the load fills it: the 1-minute average keeps a just-
+        # finished process's share for a minute (a run started right after another saw 0.7
+        # and halved its threads), while work that is really running keeps it at 1 or more.
+        _auto_threads = (max(1, min(cores, cores - int(busy))), busy)
     return _auto_threads
 
 
