@@ -33,7 +33,7 @@ from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .launch import DirectLauncher, cdiv, split_plan, stream_key
 from .partials import split_arrive, split_sum, store_tile
 from .staging import cached_edge_pack, column_operand, plane_offsets
-from .tuning import KernelConfig, default_config, loop_unroll
+from .tuning import KernelConfig, default_config, kernel_meta
 
 
 @triton.jit
@@ -188,12 +188,6 @@ _LAUNCH_DPARAMS = DirectLauncher(
     _wavkan_bwd_dparams_kernel, own=("part_ptr", "counter_ptr"))
 
 
-def _meta(cfg: KernelConfig, wavelet, device, block_names: tuple) -> dict:
-    return dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-                UNROLL=loop_unroll(cfg, wavelet), **dict(zip(block_names, (cfg.block_m, cfg.block_n))),
-                **cfg.launch_options())
-
-
 def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
     """grad_x: (B, in) in x's dtype, for grad = dL/dy (B, out); any strides. One launch."""
     B, IN = x.shape
@@ -216,7 +210,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         (tiles[0], tiles[1], split),
         (x, gs, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
          x.stride(0), x.stride(1), stride_gb, stride_go, dx.stride(0), dx.stride(1), split, per_split, B * IN),
-        dict(_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
+        dict(kernel_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
              SPLIT_SUM=split > 1),
     )
     return dx
@@ -247,7 +241,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
         (x, grad, scale, translation, weights, ds, dt, dw, part, counters, B, IN, OUT,
          x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), *_param_strides(scale, translation, weights),
          split, per_split, OUT * IN, z_scale, psi_scale, dpsi_scale),
-        dict(_meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")), EVEN_IN=IN % cfg.block_n == 0,
+        dict(kernel_meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")), EVEN_IN=IN % cfg.block_n == 0,
              EVEN_OUT=OUT % cfg.block_m == 0, SPLIT_SUM=split > 1),
     )
     return ds, dt, dw

@@ -35,7 +35,7 @@ from .device import wavelet_psi_folded
 from .launch import DirectLauncher, cdiv, split_plan, stream_key
 from .partials import store_tile
 from .staging import cached_edge_pack, column_operand, plane_offsets
-from .tuning import KernelConfig, default_config, loop_unroll
+from .tuning import KernelConfig, default_config, kernel_meta
 
 
 @triton.jit
@@ -128,9 +128,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         (tiles[0], tiles[1], split),
         (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
          stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
-        dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
-             UNROLL=loop_unroll(cfg, wavelet), X_STAGED=cfg.stage,
-             X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, BLOCK_B=cfg.block_m, BLOCK_OUT=cfg.block_n,
-             **cfg.launch_options()),
+        dict(kernel_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_OUT")), X_STAGED=cfg.stage,
+             X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1),
     )
     return y

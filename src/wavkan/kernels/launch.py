@@ -265,11 +265,7 @@ class DirectLauncher:
         self.checked = [i for i, n in enumerate(runtime) if n not in skip and n not in own]
 
     def _spec_key(self, args) -> tuple:
-        return tuple([
-            (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
-            else ((a == 1, a & 15, -_INT32 <= a < _INT32) if type(a) is int else type(a))
-            for a in map(args.__getitem__, self.checked)
-        ])
+        return _specialization(map(args.__getitem__, self.checked))
 
     def __call__(self, device: torch.device, stream, grid: tuple, args: tuple, meta: dict) -> None:
         """Launch on ``grid`` (3 dims) on ``stream`` (``stream_key(device)``) with the runtime

@@ -117,3 +117,11 @@ def loop_unroll(cfg: KernelConfig, wavelet) -> int:
     operations per evaluation), measured faster unrolled; 1 for the trigonometric ones, which
     are long already, and whose compile time unrolling multiplies."""
     return cfg.unroll if wavelet.gaussian else 1
+
+
+def kernel_meta(cfg: KernelConfig, wavelet, device: torch.device, block_names: tuple) -> dict:
+    """The constexprs every fp32 pass takes from its config and wavelet, and the launch options;
+    ``block_names`` names the kernel's two tile dims (block_m, block_n)."""
+    return dict(WAVELET=wavelet.code, FAST=device.type == "cuda", PREFETCH=cfg.prefetch,
+                UNROLL=loop_unroll(cfg, wavelet), **dict(zip(block_names, (cfg.block_m, cfg.block_n))),
+                **cfg.launch_options())
