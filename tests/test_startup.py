@@ -76,6 +76,9 @@ def test_train_command_reports_start_up_and_threads(tmp_path, capsys, fresh_thre
     from test_train import synthetic_npz
 
     npz = synthetic_npz(tmp_path / "synth.npz")
+    # As in a process of its own, the run compiles its passes: without this, passes that earlier
+    # tests compiled in this process make the compilation phase too short to be reported.
+    torch._dynamo.reset()
     args = ["--dataset", str(npz), "--layers", "64,12,4", "--epochs", "1", "--limit-train", "96",
             "--device", "cpu", "--no-progress", "--threads", "2", "--out", str(tmp_path / "run")]
     assert train_main(args) == 0
