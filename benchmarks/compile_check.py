@@ -23,11 +23,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from wavkan import WAVELETS, get_wavelet
-from wavkan.kernels import backward, forward, forward_half
+from wavkan.kernels import backward, forward
 from wavkan.kernels.tuning import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
-ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PAIRS_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
+ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
                 "stride_wo", "stride_do", "stride_db"}
 FLOATS = {"z_scale", "psi_scale", "dpsi_scale"}
 # A launch specialises an int argument equal to 1 into a constant; contiguous inputs make these
@@ -49,7 +49,7 @@ def _signature(fn, pointers: dict, constexprs: dict):
     return sig
 
 
-def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly_steps=None):
+def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
     wav = get_wavelet(wavelet)
     code = wav.code
     fwd, dx, dp = (default_config(kind, _cuda(), rows) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
@@ -67,14 +67,6 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly_steps=None):
         {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
         {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, wav), "BLOCK_OUT": dp.block_m,
          "BLOCK_IN": dp.block_n}, dp
-    if wav.fast_math:
-        half = default_config("fwd_half", _cuda(), rows)
-        yield "fwd_half", forward_half._wavkan_fwd_half_kernel, {"xt_ptr": "*i32", "pack_ptr": "*i32", "y_ptr": "*fp16"}, \
-            {"WAVELET": code, "PTX": True, "CHUNK_STEPS": forward_half.CHUNK,
-             "GROUP_STEPS": half.unroll if unroll is None else unroll,
-             "POLY_MASK": forward_half.poly_mask(half.poly_steps if poly_steps is None else poly_steps,
-                                                 half.unroll if unroll is None else unroll), "BLOCK_B": half.block_m,
-             "BLOCK_PAIRS": half.block_n}, half
 
 
 def _cuda():
@@ -121,12 +113,11 @@ def main() -> int:
     p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults' (Gaussian wavelets)")
     p.add_argument("--maxnreg", type=int, help="cap registers per thread (ptxas .maxnreg)")
     p.add_argument("--rows", type=int, default=0, help="the B whose default configs to compile")
-    p.add_argument("--poly-steps", type=int, help="packed-half forward: steps of 16 that take the polynomial exp2")
     p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")
     args = p.parse_args()
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
-        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows, args.poly_steps):
+        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows):
             constexprs = {**constexprs, **{n: 1 for n in fn.arg_names if n in UNIT_STRIDES}}
             # As a real launch specialises them: pointers and padded sizes divisible by 16.
             aligned = [k for k, n in enumerate(fn.arg_names) if n in pointers or n in ALIGNED_INTS]

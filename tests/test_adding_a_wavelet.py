@@ -66,8 +66,7 @@ def _readme_list() -> set:
 
 def test_readme_lists_these_files():
     listed = _readme_list()
-    # forward_half.py only for a wavelet with a packed-half forward (Wavelet.fast_math).
-    assert listed == set(EDITS) | {"src/wavkan/kernels/forward_half.py"}, listed
+    assert listed == set(EDITS), listed
 
 
 def _wavelet_name_lists(path: Path) -> list:
@@ -89,25 +88,23 @@ def test_the_catalogue_is_the_only_list_of_wavelets():
     assert sorted(codes) == list(range(len(codes))), codes
 
 
-def _bogus(fast_math: bool) -> Wavelet:
+def _bogus() -> Wavelet:
     # A catalogue-like entry whose code no device function knows.
-    return Wavelet("bogus", 99, get_wavelet("dog").psi_dpsi, gaussian=True, fast_math=fast_math)
+    return Wavelet("bogus", 99, get_wavelet("dog").psi_dpsi, gaussian=True)
 
 
-@pytest.mark.parametrize("kernel", ["fwd", "bwd_dx", "bwd_dparams", "fwd_half"])
+@pytest.mark.parametrize("kernel", ["fwd", "bwd_dx", "bwd_dparams"])
 def test_every_kernel_refuses_an_unknown_code(kernel, kernel_device):
     """No default branch: a code without a device function fails when the kernel compiles
     (tl.static_assert), instead of computing some other wavelet."""
-    from wavkan.kernels import wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd, wavkan_fwd_half
+    from wavkan.kernels import wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 
-    dtype = torch.float16 if kernel == "fwd_half" else torch.float32
-    x, s, t, w = layer_inputs(3, 4, 2, dtype, kernel_device)
-    g = torch.randn(3, 2, device=kernel_device, dtype=dtype)
+    x, s, t, w = layer_inputs(3, 4, 2, torch.float32, kernel_device)
+    g = torch.randn(3, 2, device=kernel_device)
     call = {
-        "fwd": lambda: wavkan_fwd(x, s, t, w, _bogus(False)),
-        "bwd_dx": lambda: wavkan_bwd_dx(g, x, s, t, w, _bogus(False)),
-        "bwd_dparams": lambda: wavkan_bwd_dparams(g, x, s, t, w, _bogus(False)),
-        "fwd_half": lambda: wavkan_fwd_half(x, s, t, w, _bogus(True)),
+        "fwd": lambda: wavkan_fwd(x, s, t, w, _bogus()),
+        "bwd_dx": lambda: wavkan_bwd_dx(g, x, s, t, w, _bogus()),
+        "bwd_dparams": lambda: wavkan_bwd_dparams(g, x, s, t, w, _bogus()),
     }[kernel]
     with pytest.raises(Exception) as raised:
         call()

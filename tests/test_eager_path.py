@@ -166,7 +166,7 @@ def test_eager_and_custom_op_agree(kernel_device, wavelet):
     g = torch.randn(19, 6, device=kernel_device)
     results = []
     for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"),
-                 lambda *a: torch.ops.wavkan.linear(*a, wavelet, "triton", False)):
+                 lambda *a: torch.ops.wavkan.linear(*a, wavelet, "triton")):
         leaves = [v.clone().requires_grad_() for v in (x, s, t, w)]
         y = call(*leaves)
         y.backward(g)
@@ -202,7 +202,7 @@ def test_custom_op_keeps_no_buffers(kernel_device, launches):
     mode="reduce-overhead" a cached tensor from the compiled graph's pool would outlive its run."""
     x, s, t, w = layer_inputs(9, 13, 7, device=kernel_device)
     for _ in range(2):
-        torch.ops.wavkan.linear(x, s, t, w, "mexican_hat", "triton", False)
+        torch.ops.wavkan.linear(x, s, t, w, "mexican_hat", "triton")
     assert launches["n"] == 4  # pack + forward, twice
     assert id(w) not in staging._PACKS
 

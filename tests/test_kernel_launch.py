@@ -69,8 +69,8 @@ def test_resident_programs_falls_back_without_registers(fake_gpu):
 
 
 def test_plan_split_shares_whole_steps():
-    """The split of a loop into per-program shares: whole ``step``s each (the packed-half
-    forward's 16-step chunks), at least ``min_per_split`` steps, no empty share."""
+    """The split of a loop into per-program shares: whole ``step``s each (here 16-step chunks),
+    at least ``min_per_split`` steps, no empty share."""
     cfg = tuning.KernelConfig(16, 16)  # 4 programs per SM where residency cannot be measured
     assert launch.plan_split(None, (1, 1), 1024, (), {}, CPU, cfg) == (4, 256)
     assert launch.plan_split(None, (1, 1), 160, (), {}, CPU, cfg, step=16, min_per_split=2) == (4, 48)

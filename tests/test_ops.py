@@ -102,7 +102,7 @@ def _penalty_grads(backend, wavelet, inputs, compiled_op=False):
     parameters: second derivatives of the layer."""
     leaves = [a.detach().clone().requires_grad_() for a in inputs]
     if compiled_op:  # the torch.library custom op that torch.compile traces, called eagerly
-        y = torch.ops.wavkan.linear(*leaves, wavelet, backend, False)
+        y = torch.ops.wavkan.linear(*leaves, wavelet, backend)
     else:
         y = wavkan_linear(*leaves, wavelet=wavelet, backend=backend)
     g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import BACKENDS, check_fast_math, wavkan_linear
+from .ops import BACKENDS, wavkan_linear
 from .ops_conv import conv_arguments, int_tuple, wavkan_conv
 from .wavelets import get_wavelet
 
@@ -69,8 +69,6 @@ class WavKANLinear(nn.Module):
     Parameters ``scale``, ``translation``, ``wavelet_weights``: (out_features, in_features),
     initialised to ones, zeros and ``kaiming_uniform_(a=sqrt(5))``. ``bn`` is a
     ``BatchNorm1d(out_features)`` over all leading dims; ``batch_norm=False`` leaves it out.
-    ``fast_math=True`` allows the packed-half forward for float16/bfloat16 inputs (mexican_hat
-    and dog on the triton backend; about 1e-3 relative error; see ``wavkan.ops``).
 
     The wavelet is part of the layer's state (the buffer ``wavelet_name``: the name's bytes as
     uint8): a state_dict of another wavelet's layer is refused by name. A state_dict without it
@@ -86,7 +84,6 @@ class WavKANLinear(nn.Module):
         backend: str = "auto",
         device=None,
         dtype=None,
-        fast_math: bool = False,
     ):
         super().__init__()
         self.in_features = _check_features("in_features", in_features)
@@ -95,7 +92,6 @@ class WavKANLinear(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self.fast_math = check_fast_math(fast_math)
         factory = {"device": device, "dtype": dtype}
         shape = (self.out_features, self.in_features)
         self.scale = nn.Parameter(torch.ones(shape, **factory))
@@ -109,8 +105,7 @@ class WavKANLinear(nn.Module):
         _reset_wavelet_parameters(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = wavkan_linear(x, self.scale, self.translation, self.wavelet_weights, self.wavelet, self.backend,
-                          self.fast_math)  # fmt: skip
+        y = wavkan_linear(x, self.scale, self.translation, self.wavelet_weights, self.wavelet, self.backend)
         if self.bn is None:
             return y
         if y.dim() == 2:  # the common case: no reshapes (each costs host time on an eager call)
@@ -140,7 +135,6 @@ class WavKANLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"wavelet={self.wavelet!r}, batch_norm={self.bn is not None}, backend={self.backend!r}"
-            + (", fast_math=True" if self.fast_math else "")
         )
 
 
@@ -150,7 +144,7 @@ class WavKAN(nn.Module):
     ``layers_hidden`` lists the widths, e.g. [784, 32, 10]. No activation between layers: the
     wavelets are the nonlinearity. Every layer, the last included, ends in BatchNorm, as in the
     paper. A state_dict saved by the paper's ``KAN`` loads with ``load_state_dict``.
-    ``backend`` and ``fast_math`` go to every layer (``WavKANLinear``).
+    ``backend`` goes to every layer (``WavKANLinear``).
     """
 
     def __init__(
@@ -161,7 +155,6 @@ class WavKAN(nn.Module):
         backend: str = "auto",
         device=None,
         dtype=None,
-        fast_math: bool = False,
     ):
         super().__init__()
         if isinstance(layers_hidden, (str, bytes)) or not hasattr(layers_hidden, "__iter__"):
@@ -171,7 +164,7 @@ class WavKAN(nn.Module):
             raise ValueError(f"layers_hidden needs at least two widths (in, out), got {widths}")
         self.layers_hidden = widths
         self.layers = nn.ModuleList(
-            WavKANLinear(i, o, wavelet, batch_norm, backend, device=device, dtype=dtype, fast_math=fast_math)
+            WavKANLinear(i, o, wavelet, batch_norm, backend, device=device, dtype=dtype)
             for i, o in zip(widths[:-1], widths[1:])
         )
 

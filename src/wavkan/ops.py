@@ -21,15 +21,6 @@ gradients. Either dispatches to a backend:
   fp32/bf16/fp16 CPU tensors when a C++ compiler is found and the call has at least
   ``COMPILED_MIN_EDGES`` rows x out x in edges; else reference.
 
-``fast_math=True`` allows the packed-half forward (``wavkan.kernels.forward_half``) where it
-exists and is faster: the triton backend, float16/bfloat16 x and parameters, a wavelet with
-``Wavelet.fast_math`` (mexican_hat, dog), at least ``FAST_MATH_MIN_ROWS`` rows, a GPU of
-compute capability 8.0 or newer. It computes in fp16 pairs with part of the exponentials as
-polynomials, at about 1e-3 relative error; elsewhere (fp32 parameters included: their
-translations are not exact in fp16), and for every gradient, the exact path runs. Like
-``torch.backends.cuda.matmul.allow_tf32`` it is a permission, not a request that fails when it
-cannot be met.
-
 Dtypes: x and the parameters may mix fp32, bf16 and fp16 (autocast gives bf16 x with fp32
 parameters); that computes in fp32 and returns y in x's dtype and each gradient in its
 tensor's dtype. float64 computes in float64, so it does not mix: float64 x with other
@@ -54,25 +45,14 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .wavelets import CATALOGUE, get_wavelet
+from .wavelets import get_wavelet
 
 __all__ = ["BACKENDS", "wavkan_linear", "resolve_backend"]
 
 BACKENDS = ("auto", "reference", "triton", "compiled")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _F64 = torch.float64
-FAST_MATH_WAVELETS = tuple(w.name for w in CATALOGUE if w.fast_math)
-# Below this many rows the packed-half forward was slower than the fp32 one on the H200; its
-# gain grows with B (benchmarks/STATUS.md).
-FAST_MATH_MIN_ROWS = 1024
-
-
-@functools.lru_cache(maxsize=None)
-def _has_packed_half(index: int) -> bool:
-    # min.NaN.f16x2 in the packed-half PTX needs sm_80; older GPUs keep the exact forward.
-    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 # Triton's own reading of a boolean environment variable (triton.knobs: getenv_bool).
@@ -198,23 +178,6 @@ def _explain_inputs(x, scale, translation, weights) -> None:
 # --- the op, once per backend ------------------------------------------------------------
 
 
-def check_fast_math(fast_math) -> bool:
-    """``fast_math`` itself, after checking that it is a bool."""
-    if not isinstance(fast_math, bool):
-        raise TypeError(f"fast_math must be a bool, got {type(fast_math).__name__}")
-    return fast_math
-
-
-def uses_fast_math(fast_math: bool, backend: str, x: Tensor, wavelet: str, params_dtypes=None) -> bool:
-    """Whether ``fast_math`` takes the packed-half forward for this call (see the module docstring)."""
-    if not (fast_math and backend == "triton" and x.dtype in _HALF_DTYPES and wavelet in FAST_MATH_WAVELETS
-            and x.shape[0] >= FAST_MATH_MIN_ROWS):  # fmt: skip
-        return False
-    if params_dtypes is not None and any(d not in _HALF_DTYPES for d in params_dtypes):
-        return False  # fp32 translations are not exact in fp16: (x - t) would lose them
-    return not x.is_cuda or _has_packed_half(x.device.index if x.device.index is not None else torch.cuda.current_device())
-
-
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """``wavkan.kernels``, imported on the first Triton call (it imports Triton)."""
@@ -223,11 +186,8 @@ def _kernels():
     return kernels
 
 
-def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str,
-                  fast_math: bool = False):  # fmt: skip
+def _forward_impl(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str):
     if backend == "triton":
-        if fast_math and uses_fast_math(fast_math, backend, x, wavelet, (scale.dtype, translation.dtype, weights.dtype)):
-            return _kernels().wavkan_fwd_half(x, scale, translation, weights, get_wavelet(wavelet))
         return _kernels().wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
     if backend == "compiled":  # wavkan.cpu
         from .cpu import compiled_forward
@@ -274,15 +234,13 @@ def _fresh_buffers(backend: str):
 
 
 @torch.library.custom_op("wavkan::linear", mutates_args=())
-def _linear(
-    x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str, fast_math: bool
-) -> Tensor:
+def _linear(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str, backend: str) -> Tensor:
     with _fresh_buffers(backend):
-        return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
+        return _forward_impl(x, scale, translation, weights, wavelet, backend)
 
 
 @_linear.register_fake
-def _(x, scale, translation, weights, wavelet, backend, fast_math):
+def _(x, scale, translation, weights, wavelet, backend):
     return x.new_empty((x.shape[0], scale.shape[0]))
 
 
@@ -328,7 +286,7 @@ _linear_backward.register_autograd(_backward_backward, setup_context=_setup_back
 
 
 def _setup_context(ctx, inputs, output):
-    x, scale, translation, weights, wavelet, backend, _fast_math = inputs
+    x, scale, translation, weights, wavelet, backend = inputs
     ctx.save_for_backward(x, scale, translation, weights)
     ctx.wavelet, ctx.backend = wavelet, backend
 
@@ -336,7 +294,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     x, scale, translation, weights = ctx.saved_tensors
     grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
-    return (*_keep_needed(ctx, grads), None, None, None)
+    return (*_keep_needed(ctx, grads), None, None)
 
 
 _linear.register_autograd(_backward, setup_context=_setup_context)
@@ -383,16 +341,16 @@ class _EagerLinear(torch.autograd.Function):
     ``create_graph=True`` the backward goes through ``differentiable_backward``."""
 
     @staticmethod
-    def forward(ctx, x, scale, translation, weights, wavelet, backend, fast_math):
+    def forward(ctx, x, scale, translation, weights, wavelet, backend):
         ctx.save_for_backward(x, scale, translation, weights)
         ctx.wavelet, ctx.backend = wavelet, backend
-        return _forward_impl(x, scale, translation, weights, wavelet, backend, fast_math)
+        return _forward_impl(x, scale, translation, weights, wavelet, backend)
 
     @staticmethod
     def backward(ctx, grad):
         x, scale, translation, weights = ctx.saved_tensors
         grads = differentiable_backward(ctx, grad, x, scale, translation, weights)
-        return (*_keep_needed(ctx, grads), None, None, None)
+        return (*_keep_needed(ctx, grads), None, None)
 
 
 # --- the functional -------------------------------------------------------------------------
@@ -405,15 +363,13 @@ def wavkan_linear(
     wavelet_weights: Tensor,
     wavelet: str = "mexican_hat",
     backend: str = "auto",
-    fast_math: bool = False,
 ) -> Tensor:
     """Wav-KAN layer before BatchNorm: ``y[..., o] = sum_i w[o,i] H[i] psi((x[..., i] - t[o,i]) / s[o,i])``.
 
     x: (..., in_features), any strides; scale, translation, wavelet_weights: (out_features,
     in_features). Returns (..., out_features) in the dtype of x. H is the wavelet's input
     window (shannon's Hamming window; 1 for the others). ``backend``: "auto", "reference",
-    "triton" or "compiled"; ``fast_math``: allow the packed-half forward for float16/bfloat16 x (both: see
-    the module docstring).
+    "triton" or "compiled" (see the module docstring).
     """
     wav = get_wavelet(wavelet)
     _check_inputs(x, scale, translation, wavelet_weights)
@@ -427,9 +383,8 @@ def wavkan_linear(
         window = wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
         wavelet_weights = wavelet_weights.to(window.dtype) * window
     op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
-    fast_math = check_fast_math(fast_math)
     if x.dim() == 2:  # no reshapes: each costs host time on the eager path
-        return op(x, scale, translation, wavelet_weights, wav.name, chosen, fast_math)
+        return op(x, scale, translation, wavelet_weights, wav.name, chosen)
     lead = x.shape[:-1]
-    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen, fast_math)
+    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen)
     return y.reshape(*lead, out_features)

@@ -10,8 +10,8 @@ Shannon's window is not a function of z but of the input index i; it is kept apa
 both backends apply it.
 
 Every fact about a wavelet is declared here, once: its name, its code inside the Triton
-kernels, its torch functions, and the traits the kernels read (``Wavelet.gaussian``,
-``Wavelet.fast_math``, the folded constants ``Wavelet.fold`` and ``Wavelet.fold_bwd``).
+kernels, its torch functions, and the traits the kernels read (``Wavelet.gaussian``, the
+folded constants ``Wavelet.fold`` and ``Wavelet.fold_bwd``).
 Nothing else keeps a list of wavelets. Adding one: README.md, "Adding a wavelet".
 
 Overflow: where z is finite but z^2 overflows (a tiny scale), every Gaussian wavelet is 0, as
@@ -140,7 +140,6 @@ class Wavelet:
     - ``code``: the wavelet's number inside the Triton kernels (``WAVELET`` constexpr);
     - ``gaussian``: one exp2 and a few fp32 operations per evaluation, no sine or cosine: the
       kernels unroll these loops (measured faster; the trigonometric ones are long already);
-    - ``fast_math``: has a packed-half forward (``kernels/forward_half.py``, ``fast_math=True``);
     - ``fold = (k, m)``: the forward kernel evaluates psi(z) / m at k z (k and m are folded
       into the packed edge constants, so that the inner loop does not multiply by them);
     - ``fold_bwd = (k, P, D)``: the backward kernels evaluate psi(z) / P and dpsi(z) / D at k z.
@@ -151,7 +150,6 @@ class Wavelet:
     psi_dpsi: Callable[[Tensor, bool], tuple]
     window: Optional[Callable[[int, torch.dtype, object], Tensor]] = None
     gaussian: bool = False
-    fast_math: bool = False
     fold: tuple = (1.0, 1.0)
     fold_bwd: tuple = (1.0, 1.0, 1.0)
 
@@ -167,10 +165,10 @@ class Wavelet:
 _CATALOGUE = {
     w.name: w
     for w in (
-        Wavelet("mexican_hat", 0, _mexican_hat, gaussian=True, fast_math=True, fold=(GAUSS_K, MEXICAN_HAT_C),
+        Wavelet("mexican_hat", 0, _mexican_hat, gaussian=True, fold=(GAUSS_K, MEXICAN_HAT_C),
                 fold_bwd=(GAUSS_K, MEXICAN_HAT_C, 3.0 * MEXICAN_HAT_C / GAUSS_K)),
         Wavelet("morlet", 1, _morlet, fold=(GAUSS_K, 1.0), fold_bwd=(GAUSS_K, 1.0, -1.0 / GAUSS_K)),
-        Wavelet("dog", 2, _dog, gaussian=True, fast_math=True, fold=(GAUSS_K, -1.0 / GAUSS_K),
+        Wavelet("dog", 2, _dog, gaussian=True, fold=(GAUSS_K, -1.0 / GAUSS_K),
                 fold_bwd=(GAUSS_K, -1.0 / GAUSS_K, 1.0)),
         Wavelet("meyer", 3, _meyer),
         Wavelet("shannon", 4, _shannon, window=_hamming_window),

@@ -13,12 +13,11 @@ Op level (one layer, no BatchNorm), modes:
   translation, weights) are computed;
 - ``full``: forward and backward together.
 
-Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``wavkan-fast`` (the same with
-``fast_math=True``: the packed-half forward, fp16/bf16 only; its forward row notes its relative
-error against the fp32 kernel on the same inputs), ``linear`` (``nn.Linear(in, out)`` with its bias, called
-as a module, the row's weights: what a plain layer of the same in/out costs), ``reference-eager`` (the
-paper's formula, ``wavkan_linear_unchunked``, differentiated by autograd) and
-``reference-compiled`` (``torch.compile(..., dynamic=False)`` of it, compiled once per shape).
+Providers: ``wavkan`` (``wavkan_linear(..., backend="triton")``), ``linear`` (``nn.Linear(in,
+out)`` with its bias, called as a module, the row's weights: what a plain layer of the same
+in/out costs), ``reference-eager`` (the paper's formula, ``wavkan_linear_unchunked``,
+differentiated by autograd) and ``reference-compiled`` (``torch.compile(..., dynamic=False)``
+of it, compiled once per shape).
 
 Every op row carries three figures, side by side: the GPU time (``median_ms``: a GPU spin,
 ``torch.cuda._sleep``, queued before each start event lets the host queue the whole call before

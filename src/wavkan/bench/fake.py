@@ -30,7 +30,7 @@ class FakeRunner:
     the real modules built on the meta device."""
 
     source = "dry-run"
-    RATES = {"wavkan": 2.5e12, "wavkan-fast": 4e12, "wavkan-graphed": 2.5e12, "wavkan-compiled": 2e12,
+    RATES = {"wavkan": 2.5e12, "wavkan-graphed": 2.5e12, "wavkan-compiled": 2e12,
              "wavkan-reduce-overhead": 2.4e12, "reference-eager": 4e10, "reference-compiled": 6e11,
              "paper-eager": 4e10, "paper-compiled": 5e11, "linear": 2e13, "mlp": 1e13, "mlp-graphed": 1e13}  # fmt: skip
     # made-up host ms per call; a graph replay costs the host little
@@ -76,10 +76,6 @@ class FakeRunner:
         # synchronised per call: the host's issue time, then what the GPU has left
         latency = [max(t, host) + 0.01 for t in times]
         return Measurement(times, peak, peak + 1e8, 0.0, host, latency_ms=latency)
-
-    @staticmethod
-    def fast_math_error(sets, wavelet) -> float:
-        return 1e-3
 
     def conv_inputs(self, case, dtype_name):
         return case

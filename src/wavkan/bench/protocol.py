@@ -17,9 +17,7 @@ DEFAULT_SHAPES = tuple((b, 1024, 1024) for b in (64, 256, 1024, 4096))
 QUICK_SHAPES = ((256, 1024, 1024), (4096, 1024, 1024))
 MODES = ("forward", "backward", "full")
 PASSES = {"forward": 1, "backward": 1, "full": 2}
-OP_PROVIDERS = ("wavkan", "wavkan-fast", "linear", "reference-eager", "reference-compiled")
-# wavkan-fast: wavkan_linear(..., fast_math=True), the packed-half forward; fp16/bf16 only.
-HALF_ONLY = ("wavkan-fast",)
+OP_PROVIDERS = ("wavkan", "linear", "reference-eager", "reference-compiled")
 # linear: nn.Linear(in, out) (bias included, called as a module), weights copied from the row's.
 # It computes no exp: its rows count B*in*out edges a second but no fraction of the exp2 ceiling.
 NO_EXP_PROVIDERS = ("linear",)

@@ -91,7 +91,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-_PROVIDER_ORDER = ("wavkan", "wavkan-fast", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "linear",
+_PROVIDER_ORDER = ("wavkan", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "linear",
                    "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp", "mlp-graphed")  # fmt: skip
 
 

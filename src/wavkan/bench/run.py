@@ -11,11 +11,10 @@ from typing import Optional
 
 import torch
 
-from ..ops import FAST_MATH_MIN_ROWS, FAST_MATH_WAVELETS
 from ..wavelets import WAVELETS
 from .protocol import (
     COMPILED, CONV_CASES, CONV_COMPILED, CONV_MODES, CONV_PROVIDERS, CUDA_PORT, DEFAULT_SHAPES, DTYPE_BYTES, DTYPES,
-    GB, HALF_ONLY, MODES, NET_PROVIDERS, NO_EXP_PROVIDERS, NO_GPU_MESSAGE, OP_PROVIDERS, PASSES, PROTOCOLS,
+    GB, MODES, NET_PROVIDERS, NO_EXP_PROVIDERS, NO_GPU_MESSAGE, OP_PROVIDERS, PASSES, PROTOCOLS,
     QUICK_BUDGET, QUICK_SHAPES, RECORDED_CEILING, RECORDED_SOURCE, Budget, NetworkProtocol, ceiling_row, conv_counts,
     conv_io_bytes, conv_limit_ms, eager_fits, make_row, network_evals, network_shape, network_widths, parse_shape,
     percentile, recorded_rows,
@@ -78,11 +77,6 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                             ceiling=None if provider in NO_EXP_PROVIDERS else ceiling)  # fmt: skip
                 fwd, compile_failed = None, None
                 for mode in modes:
-                    if provider in HALF_ONLY and dtype_name == "fp32":
-                        rows.append(make_row(**base, mode=mode, passes=PASSES[mode], status="skipped",
-                                             note="fast_math applies to fp16/bf16 inputs"))  # fmt: skip
-                        _log(rows[-1])
-                        continue
                     if provider == "reference-eager":
                         fits, need = eager_fits(shape, DTYPE_BYTES[dtype_name], mode, runner.free_bytes())
                         if not fits:
@@ -99,16 +93,9 @@ def run_op_level(runner, shapes, wavelets, providers, modes, dtype_name, ceiling
                         if fwd is None:
                             fwd = runner.op_function(provider, wavelet)
                         m = runner.measure_op(fwd, inputs, mode)
-                        note = ""
-                        if provider in HALF_ONLY and wavelet not in FAST_MATH_WAVELETS:
-                            note = f"fast_math does not apply to {wavelet}: the exact forward"
-                        elif provider in HALF_ONLY and B < FAST_MATH_MIN_ROWS:
-                            note = f"B < {FAST_MATH_MIN_ROWS}: fast_math runs the exact forward"
-                        elif provider in HALF_ONLY and mode == "forward":
-                            note = f"rel err {runner.fast_math_error(inputs, wavelet):.2e} vs the fp32 kernel"
                         row = make_row(**base, mode=mode, passes=PASSES[mode], times_ms=m.times_ms,
                                        peak_bytes=m.peak_bytes, peak_abs_bytes=m.peak_abs_bytes,
-                                       host_ms=m.host_ms, first_call_s=m.first_call_s, note=note,
+                                       host_ms=m.host_ms, first_call_s=m.first_call_s,
                                        latency_ms=m.latency_ms)  # fmt: skip
                     except Exception as exc:  # noqa: BLE001 - one failing row must not end the run
                         status, note = _failure(exc, compiled=provider in COMPILED)

@@ -236,9 +236,8 @@ class CudaRunner:
     def op_function(self, provider, wavelet):
         if provider == "linear":
             return LinearProvider()
-        if provider in ("wavkan", "wavkan-fast"):
-            fast = provider == "wavkan-fast"
-            return lambda x, s, t, w: wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=fast)
+        if provider == "wavkan":
+            return lambda x, s, t, w: wavkan_linear(x, s, t, w, wavelet, backend="triton")
 
         wav = get_wavelet(wavelet)  # resolved here, outside any compiled region
 
@@ -253,16 +252,6 @@ class CudaRunner:
     def measure_op(self, fwd, sets, mode) -> Measurement:
         run, prepare = _op_closures(fwd, sets, mode)
         return self._measure(run, prepare)
-
-    @staticmethod
-    def fast_math_error(sets, wavelet) -> float:
-        """||fast - exact|| / ||exact|| of the forward on the first input set, exact = the fp32
-        kernel on the same (rounded) inputs."""
-        with torch.no_grad():
-            x, s, t, w, _g = sets[0]
-            fast = wavkan_linear(x, s, t, w, wavelet, backend="triton", fast_math=True).double()
-            exact = wavkan_linear(x.float(), s.float(), t.float(), w.float(), wavelet, backend="triton").double()
-            return ((fast - exact).norm() / exact.norm()).item()
 
     # conv level
 

@@ -7,6 +7,5 @@ actually runs, so ``import wavkan`` works on machines without Triton.
 from .backward import wavkan_bwd, wavkan_bwd_dparams, wavkan_bwd_dx
 from .tuning import KernelConfig
 from .forward import wavkan_fwd
-from .forward_half import wavkan_fwd_half
 
-__all__ = ["wavkan_fwd", "wavkan_fwd_half", "wavkan_bwd", "wavkan_bwd_dx", "wavkan_bwd_dparams", "KernelConfig"]
+__all__ = ["wavkan_fwd", "wavkan_bwd", "wavkan_bwd_dx", "wavkan_bwd_dparams", "KernelConfig"]

@@ -112,7 +112,7 @@ def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
                    large_min_steps: int = _BALANCE_LARGE[1]) -> int:
     """Programs per tile under the "balance" rule (see above); ``split`` overrides it.
     ``loop_len`` and the least steps per program count the launcher's steps (``plan_split``'s
-    ``step`` units: whole 16-step chunks for the packed-half forward, were it to use the rule);
+    ``step`` units);
     ``large_min_steps`` replaces the large regime's least steps (``KernelConfig.balance_min_steps``)."""
     if split is not None:
         return max(1, min(split, loop_len))

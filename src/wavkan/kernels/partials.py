@@ -1,6 +1,6 @@
 """The sum of a split reduction's fp32 partials, in a fixed order: inside the splitting kernel
 (``split_arrive``: the last program of a tile to finish sums them), or as a kernel of its own
-(``sum_partials``, for the packed-half forward's launcher).
+(``sum_partials``, for ``launch.launch_split``).
 
 In-kernel: every program of a split tile writes its fp32 partial, then counts itself in on
 the tile's arrival counter (one atomic, acquire-release at GPU scope, after a barrier so the

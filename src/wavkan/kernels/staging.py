@@ -8,8 +8,7 @@
   nothing. ``cached_edge_pack`` keeps them
   from one call to the next until a parameter changes.
 - ``stage_transposed``: a (rows, cols) operand transposed to fp32 (cols, rows_pad), padding
-  zero: x for the forward where its config stages it (``KernelConfig.stage``), and the
-  packed-half forward's x as f16x2 pairs.
+  zero: x for the forward where its config stages it (``KernelConfig.stage``).
 
 Each is one pass over O(out in) or O(B in) elements, against B out in evaluations.
 """
@@ -25,14 +24,6 @@ import triton.language as tl
 from .launch import cdiv, keeping_buffers
 
 _BLOCK = 32
-HALF_MAX = tl.constexpr(65504.0)
-
-
-@triton.jit
-def _clamp_nan(v, bound):
-    # v clamped to [-bound, bound]; NaN stays NaN (a plain min/max would return the bound).
-    nan = tl.PropagateNan.ALL
-    return tl.minimum(tl.maximum(v, -bound, propagate_nan=nan), bound, propagate_nan=nan)
 
 
 @triton.jit
@@ -59,15 +50,9 @@ def _wavkan_pack_kernel(
         tl.store(dst + PLANE, t, mask=inside)
         tl.store(dst + PLANE2, w * w_scale * inv_s, mask=inside)
     else:
-        if pack_ptr.dtype.element_ty == tl.float16:
-            # fp16 planes (the packed-half forward): a clamped to fp16's finite range, so a
-            # huge 1/s stays huge rather than becoming inf (inf * 0 would be NaN); t is
-            # clamped likewise (the fast path's stated range: |t| < 6.5e4).
-            a = _clamp_nan(a, HALF_MAX)
-            t = _clamp_nan(t, HALF_MAX)
-        tl.store(dst, a.to(pack_ptr.dtype.element_ty), mask=inside)
-        tl.store(dst + PLANE, t.to(pack_ptr.dtype.element_ty), mask=inside)
-        tl.store(dst + PLANE2, (w * w_scale).to(pack_ptr.dtype.element_ty), mask=inside)
+        tl.store(dst, a, mask=inside)
+        tl.store(dst + PLANE, t, mask=inside)
+        tl.store(dst + PLANE2, w * w_scale, mask=inside)
 
 
 @triton.jit
@@ -76,18 +61,12 @@ def _wavkan_stage_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dst[r * dst_stride_r + c * dst_stride_c] = fp32(src[r, c]) for r < R_DST, c < C_DST,
-    # zero outside (R, C): a copy, a transposition, or either with zero padding. An int32 dst
-    # takes fp16(src[r, c]) twice, as an f16x2 pair (the packed-half forward's x).
+    # zero outside (R, C): a copy, a transposition, or either with zero padding.
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     r = offs_r[:, None].to(tl.int64)
     c = offs_c[None, :].to(tl.int64)
-    v = tl.load(src_ptr + r * stride_r + c * stride_c, mask=(r < R) & (c < C), other=0.0)
-    if dst_ptr.dtype.element_ty == tl.int32:
-        h = v.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        v = h | (h << 16)
-    else:
-        v = v.to(tl.float32)
+    v = tl.load(src_ptr + r * stride_r + c * stride_c, mask=(r < R) & (c < C), other=0.0).to(tl.float32)
     tl.store(dst_ptr + r * dst_stride_r + c * dst_stride_c, v, mask=(r < R_DST) & (c < C_DST))
 
 
@@ -98,24 +77,19 @@ def plane_offsets(pack: torch.Tensor) -> tuple:
     return pack.stride(0), 2 * pack.stride(0)
 
 
-def pack_edge_constants(
-    scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0,
-    dtype=torch.float32, in_pad=None,
-):
-    """Edge constants as three planes of ``dtype`` (fp32, or fp16 for the packed-half forward).
+def pack_edge_constants(scale, translation, weights, pad: int, for_grad_x: bool, z_scale=1.0, w_scale=1.0):
+    """Edge constants as three fp32 planes.
 
-    for_grad_x=False: (3, in_pad, pad), out padded to ``pad`` and in to ``in_pad`` (default
-    in): [z_scale/s, t, w w_scale].
+    for_grad_x=False: (3, in, pad), out padded to ``pad``: [z_scale/s, t, w w_scale].
     for_grad_x=True: (3, out, pad), in padded to ``pad``: [z_scale/s, t, w w_scale/s].
     scale, translation, weights: (out, in), any strides and float dtype.
     """
     OUT, IN = scale.shape
     if not for_grad_x:
-        in_pad = IN if in_pad is None else in_pad
-        shape, out_pad, stride_pi, stride_po = (3, in_pad, pad), pad, pad, 1
+        shape, in_pad, out_pad, stride_pi, stride_po = (3, IN, pad), IN, pad, pad, 1
     else:
         shape, in_pad, out_pad, stride_pi, stride_po = (3, OUT, pad), pad, OUT, 1, pad
-    pack = torch.empty(shape, dtype=dtype, device=scale.device)
+    pack = torch.empty(shape, dtype=torch.float32, device=scale.device)
     grid = (cdiv(out_pad, _BLOCK), cdiv(in_pad, _BLOCK))
     _wavkan_pack_kernel[grid](
         scale, translation, weights, pack,
@@ -136,12 +110,11 @@ def _stage(t: torch.Tensor, dst: torch.Tensor, r_dst: int, c_dst: int, dst_strid
     return dst
 
 
-def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None, dtype=torch.float32) -> torch.Tensor:
-    """(rows_pad, r_pad) of ``dtype``: t (R, C) transposed, zero past R and C (rows_pad
-    defaults to C). fp32, or int32 holding fp16(t) twice per element (an f16x2 pair)."""
+def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None) -> torch.Tensor:
+    """(rows_pad, r_pad) fp32: t (R, C) transposed, zero past R and C (rows_pad defaults to C)."""
     R, C = t.shape
     rows_pad = C if rows_pad is None else rows_pad
-    dst = torch.empty((rows_pad, r_pad), dtype=dtype, device=t.device)
+    dst = torch.empty((rows_pad, r_pad), dtype=torch.float32, device=t.device)
     return _stage(t, dst, r_pad, rows_pad, (1, r_pad))
 
 

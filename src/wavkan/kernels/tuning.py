@@ -27,15 +27,13 @@ class KernelConfig:
     programs one SM holds cannot be measured (the interpreter). ``unroll`` applies to the Gaussian
     wavelets only (``loop_unroll``). ``prefetch``
     issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
-    unroll factor (more independent evaluations in flight per thread). In the packed-half
-    forward ``unroll`` must divide its 16-step chunk, and ``poly_steps`` of every ``unroll``
-    steps take the exponential as a polynomial on the FMA pipe instead of the MUFU.
+    unroll factor (more independent evaluations in flight per thread).
     ``split_rule`` picks the automatic split: "fill" (``choose_split``: one wave of the
     resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM);
     ``balance_min_steps`` is the least loop share of a split program under "balance" once the
     tiles fill the SMs (the parameter pass takes more than the others: each of its splits
-    writes three partial planes). The shipped configs use "balance", except the packed-half
-    forward's ("fill"); a config built by hand gets "fill" unless it says otherwise.
+    writes three partial planes). The shipped configs use "balance"; a config built by hand
+    gets "fill" unless it says otherwise.
     ``stage``: the forward and grad_x walk x (grad_y) a column per step; False reads it in
     place (no extra launch: the host cost of a small call), True stages it transposed first
     (one more launch, unit-stride loads: the GPU cost of a large call).
@@ -50,7 +48,6 @@ class KernelConfig:
     prefetch: bool = True
     unroll: int = 1
     maxnreg: Optional[int] = None
-    poly_steps: int = 0
     split_rule: str = "fill"
     balance_min_steps: int = 128
     stage: bool = False
@@ -96,11 +93,6 @@ _GPU = {
     ),
     "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128,
                                      split_rule="balance", balance_min_steps=512)),),
-    # The packed-half forward (forward_half.py): block_n counts output pairs; groups of 8
-    # unrolled steps, 3 of them with the polynomial exponential (faster than none, which leaves
-    # every exponential on the MUFU; a whole 16-step chunk unrolled was far slower).
-    # wavkan.ops runs it from 1024 rows only, so one config serves.
-    "fwd_half": ((0, KernelConfig(128, 16, num_warps=4, num_stages=1, unroll=8, poly_steps=3)),),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 
