@@ -125,6 +125,21 @@ def test_moving_parameters_invalidates(kernel_device):
     _close(layer(x), layer, x)
 
 
+def test_writes_past_the_version_counter_need_clear_pack_cache(kernel_device):
+    """Writes through ``.data`` (and replays of a captured optimizer step) leave the version
+    counter alone, so the cache cannot see them; ``clear_pack_cache()`` is the documented way
+    to make the next call read the new values."""
+    layer = _layer(kernel_device)
+    x = torch.randn(6, 13, device=kernel_device)
+    before = layer(x)
+    layer.scale.data.mul_(1.7)
+    layer.translation.data.add_(0.3)
+    staging.clear_pack_cache()
+    after = layer(x)
+    _close(after, layer, x)
+    assert not torch.equal(after, before)
+
+
 def test_requires_grad_changes_are_seen(kernel_device):
     layer = _layer(kernel_device)
     x = torch.randn(8, 13, device=kernel_device, requires_grad=True)

@@ -141,6 +141,9 @@ class GraphedTrainStep:
             raise ValueError(f"batch_size {batch_size} exceeds the {train_x.shape[0]} training rows")
         self.batch_size = batch_size
         device = train_x.device
+        from ..kernels.staging import clear_pack_cache  # CUDA only: Triton is there
+
+        self._clear_pack_cache = clear_pack_cache
         self.idx = torch.arange(batch_size, device=device)  # any valid rows for warm-up
         loss_scale = 1.0 / batch_size
 
@@ -193,6 +196,10 @@ class GraphedTrainStep:
             raise ValueError(f"the captured step takes {self.batch_size} rows, got {idx.numel()}")
         self.idx.copy_(idx, non_blocking=True)
         self.graph.replay()
+        # The replayed optimizer step rewrites the parameters without bumping their version
+        # counters, so edge constants packed by an eager call (the epoch's last, partial batch,
+        # the evaluation) would be read stale; forget them.
+        self._clear_pack_cache()
 
 
 def graphs_supported(device: torch.device, distributed: bool) -> Optional[str]:
