@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from wavkan import WavKAN, cli
+from wavkan import WavKAN, WavKANLinear, cli
 from wavkan.app.checkpoint import _load_optimizer_state, _optimizer_state, load_checkpoint, save_checkpoint
 from wavkan.files import atomic_write
 from wavkan.app.evaluate import evaluate_checkpoint
@@ -286,6 +287,9 @@ def test_two_gloo_processes_equal_one_process(synth, tmp_path):
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "DDP x2" in run.stdout
+    # 16 rows a rank x (64*12 + 12*4) wavelets: far too little work for DDP to pay, and it says so.
+    assert f"each rank's step evaluates {16 * (64 * 12 + 12 * 4):.1e} wavelets" in run.stdout
+    assert "DDP x2 will not pay here" in run.stdout
     assert run.stdout.count("final test accuracy") == 1  # rank 0 alone reports
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["world_size"] == 2
@@ -470,3 +474,19 @@ def test_evaluate_refuses_a_batch_size_below_one():
     for bad in (0, -5):
         with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
             evaluate(model, x, y, batch_size=bad)
+
+
+def test_edge_evaluations_per_sample_counts_every_wavkan_layer():
+    from wavkan.app.distributed import ddp_note, edge_evaluations_per_sample
+    from wavkan.nn import WavKANConv2d
+
+    mlp = WavKAN([5, 7, 3], backend="reference")
+    assert edge_evaluations_per_sample(mlp, torch.randn(1, 5)) == 5 * 7 + 7 * 3
+    assert mlp.training  # back in the mode it was in
+    # A convolution evaluates each input value once per edge: 4x5 positions x (4/2 inputs) x 6 outputs.
+    conv = nn.Sequential(WavKANConv2d(4, 6, 3, padding=1, groups=2, backend="reference"), nn.Flatten(),
+                         WavKANLinear(6 * 4 * 5, 2, backend="reference"))
+    assert edge_evaluations_per_sample(conv, torch.randn(1, 4, 4, 5)) == 20 * 2 * 6 + 120 * 2
+    assert ddp_note(1e11, 2) is None
+    note = ddp_note(8e5, 2)
+    assert note.startswith("note: DDP x2 will not pay here") and "8.0e+05" in note

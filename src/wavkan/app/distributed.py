@@ -38,7 +38,22 @@ __all__ = [
     "sync_batchnorm",
     "new_group_like_world",
     "wrap_ddp",
+    "DDP_MEASURED",
+    "DDP_PAYS_FROM",
+    "edge_evaluations_per_sample",
+    "ddp_note",
 ]
+
+# Two H200s over one (samples/s; the single GPU replays its step as a CUDA graph, DDP steps run
+# eagerly), `wavkan train` on MNIST, mexican_hat, fp32, against each rank's wavelet evaluations
+# per step (forward): (per-rank evaluations, speed-up, workload). benchmarks/STATUS.md has the runs.
+DDP_MEASURED = (
+    (4.1e10, 1.85, "784-4096-4096-10 at batch 4096"),
+    (1.0e10, 1.52, "784-4096-4096-10 at batch 1024"),
+    (8.1e5, 0.02, "the paper's 784-32-10 at batch 64"),
+)
+# Below this many evaluations per rank and step, two GPUs gave less than 1.5x one.
+DDP_PAYS_FROM = 1e10
 
 
 @dataclass(frozen=True)
@@ -228,3 +243,48 @@ def new_group_like_world() -> Optional[object]:
     if not (dist.is_available() and dist.is_initialized()):
         return None
     return dist.new_group(backend=dist.get_backend())
+
+
+def edge_evaluations_per_sample(model: nn.Module, sample: Tensor) -> int:
+    """Wavelet evaluations of one forward per sample: rows x in x out for each ``WavKANLinear``,
+    input positions x in/groups x out for each convolution (the wavelet is evaluated once per
+    input value and edge). Found by running ``sample`` (1, ...) through the model in eval mode."""
+    from ..nn import WavKANLinear, _WavKANConvNd  # the library's layers
+
+    counts = []
+
+    def linear_hook(module, args, _):
+        x = args[0]
+        counts.append(x.numel() // module.in_features * module.in_features * module.out_features)
+
+    def conv_hook(module, args, _):
+        x = args[0]
+        counts.append(x.numel() // module.groups * module.out_channels)
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, WavKANLinear):
+            handles.append(m.register_forward_hook(linear_hook))
+        elif isinstance(m, _WavKANConvNd):
+            handles.append(m.register_forward_hook(conv_hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return sum(counts) // sample.shape[0]
+
+
+def ddp_note(per_rank_evaluations: float, world_size: int) -> Optional[str]:
+    """The start-up note of a DDP run too small to pay, with the measurements that say so."""
+    if per_rank_evaluations >= DDP_PAYS_FROM:
+        return None
+    measured = "; ".join(f"{speed:.2f}x at {evals:.1e} ({what})" for evals, speed, what in DDP_MEASURED)
+    return (f"note: DDP x{world_size} will not pay here: each rank's step evaluates {per_rank_evaluations:.1e} "
+            f"wavelets, and two GPUs over one measured {measured}. Under DDP every step runs eagerly "
+            f"(no CUDA graph), so a small step is bound by the host; one GPU, or a larger model or batch, "
+            f"trains faster. Training on.")

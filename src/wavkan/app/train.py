@@ -344,6 +344,10 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
 
     model = raw_model
     if ctx.enabled:
+        per_sample = dist_utils.edge_evaluations_per_sample(raw_model, data.train_x[:1])
+        note = dist_utils.ddp_note(per_sample * config.batch_size / ctx.world_size, ctx.world_size)
+        if note:
+            _log(ctx, note)
         model = dist_utils.wrap_ddp(raw_model, device)
     startup.phase("model and optimizer")
 
