@@ -207,6 +207,17 @@ def test_normalize_maps_0_255_to_minus_one_one():
     assert x[0, 16 * 3 + 5].item() == pytest.approx((16 * 3 + 5) / 255 * 2 - 1, abs=1e-7)
 
 
+def test_normalize_in_place_is_bitwise_the_formula_and_leaves_its_input():
+    # In place on a copy: the same three roundings as x / 255 * 2 - 1, and a float32 input
+    # (which .to(float32) alone would not copy) is not overwritten.
+    for images in (torch.randint(0, 256, (7, 5, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+                   torch.rand(7, 5, 3, 2, generator=torch.Generator().manual_seed(1)) * 255):
+        before = images.clone()
+        x = normalize(images)
+        assert torch.equal(x, images.reshape(7, -1).to(torch.float32) / 255.0 * 2.0 - 1.0)
+        assert torch.equal(images, before)
+
+
 def test_to_device_limits_and_dtypes(raw):
     d = to_device(raw, "cpu", limit_train=4, limit_test=2)
     assert d.train_x.shape == (4, 12) and d.test_x.shape == (2, 12)

@@ -61,6 +61,60 @@ def test_compile_ahead_leaves_the_model_as_it_was():
     assert startup.uses_compiled(model) and not startup.uses_compiled(WavKAN([4, 3], backend="reference"))
 
 
+def _step_outputs(model, x):
+    """The model's output and every parameter's gradient for one forward and backward."""
+    for p in model.parameters():
+        p.grad = None
+    y = model(x)
+    y.square().sum().backward()
+    return [y.detach().clone()] + [p.grad.clone() for p in model.parameters()]
+
+
+def _fresh_compiled_passes():
+    """As in a new process: no pass compiled yet (Dynamo's caches and the backend's table)."""
+    from wavkan import cpu
+
+    torch._dynamo.reset()
+    cpu._compiled_for.cache_clear()
+
+
+def test_compile_ahead_in_a_thread_computes_what_an_inline_compilation_does():
+    layers, rows = [40, 24, 6], 32
+    torch.manual_seed(3)
+    model = WavKAN(layers, "mexican_hat", backend="compiled")
+    x = torch.randn(rows, layers[0])
+
+    _fresh_compiled_passes()
+    startup.compile_ahead(model, x)
+    inline = _step_outputs(model, x)
+
+    _fresh_compiled_passes()
+    rng = torch.get_rng_state()
+    ahead = startup.CompileAhead(lambda: WavKAN(layers, "mexican_hat", backend="compiled"), (rows, layers[0]))
+    ahead.join()
+    assert ahead.error is None and ahead.seconds > 0 and ahead.model is None
+    # Dynamo restores the global RNG state after compiling; the stand-in drew from it before.
+    torch.set_rng_state(rng)
+    from torch._dynamo.utils import counters
+
+    compiled = counters["frames"]["ok"]
+    assert compiled >= 3  # forward, grad_x, the parameters' pass
+    startup.compile_ahead(model, x)  # finds every pass compiled by the thread
+    threaded = _step_outputs(model, x)
+    assert counters["frames"]["ok"] == compiled  # nothing compiled again
+    assert all(torch.equal(a, b) for a, b in zip(inline, threaded))
+
+
+def test_compile_ahead_thread_keeps_its_error():
+    def broken():
+        model = WavKAN([8, 3], backend="compiled")
+        model.layers[0].forward = lambda x: (_ for _ in ()).throw(RuntimeError("no compiler"))
+        return model
+
+    ahead = startup.CompileAhead(broken, (4, 8)).join()
+    assert isinstance(ahead.error, RuntimeError) and "no compiler" in str(ahead.error)
+
+
 def test_startup_clock_phases(monkeypatch):
     assert 0 < startup.process_age() < 24 * 3600
     clock = startup.StartupClock(from_process_start=True)
@@ -70,6 +124,13 @@ def test_startup_clock_phases(monkeypatch):
     assert line.startswith(f"start-up: {clock.before + 2.76:.1f} s from the process's start to the first epoch (")
     assert "data 0.5 s, compilation 2.2 s)" in line and "tiny" not in line
     assert startup.StartupClock().summary().startswith("start-up: 0.0 s from the train() call")
+    clock = startup.StartupClock()
+    clock.phases = [("data", 0.5)]
+    clock.last -= 0.25
+    clock.phase("data")  # a phase named again adds to the first
+    clock.note("compiled beside the data in 3.0 s")
+    assert clock.phases[0][0] == "data" and clock.phases[0][1] == pytest.approx(0.75, abs=0.05)
+    assert clock.summary().endswith("(data 0.8 s); compiled beside the data in 3.0 s")
 
 
 def test_train_command_reports_start_up_and_threads(tmp_path, capsys, fresh_threads):
@@ -86,8 +147,26 @@ def test_train_command_reports_start_up_and_threads(tmp_path, capsys, fresh_thre
     assert "device cpu (2 threads: --threads), backend compiled" in out
     line = next(l for l in out.splitlines() if l.startswith("start-up: "))
     assert "from the process's start to the first epoch (python and imports " in line and "compilation" in line
+    assert "; compiled beside the data in " in line  # a new CPU run compiles while its data load
     assert out.index("start-up: ") < out.index("epoch 1/1:")
     # The checkpoint records the thread count, which a resumed run keeps.
     torch.set_num_threads(1)
     assert train_main(args[:-5] + ["--epochs", "2", "--resume", "--out", str(tmp_path / "run")]) == 0
     assert "device cpu (2 threads: the resumed run's)" in capsys.readouterr().out
+
+
+def test_exit_now_runs_the_exit_handlers_and_flushes(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys\n"
+            "from wavkan.cli import exit_now\n"
+            "atexit.register(lambda: print('handler ran'))\n"
+            "print('buffered', end='')\n"
+            "sys.stderr.write('to stderr')\n"
+            "exit_now(3)\n"
+            "print('never')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 3
+    assert run.stdout == "bufferedhandler ran\n" and run.stderr == "to stderr"

@@ -1,5 +1,5 @@
 """``python -m wavkan ...`` is the ``wavkan`` command."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

@@ -4,5 +4,6 @@ itself is ``wavkan.app.train``."""
 
 if __name__ == "__main__":
     from .app.train import main
+    from .cli import exit_now
 
-    raise SystemExit(main(prog="python -m wavkan.train"))
+    exit_now(main(prog="python -m wavkan.train"))

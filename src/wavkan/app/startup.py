@@ -13,7 +13,13 @@ float rounding.
 Compiling ahead. The compiled CPU backend (``wavkan.cpu``) compiles each pass on its first
 call. ``compile_ahead`` makes those calls before the first epoch, on a batch of the run's
 shape and without touching the model's state, so the first epoch's time is training alone
-and the compilation is reported as part of the start-up.
+and the compilation is reported as part of the start-up. ``CompileAhead`` does it in a
+background thread, on a stand-in model of the run's architecture, while the main thread loads
+the data: the compiled passes are kept per process (``wavkan.cpu``), so the run's own model
+then finds them compiled. Its first calls are the ones ``compile_ahead`` makes on the run's
+model (same shapes, same order, same thread count), so the compiled code is the same. The
+thread also starts Inductor's probe of the CPU's vector instructions (one small process per
+instruction set, a second or so of waiting) in a thread of its own, beside its imports.
 
 The clock. ``StartupClock`` splits the time to the first epoch into named phases, printed in
 one line; for the command it starts at the process's start (``/proc`` on Linux), so the
@@ -23,14 +29,15 @@ interpreter and the imports count too.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["available_cores", "default_threads", "set_threads", "uses_compiled", "compile_ahead", "StartupClock",
-           "process_age"]
+__all__ = ["available_cores", "default_threads", "set_threads", "uses_compiled", "compile_ahead", "CompileAhead",
+           "StartupClock", "process_age"]
 
 
 def available_cores() -> int:
@@ -111,6 +118,61 @@ def compile_ahead(model: nn.Module, x: Tensor) -> None:
             p.grad = g
 
 
+def _start_vector_isa_probe() -> Optional[threading.Thread]:
+    """Inductor's choice of vector instructions, made once per process, started in a thread: it
+    builds (cached on disk) and loads a small library per instruction set, each in a child
+    process. The result is the same whenever it is computed; computed here, the waiting
+    overlaps the imports. None where this PyTorch has no such probe (Inductor probes on first
+    use, as before)."""
+    try:  # imported here, in this thread: two threads importing one package may deadlock
+        from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+    except ImportError:
+        return None
+    probe = threading.Thread(target=valid_vec_isa_list, name="wavkan-isa-probe", daemon=True)
+    probe.start()
+    return probe
+
+
+class CompileAhead:
+    """``compile_ahead(make_model(), batch)`` in a background thread, where ``batch`` is zeros
+    of ``shape`` (a training batch's: the values do not matter, the shapes and dtype do).
+
+    ``make_model`` runs in the calling thread, at once: the stand-in model's random
+    initialisation draws from the global generator before the run seeds it. Dynamo saves and
+    restores the global RNG state around each compilation, so ``join()`` must come before
+    the run seeds the generator and draws its own weights. The thread count must be set
+    before (Inductor compiles for it). A failure in the thread is kept in ``error`` and not
+    raised: the run's own ``compile_ahead`` then compiles inline, and fails there if it must.
+    """
+
+    def __init__(self, make_model: Callable[[], nn.Module], shape: tuple, dtype: torch.dtype = torch.float32):
+        self.model = make_model()
+        self.shape, self.dtype = tuple(shape), dtype
+        self.error: Optional[BaseException] = None
+        self.seconds: Optional[float] = None
+        self._thread = threading.Thread(target=self._run, name="wavkan-compile-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            probe = _start_vector_isa_probe()
+            import torch._inductor.compile_fx  # noqa: F401  (beside the probe's child processes)
+
+            if probe is not None:  # the compilation needs its answer (else it would probe again)
+                probe.join()
+            compile_ahead(self.model, torch.zeros(self.shape, dtype=self.dtype))
+        except BaseException as e:  # noqa: BLE001  reported by the inline compile_ahead, if at all
+            self.error = e
+        finally:
+            self.seconds = time.perf_counter() - t0
+            self.model = None
+
+    def join(self) -> "CompileAhead":
+        self._thread.join()
+        return self
+
+
 def process_age() -> Optional[float]:
     """Seconds since this process started, or None where /proc does not say."""
     try:
@@ -132,11 +194,22 @@ class StartupClock:
         self.before = age if age is not None and age >= 0 else None  # process start -> now
         self.last = time.perf_counter()
         self.phases: list[tuple[str, float]] = []
+        self.notes: list[str] = []
 
     def phase(self, name: str) -> None:
+        """End the current phase under ``name``; a name used before adds to that phase."""
         now = time.perf_counter()
-        self.phases.append((name, now - self.last))
+        names = [n for n, _ in self.phases]
+        if name in names:
+            k = names.index(name)
+            self.phases[k] = (name, self.phases[k][1] + now - self.last)
+        else:
+            self.phases.append((name, now - self.last))
         self.last = now
+
+    def note(self, text: str) -> None:
+        """A remark for the end of the line (say, work done beside a phase)."""
+        self.notes.append(text)
 
     @property
     def total(self) -> float:
@@ -146,4 +219,5 @@ class StartupClock:
         parts = ([("python and imports", self.before)] if self.before is not None else []) + self.phases
         text = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts if seconds >= 0.05)
         since = "the process's start" if self.before is not None else "the train() call"
-        return f"start-up: {self.total:.1f} s from {since} to the first epoch ({text})"
+        notes = "".join(f"; {n}" for n in self.notes)
+        return f"start-up: {self.total:.1f} s from {since} to the first epoch ({text}){notes}"

@@ -72,7 +72,7 @@ from .models import channel_stats, check_conv_fits, resolve_model_fields, to_dev
 from .options import RUN_DEFINING, ConfigError, TrainConfig, build_parser, config_from_args
 from .plot import EDGES_NAME, write_edges_png
 from .progress import EpochProgress
-from .startup import StartupClock, compile_ahead, set_threads, uses_compiled
+from .startup import CompileAhead, StartupClock, compile_ahead, set_threads, uses_compiled
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
 
 __all__ = [
@@ -236,16 +236,40 @@ def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
 
 
 
-def _set_run_threads(config: TrainConfig, run_config: dict, saved: Optional[dict]) -> str:
+def _set_run_threads(config: TrainConfig, saved: Optional[dict]) -> str:
     """Set this process's CPU threads: --threads, else the resumed run's, else the default
-    (``startup.set_threads``); records the number in ``run_config`` (so in the checkpoint) and
-    returns the note for the log."""
+    (``startup.set_threads``); returns the note for the log. (The run's config records the
+    number, so the checkpoint keeps it.)"""
     resumed = saved["config"].get("threads") if saved is not None else None
     note = set_threads(config.threads or resumed)
     if config.threads is None and resumed is not None:
         note = note.replace("--threads", "the resumed run's")
-    run_config["threads"] = torch.get_num_threads()
     return note
+
+
+def _compile_rows(config: TrainConfig, ctx) -> int:
+    """Rows of the batch that compiles the CPU backend's passes ahead (``compile_ahead``)."""
+    return max(2, config.batch_size // ctx.world_size)
+
+
+def _start_compile_ahead(config: TrainConfig, ctx, device: torch.device,
+                         saved: Optional[dict]) -> Optional[CompileAhead]:  # fmt: skip
+    """Compile the CPU backend's passes in a background thread while the data load, for an MLP
+    run on the CPU that trains an epoch with the compiled backend (``startup.CompileAhead``),
+    on a stand-in of the run's network and a batch of the run's shape; else None (a conv
+    net's head width comes from the data: it compiles after the data, inline)."""
+    run_config = config.to_dict()
+    if device.type != "cpu" or run_config["model"] != "mlp":
+        return None
+    if saved is not None and int(saved["epoch"]) >= config.epochs:
+        return None
+    rows = _compile_rows(config, ctx)
+    if config.limit_train is not None:
+        rows = min(rows, config.limit_train)  # the run's batch is no longer than its data
+    stand_in = build_model(run_config, backend=config.backend)
+    if not uses_compiled(stand_in):
+        return None
+    return CompileAhead(lambda: stand_in, (rows, run_config["layers"][0]))
 
 
 def _largest_linear_call(model, config: TrainConfig, ctx) -> Optional[int]:
@@ -279,21 +303,37 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
     out = config.out_dir()
     lock = FolderLock(out, LOCK_NAME)
     created: list = []
+    ahead: Optional[CompileAhead] = None
     try:
         try:
             if ctx.is_main:  # the only writer, alive for the whole job: it holds the folder
                 created = _claim_folder(out, lock)
             startup.phase("set-up")
+            if not config.resume:  # a new run's thread count is known now: compile beside the data
+                threads_note = _set_run_threads(config, None)  # first: Inductor compiles for them
+                ahead = _start_compile_ahead(config, ctx, device, None)
             data, bounds, run_config = _load_data(config, ctx, device)
             startup.phase("data")
-            saved = _previous_run(config, out, ctx)
-            threads_note = _set_run_threads(config, run_config, saved)
+            saved = _previous_run(config, out, ctx)  # after the data: its errors come first
+            if config.resume:  # the resumed run's thread count is in its checkpoint
+                threads_note = _set_run_threads(config, saved)
+                ahead = _start_compile_ahead(config, ctx, device, saved)
+            run_config["threads"] = torch.get_num_threads()
             error = None
         except Exception as e:
             error = e
+        if ahead is not None:
+            # Before the run seeds the RNG (see CompileAhead), and before an error ends the
+            # call: no compilation goes on behind the caller's back.
+            ahead.join()
+            startup.phase("compilation")
+            if error is None:
+                startup.note(f"compiled beside the data in {ahead.seconds:.1f} s")
         _agree(ctx, device, error)
         return _run(config, run_config, ctx, device, out, data, bounds, saved, on_epoch_end, startup, threads_note)
     finally:
+        if ahead is not None:
+            ahead.join()
         lock.release()
         _remove_empty(created)  # a run that wrote nothing leaves no folder behind
 
@@ -361,7 +401,8 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
                                    transform=augment, autocast_dtype=autocast_dtype)
         startup.phase("CUDA graph capture")
     if start_epoch < config.epochs and uses_compiled(raw_model):
-        compile_ahead(raw_model, data.train_x[: max(2, config.batch_size // ctx.world_size)])
+        # After CompileAhead, this finds every pass compiled (its calls are the same).
+        compile_ahead(raw_model, data.train_x[: _compile_rows(config, ctx)])
         startup.phase("compilation")
 
     # The backend of the largest linear layer's training call (auto on CPU: small calls stay on the reference).
@@ -465,4 +506,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(prog="python -m wavkan.app.train"))
+    from ..cli import exit_now
+
+    exit_now(main(prog="python -m wavkan.app.train"))
