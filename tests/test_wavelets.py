@@ -81,3 +81,24 @@ def test_meyer_pieces():
 def test_unknown_wavelet_lists_valid_names():
     with pytest.raises(ValueError, match="unknown wavelet 'haar'.*mexican_hat, morlet, dog, meyer, shannon"):
         get_wavelet("haar")
+
+
+@pytest.mark.parametrize("dtype, ulps", [(torch.float32, 2), (torch.float64, 4)])
+def test_meyer_sine_polynomial_matches_sin_on_half_a_period(dtype, ulps):
+    """meyer's sines and cosines are a Taylor polynomial on [-pi/2, pi/2]: within a few units in
+    the last place of the correctly rounded sine everywhere there, relative near zero too."""
+    from wavkan.wavelets import _sin_half_period
+
+    a64 = torch.cat([torch.linspace(-math.pi / 2, math.pi / 2, 20001, dtype=torch.float64),
+                     torch.logspace(-30, 0, 301, dtype=torch.float64)])
+    a = a64.to(dtype)
+    got = _sin_half_period(a).double()
+    want = torch.sin(a.double())
+    ulp = torch.finfo(dtype).eps * want.abs().clamp(min=torch.finfo(dtype).tiny)
+    assert ((got - want).abs() <= ulps * ulp).all()
+
+
+def test_meyer_is_nan_at_infinite_z_and_zero_past_one():
+    psi, dpsi = get_wavelet("meyer").psi_dpsi(torch.tensor([float("inf"), -float("inf"), 1.0, 3.5, -7.0]), True)
+    assert torch.isnan(psi[:2]).all() and torch.isnan(dpsi[:2]).all()
+    assert torch.equal(psi[2:], torch.zeros(3)) and torch.equal(dpsi[2:], torch.zeros(3))
