@@ -71,6 +71,8 @@ GEOMETRIES = [
     ("1d-k3-stride2-dil3", 2, 2, 3, (3,), (17,), 2, 2, 3, 1),
     ("1d-long-tiles", 1, 1, 2, (5,), (1500,), 1, 2, 1, 1),
     ("1d-k17-two-passes", 1, 2, 1, (17,), (40,), 1, 8, 1, 1),
+    ("b5-rows-per-program", 5, 2, 3, (3, 3), (3, 4), 1, 1, 1, 1),
+    ("padding-past-the-reach", 3, 2, 2, (3, 3), (4, 3), (2, 1), (4, 3), 1, 1),
 ]
 
 
@@ -163,6 +165,25 @@ def test_compile_fullgraph_triton(kernel_device):
     grads_eager = torch.autograd.grad(y_eager.square().sum(), (x, m.scale, m.wavelet_weights))
     for a, b in zip(grads, grads_eager):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("halo", [16, 48])
+def test_forward_tiles_smaller_than_the_image(halo, kernel_device, monkeypatch):
+    """Several output tiles per image, their halos clipped to the image and slid inside it at
+    its borders (forced with a small halo budget): the same values as one tile, and as the
+    reference."""
+    from wavkan.kernels import conv_forward
+    from wavkan.kernels.conv_tiles import plan_forward_tiles
+
+    x, *params = conv_inputs(2, 3, 2, (3, 3), (9, 11), 1, kernel_device)
+    conv = conv_kwargs(stride=(2, 1), padding=(2, 1), dilation=(1, 2), wavelet="dog")
+    y_one_tile, _, _ = outputs_and_grads(x, params, conv, "triton")
+    monkeypatch.setattr(conv_forward, "max_halo", lambda taps: halo)
+    tiles = plan_forward_tiles(9, 11, 6, 9, 3, 3, 2, 1, 1, 2, 3, halo)  # output 6 x 9
+    assert tiles.tiles_h * tiles.tiles_w > 1 and tiles.halo_h * tiles.halo_w <= halo
+    check_against_reference(x, params, conv)
+    y_tiled, _, _ = outputs_and_grads(x, params, conv, "triton")
+    torch.testing.assert_close(y_tiled, y_one_tile, rtol=1e-6, atol=1e-6)
 
 
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):

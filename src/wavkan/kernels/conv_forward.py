@@ -40,24 +40,40 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_tiles import MAX_TILE, index, needs_wide_offsets, plan_forward_tiles, wavelet_folds
+from .conv_tiles import MAX_TILE, index, needs_wide_offsets, next_pow2, plan_forward_tiles, wavelet_folds
 from .device import wavelet_psi_folded
-from .launch import sm_count
+from .launch import cdiv, sm_count
 
 TAPS_PER_PASS = 16
-NUM_WARPS = 4
-# Tap accumulators' elements per program: 64 fp32 registers a thread at 4 warps.
-ACC_ELEMENTS = 64 * 32 * NUM_WARPS
+# Tap accumulators' elements a thread holds (fp32 registers); a program takes 4 warps, or 8
+# where its taps x halo block need more (``num_warps``).
+ACC_PER_THREAD = 72
+MAX_WARPS = 8
+# Lanes (batch rows x halo pixels) a program fills at least, where the batch allows.
+MIN_LANES = 1024
+# The channel loop unrolled twice: the prefetched operands then change registers by renaming,
+# not by a move each.
+CHANNEL_UNROLL = 2
 # Persistent programs per SM.
 PROGRAMS_PER_SM = 8
 
 
 @triton.jit
-def _tap_acc(acc, psi, w_edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr):
-    """acc + w[o, i, K0 + k] psi for a tap that exists (else acc unchanged, and unused)."""
+def _tap_weight(w_edge, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr):
+    """w[o, i, K0 + k] for a tap that exists, else 0 (its accumulator is then never used)."""
+    if (K0 + k < KK) and (k < TAPS):
+        w = tl.load(w_edge + (K0 + k)).to(tl.float32)
+    else:
+        w = 0.0
+    return w
+
+
+@triton.jit
+def _tap_acc(acc, psi, w, k: tl.constexpr, K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr):
+    """acc + w psi for a tap that exists (else acc unchanged, and unused)."""
     if K0 + k < KK:
         if k < TAPS:
-            acc += tl.load(w_edge + (K0 + k)).to(tl.float32) * psi
+            acc += w * psi
     return acc
 
 
@@ -70,102 +86,156 @@ def _store_plane(slot, acc, offs, k: tl.constexpr, K0: tl.constexpr, KK: tl.cons
 
 
 @triton.jit
+def _channel_operands(x_chan, s_edge, t_edge, w_edge, i, stride_xc, stride_si, stride_ti,
+                      K0: tl.constexpr, KK: tl.constexpr, TAPS: tl.constexpr):  # fmt: skip
+    """Channel i's halo of x, its edge's s and t, and its taps' weights (up to 16)."""
+    xv = tl.load(x_chan + tl.cast(i, tl.int64) * stride_xc).to(tl.float32)
+    s = tl.load(s_edge + i * stride_si).to(tl.float32)
+    t = tl.load(t_edge + i * stride_ti).to(tl.float32)
+    w_i = w_edge + i * KK
+    return (xv, s, t,
+            _tap_weight(w_i, 0, K0, KK, TAPS), _tap_weight(w_i, 1, K0, KK, TAPS), _tap_weight(w_i, 2, K0, KK, TAPS),
+            _tap_weight(w_i, 3, K0, KK, TAPS), _tap_weight(w_i, 4, K0, KK, TAPS), _tap_weight(w_i, 5, K0, KK, TAPS),
+            _tap_weight(w_i, 6, K0, KK, TAPS), _tap_weight(w_i, 7, K0, KK, TAPS), _tap_weight(w_i, 8, K0, KK, TAPS),
+            _tap_weight(w_i, 9, K0, KK, TAPS), _tap_weight(w_i, 10, K0, KK, TAPS), _tap_weight(w_i, 11, K0, KK, TAPS),
+            _tap_weight(w_i, 12, K0, KK, TAPS), _tap_weight(w_i, 13, K0, KK, TAPS), _tap_weight(w_i, 14, K0, KK, TAPS),
+            _tap_weight(w_i, 15, K0, KK, TAPS))  # fmt: skip
+
+
+@triton.jit
 def _wavkan_conv_fwd_kernel(
     x_ptr, s_ptr, t_ptr, w_ptr, y_ptr, scratch_ptr,
-    H, W, OUT, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, N_ITEMS,
+    B, H, W, OUT, IG, OG, HO, WO, TILES_W, TILES_PER_IMAGE, N_ITEMS,
     stride_xb, stride_xc, stride_xh, stride_xw, stride_so, stride_si, stride_to, stride_ti,
     PAD_T, PAD_L,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-    OUT_BLOCK: tl.constexpr, HALO_BLOCK: tl.constexpr, TAPS: tl.constexpr,
+    OUT_BLOCK: tl.constexpr, HALO_BLOCK: tl.constexpr, ROWS: tl.constexpr, TAPS: tl.constexpr,
     Z_SCALE: tl.constexpr, W_SCALE: tl.constexpr, WIDE: tl.constexpr, WAVELET: tl.constexpr, FAST: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     KK: tl.constexpr = KH * KW
     PASSES: tl.constexpr = (KH * KW + TAPS - 1) // TAPS
-    slot = scratch_ptr + pid.to(tl.int64) * (TAPS * HALO_BLOCK)
-    h = tl.arange(0, HALO_BLOCK)
-    j = tl.arange(0, OUT_BLOCK)
-    # Output pixel j of a tile: (j // TILE_W, j % TILE_W); its tap (kh, kw) reads halo pixel
-    # base + kh DH HALO_W + kw DW.
+    HALO_PIX: tl.constexpr = HALO_H * HALO_W
+    LANES: tl.constexpr = ROWS * HALO_BLOCK
+    slot = scratch_ptr + pid.to(tl.int64) * (TAPS * LANES)
+    # Lane l holds halo pixel l % HALO_BLOCK of the item's batch row l // HALO_BLOCK. Lanes past
+    # the halo repeat its last pixel, and rows past B the last row: their values are never read
+    # or stored, so the channel loop needs no mask.
+    lane = tl.arange(0, LANES)
+    hc = tl.minimum(lane % HALO_BLOCK, HALO_PIX - 1)
+    # Output lane m: pixel j = m % OUT_BLOCK of the tile, batch row m // OUT_BLOCK.
+    m = tl.arange(0, ROWS * OUT_BLOCK)
+    j = m % OUT_BLOCK
+    row_out = m // OUT_BLOCK
     in_tile = j < TILE_H * TILE_W
-    base = tl.where(in_tile, (j // TILE_W) * (SH * HALO_W) + (j % TILE_W) * SW, 0)
     for item in range(pid, N_ITEMS, tl.num_programs(0)):
         o = item % OUT
         rest = item // OUT
         tile = rest % TILES_PER_IMAGE
-        b = rest // TILES_PER_IMAGE
+        b0 = (rest // TILES_PER_IMAGE) * ROWS
         oh0 = (tile // TILES_W) * TILE_H
         ow0 = (tile % TILES_W) * TILE_W
-        # Input halo pixel h at (ih0 + h // HALO_W, iw0 + h % HALO_W); psi is 0 outside the image.
-        ih = oh0 * SH - PAD_T + h // HALO_W
-        iw = ow0 * SW - PAD_L + h % HALO_W
-        in_image = (h < HALO_H * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_pix = index(tl.where(in_image, ih, 0), WIDE) * stride_xh + index(tl.where(in_image, iw, 0), WIDE) * stride_xw
-        x_chan = x_ptr + b.to(tl.int64) * stride_xb + ((o // OG) * IG).to(tl.int64) * stride_xc + x_pix
+        # The halo is the window of the image that the tile's taps read, clipped to the image
+        # (padding holds no wavelet values: its taps read zero), slid inside the image where the
+        # tile's reach is clipped (``conv_tiles.plan_forward_tiles`` sizes it).
+        ih0 = tl.minimum(tl.maximum(oh0 * SH - PAD_T, 0), H - HALO_H)
+        iw0 = tl.minimum(tl.maximum(ow0 * SW - PAD_L, 0), W - HALO_W)
+        rows = tl.minimum(b0 + lane // HALO_BLOCK, B - 1)
+        x_pix = index(ih0 + hc // HALO_W, WIDE) * stride_xh + index(iw0 + hc % HALO_W, WIDE) * stride_xw
+        x_chan = x_ptr + rows.to(tl.int64) * stride_xb + ((o // OG) * IG).to(tl.int64) * stride_xc + x_pix
+        s_edge = s_ptr + o * stride_so
+        t_edge = t_ptr + o * stride_to
+        w_edge = w_ptr + o * IG * KK
         oh = oh0 + j // TILE_W
         ow = ow0 + j % TILE_W
-        out = tl.zeros((OUT_BLOCK,), dtype=tl.float32)
+        # Output pixel j's tap (kh, kw) reads input row r0 + kh DH, column c0 + kw DW: from the
+        # halo where that is inside the image, else nothing.
+        r0 = oh * SH - PAD_T
+        c0 = ow * SW - PAD_L
+        base = row_out * HALO_BLOCK + (r0 - ih0) * HALO_W + (c0 - iw0)
+        out = tl.zeros((ROWS * OUT_BLOCK,), dtype=tl.float32)
         for pass_ in tl.static_range(PASSES):
             K0 = pass_ * TAPS
-            a0 = tl.zeros((HALO_BLOCK,), dtype=tl.float32)
+            a0 = tl.zeros((LANES,), dtype=tl.float32)
             a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
             a8, a9, a10, a11, a12, a13, a14, a15 = a0, a0, a0, a0, a0, a0, a0, a0
-            for i in range(IG):
-                edge = o * IG + i
-                # The edge's constants, a scalar division per (item, channel): z' = (x - t) (k/s).
-                a = Z_SCALE / tl.load(s_ptr + o * stride_so + i * stride_si).to(tl.float32)
-                t = tl.load(t_ptr + o * stride_to + i * stride_ti).to(tl.float32)
-                xv = tl.load(x_chan + tl.cast(i, tl.int64) * stride_xc, mask=in_image, other=0.0).to(tl.float32)
-                psi = tl.where(in_image, wavelet_psi_folded((xv - t) * a, WAVELET, FAST), 0.0)
-                w_edge = w_ptr + edge * KK
-                a0 = _tap_acc(a0, psi, w_edge, 0, K0, KK, TAPS)
-                a1 = _tap_acc(a1, psi, w_edge, 1, K0, KK, TAPS)
-                a2 = _tap_acc(a2, psi, w_edge, 2, K0, KK, TAPS)
-                a3 = _tap_acc(a3, psi, w_edge, 3, K0, KK, TAPS)
-                a4 = _tap_acc(a4, psi, w_edge, 4, K0, KK, TAPS)
-                a5 = _tap_acc(a5, psi, w_edge, 5, K0, KK, TAPS)
-                a6 = _tap_acc(a6, psi, w_edge, 6, K0, KK, TAPS)
-                a7 = _tap_acc(a7, psi, w_edge, 7, K0, KK, TAPS)
-                a8 = _tap_acc(a8, psi, w_edge, 8, K0, KK, TAPS)
-                a9 = _tap_acc(a9, psi, w_edge, 9, K0, KK, TAPS)
-                a10 = _tap_acc(a10, psi, w_edge, 10, K0, KK, TAPS)
-                a11 = _tap_acc(a11, psi, w_edge, 11, K0, KK, TAPS)
-                a12 = _tap_acc(a12, psi, w_edge, 12, K0, KK, TAPS)
-                a13 = _tap_acc(a13, psi, w_edge, 13, K0, KK, TAPS)
-                a14 = _tap_acc(a14, psi, w_edge, 14, K0, KK, TAPS)
-                a15 = _tap_acc(a15, psi, w_edge, 15, K0, KK, TAPS)
+            # Channel i + 1's operands are loaded before channel i's arithmetic, so their
+            # latency hides behind it (Triton pipelines only loads that feed a dot).
+            (xn, sn, tn, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15) = _channel_operands(
+                x_chan, s_edge, t_edge, w_edge, 0, stride_xc, stride_si, stride_ti, K0, KK, TAPS)
+            for i in tl.range(0, IG, loop_unroll_factor=UNROLL):
+                (xv, s, t, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15) = (
+                    xn, sn, tn, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15)
+                (xn, sn, tn, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15) = _channel_operands(
+                    x_chan, s_edge, t_edge, w_edge, tl.minimum(i + 1, IG - 1), stride_xc, stride_si, stride_ti,
+                    K0, KK, TAPS)
+                # z' = (x - t) (k/s): one scalar division per (item, channel).
+                psi = wavelet_psi_folded((xv - t) * (Z_SCALE / s), WAVELET, FAST)
+                a0 = _tap_acc(a0, psi, w0, 0, K0, KK, TAPS)
+                a1 = _tap_acc(a1, psi, w1, 1, K0, KK, TAPS)
+                a2 = _tap_acc(a2, psi, w2, 2, K0, KK, TAPS)
+                a3 = _tap_acc(a3, psi, w3, 3, K0, KK, TAPS)
+                a4 = _tap_acc(a4, psi, w4, 4, K0, KK, TAPS)
+                a5 = _tap_acc(a5, psi, w5, 5, K0, KK, TAPS)
+                a6 = _tap_acc(a6, psi, w6, 6, K0, KK, TAPS)
+                a7 = _tap_acc(a7, psi, w7, 7, K0, KK, TAPS)
+                a8 = _tap_acc(a8, psi, w8, 8, K0, KK, TAPS)
+                a9 = _tap_acc(a9, psi, w9, 9, K0, KK, TAPS)
+                a10 = _tap_acc(a10, psi, w10, 10, K0, KK, TAPS)
+                a11 = _tap_acc(a11, psi, w11, 11, K0, KK, TAPS)
+                a12 = _tap_acc(a12, psi, w12, 12, K0, KK, TAPS)
+                a13 = _tap_acc(a13, psi, w13, 13, K0, KK, TAPS)
+                a14 = _tap_acc(a14, psi, w14, 14, K0, KK, TAPS)
+                a15 = _tap_acc(a15, psi, w15, 15, K0, KK, TAPS)
             # Every thread's reads of the slot (previous pass or item) are done before it is
             # overwritten, and every plane is written before it is read.
             tl.debug_barrier()
-            _store_plane(slot, a0, h, 0, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a1, h, 1, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a2, h, 2, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a3, h, 3, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a4, h, 4, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a5, h, 5, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a6, h, 6, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a7, h, 7, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a8, h, 8, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a9, h, 9, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a10, h, 10, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a11, h, 11, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a12, h, 12, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a13, h, 13, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a14, h, 14, K0, KK, TAPS, HALO_BLOCK)
-            _store_plane(slot, a15, h, 15, K0, KK, TAPS, HALO_BLOCK)
+            _store_plane(slot, a0, lane, 0, K0, KK, TAPS, LANES)
+            _store_plane(slot, a1, lane, 1, K0, KK, TAPS, LANES)
+            _store_plane(slot, a2, lane, 2, K0, KK, TAPS, LANES)
+            _store_plane(slot, a3, lane, 3, K0, KK, TAPS, LANES)
+            _store_plane(slot, a4, lane, 4, K0, KK, TAPS, LANES)
+            _store_plane(slot, a5, lane, 5, K0, KK, TAPS, LANES)
+            _store_plane(slot, a6, lane, 6, K0, KK, TAPS, LANES)
+            _store_plane(slot, a7, lane, 7, K0, KK, TAPS, LANES)
+            _store_plane(slot, a8, lane, 8, K0, KK, TAPS, LANES)
+            _store_plane(slot, a9, lane, 9, K0, KK, TAPS, LANES)
+            _store_plane(slot, a10, lane, 10, K0, KK, TAPS, LANES)
+            _store_plane(slot, a11, lane, 11, K0, KK, TAPS, LANES)
+            _store_plane(slot, a12, lane, 12, K0, KK, TAPS, LANES)
+            _store_plane(slot, a13, lane, 13, K0, KK, TAPS, LANES)
+            _store_plane(slot, a14, lane, 14, K0, KK, TAPS, LANES)
+            _store_plane(slot, a15, lane, 15, K0, KK, TAPS, LANES)
             tl.debug_barrier()
             for k in tl.static_range(TAPS):
                 if K0 + k < KK:
-                    shift = ((K0 + k) // KW) * (DH * HALO_W) + ((K0 + k) % KW) * DW  # tap (kh, kw)
-                    out += tl.load(slot + k * HALO_BLOCK + base + shift)
+                    kh = (K0 + k) // KW
+                    kw = (K0 + k) % KW
+                    ih = r0 + kh * DH
+                    iw = c0 + kw * DW
+                    valid = in_tile & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    out += tl.load(slot + k * LANES + base + (kh * DH * HALO_W + kw * DW), mask=valid, other=0.0)
+        b = b0 + row_out
         y_ptrs = y_ptr + (b.to(tl.int64) * OUT + o) * (HO * WO) + (oh * WO + ow)
-        tl.store(y_ptrs, (out * W_SCALE).to(y_ptr.dtype.element_ty), mask=in_tile & (oh < HO) & (ow < WO))
+        tl.store(y_ptrs, (out * W_SCALE).to(y_ptr.dtype.element_ty), mask=in_tile & (oh < HO) & (ow < WO) & (b < B))
 
 
 def max_halo(kernel_taps: int) -> int:
     """The largest input halo (pixels) a forward program holds for a kernel of this many taps."""
-    return min(MAX_TILE, max(64, ACC_ELEMENTS // min(TAPS_PER_PASS, kernel_taps)))
+    return min(MAX_TILE, max(64, ACC_PER_THREAD * 32 * MAX_WARPS // min(TAPS_PER_PASS, kernel_taps)))
+
+
+def batch_rows(B: int, halo_block: int) -> int:
+    """Batch rows per program: enough that a small image's halo blocks fill at least
+    ``MIN_LANES`` lanes (a 4 x 4 image alone would leave most of 128 threads idle)."""
+    return min(next_pow2(B), max(1, MIN_LANES // halo_block))
+
+
+def num_warps(taps: int, lanes: int) -> int:
+    """4 warps, or 8 where the tap accumulators would take more than ACC_PER_THREAD registers."""
+    return 4 if taps * lanes <= ACC_PER_THREAD * 32 * 4 else MAX_WARPS
 
 
 def kernel_fits(kernel: tuple, dilation: tuple) -> bool:
@@ -190,19 +260,22 @@ def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, di
     if B == 0:
         return y
     taps = min(TAPS_PER_PASS, KH * KW)
-    tiles = plan_forward_tiles(HO, WO, KH, KW, SH, SW, DH, DW, IG, max_halo(KH * KW))
+    tiles = plan_forward_tiles(H, W, HO, WO, KH, KW, SH, SW, DH, DW, IG, max_halo(KH * KW))
+    rows = batch_rows(B, tiles.halo_block)
+    lanes = rows * tiles.halo_block
     (z_scale, w_scale), _ = wavelet_folds(wavelet)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
-    n_items = B * tiles_per_image * OUT
+    n_items = cdiv(B, rows) * tiles_per_image * OUT
     programs = min(n_items, PROGRAMS_PER_SM * sm_count(x.device))
-    scratch = torch.empty((programs, taps, tiles.halo_block), dtype=torch.float32, device=x.device)
+    scratch = torch.empty((programs, taps, lanes), dtype=torch.float32, device=x.device)
     _wavkan_conv_fwd_kernel[(programs,)](
         x, scale, translation, weights.contiguous(), y, scratch,
-        H, W, OUT, IG, OUT // groups, HO, WO, tiles.tiles_w, tiles_per_image, n_items,
+        B, H, W, OUT, IG, OUT // groups, HO, WO, tiles.tiles_w, tiles_per_image, n_items,
         *x.stride(), *scale.stride(), *translation.stride(), pt, pl,
         SH=SH, SW=SW, DH=DH, DW=DW, KH=KH, KW=KW,
         TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, HALO_H=tiles.halo_h, HALO_W=tiles.halo_w,
-        OUT_BLOCK=tiles.out_block, HALO_BLOCK=tiles.halo_block, TAPS=taps,
-        Z_SCALE=z_scale, W_SCALE=w_scale, WIDE=needs_wide_offsets(x), WAVELET=wavelet.code, FAST=x.is_cuda, num_warps=NUM_WARPS,
+        OUT_BLOCK=tiles.out_block, HALO_BLOCK=tiles.halo_block, ROWS=rows, TAPS=taps,
+        Z_SCALE=z_scale, W_SCALE=w_scale, WIDE=needs_wide_offsets(x), WAVELET=wavelet.code, FAST=x.is_cuda,
+        UNROLL=CHANNEL_UNROLL, num_warps=num_warps(taps, lanes),
     )  # fmt: skip
     return y

@@ -41,21 +41,25 @@ class ForwardTiles(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)
-def plan_forward_tiles(HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int, IG: int = 1,
-                       max_halo: int = MAX_TILE) -> ForwardTiles:  # fmt: skip
-    """The output tile (tile_h x tile_w) of least estimated cost over the whole output plane:
-    per input channel, a wavelet value and a tap FMA per pixel of the halo block (values at tile
-    borders are computed by every tile whose halo holds them); per tile, the taps' scratch
-    store and load; both over the padded power-of-two blocks; the halo block at most
+def plan_forward_tiles(H: int, W: int, HO: int, WO: int, KH: int, KW: int, SH: int, SW: int, DH: int, DW: int,
+                       IG: int = 1, max_halo: int = MAX_TILE) -> ForwardTiles:  # fmt: skip
+    """The output tile (tile_h x tile_w) of least estimated cost over the whole output plane.
+
+    A tile's halo is the input its taps read, clipped to the H x W image: padding holds no
+    wavelet values, so an image that fits one halo is evaluated once per (o, i) pixel, none at
+    borders twice (a halo that reaches past one side of the image slides inside it, so every
+    tile's halo has the same size). Cost per input channel: a wavelet value and a tap FMA per
+    pixel of the halo's power-of-two block (values at tile borders are computed by every tile
+    whose halo holds them); per tile, the taps' scratch store and load; the halo at most
     ``max_halo`` pixels."""
     KK = KH * KW
     best = None
     for th in range(1, HO + 1):
-        hh = (th - 1) * SH + (KH - 1) * DH + 1
+        hh = min(H, (th - 1) * SH + (KH - 1) * DH + 1)
         if hh > max_halo:
             break
         for tw in range(1, WO + 1):
-            hw = (tw - 1) * SW + (KW - 1) * DW + 1
+            hw = min(W, (tw - 1) * SW + (KW - 1) * DW + 1)
             if hh * hw > max_halo:
                 break
             halo, out = next_pow2(hh * hw), next_pow2(th * tw)
