@@ -241,6 +241,41 @@ def test_resume_after_a_crash_mid_run(synth, tmp_path):
     assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt")
 
 
+def test_resume_compares_dataset_paths_resolved(synth, tmp_path, monkeypatch):
+    """--dataset data/x.npz, its absolute path, and ../data/x.npz from another folder are one
+    dataset: the run resumes under each and ends as the uninterrupted run. New checkpoints
+    record the absolute path; an older one that recorded the relative path resumes where that
+    path still names the file; another file is still a different run."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    npz = tmp_path / "data" / "x.npz"
+    shutil.copyfile(synth.npz, npz)
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    train(synthetic_config("data/x.npz", out, epochs=1))
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["dataset"] == str(npz.resolve())
+    train(synthetic_config(npz.resolve(), out, epochs=2, resume=True))  # relative, then absolute
+    monkeypatch.chdir(tmp_path / "data")
+    resumed = train(synthetic_config("../data/x.npz", out, epochs=3, resume=True))  # from another folder
+    assert deterministic(resumed.history) == deterministic(synth.result.history[:3])
+    # A checkpoint written before paths were resolved holds the path as it was given.
+    old = load_checkpoint(out / "checkpoint.pt")
+    save_checkpoint(out / "checkpoint.pt", {**old, "config": {**old["config"], "dataset": "data/x.npz"}})
+    with pytest.raises(ConfigError, match=r"is a different run \(dataset: checkpoint '.*data/data/x\.npz', now "):
+        train(synthetic_config(npz, out, resume=True))  # from data/, "data/x.npz" is no such file
+    monkeypatch.chdir(tmp_path)
+    resumed = train(synthetic_config(str(npz), out, resume=True))
+    assert deterministic(resumed.history) == deterministic(synth.result.history)
+    assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt")
+    # Another file, even with the same contents, is another dataset; built-in names stay names.
+    shutil.copyfile(npz, tmp_path / "y.npz")
+    with pytest.raises(ConfigError, match=r"dataset: checkpoint '.*/data/x\.npz', now '.*/y\.npz'"):
+        train(synthetic_config("y.npz", out, epochs=5, resume=True))
+    assert TrainConfig(dataset="mnist").to_dict()["dataset"] == "mnist"
+    assert TrainConfig(dataset="cifar10").to_dict()["dataset"] == "cifar10"
+
+
 def test_resume_after_sigkill(tmp_path):
     """A real process killed during its third epoch, restarted with --resume."""
     args = ["--dataset", "mnist", "--layers", "784,16,10", "--limit-train", "640", "--limit-test", "300",
