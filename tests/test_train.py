@@ -23,7 +23,8 @@ from torch import nn
 
 from wavkan import WavKAN, WavKANLinear, cli
 from wavkan.app.checkpoint import _load_optimizer_state, _optimizer_state, load_checkpoint, save_checkpoint
-from wavkan.files import atomic_write
+from wavkan import files
+from wavkan.files import STALE_TEMP_AGE, _temp_name, atomic_write, remove_stale_temps
 from wavkan.app.evaluate import evaluate_checkpoint
 from wavkan.app.metrics import COLUMNS, read_metrics_csv
 from wavkan.app.step import LrTensor
@@ -193,6 +194,76 @@ def test_checkpoint_save_failure_in_torch_save(tmp_path, monkeypatch):
         save_checkpoint(path, small_state(epoch=2))
     assert load_checkpoint(path)["epoch"] == 1
     assert len(list(tmp_path.iterdir())) == 1
+
+
+_KILLED_WRITER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("files", sys.argv[1])
+files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(files)
+
+def write(f):
+    f.write(b"half a png")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(300)
+
+files.atomic_write(sys.argv[2], write)
+"""
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write leaves the temp file, named with the writer's pid; the next write of
+    the same target removes it, and writes."""
+    path = tmp_path / "curves.png"
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, files.__file__, str(path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.wait()
+        writer.stdout.close()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".curves.png.{writer.pid}.") and left.name.endswith(".tmp")
+    assert left.read_bytes() == b"half a png"
+    atomic_write(path, lambda f: f.write(b"png"))
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"] and path.read_bytes() == b"png"
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temp_files_go_and_live_writers_temp_files_stay(tmp_path):
+    """A temp file is stale when its writer process is gone (on this host) or it is older than
+    STALE_TEMP_AGE; a live process's (this one's, init's) stays, however many writes pass."""
+    dead = _dead_pid()
+    old = time.time() - STALE_TEMP_AGE - 60
+
+    def temp(name, age=None, **kw):
+        p = tmp_path / (_temp_name(name, **kw) if not name.startswith(".") else name)
+        p.write_bytes(b"partial")
+        if age is not None:
+            os.utime(p, (age, age))
+        return p
+
+    stale = [temp("m.csv", pid=dead), temp("m.csv", pid=os.getpid(), age=old),
+             temp(".m.csv.0123456789ab.tmp", age=old)]  # an earlier wavkan's name (no pid), old
+    live = [temp("m.csv"), temp("m.csv", pid=1),  # this process (a concurrent write), init
+            temp(".m.csv.ba9876543210.tmp"),  # an earlier wavkan's name, recent: its writer may live
+            temp("m.csv", pid=dead, host="0badc0de")]  # another host's process: only the age tells
+    others = [temp("m.csv.bak", pid=dead), temp("n.csv", pid=dead, age=old)]  # other targets' temp files
+    atomic_write(tmp_path / "m.csv", lambda f: f.write(b"a,b\n"))
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"partial" for p in live + others)
+    atomic_write(tmp_path / "m.csv", lambda f: f.write(b"a,b\n"))  # a second write keeps them too
+    assert all(p.exists() for p in live + others)
+    assert sorted(remove_stale_temps(tmp_path, ["n.csv", "m.csv.bak"])) == sorted(others)
+    assert all(p.exists() for p in live)
+    assert remove_stale_temps(tmp_path / "nowhere", ["m.csv"]) == []
 
 
 # --- resume --------------------------------------------------------------------------------------
