@@ -27,7 +27,7 @@ from wavkan.app.evaluate import main as evaluate_main
 from wavkan.app.progress import EpochProgress
 from wavkan.app.step import Totals
 from wavkan.app.train import LOCK_NAME, TrainConfig, TrainingDiverged, build_parser, main as train_main, train
-from wavkan.files import FolderBusyError, FolderLock, make_folder
+from wavkan.files import FolderBusyError, FolderLock, _temp_name, make_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -301,7 +301,9 @@ def test_a_folder_in_use_is_refused_and_its_files_left_alone(npz, finished, tmp_
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes((finished / "checkpoint.pt").read_bytes())
-    in_flight = out / ".curves.png.0123456789ab.tmp"  # the owner's temp file, mid-write
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])  # the owner, killed mid-write by the end
+    owner.wait()
+    in_flight = out / _temp_name("curves.png", pid=owner.pid)  # the owner's temp file, mid-write
     in_flight.write_bytes(b"half a png")
     with FolderLock(out, LOCK_NAME):
         for extra in (["--resume", "--epochs", "3"], ["--overwrite"], []):
@@ -310,7 +312,7 @@ def test_a_folder_in_use_is_refused_and_its_files_left_alone(npz, finished, tmp_
             assert f"--out {out} is in use by another process (process {os.getpid()})" in line, line
         assert in_flight.read_bytes() == b"half a png"
         assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
-    # Released: the folder is free again; the temp file, stale now, is removed by the next run.
+    # Released: the folder is free again; the temp file, its writer gone, is removed by the next run.
     assert train_main(args(npz, out, "--resume", "--epochs", "3")) == 0
     assert not in_flight.exists() and not (out / LOCK_NAME).exists()
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3

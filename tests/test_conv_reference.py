@@ -216,14 +216,53 @@ def test_module_parameters_init_and_state_dict():
     assert torch.equal(m.scale, torch.ones(8, 3)) and torch.equal(m.translation, torch.zeros(8, 3))
     bound = 1 / math.sqrt(3 * 3 * 5)
     assert m.wavelet_weights.abs().max() <= bound and m.wavelet_weights.abs().max() > 0.8 * bound
-    assert set(m.state_dict()) == {"scale", "translation", "wavelet_weights", "bn.weight", "bn.bias", "bn.running_mean",
-                                   "bn.running_var", "bn.num_batches_tracked"}  # fmt: skip
+    assert set(m.state_dict()) == {"scale", "translation", "wavelet_weights", "wavelet_name", "bn.weight", "bn.bias",
+                                   "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}  # fmt: skip
+    assert bytes(m.state_dict()["wavelet_name"].tolist()) == b"dog"
     other = WavKANConv2d(6, 8, (3, 5), padding="same", groups=2, wavelet="dog", backend="reference")
     other.load_state_dict(m.state_dict())
     x = torch.randn(2, 6, 4, 5)
     m.eval(), other.eval()
     torch.testing.assert_close(other(x), m(x))
     assert m(x).shape == (2, 8, 4, 5)
+
+
+@pytest.mark.parametrize("conv, kernel, x_shape", [(WavKANConv1d, 3, (2, 4, 7)), (WavKANConv2d, (3, 2), (2, 4, 5, 6))],
+                         ids=["1d", "2d"])
+def test_module_wavelet_is_part_of_the_state(conv, kernel, x_shape):
+    """A dog conv's state_dict loaded silently into a mexican_hat conv; now it is refused by
+    name, strict or not, as for the linear layer. The same wavelet loads (also after a
+    weights_only round trip), and a state_dict saved before the layer had the buffer loads."""
+    import io
+
+    def build(wavelet):
+        return conv(4, 6, kernel, padding=1, groups=2, wavelet=wavelet, backend="reference")
+
+    dog = build("dog")
+    with torch.no_grad():
+        dog.scale.uniform_(0.5, 1.5)
+        dog.translation.normal_(0, 0.3)
+    state = dog.state_dict()
+    assert bytes(state["wavelet_name"].tolist()) == b"dog"
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match="the state_dict is of a 'dog' layer, this layer's wavelet is 'mexican_hat'"):
+            build("mexican_hat").load_state_dict(state, strict=strict)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    other = build("dog")
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(*x_shape)
+    dog.eval(), other.eval()
+    assert torch.equal(other(x), dog(x))
+    assert torch.equal(other.wavelet_name, state["wavelet_name"])
+    old = {k: v for k, v in state.items() if k != "wavelet_name"}
+    older = build("mexican_hat")
+    older.load_state_dict(old)  # strict: the missing name is the layer's own
+    assert torch.equal(older.scale, dog.scale) and bytes(older.wavelet_name.tolist()) == b"mexican_hat"
+    state["wavelet_name"] = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="wavelet_name: expected the layer's wavelet name as uint8 bytes"):
+        build("dog").load_state_dict(state)
 
 
 def test_module_1d_without_batch_norm_is_the_functional():

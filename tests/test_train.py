@@ -23,7 +23,8 @@ from torch import nn
 
 from wavkan import WavKAN, WavKANLinear, cli
 from wavkan.app.checkpoint import _load_optimizer_state, _optimizer_state, load_checkpoint, save_checkpoint
-from wavkan.files import atomic_write
+from wavkan import files
+from wavkan.files import STALE_TEMP_AGE, _temp_name, atomic_write, remove_stale_temps
 from wavkan.app.evaluate import evaluate_checkpoint
 from wavkan.app.metrics import COLUMNS, read_metrics_csv
 from wavkan.app.step import LrTensor
@@ -195,6 +196,76 @@ def test_checkpoint_save_failure_in_torch_save(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+_KILLED_WRITER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("files", sys.argv[1])
+files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(files)
+
+def write(f):
+    f.write(b"half a png")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(300)
+
+files.atomic_write(sys.argv[2], write)
+"""
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write leaves the temp file, named with the writer's pid; the next write of
+    the same target removes it, and writes."""
+    path = tmp_path / "curves.png"
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, files.__file__, str(path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.wait()
+        writer.stdout.close()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".curves.png.{writer.pid}.") and left.name.endswith(".tmp")
+    assert left.read_bytes() == b"half a png"
+    atomic_write(path, lambda f: f.write(b"png"))
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"] and path.read_bytes() == b"png"
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temp_files_go_and_live_writers_temp_files_stay(tmp_path):
+    """A temp file is stale when its writer process is gone (on this host) or it is older than
+    STALE_TEMP_AGE; a live process's (this one's, init's) stays, however many writes pass."""
+    dead = _dead_pid()
+    old = time.time() - STALE_TEMP_AGE - 60
+
+    def temp(name, age=None, **kw):
+        p = tmp_path / (_temp_name(name, **kw) if not name.startswith(".") else name)
+        p.write_bytes(b"partial")
+        if age is not None:
+            os.utime(p, (age, age))
+        return p
+
+    stale = [temp("m.csv", pid=dead), temp("m.csv", pid=os.getpid(), age=old),
+             temp(".m.csv.0123456789ab.tmp", age=old)]  # an earlier wavkan's name (no pid), old
+    live = [temp("m.csv"), temp("m.csv", pid=1),  # this process (a concurrent write), init
+            temp(".m.csv.ba9876543210.tmp"),  # an earlier wavkan's name, recent: its writer may live
+            temp("m.csv", pid=dead, host="0badc0de")]  # another host's process: only the age tells
+    others = [temp("m.csv.bak", pid=dead), temp("n.csv", pid=dead, age=old)]  # other targets' temp files
+    atomic_write(tmp_path / "m.csv", lambda f: f.write(b"a,b\n"))
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"partial" for p in live + others)
+    atomic_write(tmp_path / "m.csv", lambda f: f.write(b"a,b\n"))  # a second write keeps them too
+    assert all(p.exists() for p in live + others)
+    assert sorted(remove_stale_temps(tmp_path, ["n.csv", "m.csv.bak"])) == sorted(others)
+    assert all(p.exists() for p in live)
+    assert remove_stale_temps(tmp_path / "nowhere", ["m.csv"]) == []
+
+
 # --- resume --------------------------------------------------------------------------------------
 
 
@@ -239,6 +310,41 @@ def test_resume_after_a_crash_mid_run(synth, tmp_path):
     assert deterministic(resumed.history) == deterministic(synth.result.history)
     assert [r["epoch"] for r in read_metrics_csv(out / "metrics.csv")] == [1, 2, 3, 4]
     assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt")
+
+
+def test_resume_compares_dataset_paths_resolved(synth, tmp_path, monkeypatch):
+    """--dataset data/x.npz, its absolute path, and ../data/x.npz from another folder are one
+    dataset: the run resumes under each and ends as the uninterrupted run. New checkpoints
+    record the absolute path; an older one that recorded the relative path resumes where that
+    path still names the file; another file is still a different run."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    npz = tmp_path / "data" / "x.npz"
+    shutil.copyfile(synth.npz, npz)
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    train(synthetic_config("data/x.npz", out, epochs=1))
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["dataset"] == str(npz.resolve())
+    train(synthetic_config(npz.resolve(), out, epochs=2, resume=True))  # relative, then absolute
+    monkeypatch.chdir(tmp_path / "data")
+    resumed = train(synthetic_config("../data/x.npz", out, epochs=3, resume=True))  # from another folder
+    assert deterministic(resumed.history) == deterministic(synth.result.history[:3])
+    # A checkpoint written before paths were resolved holds the path as it was given.
+    old = load_checkpoint(out / "checkpoint.pt")
+    save_checkpoint(out / "checkpoint.pt", {**old, "config": {**old["config"], "dataset": "data/x.npz"}})
+    with pytest.raises(ConfigError, match=r"is a different run \(dataset: checkpoint '.*data/data/x\.npz', now "):
+        train(synthetic_config(npz, out, resume=True))  # from data/, "data/x.npz" is no such file
+    monkeypatch.chdir(tmp_path)
+    resumed = train(synthetic_config(str(npz), out, resume=True))
+    assert deterministic(resumed.history) == deterministic(synth.result.history)
+    assert_same_weights(out / "checkpoint.pt", synth.result.out_dir / "checkpoint.pt")
+    # Another file, even with the same contents, is another dataset; built-in names stay names.
+    shutil.copyfile(npz, tmp_path / "y.npz")
+    with pytest.raises(ConfigError, match=r"dataset: checkpoint '.*/data/x\.npz', now '.*/y\.npz'"):
+        train(synthetic_config("y.npz", out, epochs=5, resume=True))
+    assert TrainConfig(dataset="mnist").to_dict()["dataset"] == "mnist"
+    assert TrainConfig(dataset="cifar10").to_dict()["dataset"] == "cifar10"
 
 
 def test_resume_after_sigkill(tmp_path):

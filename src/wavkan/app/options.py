@@ -14,7 +14,7 @@ from typing import Optional
 from ..cli import int_list, positive_int
 from ..ops import BACKENDS
 from ..wavelets import WAVELETS
-from .data import dataset_name
+from .data import dataset_name, resolve_dataset
 from .evaluate import EVAL_BATCH_SIZE
 from .models import resolve_model_fields
 
@@ -97,8 +97,12 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
 
     def to_dict(self) -> dict:
+        """The run's config as its checkpoint records it: the model fields resolved, and a
+        dataset path made absolute (``resolve_dataset``), so a resumed run or ``wavkan
+        evaluate`` finds the same file from any folder."""
         d = dataclasses.asdict(self)
         d["layers"] = [int(w) for w in self.layers]
+        d["dataset"] = resolve_dataset(self.dataset)
         return resolve_model_fields(d)
 
 

@@ -64,7 +64,7 @@ from ..files import FolderBusyError, FolderError, FolderLock, make_folder, remov
 from ..ops import resolve_backend
 from . import distributed as dist_utils
 from .checkpoint import build_model, load_checkpoint, restore_training_state, save_checkpoint, training_state
-from .data import check_layers_fit, epoch_permutation, load_raw, to_device
+from .data import check_layers_fit, epoch_permutation, load_raw, resolve_dataset, to_device
 from .evaluate import evaluate
 from .metrics import plot_curves, write_metrics_csv
 from .augment import EpochAugment
@@ -113,6 +113,8 @@ def batch_bounds(n: int, batch_size: int, min_rows: int = 2) -> list[tuple[int, 
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
     mine = config.to_dict()
     saved = resolve_model_fields(saved)  # a run saved before the conv net is an MLP run
+    if isinstance(saved.get("dataset"), str):  # saved as given before paths were resolved: from here
+        saved["dataset"] = resolve_dataset(saved["dataset"])
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in RUN_DEFINING if saved.get(k) != mine[k]]
     if diff:
         raise ConfigError(f"--resume: {path} is a different run ({'; '.join(diff)}); "
