@@ -186,6 +186,28 @@ def test_forward_tiles_smaller_than_the_image(halo, kernel_device, monkeypatch):
     torch.testing.assert_close(y_tiled, y_one_tile, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("C, OUT, groups", [(24, 6, 1), (32, 4, 2), (6, 6, 6)], ids=["g1-C24", "g2", "depthwise"])
+def test_backward_channel_blocks_widened_for_small_images(C, OUT, groups, kernel_device, monkeypatch):
+    """The GPU's block choice, under the interpreter too: an image that fits one tile takes a
+    channel block wide enough to fill the program, kept inside a group; values as the
+    reference."""
+    from wavkan.kernels import conv_backward
+
+    choose = conv_backward._blocks
+    chosen = []
+
+    def as_on_gpu(C, H, W, elements, on_gpu, taps=9, IG=0):
+        chosen.append(choose(C, H, W, elements, True, taps, IG))
+        return chosen[-1]
+
+    monkeypatch.setattr(conv_backward, "_blocks", as_on_gpu)
+    x, *params = conv_inputs(3, C, OUT, (3, 3), (3, 4), groups, kernel_device)
+    check_against_reference(x, params, conv_kwargs(padding=1, groups=groups, wavelet="mexican_hat"))
+    ig = C // groups
+    assert all(ig % block_c == 0 or block_c == conv_backward.BLOCK_C_MAX for block_c, _ in chosen)
+    assert max(block_c for block_c, _ in chosen) > conv_backward.BLOCK_C_MAX or groups == C
+
+
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
     x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, kernel_device)
     with pytest.raises(ValueError, match="use backend='reference'"):
@@ -199,6 +221,8 @@ GPU_CASES = [
     ("ecg-1d-k7", 2, 12, 64, (7,), (5000,), 1, 3, 1, 1),
     ("strided-dilated-grouped", 2, 64, 128, (3, 3), (64, 64), 2, 2, 2, 4),
     ("depthwise-5x5", 2, 32, 32, (5, 5), (33, 31), 1, 2, 1, 32),
+    ("small-image-wide-blocks", 4, 48, 40, (3, 3), (4, 4), 1, 1, 1, 2),
+    ("net-4x4-512", 8, 512, 64, (3, 3), (4, 4), 1, 1, 1, 1),
 ]
 
 

@@ -61,14 +61,25 @@ TAPS_PER_PASS = 16
 _PROGRAMS_PER_SM = 4
 
 
-def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9) -> tuple:
+def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9, IG: int = 0) -> tuple:
     """(channels per program, input tiles) for programs of about ``elements`` channel-pixels,
     fewer for kernels of more than 9 taps (each tap's grad_y offsets and loads take registers).
-    The interpreter, slow per program and per operation, takes more channels per program."""
+    Where the whole image fits one tile (the small images of a deep net's last layers: 8 x 8,
+    4 x 4) the channel block widens until the program holds ``elements``: a 4 x 4 image with 4
+    channels would leave half of 128 threads idle and make each program's work too small to
+    cover its loads. In a grouped convolution the block stays inside a group (IG divisible by
+    it), so grad_y stays shared by the block's channels. The interpreter, slow per program and
+    per operation, takes more channels per program."""
     block_c = min(BLOCK_C_MAX if on_gpu else 4 * BLOCK_C_MAX, next_pow2(C))
     if taps > 9:
         elements = max(128, elements // 4)
-    return block_c, plan_backward_tiles(H, W, elements // block_c)
+    tiles = plan_backward_tiles(H, W, elements // block_c)
+    if on_gpu and tiles.tiles_h * tiles.tiles_w == 1:
+        wide = min(next_pow2(C), max(block_c, elements // tiles.tile_block))
+        while wide > block_c and IG % wide:
+            wide //= 2
+        block_c = wide
+    return block_c, tiles
 
 
 @triton.jit
@@ -411,7 +422,7 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
     grad_x = None
     if need_x:
         grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
-        block_c, tiles = _blocks(C, H, W, DX_ELEMENTS, x.is_cuda, KH * KW)
+        block_c, tiles = _blocks(C, H, W, DX_ELEMENTS, x.is_cuda, KH * KW, IG)
         if B > 0:
             tiles_per_image = tiles.tiles_h * tiles.tiles_w
             _wavkan_conv_bwd_dx_kernel[(B * tiles_per_image, triton.cdiv(C, block_c))](
@@ -423,7 +434,7 @@ def wavkan_conv_bwd(grad, x, scale, translation, weights, wavelet, stride, paddi
             )  # fmt: skip
     if not need_params:
         return grad_x, None, None, None
-    block_c, tiles = _blocks(C, H, W, DPARAMS_ELEMENTS, x.is_cuda, KH * KW)
+    block_c, tiles = _blocks(C, H, W, DPARAMS_ELEMENTS, x.is_cuda, KH * KW, IG)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     c_blocks = triton.cdiv(C, block_c)
     # Splits of the batch rows: enough programs to fill the SMs.
