@@ -52,13 +52,15 @@ NUM_WARPS = 4
 # channels more w.
 BLOCK_C_MAX = 4
 # Channels x tile pixels per program: grad_x keeps four fp32 tiles of this size in registers,
-# the parameter pass up to 16 tap accumulators and six more. For grad_x, 2048 would halve the
-# weight loads per FMA but take about 1.7x the registers (half the resident programs): to be
-# decided by measurement.
-DX_ELEMENTS, DPARAMS_ELEMENTS = 1024, 512
+# the parameter pass up to 16 tap accumulators and six more. Measured on the H200 (the
+# benchmark's CIFAR, 1-D and strided layers): grad_x at 2048 or 512 was 5-37% slower than 1024;
+# the parameter pass at 1024 10-23% faster than 512, at 256 mixed.
+DX_ELEMENTS, DPARAMS_ELEMENTS = 1024, 1024
 TAPS_PER_PASS = 16
-# Parameter-pass programs per SM to aim for when choosing the split.
-_PROGRAMS_PER_SM = 4
+# Parameter-pass programs per SM to aim for when choosing the split of the batch rows: 16
+# measured 13-32% faster than 4 on the same layers (more programs even out the SMs' work; the
+# split's partials are a few hundred KB).
+_PROGRAMS_PER_SM = 16
 
 
 def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9, IG: int = 0) -> tuple:
