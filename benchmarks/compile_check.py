@@ -28,11 +28,11 @@ from wavkan.kernels.tuning import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
 ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
-                "stride_wo", "stride_do", "stride_db"}
+                "stride_wo", "stride_do", "stride_db", "stride_yb"}
 FLOATS = {"z_scale", "psi_scale", "dpsi_scale"}
 # A launch specialises an int argument equal to 1 into a constant; contiguous inputs make these
 # strides 1, and the layouts Triton picks (so the loads, registers and SASS) depend on it.
-UNIT_STRIDES = {"stride_xi", "stride_si", "stride_ti", "stride_wi"}
+UNIT_STRIDES = {"stride_xi", "stride_si", "stride_ti", "stride_wi", "stride_yo", "stride_go", "stride_di"}
 
 
 def _signature(fn, pointers: dict, constexprs: dict):
@@ -58,15 +58,21 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
     if maxnreg is not None:
         fwd, dx, dp = (dataclasses.replace(c, maxnreg=maxnreg) for c in (fwd, dx, dp))
     f32 = "*fp32"
-    yield "fwd", forward._wavkan_fwd_kernel, {"xt_ptr": f32, "pack_ptr": f32, "y_ptr": f32}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": loop_unroll(fwd, wav), "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+    i32 = "*i32"
+    # As the launchers pass them for a large unsplit call: x read in place with int32 row
+    # offsets (X_ROWS_32, G_ROWS_32), no split sum, whole tiles (EVEN_*).
+    yield "fwd", forward._wavkan_fwd_kernel, {"x_ptr": f32, "pack_ptr": f32, "y_ptr": f32, "part_ptr": f32, "counter_ptr": i32}, \
+        {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": loop_unroll(fwd, wav), "X_STAGED": fwd.stage,
+         "X_ROWS_32": True, "SPLIT_SUM": False, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
-        {k: f32 for k in ("x_ptr", "gt_ptr", "pack_ptr", "dx_ptr")}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, wav), "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
+        {**{k: f32 for k in ("x_ptr", "g_ptr", "pack_ptr", "dx_ptr", "part_ptr")}, "counter_ptr": i32}, \
+        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, wav), "G_ROWS_32": True,
+         "SPLIT_SUM": False, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
     yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
-        {k: f32 for k in ("xs_ptr", "gs_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr")}, \
-        {"FINAL": True, "WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, wav), "BLOCK_OUT": dp.block_m,
-         "BLOCK_IN": dp.block_n}, dp
+        {**{k: f32 for k in ("x_ptr", "g_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr", "part_ptr")},
+         "counter_ptr": i32}, \
+        {"WAVELET": code, "FAST": True, "PREFETCH": dp.prefetch, "UNROLL": loop_unroll(dp, wav), "EVEN_IN": True,
+         "EVEN_OUT": True, "SPLIT_SUM": False, "BLOCK_OUT": dp.block_m, "BLOCK_IN": dp.block_n}, dp
 
 
 def _cuda():
