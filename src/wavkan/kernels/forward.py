@@ -16,10 +16,15 @@ deterministic, and one launch per call.
   (``staging.cached_edge_pack``); (k, m) = ``Wavelet.fold`` fold the Gaussian's log2(e)/2 and
   the wavelet's constant factor into the edge.
 
-z is computed as (x - t) * (k/s), one FADD and one FMUL, not as x (k/s) - t (k/s) in one FFMA:
-where |t/s| is large the two products are large and nearly cancel, and fp32 loses all of z.
-x - t is exact where x and t are close (Sterbenz), so z keeps fp32's relative accuracy for
-every |t/s|.
+z is computed as (x - t) * (k/s), one FADD and one FMUL: where |t/s| is large, x (k/s) -
+t (k/s) in one FFMA cancels (the two products are large and nearly equal) and fp32 loses all
+of z, while x - t is exact where x and t are close (Sterbenz), so z keeps fp32's relative
+accuracy for every |t/s|. Where every edge of a program has |t k/s| <= FAST_Z_BOUND (1), the
+program takes z = fma(x, k/s, -(t k/s)) instead, one instruction fewer per evaluation: its
+error is that of rounding t k/s, at most 2^-24 absolute in k z, below what psi resolves in fp32
+near its peak (psi is continuous everywhere, so no wavelet needs z exactly 0 here; the
+backward's meyer does, and keeps the exact form). A first pass over the program's edges
+decides, once per program; initialised layers (t = 0) always take the short form.
 
 The host side is one launch (``launch.DirectLauncher``) and two allocations (y, and the
 partials when split): the eager call's host time is what a user pays per layer at small B.
@@ -37,6 +42,9 @@ from .partials import store_tile
 from .staging import cached_edge_pack, column_operand, plane_offsets
 from .tuning import KernelConfig, default_config, kernel_meta
 
+# Below this |t k/s| on all of a program's edges, z is one FFMA (module docstring).
+FAST_Z_BOUND = tl.constexpr(1.0)
+
 
 @triton.jit
 def _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o):
@@ -46,6 +54,43 @@ def _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows,
     edge = pack_ptr + row * OUT_PAD + offs_o
     x = tl.load(x_ptr + row * stride_xi + x_rows).to(tl.float32)
     return x, tl.load(edge), tl.load(edge + PLANE), tl.load(edge + PLANE2)
+
+
+@triton.jit
+def _fast_z_holds(pack_ptr, PLANE, OUT_PAD, i_start, i_end, offs_o, BLOCK_OUT: tl.constexpr):
+    """Whether |t k/s| <= FAST_Z_BOUND on every edge of the program's rows and columns (one pass
+    over two of the packed planes, 16 rows a step: about 1% of the main loop's loads)."""
+    rows = tl.arange(0, 16)
+    m = tl.zeros((16, BLOCK_OUT), dtype=tl.float32)
+    for i0 in range(i_start, i_end, 16):
+        r = tl.minimum(i0 + rows, i_end - 1).to(tl.int64)
+        edge = pack_ptr + r[:, None] * OUT_PAD + offs_o[None, :]
+        m = tl.maximum(m, tl.abs(tl.load(edge) * tl.load(edge + PLANE)))
+    return tl.max(tl.max(m, axis=1), axis=0) <= FAST_Z_BOUND
+
+
+@triton.jit
+def _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
+              WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
+              FAST_Z: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr):  # fmt: skip
+    """The (BLOCK_B, BLOCK_OUT) tile's sum over rows i_start .. i_end - 1 of ``in``."""
+    acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
+    x_next, a_next, t_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
+    for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
+        if PREFETCH:
+            # Issue the next step's loads before this step's arithmetic, so their latency
+            # hides behind it (Triton does not pipeline loads that feed no dot).
+            x, a, t, w = x_next, a_next, t_next, w_next
+            x_next, a_next, t_next, w_next = _fwd_operands(
+                x_ptr, stride_xi, pack_ptr, tl.minimum(i + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
+        else:
+            x, a, t, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
+        if FAST_Z:
+            zs = tl.fma(x[:, None], a[None, :], (-(t * a))[None, :])  # k z, one FFMA
+        else:
+            zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s|
+        acc += w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST)
+    return acc
 
 
 # The split's ints are not specialised on, so that one binary serves every split.
@@ -78,19 +123,13 @@ def _wavkan_fwd_kernel(
         x_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_xb
     i_start = pid_k * IN_PER_SPLIT
     i_end = tl.minimum(i_start + IN_PER_SPLIT, IN)
-    acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
-    x_next, a_next, t_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-    for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
-        if PREFETCH:
-            # Issue the next step's loads before this step's arithmetic, so their latency
-            # hides behind it (Triton does not pipeline loads that feed no dot).
-            x, a, t, w = x_next, a_next, t_next, w_next
-            x_next, a_next, t_next, w_next = _fwd_operands(
-                x_ptr, stride_xi, pack_ptr, tl.minimum(i + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-        else:
-            x, a, t, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-        zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s| (module docstring)
-        acc += w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST)
+    # z by one FFMA where it is as accurate as the exact form (see the module docstring).
+    if _fast_z_holds(pack_ptr, PLANE, OUT_PAD, i_start, i_end, offs_o, BLOCK_OUT):
+        acc = _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
+                        WAVELET, FAST, PREFETCH, UNROLL, True, BLOCK_B, BLOCK_OUT)
+    else:
+        acc = _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
+                        WAVELET, FAST, PREFETCH, UNROLL, False, BLOCK_B, BLOCK_OUT)
 
     mask = (offs_b < B)[:, None] & (offs_o < OUT)[None, :]
     rows = offs_b[:, None].to(tl.int64)
