@@ -132,6 +132,26 @@ def _within_oracle(x, s, t, w, g, wavelet, backend, device):
         assert (err <= tol + 1e-7 * expected.abs()).all(), (backend, name, (err / tol).max().item())
 
 
+@pytest.mark.parametrize("bound_ratio", [0.5, 0.999, 1.001, 3.0])
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_short_z_on_both_sides_of_its_bound(wavelet, bound_ratio, kernel_device):
+    """The forward computes z by one FFMA in programs whose edges all have |t k/s| <= 1
+    (``kernels.forward.FAST_Z_BOUND``), exactly elsewhere: on both sides of the bound, and with
+    columns on both sides in one call (40 outputs: one program of 32 below it, one above under
+    the interpreter's tiles), every value within the float64 oracle's bound."""
+    from wavkan.kernels.forward import FAST_Z_BOUND
+
+    B, IN, OUT = 7, 11, 40
+    k = get_wavelet(wavelet).fold[0]
+    _, s, _, w = layer_inputs(1, IN, OUT, torch.float64)
+    ratio = torch.full((OUT, 1), bound_ratio * FAST_Z_BOUND.value, dtype=torch.float64)
+    ratio[32:] = 3.0  # the second program's columns are above the bound whatever the first's
+    t = torch.where(torch.rand(OUT, IN) < 0.5, -1.0, 1.0).double() * ratio * s / k
+    x = t[torch.arange(B) % OUT] + torch.randn(B, IN, dtype=torch.float64) * 1.5
+    g = torch.randn(B, OUT)
+    _within_oracle(*(a.float() for a in (x, s, t, w, g)), wavelet, "triton", kernel_device)
+
+
 @pytest.mark.parametrize("ratio", [1e3, 1e5, 1e7])
 @pytest.mark.parametrize("wavelet", WAVELETS)
 def test_large_translation_over_scale(wavelet, ratio, kernel_device):
