@@ -208,6 +208,20 @@ def test_backward_channel_blocks_widened_for_small_images(C, OUT, groups, kernel
     assert max(block_c for block_c, _ in chosen) > conv_backward.BLOCK_C_MAX or groups == C
 
 
+def test_forward_scratch_is_bounded():
+    """The persistent grid takes PROGRAMS_PER_SM per SM where their scratch fits SCRATCH_BYTES
+    (the CIFAR layer's 3 x 3 slots on 132 SMs), fewer for wider kernels' slots, at least one
+    per SM and at most one per item."""
+    from wavkan.kernels import conv_forward as cf
+
+    per_sm = cf.PROGRAMS_PER_SM
+    assert cf.persistent_programs(10**6, 9, 1024, 132) == per_sm * 132
+    wide = cf.persistent_programs(10**6, 16, 1024, 132)
+    assert per_sm * 132 > wide >= 132 and wide * 16 * 1024 * 4 <= cf.SCRATCH_BYTES
+    assert cf.persistent_programs(10**6, 16, 1024 * 1024, 132) == 132
+    assert cf.persistent_programs(5, 9, 1024, 132) == 5
+
+
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
     x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, kernel_device)
     with pytest.raises(ValueError, match="use backend='reference'"):

@@ -56,6 +56,9 @@ TAPS_PER_PASS = 16
 # where its taps x halo block need more (``num_warps``).
 ACC_PER_THREAD = 72
 MAX_WARPS = 8
+# The persistent grid's scratch, at most (``persistent_programs``): 80 MB holds 16 programs per
+# SM of a 3 x 3 kernel's slots on 132 SMs.
+SCRATCH_BYTES = 80 << 20
 # Registers per thread at 4 warps (``launch_options``).
 MAXNREG = 128
 # Lanes (batch rows x halo pixels) a program fills at least, where the batch allows.
@@ -253,6 +256,14 @@ def launch_options(taps: int, lanes: int) -> dict:
     return dict(num_warps=warps, maxnreg=MAXNREG) if warps == 4 and MAXNREG else dict(num_warps=warps)
 
 
+def persistent_programs(n_items: int, taps: int, lanes: int, sms: int) -> int:
+    """Programs of the persistent grid: PROGRAMS_PER_SM per SM, fewer where their scratch slots
+    (taps x lanes fp32 each) would pass SCRATCH_BYTES (a 5 x 5 kernel's 16-tap slots), never
+    fewer than one per SM, never more than the items."""
+    by_memory = SCRATCH_BYTES // (taps * lanes * 4)
+    return max(1, min(n_items, PROGRAMS_PER_SM * sms, max(sms, by_memory)))
+
+
 def kernel_fits(kernel: tuple, dilation: tuple) -> bool:
     """Whether the forward can tile a (KH, KW) kernel with this dilation: the input pixels one
     output pixel reads must fit a program's halo."""
@@ -281,7 +292,7 @@ def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, di
     (z_scale, w_scale), _ = wavelet_folds(wavelet)
     tiles_per_image = tiles.tiles_h * tiles.tiles_w
     n_items = cdiv(B, rows) * tiles_per_image * OUT
-    programs = min(n_items, PROGRAMS_PER_SM * sm_count(x.device))
+    programs = persistent_programs(n_items, taps, lanes, sm_count(x.device))
     scratch = torch.empty((programs, taps, lanes), dtype=torch.float32, device=x.device)
     _wavkan_conv_fwd_kernel[(programs,)](
         x, scale, translation, weights.contiguous(), y, scratch,
