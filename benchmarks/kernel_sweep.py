@@ -22,7 +22,6 @@ from sweeplib import SIZE, gpu_ms, kernel_calls, operands, seed_and_measure_ceil
 
 from wavkan import get_wavelet
 from wavkan.kernels import KernelConfig
-from wavkan.kernels.tuning import default_config
 
 BATCHES = (64, 256, 1024, 4096)
 
@@ -36,10 +35,8 @@ TILES = {
 
 def candidates(kernel: str, quick: bool, unrolls=(1,), maxnregs=(None,)):
     tiles = TILES[kernel][:2] if quick else TILES[kernel]
-    rule = default_config(kernel, torch.device("cuda")).split_rule  # the kernel's automatic split
     for (m, n, w, stages), prefetch, unroll, maxnreg in itertools.product(tiles, (True, False), unrolls, maxnregs):
-        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll, maxnreg=maxnreg,
-                           split_rule=rule)
+        yield KernelConfig(m, n, num_warps=w, num_stages=stages, prefetch=prefetch, unroll=unroll, maxnreg=maxnreg)
 
 
 def main() -> int:

@@ -15,9 +15,8 @@ from oracle import oracle
 
 from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
-from wavkan.kernels.launch import balanced_plan, cdiv, plan_split, release_split_scratch
+from wavkan.kernels.launch import balanced_plan, cdiv, release_split_scratch
 from wavkan.kernels.tuning import default_config
-from wavkan.kernels.partials import sum_partials
 from wavkan.kernels.staging import clear_pack_cache
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
@@ -260,32 +259,6 @@ def test_split_partials_rounded_once_to_half(kind, kernel_device):
     assert one.dtype == three.dtype == torch.float16
     ulp = torch.finfo(torch.float16).eps * one.float().abs().clamp_min(2**-14)
     assert ((one.float() - three.float()).abs() <= ulp).all()
-
-
-@pytest.mark.parametrize("split, shape", [(1, (1,)), (3, (37, 9)), (8, (513,)), (9, (2, 300)), (33, (131,)), (64, (5, 7)), (65, (1025,))])
-@pytest.mark.parametrize("dtype", list(DTYPES))
-def test_sum_partials(split, shape, dtype, kernel_device):
-    """The split partials' sum kernel against a float64 sum: one chunk (split up to 32, blocks
-    of 1024 down to 128 elements) and several, the last one part empty (33, 65), sizes not
-    multiples of the block, every output dtype, rounded once."""
-    partials = torch.randn(split, *shape, device=kernel_device)
-    dst = torch.empty(shape, dtype=DTYPES[dtype], device=kernel_device)
-    sum_partials(partials, dst)
-    expected = partials.double().sum(0)
-    ulp = torch.finfo(dst.dtype).eps * expected.abs().clamp_min(1e-3)
-    assert ((dst.double() - expected).abs() <= ulp + split * 1e-7 * partials.abs().amax(0).double()).all()
-
-
-def test_sum_partials_rejects_bad_buffers(kernel_device):
-    partials = torch.randn(3, 4, 5, device=kernel_device)
-    dst = torch.empty(4, 5, device=kernel_device)
-    for bad in (partials.double(), partials[:, :, :4], partials.transpose(1, 2).contiguous().transpose(1, 2)):
-        with pytest.raises(ValueError, match=r"contiguous fp32 of shape \(split, \*\(4, 5\)\)"):
-            sum_partials(bad, dst)
-    with pytest.raises(ValueError, match="dst must be contiguous"):
-        sum_partials(partials, torch.empty(5, 4, device=kernel_device).t())
-    with pytest.raises(ValueError, match="at least one partial"):
-        sum_partials(partials[:0], dst)
 
 
 @pytest.mark.parametrize("prefetch, unroll", [(False, 1), (False, 3), (True, 3)])

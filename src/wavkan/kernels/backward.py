@@ -11,9 +11,10 @@ evaluate them at k z, scaled: ``Wavelet.fold_bwd``, undone in the packing and th
 Two kernels, one per reduction axis, each holding its accumulators in registers for the whole
 loop: ``_wavkan_bwd_dx_kernel`` (tile (BLOCK_B, BLOCK_IN), loop over out) and
 ``_wavkan_bwd_dparams_kernel`` (tile (BLOCK_OUT, BLOCK_IN), loop over B). SPLIT programs may
-share a tile's loop (``launch.balanced_split``; the parameter pass only at large B, from the
-rows its config sets, or when its tiles cannot fill the GPU) and write fp32 partials, summed
-after in a fixed order (``partials.sum_partials``): no atomics, bitwise-deterministic results.
+share a tile's loop (``launch.balanced_plan``; the parameter pass only at large B, from the
+rows its config sets, or when its tiles cannot fill the GPU) and write fp32 partials that the
+tile's last program sums in a fixed order (``partials.split_arrive``): bitwise-deterministic
+results, one launch per pass.
 
 Like the forward, the loops read only staged operands (``staging.py``): fp32, padded to whole
 tiles, addressed from the loop index, so their loads are unmasked and need one address per

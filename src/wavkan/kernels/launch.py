@@ -1,6 +1,8 @@
 """Split planning and launching, used by every pass: how many programs share one tile's
-reduction loop, and the launch that writes either the output or fp32 partials summed in a
-fixed order (deterministic, no atomics).
+reduction loop (the "balance" rule), the scratch of a split launch (the tiles' arrival
+counters and the fp32 partials that the tile's last program sums in a fixed order:
+deterministic, see ``partials.py``), and the launch of a compiled kernel without the JIT's
+per-call argument binding (``DirectLauncher``).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import threading
 
 import torch
 
-from .partials import sum_partials
 from .tuning import KernelConfig
+
 
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
@@ -30,26 +32,13 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Registers are allocated to warps in units of 256; a GPU holds at most 32 programs per SM.
-_REGISTER_UNIT, _PROGRAMS_PER_SM = 256, 32
-_RESIDENT: dict = {}
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_limits(index: int) -> tuple:
-    """(registers, warps) one SM of GPU ``index`` holds."""
-    props = torch.cuda.get_device_properties(index)
-    regs = getattr(props, "regs_per_multiprocessor", 65536)
-    return regs, getattr(props, "max_threads_per_multi_processor", 2048) // 32
-
-
 _INT32 = 1 << 31
 
 
 def _specialization(args) -> tuple:
-    """What Triton compiles separate binaries for, per argument (and which can differ in
-    registers: B = 1 needs far fewer): for tensors, dtype and address mod 16; for ints, == 1,
-    value mod 16 and whether 32 bits hold it. Cheap next to a compile, but paid per launch."""
+    """What Triton compiles separate binaries for, per argument: for tensors, dtype and
+    address mod 16; for ints, == 1, value mod 16 and whether 32 bits hold it. Cheap next to a
+    compile, but paid per launch."""
     return tuple([
         (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
         else ((a == 1, a & 15, -_INT32 <= a < _INT32) if type(a) is int else None)
@@ -57,52 +46,13 @@ def _specialization(args) -> tuple:
     ])
 
 
-def resident_programs(kernel, grid, args, meta: dict, device: torch.device, fallback: int) -> int:
-    """Programs of ``kernel`` (compiled for ``args`` with ``meta``) that one SM runs at once,
-    from the compiled kernel's register count. Computed by compiling ahead of the first launch
-    and cached per kernel, meta-parameters and argument specialisation, so that every launch
-    with the same inputs takes the same split whatever ran before (bitwise-reproducible
-    results). ``fallback`` under the interpreter, or where this Triton's compiled kernel does
-    not report its registers."""
-    if device.type != "cuda":
-        return fallback
-    key = (id(kernel), tuple(meta.items()), _specialization(args))  # launchers build meta in one order
-    resident = _RESIDENT.get(key)
-    if resident is None:
-        compiled = kernel.warmup(*args, grid=grid, **meta)
-        try:
-            compiled._init_handles()  # loads the binary: sets n_regs
-            n_regs, warps = compiled.n_regs, compiled.metadata.num_warps
-        except AttributeError:  # no CompiledKernel (a cache hook, async compile): no estimate
-            resident = fallback
-        else:
-            regs_per_sm, warps_per_sm = _sm_limits(device.index if device.index is not None else torch.cuda.current_device())
-            per_warp = cdiv(max(1, n_regs) * 32, _REGISTER_UNIT) * _REGISTER_UNIT
-            resident = max(1, min(regs_per_sm // per_warp // warps, warps_per_sm // warps, _PROGRAMS_PER_SM))
-        _RESIDENT[key] = resident
-    return resident
-
-
-def choose_split(tiles: int, loop_len: int, device: torch.device, resident: int, split=None, min_per_split: int = 32) -> int:
-    """Programs per tile. 1 once the tiles fill every SM; else as many as keep the whole grid
-    resident at once (``resident`` programs per SM): one wave, no tail of a second one that
-    would leave most SMs idle, and no more partials than the idle SMs can use."""
-    if split is not None:
-        return max(1, min(split, loop_len))
-    slots = sm_count(device) * resident
-    if tiles >= slots:
-        return 1
-    return max(1, min(slots // tiles, loop_len // min_per_split))
-
-
-# The "balance" rule (the shipped fp32 configs; chosen from split sweeps on an H200, see
-# benchmarks/HISTORY.md). The SMs take programs in turn, so a launch lasts as long as its
-# busiest SM: 288 programs on 132 SMs run 3 deep where 256 run 2, so a split that leaves the
-# last wave barely filled is slower than one fewer. While the tiles are fewer than the SMs: as
-# many programs as fit 2 per SM, of at least 16 steps (fewer, longer programs beat one full
-# wave of resident ones). From one tile per SM on: about 16 programs per SM of at least 128
-# steps, in at most 4 splits, whose partials stay within 4 outputs' worth of memory; several
-# waves balance the SMs.
+# The split rule, "balance" (chosen from split sweeps on an H200, see benchmarks/HISTORY.md).
+# The SMs take programs in turn, so a launch lasts as long as its busiest SM: 288 programs on
+# 132 SMs run 3 deep where 256 run 2, so a split that leaves the last wave barely filled is
+# slower than one fewer. While the tiles are fewer than the SMs: as many programs as fit 2 per
+# SM, of at least 16 steps (fewer, longer programs beat one full wave of resident ones). From
+# one tile per SM on: about 16 programs per SM of at least 128 steps, in at most 4 splits,
+# whose partials stay within 4 outputs' worth of memory; several waves balance the SMs.
 _BALANCE_SMALL = (2, 16)  # (programs per SM, least steps per program)
 _BALANCE_LARGE = (16, 128)
 BALANCE_LARGE_MAX_SPLIT = 4
@@ -110,10 +60,9 @@ BALANCE_LARGE_MAX_SPLIT = 4
 
 def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
                    large_min_steps: int = _BALANCE_LARGE[1]) -> int:
-    """Programs per tile under the "balance" rule (see above); ``split`` overrides it.
-    ``loop_len`` and the least steps per program count the launcher's steps (``plan_split``'s
-    ``step`` units);
-    ``large_min_steps`` replaces the large regime's least steps (``KernelConfig.balance_min_steps``)."""
+    """Programs per tile under the "balance" rule (see above) for a loop of ``loop_len`` steps;
+    ``split`` overrides it. ``large_min_steps`` replaces the large regime's least steps
+    (``KernelConfig.balance_min_steps``)."""
     if split is not None:
         return max(1, min(split, loop_len))
     sms = sm_count(device)
@@ -124,42 +73,9 @@ def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
     return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps, BALANCE_LARGE_MAX_SPLIT))
 
 
-def plan_split(kernel, tiles: tuple, loop_len: int, args: tuple, meta: dict, device: torch.device, cfg: KernelConfig,
-               step: int = 1, min_per_split: int = 32) -> tuple:
-    """(split, per_split) for ``kernel`` over a (tiles[0], tiles[1]) grid whose programs each run a
-    loop of ``loop_len``, by ``cfg.split_rule``: "fill" (``choose_split`` from the compiled
-    kernel's residency, ``args`` and ``meta`` as the unsplit launch's) or "balance"
-    (``balanced_split``). Each split's share is a whole number of ``step``s."""
-    steps = cdiv(loop_len, step)
-    if cfg.split_rule == "balance":
-        split = balanced_split(tiles[0] * tiles[1], steps, device, cfg.split, cfg.balance_min_steps)
-    else:
-        resident = resident_programs(kernel, (*tiles, 1), args, meta, device, cfg.programs_per_sm)
-        split = choose_split(tiles[0] * tiles[1], steps, device, resident, cfg.split, min_per_split)
-    per_split = cdiv(steps, split) * step
-    return cdiv(loop_len, per_split), per_split
-
-
-def launch_split(kernel, tiles: tuple, loop_len: int, args, meta: dict, dst: torch.Tensor, cfg: KernelConfig,
-                 step: int = 1, min_per_split: int = 32) -> torch.Tensor:
-    """Launch a kernel that sums over a loop of ``loop_len`` into ``dst``, split per
-    ``plan_split``. ``args(out, stride_k, per_split)`` builds its arguments: the unsplit launch
-    writes dst itself; a split one writes fp32 partials (split, *dst.shape), ``stride_k``
-    apart, summed into dst in a fixed order (``sum_partials``)."""
-    split, per_split = plan_split(kernel, tiles, loop_len, args(dst, 0, loop_len), meta, dst.device, cfg, step, min_per_split)
-    out = dst if split == 1 else torch.empty((split, *dst.shape), dtype=torch.float32, device=dst.device)
-    kernel[(*tiles, split)](*args(out, dst.numel() if split > 1 else 0, per_split), **meta)
-    if split > 1:
-        sum_partials(out, dst)
-    return dst
-
-
-# --- one launch per pass: the split reduced inside the kernel, the binary launched directly ----
-
-
 def balanced_plan(tiles: int, loop_len: int, device: torch.device, cfg: KernelConfig) -> tuple:
     """(split, per_split) under the "balance" rule (``balanced_split``), for the kernels that
-    reduce their split in-kernel (``store_or_reduce``): pure arithmetic, nothing compiled."""
+    sum their split in-kernel (``partials.store_tile``): pure arithmetic, nothing compiled."""
     split = balanced_split(tiles, loop_len, device, cfg.split, cfg.balance_min_steps)
     per_split = cdiv(loop_len, split)
     return cdiv(loop_len, per_split), per_split

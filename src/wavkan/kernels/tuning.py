@@ -13,8 +13,6 @@ from typing import Optional
 
 import torch
 
-SPLIT_RULES = ("fill", "balance")
-
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -22,18 +20,14 @@ class KernelConfig:
 
     ``block_m`` and ``block_n`` are the kernel's two tile dims: (B, OUT) for the forward,
     (B, IN) for grad_x, (OUT, IN) for the parameter gradients. ``split`` = None lets the
-    launcher pick the number of programs that share one tile's reduction loop, by
-    ``split_rule`` (below); under "fill", ``programs_per_sm`` is the figure used where the
-    programs one SM holds cannot be measured (the interpreter). ``unroll`` applies to the Gaussian
-    wavelets only (``loop_unroll``). ``prefetch``
+    launcher pick the number of programs that share one tile's reduction loop, by the
+    "balance" rule (``launch.balanced_split``: a fixed number of programs per SM).
+    ``unroll`` applies to the Gaussian wavelets only (``loop_unroll``). ``prefetch``
     issues the next step's loads before this step's arithmetic; ``unroll`` is the main loop's
     unroll factor (more independent evaluations in flight per thread).
-    ``split_rule`` picks the automatic split: "fill" (``choose_split``: one wave of the
-    resident programs) or "balance" (``balanced_split``: a fixed number of programs per SM);
-    ``balance_min_steps`` is the least loop share of a split program under "balance" once the
-    tiles fill the SMs (the parameter pass takes more than the others: each of its splits
-    writes three partial planes). The shipped configs use "balance"; a config built by hand
-    gets "fill" unless it says otherwise.
+    ``balance_min_steps`` is the least loop share of a split program once the tiles fill the
+    SMs (the parameter pass takes more than the others: each of its splits writes three
+    partial planes).
     ``stage``: the forward and grad_x walk x (grad_y) a column per step; False reads it in
     place (no extra launch: the host cost of a small call), True stages it transposed first
     (one more launch, unit-stride loads: the GPU cost of a large call).
@@ -44,17 +38,11 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     split: Optional[int] = None
-    programs_per_sm: int = 4
     prefetch: bool = True
     unroll: int = 1
     maxnreg: Optional[int] = None
-    split_rule: str = "fill"
     balance_min_steps: int = 128
     stage: bool = False
-
-    def __post_init__(self):
-        if self.split_rule not in SPLIT_RULES:
-            raise ValueError(f"split_rule must be one of {', '.join(SPLIT_RULES)}, got {self.split_rule!r}")
 
     def launch_options(self) -> dict:
         """Triton's launch options for this config (``maxnreg`` only when set: it caps the
@@ -81,18 +69,17 @@ class KernelConfig:
 # below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size.
 _GPU = {
     "fwd": (
-        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance",
-                            stage=True)),
-        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, split_rule="balance")),
-        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, stage=True)),
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
     "bwd_dx": (
-        (2048, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
-        (128, KernelConfig(64, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128, split_rule="balance")),
-        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, split_rule="balance")),
+        (2048, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
+        (128, KernelConfig(64, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128)),
+        (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
     "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128,
-                                     split_rule="balance", balance_min_steps=512)),),
+                                     balance_min_steps=512)),),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 
