@@ -10,6 +10,8 @@ import gc
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from helpers import FP32_TOL, LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR, layer_inputs, rel_err
 from oracle import oracle
 
@@ -17,6 +19,7 @@ from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels.launch import balanced_plan, cdiv, release_split_scratch
 from wavkan.kernels.tuning import default_config
+from wavkan.kernels.forward import _fast_z_holds
 from wavkan.kernels.staging import clear_pack_cache
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
@@ -149,6 +152,36 @@ def test_short_z_on_both_sides_of_its_bound(wavelet, bound_ratio, kernel_device)
     x = t[torch.arange(B) % OUT] + torch.randn(B, IN, dtype=torch.float64) * 1.5
     g = torch.randn(B, OUT)
     _within_oracle(*(a.float() for a in (x, s, t, w, g)), wavelet, "triton", kernel_device)
+
+
+@triton.jit
+def _decide_short_z(pack_ptr, PLANE, OUT_PAD, IN, out_ptr, BLOCK: tl.constexpr):
+    tl.store(out_ptr, _fast_z_holds(pack_ptr, PLANE, OUT_PAD, 0, IN, tl.arange(0, BLOCK), BLOCK).to(tl.int32))
+
+
+@pytest.mark.parametrize("case, holds", [
+    ("small", True), ("one edge above", False), ("inf", False), ("zero scale, zero translation", False),
+])
+def test_short_z_decision(case, holds, kernel_device):
+    """The forward's per-program decision (``_fast_z_holds``) on packed edges: |t k/s| <= 1 on
+    every edge, and an infinite or NaN t k/s (t = 0 with s = 0: 0 * inf) fails it. Taking the
+    short form there would compute x * inf + NaN where the exact z is x * inf = inf, whose psi a
+    wavelet may define (a Gaussian: 0)."""
+    from wavkan.kernels.staging import pack_edge_constants
+
+    OUT, IN = 3, 19
+    s = torch.ones(OUT, IN, device=kernel_device)
+    t = torch.full((OUT, IN), 0.5, device=kernel_device)
+    if case == "one edge above":
+        t[2, 17] = 1.5
+    elif case == "inf":
+        t[1, 3] = float("inf")
+    elif case == "zero scale, zero translation":
+        s[0, 18], t[0, 18] = 0.0, 0.0
+    pack = pack_edge_constants(s, t, torch.ones_like(s), 4, False)  # k = 1: t k/s = t / s
+    out = torch.zeros(1, dtype=torch.int32, device=kernel_device)
+    _decide_short_z[(1,)](pack, pack.stride(0), 4, IN, out, BLOCK=4)
+    assert bool(out.item()) is holds
 
 
 @pytest.mark.parametrize("ratio", [1e3, 1e5, 1e7])

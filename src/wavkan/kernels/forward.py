@@ -61,12 +61,14 @@ def _fast_z_holds(pack_ptr, PLANE, OUT_PAD, i_start, i_end, offs_o, BLOCK_OUT: t
     """Whether |t k/s| <= FAST_Z_BOUND on every edge of the program's rows and columns (one pass
     over two of the packed planes, 16 rows a step: about 1% of the main loop's loads)."""
     rows = tl.arange(0, 16)
-    m = tl.zeros((16, BLOCK_OUT), dtype=tl.float32)
+    # Counted as a comparison per edge, not as a max of |t k/s|: a NaN product (t = 0 with a
+    # zero scale: k/s = inf) fails the comparison, where a max could drop it.
+    ok = tl.full((16, BLOCK_OUT), 1, dtype=tl.int32)
     for i0 in range(i_start, i_end, 16):
         r = tl.minimum(i0 + rows, i_end - 1).to(tl.int64)
         edge = pack_ptr + r[:, None] * OUT_PAD + offs_o[None, :]
-        m = tl.maximum(m, tl.abs(tl.load(edge) * tl.load(edge + PLANE)))
-    return tl.max(tl.max(m, axis=1), axis=0) <= FAST_Z_BOUND
+        ok = tl.minimum(ok, (tl.abs(tl.load(edge) * tl.load(edge + PLANE)) <= FAST_Z_BOUND).to(tl.int32))
+    return tl.min(tl.min(ok, axis=1), axis=0) == 1
 
 
 @triton.jit
