@@ -2,13 +2,21 @@
 tensors through Triton's interpreter, which must be switched on before the kernels are
 defined, hence here, before anything imports wavkan."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# What wavkan caches (the decoded MNIST) goes to a folder of this session, never the user's.
+_CACHE = tempfile.mkdtemp(prefix="wavkan-test-cache-")
+os.environ["WAVKAN_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -191,6 +192,46 @@ def test_packaged_mnist():
     assert m.train_labels[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]
     assert m.test_labels[:8].tolist() == [7, 2, 1, 0, 4, 1, 4, 9]
     assert np.bincount(m.test_labels, minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _mnist_equal(a, b) -> bool:
+    return all(np.array_equal(getattr(a, s), getattr(b, s))
+               for s in ("train_images", "train_labels", "test_images", "test_labels"))
+
+
+def test_mnist_decoded_copy_is_read_without_zarr(tmp_path, monkeypatch):
+    """The first load writes the decoded copy; the next reads it and never imports zarr."""
+    pytest.importorskip("zarr")
+    monkeypatch.setenv(wdata.CACHE_ENV, str(tmp_path))
+    first = wdata.load_mnist()
+    cache = wdata.mnist_cache_path(wdata._mnist_archive())
+    assert cache.is_file() and cache.parent.parent == tmp_path
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr now raises ImportError
+    assert _mnist_equal(wdata.load_mnist(), first)
+
+
+def test_a_corrupt_decoded_copy_is_read_past_and_rewritten(tmp_path, monkeypatch):
+    pytest.importorskip("zarr")
+    monkeypatch.setenv(wdata.CACHE_ENV, str(tmp_path))
+    first = wdata.load_mnist()
+    cache = wdata.mnist_cache_path(wdata._mnist_archive())
+    data = bytearray(cache.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the training images: zip's CRC fails
+    cache.write_bytes(bytes(data))
+    stale = cache.parent / "mnist-1-2.npz"  # the copy of an archive no longer installed
+    stale.write_bytes(b"old")
+    assert _mnist_equal(wdata.load_mnist(), first)
+    with np.load(cache) as z:  # rewritten whole
+        assert np.array_equal(z["train_images"], first.train_images)
+    assert not stale.exists()
+
+
+def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
+    pytest.importorskip("zarr")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(wdata.CACHE_ENV, str(blocker))
+    assert wdata.load_mnist().train_images.shape == (60000, 28, 28)
 
 
 # --- tensors -------------------------------------------------------------------------------------
