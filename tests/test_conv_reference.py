@@ -263,6 +263,10 @@ def test_module_wavelet_is_part_of_the_state(conv, kernel, x_shape):
     state["wavelet_name"] = torch.zeros(3)
     with pytest.raises(RuntimeError, match="wavelet_name: expected the layer's wavelet name as uint8 bytes"):
         build("dog").load_state_dict(state)
+    pickled_before = build("dog")  # a module saved whole (torch.save(module)) before it had the buffer
+    del pickled_before._buffers["wavelet_name"]
+    pickled_before.load_state_dict(dog.state_dict())
+    assert bytes(pickled_before.wavelet_name.tolist()) == b"dog" and torch.equal(pickled_before.scale, dog.scale)
 
 
 def test_module_1d_without_batch_norm_is_the_functional():

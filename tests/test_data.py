@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -218,12 +220,40 @@ def test_a_corrupt_decoded_copy_is_read_past_and_rewritten(tmp_path, monkeypatch
     data = bytearray(cache.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the training images: zip's CRC fails
     cache.write_bytes(bytes(data))
-    stale = cache.parent / "mnist-1-2.npz"  # the copy of an archive no longer installed
+    stale = cache.parent / "mnist-0123456789abcdef.npz"  # an older version's copy, unread for long
     stale.write_bytes(b"old")
+    long_ago = time.time() - wdata.CACHE_MAX_IDLE - 3600
+    os.utime(stale, (long_ago, long_ago))
+    other = cache.parent / "mnist-fedcba9876543210.npz"  # another install's copy, read lately
+    other.write_bytes(b"in use")
     assert _mnist_equal(wdata.load_mnist(), first)
     with np.load(cache) as z:  # rewritten whole
         assert np.array_equal(z["train_images"], first.train_images)
-    assert not stale.exists()
+    assert not stale.exists() and other.exists()
+
+
+def test_no_home_folder_reads_the_archive(monkeypatch):
+    """Without a home folder (an unknown uid in a container: Path.home() raises) and no
+    $WAVKAN_CACHE, MNIST still loads, uncached."""
+    pytest.importorskip("zarr")
+    monkeypatch.delenv(wdata.CACHE_ENV, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(wdata.Path, "home", staticmethod(no_home))
+    assert wdata.load_mnist().train_images.shape == (60000, 28, 28)
+
+
+def test_one_package_version_shares_one_copy(tmp_path, monkeypatch):
+    """The copy is named after the archive's contents: another install of the same archive
+    (another file, another time) reads the same copy."""
+    pytest.importorskip("zarr")
+    archive = wdata._mnist_archive()
+    twin = tmp_path / "twin.zarr.zip"
+    twin.write_bytes(archive.read_bytes())
+    os.utime(twin, (1_000_000, 1_000_000))
+    assert wdata.mnist_cache_path(twin) == wdata.mnist_cache_path(archive)
 
 
 def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):

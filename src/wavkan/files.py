@@ -9,8 +9,11 @@ switch and no display), saved the same way.
 A writer killed mid-write (SIGKILL skips every cleanup) leaves its temp file behind. Temp names
 carry the writer's process id and host, ``.<name>.<pid>.<host>.<random>.tmp``, and every write
 first removes the temp files of its target whose writer is gone (``remove_stale_temps``): a
-process that no longer exists on this host, or a file untouched for ``STALE_TEMP_AGE`` seconds.
-The temp file of a live writer, a concurrent one included, is never touched.
+process that no longer exists on this host, or a file untouched for ``STALE_TEMP_AGE`` seconds
+(an hour: no write here takes that long). A concurrent writer's temp file is kept while its
+process lives, as far as this process can see: one in another process-id namespace under the
+same host name (containers sharing a host name) looks gone; its write then fails instead of
+replacing the target, which stays whole.
 
 A folder written by one long-lived process at a time is claimed with ``FolderLock``: an
 advisory lock (``flock``) on a lock file inside it. The kernel drops the lock when its process
@@ -104,9 +107,9 @@ def _writer_gone(match: "re.Match", age: float, max_age: float) -> bool:
 def remove_stale_temps(folder, names, max_age: float = STALE_TEMP_AGE) -> list:
     """Delete the temp files that writes of ``names`` left in ``folder`` when their writer was
     killed (SIGKILL skips atomic_write's cleanup): those whose writer process no longer exists
-    on this host, and those untouched for ``max_age`` seconds. A live writer's temp file stays,
-    so this is safe without the folder's ``FolderLock``. Returns the paths removed; never raises
-    for a file it cannot inspect or remove."""
+    on this host, and those untouched for ``max_age`` seconds. A live writer's temp file stays
+    (within the limits the module docstring names), so this needs no ``FolderLock``. Returns the
+    paths removed; never raises for a file it cannot inspect or remove."""
     folder = Path(folder)
     patterns = [_temp_pattern(name) for name in names]
     removed = []

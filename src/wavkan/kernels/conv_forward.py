@@ -26,7 +26,8 @@ recomputing psi.
 
 Neither the (B, out, in, H, W) wavelet tensor nor an unfolded input exists; y is written once
 per element by one program: deterministic, no atomics. Extra memory: the scratch, programs x
-taps x lanes fp32 (programs = PROGRAMS_PER_SM per SM).
+taps x lanes fp32 (``persistent_programs``: PROGRAMS_PER_SM per SM, fewer where that would
+pass SCRATCH_BYTES).
 
 Cost per (o, i, halo pixel): one MUFU.EX2, the wavelet's FMA-pipe instructions (mexican_hat:
 six with the (x - t) k/s) and one FMA per tap, plus the load of x and a share of the tap
@@ -266,7 +267,9 @@ def persistent_programs(n_items: int, taps: int, lanes: int, sms: int) -> int:
 
 def kernel_fits(kernel: tuple, dilation: tuple) -> bool:
     """Whether the forward can tile a (KH, KW) kernel with this dilation: the input pixels one
-    output pixel reads must fit a program's halo."""
+    output pixel reads must fit a program's halo. Judged on the kernel's whole reach, not on the
+    image (whose clipping can make the halo smaller): a large dilation on a small image is
+    refused here, and backend="auto" then takes the reference."""
     (KH, KW), (DH, DW) = kernel, dilation
     return ((KH - 1) * DH + 1) * ((KW - 1) * DW + 1) <= max_halo(KH * KW)
 
