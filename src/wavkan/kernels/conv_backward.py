@@ -69,9 +69,10 @@ def _blocks(C: int, H: int, W: int, elements: int, on_gpu: bool, taps: int = 9, 
     Where the whole image fits one tile and the block would leave threads idle (a deep net's
     4 x 4 images: 4 channels x 16 pixels for 128 threads) the channel block widens until the
     program holds ``elements`` (measured on the H200: 10.2 -> 5.6 ms for the 512 -> 512 layer's
-    backward at batch 128; 8 x 8 images, which fill the threads, measured slower widened). In a grouped convolution the block stays inside a group (IG divisible by
-    it), so grad_y stays shared by the block's channels. The interpreter, slow per program and
-    per operation, takes more channels per program."""
+    backward at batch 128; 8 x 8 images, which fill the threads, measured slower widened). In a
+    grouped convolution the block stays inside a group (IG divisible by it), so grad_y stays
+    shared by the block's channels. The interpreter, slow per program and per operation, takes
+    more channels per program."""
     block_c = min(BLOCK_C_MAX if on_gpu else 4 * BLOCK_C_MAX, next_pow2(C))
     if taps > 9:
         elements = max(128, elements // 4)
