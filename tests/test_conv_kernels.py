@@ -222,6 +222,14 @@ def test_forward_scratch_is_bounded():
     assert cf.persistent_programs(5, 9, 1024, 132) == 5
 
 
+def test_a_dilation_wider_than_the_image_fits_a_tile(kernel_device):
+    """A 3 x 3 kernel dilated by 20 reaches 41 x 41 pixels, more than a halo holds, but on a
+    12 x 12 image the clipped halo is the image: the triton backend takes it, values as the
+    reference's."""
+    x, *params = conv_inputs(2, 2, 3, (3, 3), (12, 12), 1, kernel_device)
+    check_against_reference(x, params, conv_kwargs(padding=20, dilation=20, wavelet="dog"))
+
+
 def test_triton_rejects_kernels_wider_than_a_tile(kernel_device):
     x, *params = conv_inputs(1, 1, 1, (3,), (3000,), 1, kernel_device)
     with pytest.raises(ValueError, match="use backend='reference'"):

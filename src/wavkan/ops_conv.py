@@ -267,7 +267,8 @@ def wavkan_conv(
     if chosen == "triton":
         from .kernels.conv_forward import kernel_fits
 
-        if not kernel_fits(kernel if ndim == 2 else (1, kernel[0]), args.dilation):
+        if not kernel_fits(kernel if ndim == 2 else (1, kernel[0]), args.dilation,
+                           tuple(x.shape[2:]) if ndim == 2 else (1, x.shape[2])):
             if backend == "triton":
                 raise ValueError(
                     f"the triton backend takes kernels whose dilated extent fits one program's input tile; kernel "

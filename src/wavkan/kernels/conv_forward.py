@@ -265,13 +265,15 @@ def persistent_programs(n_items: int, taps: int, lanes: int, sms: int) -> int:
     return max(1, min(n_items, PROGRAMS_PER_SM * sms, max(sms, by_memory)))
 
 
-def kernel_fits(kernel: tuple, dilation: tuple) -> bool:
-    """Whether the forward can tile a (KH, KW) kernel with this dilation: the input pixels one
-    output pixel reads must fit a program's halo. Judged on the kernel's whole reach, not on the
-    image (whose clipping can make the halo smaller): a large dilation on a small image is
-    refused here, and backend="auto" then takes the reference."""
+def kernel_fits(kernel: tuple, dilation: tuple, spatial: tuple = None) -> bool:
+    """Whether the forward can tile a (KH, KW) kernel with this dilation on (H, W) images: the
+    input pixels one output pixel reads, clipped to the image (halos hold no padding), must fit
+    a program's halo. Without ``spatial``, the kernel's whole reach must fit."""
     (KH, KW), (DH, DW) = kernel, dilation
-    return ((KH - 1) * DH + 1) * ((KW - 1) * DW + 1) <= max_halo(KH * KW)
+    reach_h, reach_w = (KH - 1) * DH + 1, (KW - 1) * DW + 1
+    if spatial is not None:
+        reach_h, reach_w = min(reach_h, spatial[0]), min(reach_w, spatial[1])
+    return reach_h * reach_w <= max_halo(KH * KW)
 
 
 def wavkan_conv_fwd(x, scale, translation, weights, wavelet, stride, padding, dilation, groups: int) -> torch.Tensor:
