@@ -8,12 +8,13 @@ import json
 import os
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from wavkan.app import cifar
-from wavkan.app.data import DataNotFoundError, RawData, load_raw
+from wavkan.app.data import CACHE_ENV, DataNotFoundError, RawData, load_raw
 from wavkan.app.train import main as train_main
 
 PIL = pytest.importorskip("PIL.Image")
@@ -164,8 +165,22 @@ def roots(tmp_path, monkeypatch):
         p.mkdir(parents=True)
     monkeypatch.setenv(cifar.DATA_ENV, str(env))
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv(CACHE_ENV, raising=False)  # the suite's own cache folder (conftest.py)
     monkeypatch.chdir(cwd)
     return env, cwd / "data", home / ".cache" / "wavkan"
+
+
+def test_the_cache_root_follows_wavkan_cache_and_needs_no_home(roots, tmp_path, monkeypatch):
+    env, data, _ = roots
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    assert cifar.search_roots()[2] == tmp_path / "cache"
+    monkeypatch.delenv(CACHE_ENV)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert [p.resolve() for p in cifar.search_roots()] == [env.resolve(), data.resolve()]
 
 
 def test_search_order(roots, source):

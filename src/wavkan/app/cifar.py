@@ -4,7 +4,8 @@
 
 1. ``$WAVKAN_DATA`` (when set),
 2. ``./data`` (where ``torchvision.datasets.CIFAR10(root="./data")`` saves it),
-3. ``~/.cache/wavkan``,
+3. wavkan's cache folder, ``$WAVKAN_CACHE`` or else ``~/.cache/wavkan`` (``data.cache_root``;
+   skipped where there is no home folder),
 
 and in each for these sources, in this order:
 
@@ -45,7 +46,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .data import DataNotFoundError, RawData
+from .data import DataNotFoundError, RawData, cache_root
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -85,12 +86,17 @@ _HOW_TO_GET = (
 
 
 def search_roots() -> list[Path]:
-    """The folders ``--dataset cifar10`` searches, in order: $WAVKAN_DATA, ./data, ~/.cache/wavkan."""
+    """The folders ``--dataset cifar10`` searches, in order: $WAVKAN_DATA, ./data, the cache
+    folder (``data.cache_root``)."""
     roots = []
     env = os.environ.get(DATA_ENV)
     if env:
         roots.append(Path(env).expanduser())
-    roots += [Path("data"), Path.home() / ".cache" / "wavkan"]
+    roots.append(Path("data"))
+    try:
+        roots.append(cache_root())
+    except RuntimeError:  # no home folder (an unknown uid in a container) and no $WAVKAN_CACHE
+        pass
     return roots
 
 
