@@ -402,10 +402,18 @@ def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compile
         if need:
             torch.testing.assert_close(grad, full, rtol=1e-6, atol=1e-6)
     entry = "wavkan_bwd" if backend == "triton" else "reference_backward"
-    (returned,) = [result for name, result in calls if name == entry]
-    assert [r is not None for r in returned] == [needs[0], *[any(needs[1:])] * 3]
+    returned = [result for name, result in calls if name == entry]
+    ran = [name for name, _ in calls if name != entry]
+    if compiled and kernel_device.type == "cuda":
+        # torch.compile traces the CUDA triton op (ops._linear_cuda_backward) once or more
+        # and launches the kernels it recorded: every trace ran the passes asked for, no other.
+        assert returned
+        ran = sorted(set(ran))
+    else:
+        assert len(returned) == 1
+    for result in returned:
+        assert [r is not None for r in result] == [needs[0], *[any(needs[1:])] * 3]
     if backend == "triton":
-        ran = [name for name, _ in calls if name != entry]
         assert ran == (["wavkan_bwd_dparams"] if frozen == "x" else ["wavkan_bwd_dx"])
 
 

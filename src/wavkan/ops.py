@@ -265,7 +265,7 @@ def _(grad, x, scale, translation, weights, wavelet, backend, need_x, need_param
 
 
 def _setup_backward_context(ctx, inputs, output):
-    grad, x, scale, translation, weights, wavelet, _backend, _need_x, _need_params = inputs
+    grad, x, scale, translation, weights, wavelet = inputs[:6]
     ctx.save_for_backward(grad, x, scale, translation, weights)
     ctx.wavelet = wavelet
 
@@ -274,7 +274,7 @@ def _backward_backward(ctx, gg_x, gg_s, gg_t, gg_w):
     grads = reference.reference_double_backward(
         *ctx.saved_tensors, ctx.wavelet, tuple(_none_if_empty(g) for g in (gg_x, gg_s, gg_t, gg_w)),
         ctx.needs_input_grad[:5], create_graph=torch.is_grad_enabled())
-    return (*grads, None, None, None, None)
+    return (*grads, *(None,) * (len(ctx.needs_input_grad) - 5))
 
 
 def _none_if_empty(g):
@@ -286,18 +286,65 @@ _linear_backward.register_autograd(_backward_backward, setup_context=_setup_back
 
 
 def _setup_context(ctx, inputs, output):
-    x, scale, translation, weights, wavelet, backend = inputs
+    x, scale, translation, weights, wavelet = inputs[:5]
     ctx.save_for_backward(x, scale, translation, weights)
-    ctx.wavelet, ctx.backend = wavelet, backend
+    ctx.wavelet = wavelet
+    ctx.backend = inputs[5] if len(inputs) > 5 else None  # the CUDA triton op has no backend argument
 
 
 def _backward(ctx, grad):
     x, scale, translation, weights = ctx.saved_tensors
-    grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
-    return (*_keep_needed(ctx, grads), None, None)
+    if ctx.backend is None:
+        grads = torch.ops.wavkan.linear_cuda_backward(grad, x, scale, translation, weights, ctx.wavelet, *_needs(ctx))
+    else:
+        grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend,
+                                                 *_needs(ctx))  # fmt: skip
+    return (*_keep_needed(ctx, grads), *(None,) * (len(ctx.needs_input_grad) - 4))
 
 
 _linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- for torch.compile on CUDA: the same passes as triton ops --------------------------------
+# torch.compile traces into a ``triton_op``: Inductor puts the launchers' kernels (the edge
+# constants' pack, the pass, its split scratch) into its own graph and launches them itself,
+# where the opaque custom op above goes through the dispatcher's Python layers on every call
+# (torch.library's autograd and backend wrappers, about 0.1 ms a layer on the H200's host)
+# and packs the edge constants per call without the eager path's cache. CPU tensors (the
+# reference, the compiled CPU backend, the kernels under Triton's interpreter) keep the opaque
+# op: Inductor's CPU code cannot launch a Triton kernel.
+
+
+def _triton_launches():
+    return _kernels().launch.traced_launches()
+
+
+@torch.library.triton_op("wavkan::linear_cuda", mutates_args=())
+def _linear_cuda(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str) -> Tensor:
+    with _triton_launches():
+        return _kernels().wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
+
+
+@torch.library.triton_op("wavkan::linear_cuda_backward", mutates_args=())
+def _linear_cuda_backward(
+    grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str,
+    need_x: bool, need_params: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    with _triton_launches():
+        grads = _kernels().wavkan_bwd(grad, x, scale, translation, weights, get_wavelet(wavelet), need_x, need_params)
+    return tuple(g if g is not None else like.new_empty(0) for g, like in zip(grads, (x, scale, translation, weights)))
+
+
+_linear_cuda_backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
+_linear_cuda.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _compiled_op(chosen: str, x: Tensor):
+    """The op torch.compile traces for a call on ``chosen`` (see above)."""
+    if chosen == "triton" and x.is_cuda:
+        return lambda x, scale, translation, weights, wavelet, backend: torch.ops.wavkan.linear_cuda(
+            x, scale, translation, weights, wavelet)
+    return torch.ops.wavkan.linear
 
 
 # --- for eager calls: the same implementations without the custom-op layer -----------------
@@ -382,7 +429,7 @@ def wavkan_linear(
         # autograd carries H to grad_weights and casts it to the weights' dtype.
         window = wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
         wavelet_weights = wavelet_weights.to(window.dtype) * window
-    op = torch.ops.wavkan.linear if torch.compiler.is_compiling() else _EagerLinear.apply
+    op = _compiled_op(chosen, x) if torch.compiler.is_compiling() else _EagerLinear.apply
     if x.dim() == 2:  # no reshapes: each costs host time on the eager path
         return op(x, scale, translation, wavelet_weights, wav.name, chosen)
     lead = x.shape[:-1]

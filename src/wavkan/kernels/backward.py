@@ -122,6 +122,10 @@ def _wavkan_bwd_dparams_kernel(
     s = tl.load(s_ptr + o * stride_so + i * stride_si, mask=mask, other=1.0).to(tl.float32)
     t = tl.load(t_ptr + o * stride_to + i * stride_ti, mask=mask, other=0.0).to(tl.float32)
     inv_s = 1.0 / s
+    # fp32 whatever the caller's scalar type (Inductor passes Python floats as fp64).
+    z_scale = tl.cast(z_scale, tl.float32)
+    psi_scale = tl.cast(psi_scale, tl.float32)
+    dpsi_scale = tl.cast(dpsi_scale, tl.float32)
     a = inv_s * z_scale
     # x and g read in place, a row per step; columns past in / out re-read the last one
     # (their sums are never stored), so the loop's loads need no mask. Where the tiles divide
@@ -158,7 +162,7 @@ def _wavkan_bwd_dparams_kernel(
     if SPLIT_SUM:
         # Partials (SPLIT, 3, OUT, IN) fp32; the tile's last program sums them, then applies
         # the epilogue below.
-        plane = PLANE.to(tl.int64)  # OUT * IN
+        plane = tl.cast(PLANE, tl.int64)  # OUT * IN
         part_offs = o * IN + i
         stride_part = 3 * plane
         base = part_ptr + pid_k.to(tl.int64) * stride_part + part_offs

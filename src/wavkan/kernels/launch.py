@@ -107,9 +107,46 @@ def fresh_buffers():
         _KEEP.off = previous
 
 
+@contextlib.contextmanager
+def traced_launches():
+    """Within this block the launchers run as ``torch.library.triton_op`` bodies: buffers are
+    fresh (``fresh_buffers``), and every kernel launches through ``torch.library.wrap_triton``,
+    which torch.compile traces into its graph (Inductor then launches the kernels itself) and
+    which, called with real tensors outside a trace, launches through the JIT."""
+    previous = getattr(_KEEP, "traced", False)
+    _KEEP.traced = True
+    try:
+        with fresh_buffers():
+            yield
+    finally:
+        _KEEP.traced = previous
+
+
 def keeping_buffers() -> bool:
     """Whether the launchers may keep buffers between calls (see ``fresh_buffers``)."""
     return not getattr(_KEEP, "off", False)
+
+
+def launch_jit(kernel, grid: tuple, args: tuple, meta: dict) -> None:
+    """``kernel[grid](*args, **meta)``, or inside ``traced_launches`` its ``wrap_triton`` form.
+    ``meta``'s ``maxnreg``, which ``wrap_triton`` does not take as a launch option, travels in
+    a one-config ``triton.autotune`` wrapper (Inductor keeps a user config's ``maxnreg``)."""
+    if not getattr(_KEEP, "traced", False):
+        kernel[grid](*args, **meta)
+        return
+    meta = dict(meta)
+    maxnreg = meta.pop("maxnreg", None)
+    if maxnreg is not None:
+        kernel = _capped(kernel, meta.pop("num_warps"), meta.pop("num_stages"), maxnreg)
+    torch.library.wrap_triton(kernel)[grid](*args, **meta)
+
+
+@functools.lru_cache(maxsize=None)
+def _capped(kernel, num_warps: int, num_stages: int, maxnreg: int):
+    import triton
+
+    config = triton.Config({}, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg)
+    return triton.autotune(configs=[config], key=[])(kernel)
 
 
 def split_scratch(device: torch.device, stream, tiles: int, partial_elems: int) -> tuple:
@@ -186,8 +223,8 @@ class DirectLauncher:
     def __call__(self, device: torch.device, stream, grid: tuple, args: tuple, meta: dict) -> None:
         """Launch on ``grid`` (3 dims) on ``stream`` (``stream_key(device)``) with the runtime
         ``args`` in declaration order and the constexprs and launch options in ``meta``."""
-        if device.type != "cuda" or not _direct_launch_ok():
-            self.kernel[grid](*args, **meta)
+        if device.type != "cuda" or getattr(_KEEP, "traced", False) or not _direct_launch_ok():
+            launch_jit(self.kernel, grid, args, meta)
             return
         key = (device.index, tuple(meta.values()), self._spec_key(args))
         hit = self.compiled.get(key)

@@ -45,7 +45,7 @@ def store_tile(acc, dst_ptrs, mask, part_ptr, part_offs, STRIDE_PART, counter_pt
     if not SPLIT_SUM:
         tl.store(dst_ptrs, acc.to(dst_ptrs.dtype.element_ty), mask=mask)
     else:
-        stride_part = STRIDE_PART.to(tl.int64)
+        stride_part = tl.cast(STRIDE_PART, tl.int64)
         tl.store(part_ptr + tl.program_id(2).to(tl.int64) * stride_part + part_offs, acc, mask=mask)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         if split_arrive(counter_ptr, tile, SPLIT):

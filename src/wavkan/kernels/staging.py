@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, keeping_buffers
+from .launch import cdiv, keeping_buffers, launch_jit
 
 _BLOCK = 32
 
@@ -44,6 +44,8 @@ def _wavkan_pack_kernel(
     inv_s = 1.0 / s
     dst = pack_ptr + i * stride_pi + o * stride_po
     inside = (offs_o[:, None] < OUT_PAD) & (offs_i[None, :] < IN_PAD)
+    # fp32 whatever the caller's scalar type (Inductor passes Python floats as fp64).
+    z_scale, w_scale = tl.cast(z_scale, tl.float32), tl.cast(w_scale, tl.float32)
     a = inv_s * z_scale
     if FOR_GRAD_X:
         tl.store(dst, a, mask=inside)
@@ -91,22 +93,20 @@ def pack_edge_constants(scale, translation, weights, pad: int, for_grad_x: bool,
         shape, in_pad, out_pad, stride_pi, stride_po = (3, OUT, pad), pad, OUT, 1, pad
     pack = torch.empty(shape, dtype=torch.float32, device=scale.device)
     grid = (cdiv(out_pad, _BLOCK), cdiv(in_pad, _BLOCK))
-    _wavkan_pack_kernel[grid](
+    launch_jit(_wavkan_pack_kernel, grid, (
         scale, translation, weights, pack,
         IN, OUT, in_pad, out_pad, *plane_offsets(pack), stride_pi, stride_po, float(z_scale), float(w_scale),
         scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
         weights.stride(0), weights.stride(1),
-        FOR_GRAD_X=for_grad_x, BLOCK_OUT=_BLOCK, BLOCK_IN=_BLOCK,
-    )
+    ), dict(FOR_GRAD_X=for_grad_x, BLOCK_OUT=_BLOCK, BLOCK_IN=_BLOCK))
     return pack
 
 
 def _stage(t: torch.Tensor, dst: torch.Tensor, r_dst: int, c_dst: int, dst_strides) -> torch.Tensor:
     R, C = t.shape
     grid = (cdiv(r_dst, _BLOCK), cdiv(c_dst, _BLOCK))
-    _wavkan_stage_kernel[grid](
-        t, dst, R, C, r_dst, c_dst, t.stride(0), t.stride(1), *dst_strides, BLOCK_R=_BLOCK, BLOCK_C=_BLOCK
-    )
+    launch_jit(_wavkan_stage_kernel, grid, (t, dst, R, C, r_dst, c_dst, t.stride(0), t.stride(1), *dst_strides),
+               dict(BLOCK_R=_BLOCK, BLOCK_C=_BLOCK))
     return dst
 
 
