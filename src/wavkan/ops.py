@@ -2,14 +2,27 @@
 
 ``wavkan_linear`` is the public functional. It flattens leading dims, folds a wavelet's input
 window into the weights (so autograd carries the window's factor to ``grad_weights``), and
-runs the op. Under ``torch.compile`` that is the custom op ``wavkan::linear``, whose backward
-is the custom op ``wavkan::linear_backward``; both have fake implementations, so the compiler
-traces through them without a graph break. Eager calls take an ``autograd.Function`` over the
-same two implementations (``_forward_impl``, ``_backward_impl``): two registrations, because
-calling the custom op eagerly goes through the dispatcher's Python layers, which on the H200's
-host doubled an eager layer's host time per call (forward and forward+backward; figures in
-benchmarks/STATUS.md). tests/test_eager_path.py checks that both give bitwise-equal outputs and
-gradients. Either dispatches to a backend:
+runs the op. Three registrations share the same passes (``_forward_impl`` / ``_backward_impl``,
+or the kernels' launchers they call):
+
+- eager calls: an ``autograd.Function`` (``_EagerLinear``). Calling a ``torch.library`` op
+  eagerly goes through the dispatcher's Python layers, which on the H200's host doubled an
+  eager layer's host time per call (benchmarks/STATUS.md);
+- ``torch.compile`` on CUDA tensors with the triton backend: the ``triton_op``
+  ``wavkan::linear_cuda`` and its backward. torch.compile traces into it and Inductor launches
+  the kernels from its own code. The opaque custom op below measured slower than eager there
+  (5 layers of 1024, batch 256, H200: forward 1.78 ms against eager 0.98, backward 3.16
+  against 2.50; as a triton op 0.94 and 2.10: benchmarks/results/h200-2026-11-30d/compile_ab.log),
+  since every call went through the dispatcher's Python layers and packed the edge constants
+  again;
+- ``torch.compile`` elsewhere (CPU tensors: the reference, the compiled CPU backend, the
+  kernels under Triton's interpreter, whose kernels Inductor's CPU code cannot launch): the
+  opaque custom op ``wavkan::linear``, whose backward is the custom op
+  ``wavkan::linear_backward``.
+
+All have fake implementations, so the compiler traces them without a graph break;
+tests/test_eager_path.py and tests/test_compiled_cuda.py check that they agree on every output
+and gradient. Each dispatches to a backend:
 
 - ``"reference"``: pure PyTorch (``wavkan.reference``), any device, any float dtype;
 - ``"triton"``: the fused kernels (``wavkan.kernels``) on CUDA tensors, or on CPU tensors
@@ -305,14 +318,9 @@ def _backward(ctx, grad):
 _linear.register_autograd(_backward, setup_context=_setup_context)
 
 
-# --- for torch.compile on CUDA: the same passes as triton ops --------------------------------
-# torch.compile traces into a ``triton_op``: Inductor puts the launchers' kernels (the edge
-# constants' pack, the pass, its split scratch) into its own graph and launches them itself,
-# where the opaque custom op above goes through the dispatcher's Python layers on every call
-# (torch.library's autograd and backend wrappers, about 0.1 ms a layer on the H200's host)
-# and packs the edge constants per call without the eager path's cache. CPU tensors (the
-# reference, the compiled CPU backend, the kernels under Triton's interpreter) keep the opaque
-# op: Inductor's CPU code cannot launch a Triton kernel.
+# --- for torch.compile on CUDA: the same passes as triton ops (see the module docstring) ---
+# Their bodies launch every kernel through ``torch.library.wrap_triton`` and keep no buffers
+# (``launch.traced_launches``): Inductor owns the allocations, the edge-constant pack included.
 
 
 def _triton_launches():
