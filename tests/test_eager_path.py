@@ -46,8 +46,9 @@ def _layer(device, IN=13, OUT=7, wavelet="mexican_hat"):
 
 
 def _expected(layer, x):
-    return reference_forward(x.double(), layer.scale.double(), layer.translation.double(),
-                             layer.wavelet_weights.double(), layer.wavelet)  # fmt: skip
+    # Through wavkan_linear: shannon's window is folded there, not in reference_forward.
+    return wavkan_linear(x.double(), layer.scale.double(), layer.translation.double(),
+                         layer.wavelet_weights.double(), layer.wavelet, backend="reference")  # fmt: skip
 
 
 def _close(y, layer, x):
@@ -55,8 +56,11 @@ def _close(y, layer, x):
     assert rel_err(y, _expected(layer, x)) < FP32_TOL["output"]
 
 
-def test_one_launch_per_pass_once_packed(kernel_device, launches):
-    layer = _layer(kernel_device)
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+def test_one_launch_per_pass_once_packed(kernel_device, launches, wavelet):
+    """shannon too: its window is folded into the weights once per change of the weights, so
+    the packs of the folded weights are reused like the others'."""
+    layer = _layer(kernel_device, wavelet=wavelet)
     x = torch.randn(37, 13, device=kernel_device, requires_grad=True)
     layer(x).sum().backward()  # packs the forward's and grad_x's constants
     launches["n"] = 0
@@ -70,6 +74,22 @@ def test_one_launch_per_pass_once_packed(kernel_device, launches):
     assert launches["n"] == 1
 
 
+def test_shannon_window_is_folded_once_per_change_of_the_weights(kernel_device):
+    from wavkan.wavelets import get_wavelet
+
+    wav = get_wavelet("shannon")
+    w = torch.randn(7, 13, device=kernel_device, requires_grad=True)
+    first, window = staging.windowed_weights(w, wav)
+    assert staging.windowed_weights(w, wav)[0] is first
+    torch.testing.assert_close(first, w.detach() * window, rtol=0, atol=0)
+    assert not first.requires_grad
+    with torch.no_grad():
+        w.mul_(-2.0)
+    again = staging.windowed_weights(w, wav)[0]
+    assert again is not first
+    torch.testing.assert_close(again, w.detach() * window, rtol=0, atol=0)
+
+
 def test_backward_skips_passes_nobody_asks_for(kernel_device, launches):
     layer = _layer(kernel_device)
     x = torch.randn(9, 13, device=kernel_device)  # a first layer's input: no grad_x pass
@@ -79,8 +99,9 @@ def test_backward_skips_passes_nobody_asks_for(kernel_device, launches):
     assert launches["n"] == 2
 
 
-def test_optimizer_step_invalidates(kernel_device, launches):
-    layer = _layer(kernel_device)
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+def test_optimizer_step_invalidates(kernel_device, launches, wavelet):
+    layer = _layer(kernel_device, wavelet=wavelet)
     x = torch.randn(11, 13, device=kernel_device)
     opt = torch.optim.SGD(layer.parameters(), lr=0.05)
     for _ in range(3):
@@ -92,8 +113,9 @@ def test_optimizer_step_invalidates(kernel_device, launches):
     _close(layer(x), layer, x)
 
 
-def test_in_place_edits_invalidate(kernel_device):
-    layer = _layer(kernel_device)
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+def test_in_place_edits_invalidate(kernel_device, wavelet):
+    layer = _layer(kernel_device, wavelet=wavelet)
     x = torch.randn(5, 13, device=kernel_device)
     before = layer(x)
     for edit in (lambda: layer.scale.mul_(1.5), lambda: layer.translation.add_(0.25),
@@ -125,15 +147,17 @@ def test_moving_parameters_invalidates(kernel_device):
     _close(layer(x), layer, x)
 
 
-def test_writes_past_the_version_counter_need_clear_pack_cache(kernel_device):
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+def test_writes_past_the_version_counter_need_clear_pack_cache(kernel_device, wavelet):
     """Writes through ``.data`` (and replays of a captured optimizer step) leave the version
     counter alone, so the cache cannot see them; ``clear_pack_cache()`` is the documented way
-    to make the next call read the new values."""
-    layer = _layer(kernel_device)
+    to make the next call read the new values (shannon's folded window included)."""
+    layer = _layer(kernel_device, wavelet=wavelet)
     x = torch.randn(6, 13, device=kernel_device)
     before = layer(x)
     layer.scale.data.mul_(1.7)
     layer.translation.data.add_(0.3)
+    layer.wavelet_weights.data.mul_(-0.5)
     staging.clear_pack_cache()
     after = layer(x)
     _close(after, layer, x)
@@ -165,7 +189,7 @@ def test_cache_is_per_weights_object_and_freed_with_it(kernel_device):
     ident = id(w)
     del w
     assert ident not in staging._PACKS
-    # A weights tensor made per call (the shannon window folded in) never reuses a stale pack.
+    # Weights tensors made per call never reuse a stale pack or folded window.
     w1, w2 = torch.randn(5, 9, device=kernel_device), torch.randn(5, 9, device=kernel_device)
     for w in (w1, w2, w1):
         assert torch.allclose(wavkan_linear(x, s, t, w, "shannon", backend="triton").double(),
@@ -191,10 +215,11 @@ def test_eager_and_custom_op_agree(kernel_device, wavelet):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_packs_inside_the_graph():
-    """A captured forward must repack on every replay: after an in-place parameter change the
-    replay's output follows the new parameters."""
-    layer = _layer(torch.device("cuda"), IN=64, OUT=32)
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+def test_cuda_graph_capture_packs_inside_the_graph(wavelet):
+    """A captured forward must repack (and fold shannon's window) on every replay: after an
+    in-place parameter change the replay's output follows the new parameters."""
+    layer = _layer(torch.device("cuda"), IN=64, OUT=32, wavelet=wavelet)
     x = torch.randn(16, 64, device="cuda")
     layer(x)  # warm: cached pack and compiled kernel
     stream = torch.cuda.Stream()
@@ -207,6 +232,7 @@ def test_cuda_graph_capture_packs_inside_the_graph():
         y = layer(x)
     with torch.no_grad():
         layer.scale.mul_(1.7)
+        layer.wavelet_weights.mul_(-0.5)
     graph.replay()
     torch.cuda.synchronize()
     _close(y, layer, x)

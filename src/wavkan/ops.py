@@ -389,23 +389,51 @@ def differentiable_backward(ctx, grad, x, scale, translation, weights) -> tuple:
     return _backward_impl(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend, *_needs(ctx))
 
 
+def _fold_window(weights: Tensor, wav, backend: str) -> tuple:
+    """(w H detached, H) for a wavelet with an input window. The triton backend keeps it with
+    its edge-constant packs until the weights change (``kernels.staging.windowed_weights``:
+    folding per call made new weights every call, so the packs were never reused: 0.41 ms of
+    host time a call at 64 rows on the H200, where the other wavelets take 0.09-0.17). The
+    other backends fold on every call: the reference is the oracle, and sees an edit through
+    ``.data``, which PyTorch gives its own version counter."""
+    if backend == "triton":
+        return _kernels().staging.windowed_weights(weights, wav)
+    window = wav.window(weights.shape[1], weights.dtype, weights.device)
+    return weights.detach().to(window.dtype) * window, window
+
+
 class _EagerLinear(torch.autograd.Function):
     """Eager calls skip the custom-op dispatcher's per-call Python work (its wrapper was the
     largest single host cost in a profile of one layer call: benchmarks/HISTORY.md); torch.compile traces
     the custom op instead. Both run ``_forward_impl`` and ``_backward_impl``; under
-    ``create_graph=True`` the backward goes through ``differentiable_backward``."""
+    ``create_graph=True`` the backward goes through ``differentiable_backward``. ``weights``
+    come without the wavelet's window: it is folded here (``_fold_window``), and the
+    gradient of w H times H is w's."""
 
     @staticmethod
     def forward(ctx, x, scale, translation, weights, wavelet, backend):
         ctx.save_for_backward(x, scale, translation, weights)
         ctx.wavelet, ctx.backend = wavelet, backend
+        wav = get_wavelet(wavelet)
+        if wav.window is not None:
+            weights = _fold_window(weights, wav, backend)[0]
         return _forward_impl(x, scale, translation, weights, wavelet, backend)
 
     @staticmethod
     def backward(ctx, grad):
         x, scale, translation, weights = ctx.saved_tensors
-        grads = differentiable_backward(ctx, grad, x, scale, translation, weights)
-        return (*_keep_needed(ctx, grads), None, None)
+        wav = get_wavelet(ctx.wavelet)
+        if wav.window is None:
+            grads = differentiable_backward(ctx, grad, x, scale, translation, weights)
+            return (*_keep_needed(ctx, grads), None, None)
+        if torch.is_grad_enabled():  # create_graph: w H recorded, so second derivatives reach w
+            window = wav.window(weights.shape[1], weights.dtype, weights.device)
+            folded = weights.to(window.dtype) * window
+        else:
+            folded, window = _fold_window(weights, wav, ctx.backend)
+        grad_x, grad_s, grad_t, grad_folded = differentiable_backward(ctx, grad, x, scale, translation, folded)
+        grad_w = None if grad_folded is None else (grad_folded * window).to(weights.dtype)
+        return (*_keep_needed(ctx, (grad_x, grad_s, grad_t, grad_w)), None, None)
 
 
 # --- the functional -------------------------------------------------------------------------
@@ -432,12 +460,15 @@ def wavkan_linear(
     if chosen == "triton":
         _check_triton_shape(scale)
     out_features, in_features = scale.shape
-    if wav.window is not None:
-        # w H in the compute dtype (fp32, or float64), not rounded back to a half dtype:
-        # autograd carries H to grad_weights and casts it to the weights' dtype.
-        window = wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
-        wavelet_weights = wavelet_weights.to(window.dtype) * window
-    op = _compiled_op(chosen, x) if torch.compiler.is_compiling() else _EagerLinear.apply
+    if not torch.compiler.is_compiling():
+        op = _EagerLinear.apply  # folds the window itself, once per change of the weights
+    else:
+        op = _compiled_op(chosen, x)
+        if wav.window is not None:
+            # w H in the compute dtype (fp32, or float64), not rounded back to a half dtype:
+            # autograd carries H to grad_weights and casts it to the weights' dtype.
+            window = wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
+            wavelet_weights = wavelet_weights.to(window.dtype) * window
     if x.dim() == 2:  # no reshapes: each costs host time on the eager path
         return op(x, scale, translation, wavelet_weights, wav.name, chosen)
     lead = x.shape[:-1]

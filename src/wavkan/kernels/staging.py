@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, keeping_buffers, launch_jit
+from .launch import cdiv, keeping_buffers, launch_jit, stream_key
 
 _BLOCK = 32
 
@@ -130,14 +130,15 @@ def column_operand(t: torch.Tensor, rows_pad: int, stage: bool) -> tuple:
 
 # --- the edge constants, packed once per parameter change ------------------------------------
 
-# id(weights) -> (weakref to weights, key, pack). Keyed on the weights tensor object, which a
-# module passes unchanged on every call, and checked against each parameter's address,
-# version counter (bumped by every in-place change: an optimizer step, load_state_dict,
-# ``with torch.no_grad(): p.mul_(2)``), shape, strides and dtype, and the stream (a pack made on
-# one stream is not read on another without a sync). Moving a parameter (``.to()``,
-# ``p.data = ...``) changes its address. A weights tensor made per call (shannon's window
-# folded into the weights) is a new object every call, so it never hits stale entries, and
-# its entry goes when it does.
+# id(weights) -> (weakref to weights, [(kind, key, value), ...]): per weights object, one
+# value of each kind (a forward pack, a grad_x pack, shannon's folded window). Keyed on the
+# weights tensor object, which a module passes unchanged on every call, and checked against
+# each parameter's address, version counter (bumped by every in-place change: an optimizer
+# step, load_state_dict, ``with torch.no_grad(): p.mul_(2)``; not by writes through ``.data``,
+# which has its own counter: ``clear_pack_cache`` after those), shape, strides and dtype, and
+# the stream (a value made on one stream is not read on another without a sync). Moving a
+# parameter (``.to()``, ``p.data = ...``) changes its address. A weights tensor made per call
+# is a new object every call, so it never hits stale entries, and its entries go when it does.
 _PACKS: dict = {}
 
 
@@ -151,6 +152,33 @@ def _drop(ident: int, ref) -> None:
         del _PACKS[ident]
 
 
+def _kept(anchor: torch.Tensor, kind, key, compute):
+    """``compute()``, kept per ``anchor`` object and ``kind`` until ``key`` changes (a new key
+    of a kind replaces the old), and dropped with the anchor."""
+    ident = id(anchor)
+    entries = _PACKS.get(ident)
+    if entries is not None and entries[0]() is anchor:
+        for entry_kind, entry_key, value in entries[1]:
+            if entry_kind == kind and entry_key == key:
+                return value
+    value = compute()
+    if entries is None or entries[0]() is not anchor:
+        try:
+            ref = weakref.ref(anchor, lambda r, ident=ident: _drop(ident, r))
+        except TypeError:
+            return value
+        entries = (ref, [])
+        _PACKS[ident] = entries
+    entries[1][:] = [e for e in entries[1] if e[0] != kind] + [(kind, key, value)]
+    return value
+
+
+def _uncached(*tensors) -> bool:
+    """Whether values derived from ``tensors`` must be computed afresh (see ``cached_edge_pack``)."""
+    return (not keeping_buffers() or any(t.is_inference() for t in tensors)
+            or (tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_scale, w_scale, stream_key):
     """``pack_edge_constants(...)`` (fp32), computed once per parameter change and reused.
 
@@ -158,30 +186,28 @@ def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_
     pack, or its replays after an optimizer step would read stale constants), for inference
     tensors (they keep no version counter), and for weights that cannot be weakly referenced.
     """
-    pack_args = (pad, for_grad_x, z_scale, w_scale)
-    if (not keeping_buffers() or weights.is_inference() or scale.is_inference() or translation.is_inference()
-            or (weights.is_cuda and torch.cuda.is_current_stream_capturing())):  # fmt: skip
+    if _uncached(weights, scale, translation):
         return pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale)
-    key = (pack_args, stream_key, _param_key(scale), _param_key(translation), _param_key(weights))
-    ident = id(weights)
-    entries = _PACKS.get(ident)
-    if entries is not None and entries[0]() is weights:
-        for entry_key, pack in entries[1]:
-            if entry_key == key:
-                return pack
-    pack = pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale)
-    if entries is None or entries[0]() is not weights:
-        try:
-            ref = weakref.ref(weights, lambda r, ident=ident: _drop(ident, r))
-        except TypeError:
-            return pack
-        entries = (ref, [])
-        _PACKS[ident] = entries
-    # One entry per pack kind (forward, grad_x) and layout: a new key of a kind replaces the old.
-    entries[1][:] = [(k, p) for k, p in entries[1] if k[0] != pack_args] + [(key, pack)]
-    return pack
+    pack_args = (pad, for_grad_x, z_scale, w_scale)
+    key = (stream_key, _param_key(scale), _param_key(translation), _param_key(weights))
+    return _kept(weights, pack_args, key,
+                 lambda: pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale))
+
+
+def windowed_weights(weights, wavelet) -> tuple:
+    """(w H, H) for a wavelet with an input window (``Wavelet.window``: shannon's Hamming
+    window): w H detached, in the compute dtype (fp32, or float64), never rounded back to a
+    half dtype. Kept with the packs, under their rules, until the weights change: folding it
+    per call made a new weights tensor on every call, so the packs were never reused."""
+    def fold():
+        window = wavelet.window(weights.shape[1], weights.dtype, weights.device)
+        return weights.detach().to(window.dtype) * window, window
+
+    if _uncached(weights):
+        return fold()
+    return _kept(weights, ("window", wavelet.name), (stream_key(weights.device), _param_key(weights)), fold)
 
 
 def clear_pack_cache() -> None:
-    """Forget every cached pack (frees their memory)."""
+    """Forget every cached pack and folded window (frees their memory)."""
     _PACKS.clear()
