@@ -210,3 +210,25 @@ def test_triton_interpret_read_as_triton_reads_it(value, on, monkeypatch):
     except ImportError:  # a Triton without knobs: the words above are its documented ones
         return
     assert knobs.runtime.interpret is on
+
+
+def test_cuda_triton_ops_are_defined_at_trace_time():
+    """The CUDA triton ops are defined when torch.compile first traces a call that needs them:
+    Dynamo calls ``cuda_ops_defined`` (marked as torch.compiler.assume_constant_result marks)
+    instead of tracing it. Checked here on the CPU, with a function that asks for them."""
+    pytest.importorskip("triton")
+    from wavkan import ops
+
+    marked = torch.compiler.assume_constant_result(lambda: True)
+    assert getattr(marked, "_dynamo_marked_constant", False) is True
+    assert getattr(ops.cuda_ops_defined, "_dynamo_marked_constant", False) is True
+
+    def needs_them(x):
+        if ops.cuda_ops_defined():
+            return x + 1
+        return x
+
+    torch._dynamo.reset()
+    y = torch.compile(needs_them, fullgraph=True, backend="aot_eager")(torch.zeros(3))
+    assert torch.equal(y, torch.ones(3))
+    assert hasattr(torch.ops.wavkan, "linear_cuda") and hasattr(torch.ops.wavkan, "linear_cuda_backward")

@@ -170,3 +170,18 @@ def test_exit_now_runs_the_exit_handlers_and_flushes(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 3
     assert run.stdout == "bufferedhandler ran\n" and run.stderr == "to stderr"
+
+
+def test_import_wavkan_leaves_dynamo_inductor_and_triton_out():
+    """``import wavkan`` costs about what ``import torch`` does: Dynamo, Inductor (which a
+    triton op's definition imports), Triton, matplotlib and zarr come when something uses them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, wavkan\n"
+            "heavy = ('torch._dynamo', 'torch._inductor', 'triton', 'matplotlib', 'zarr')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy[:2])))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

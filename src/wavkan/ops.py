@@ -321,19 +321,19 @@ _linear.register_autograd(_backward, setup_context=_setup_context)
 # --- for torch.compile on CUDA: the same passes as triton ops (see the module docstring) ---
 # Their bodies launch every kernel through ``torch.library.wrap_triton`` and keep no buffers
 # (``launch.traced_launches``): Inductor owns the allocations, the edge-constant pack included.
+# Defined on first use, when torch.compile traces a call on CUDA tensors: defining a triton op
+# imports Inductor (about 1 s), which ``import wavkan`` must not pay.
 
 
 def _triton_launches():
     return _kernels().launch.traced_launches()
 
 
-@torch.library.triton_op("wavkan::linear_cuda", mutates_args=())
 def _linear_cuda(x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str) -> Tensor:
     with _triton_launches():
         return _kernels().wavkan_fwd(x, scale, translation, weights, get_wavelet(wavelet))
 
 
-@torch.library.triton_op("wavkan::linear_cuda_backward", mutates_args=())
 def _linear_cuda_backward(
     grad: Tensor, x: Tensor, scale: Tensor, translation: Tensor, weights: Tensor, wavelet: str,
     need_x: bool, need_params: bool,
@@ -343,13 +343,30 @@ def _linear_cuda_backward(
     return tuple(g if g is not None else like.new_empty(0) for g, like in zip(grads, (x, scale, translation, weights)))
 
 
-_linear_cuda_backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
-_linear_cuda.register_autograd(_backward, setup_context=_setup_context)
+_CUDA_OPS: list = []
+
+
+def cuda_ops_defined() -> bool:
+    """Defines ``wavkan::linear_cuda`` and ``wavkan::linear_cuda_backward`` once; True. Under
+    torch.compile it runs at trace time instead of being traced (Dynamo calls a function
+    marked as a constant result and keeps what it returns)."""
+    if not _CUDA_OPS:
+        backward = torch.library.triton_op("wavkan::linear_cuda_backward", _linear_cuda_backward, mutates_args=())
+        backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
+        forward = torch.library.triton_op("wavkan::linear_cuda", _linear_cuda, mutates_args=())
+        forward.register_autograd(_backward, setup_context=_setup_context)
+        _CUDA_OPS[:] = [forward, backward]
+    return True
+
+
+# ``torch.compiler.assume_constant_result``'s mark, set without the decorator, which imports
+# Dynamo (tests/test_ops.py checks that the decorator still sets this attribute).
+cuda_ops_defined._dynamo_marked_constant = True
 
 
 def _compiled_op(chosen: str, x: Tensor):
     """The op torch.compile traces for a call on ``chosen`` (see above)."""
-    if chosen == "triton" and x.is_cuda:
+    if chosen == "triton" and x.is_cuda and cuda_ops_defined():
         return lambda x, scale, translation, weights, wavelet, backend: torch.ops.wavkan.linear_cuda(
             x, scale, translation, weights, wavelet)
     return torch.ops.wavkan.linear
