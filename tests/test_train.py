@@ -603,3 +603,19 @@ def test_edge_evaluations_per_sample_counts_every_wavkan_layer():
     assert ddp_note(1e11, 2) is None
     note = ddp_note(8e5, 2)
     assert note.startswith("note: DDP x2 will not pay here") and "8.0e+05" in note
+
+
+@pytest.mark.parametrize("interval,drawn", [(0.0, [1, 2, 3, 4]), (1e9, [1, 4])])
+def test_curves_are_drawn_at_most_every_interval_and_after_the_last_epoch(tmp_path, monkeypatch, interval, drawn):
+    """curves.png after an epoch when the last drawing is CURVES_MIN_INTERVAL_S old, and always
+    after the last epoch, with every epoch in it; metrics.csv after every epoch."""
+    import wavkan.app.train as train_module
+
+    lengths, csv_rows = [], []
+    monkeypatch.setattr(train_module, "CURVES_MIN_INTERVAL_S", interval)
+    monkeypatch.setattr(train_module, "plot_curves", lambda path, history, title="": lengths.append(len(history)))
+    real_csv = train_module.write_metrics_csv
+    monkeypatch.setattr(train_module, "write_metrics_csv",
+                        lambda path, history: (csv_rows.append(len(history)), real_csv(path, history))[1])
+    train(synthetic_config(synthetic_npz(tmp_path / "s.npz"), tmp_path / "run"))
+    assert lengths == drawn and csv_rows == [1, 2, 3, 4]

@@ -29,8 +29,9 @@ the same as on CPU.
 
 Writes to ``--out`` (rank 0 only): ``checkpoint.pt`` (model, optimizer, scheduler, epoch,
 history, RNG, config; atomically, checksummed and verified before it replaces the previous
-one), ``metrics.csv`` and ``curves.png``, both rebuilt from the checkpoint's history after
-every epoch, and at the end ``edges.png``, the learned edge functions (``wavkan plot``; for
+one), ``metrics.csv`` rebuilt from the checkpoint's history after every epoch, ``curves.png``
+from the same history after an epoch when the last drawing is ``CURVES_MIN_INTERVAL_S`` old
+and after the last epoch, and at the end ``edges.png``, the learned edge functions (``wavkan plot``; for
 the conv net, its ``WavKANLinear`` head alone).
 
 Nothing can clobber a run:
@@ -82,6 +83,10 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
 CURVES_NAME = "curves.png"
+# Drawing curves.png takes about 0.1-0.2 s; after every epoch of the default CPU run (2.5 s
+# epochs) that was 5% of the run. At most this often, then, and always after the last epoch;
+# metrics.csv, which it draws, is written after every epoch.
+CURVES_MIN_INTERVAL_S = 20.0
 RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, EDGES_NAME)
 # The run folder's lock file (see FolderLock); present only while a run holds the folder.
 LOCK_NAME = ".wavkan-run.lock"
@@ -416,12 +421,16 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
               + f", augment {'on' if augment else 'off'}, bf16 autocast {'on' if amp else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
-    def write_outputs() -> None:
+    curves_drawn = [-math.inf]  # time.monotonic() of the last drawing
+
+    def write_outputs(last: bool) -> None:
         write_metrics_csv(out / METRICS_NAME, history)
-        plot_curves(out / CURVES_NAME, history, title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
+        if last or time.monotonic() - curves_drawn[0] >= CURVES_MIN_INTERVAL_S:
+            plot_curves(out / CURVES_NAME, history, title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
+            curves_drawn[0] = time.monotonic()
 
     if ctx.is_main and history:
-        write_outputs()  # the checkpoint's history is the truth; drop rows of an unfinished epoch
+        write_outputs(last=True)  # the checkpoint's history is the truth; drop rows of an unfinished epoch
 
     if start_epoch < config.epochs:
         _log(ctx, startup.summary())
@@ -475,7 +484,7 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
             save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
                                                       scheduler, device, ctx.world_size))
             (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
-            write_outputs()
+            write_outputs(last=epoch + 1 == config.epochs)
         _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
                   f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
                   f"{seconds:.1f} s, {row['samples_per_s']:,.0f} samples/s")
