@@ -44,14 +44,19 @@ def _assert_close(got, want, tol):
 
 
 @pytest.mark.parametrize("wavelet", sorted(WAVELETS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_compiled_matches_eager(wavelet, dtype):
+@pytest.mark.parametrize("dtype,params", [(torch.float32, "fp32"), (torch.bfloat16, "autocast"),
+                                          (torch.bfloat16, "bf16"), (torch.float16, "fp16")],
+                         ids=["fp32", "bf16-autocast", "bf16", "fp16"])  # fmt: skip
+def test_compiled_matches_eager(wavelet, dtype, params):
+    """autocast: fp32 parameters, bf16 inputs; bf16 / fp16: the whole model in that dtype."""
     torch._dynamo.reset()
     eager = _net(wavelet)
+    if params in ("bf16", "fp16"):
+        eager = eager.to(dtype)
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, fullgraph=True)
     x = torch.randn(3, 41, 23, device="cuda").to(dtype)[:, ::2]  # leading dims, strided rows
-    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+    with torch.autocast("cuda", dtype=dtype, enabled=params == "autocast"):
         y_e, g_e = _step(eager, x)
         y_c, g_c = _step(compiled, x)
     tol = DTYPE_TOL[dtype]

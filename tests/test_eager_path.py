@@ -74,6 +74,21 @@ def test_one_launch_per_pass_once_packed(kernel_device, launches, wavelet):
     assert launches["n"] == 1
 
 
+def test_shannon_under_inference_mode_keeps_its_packs(kernel_device, launches):
+    """A fold first made under torch.inference_mode is an ordinary tensor, so the packs made
+    from it are kept there and after (an inference fold would be repacked on every call)."""
+    layer = _layer(kernel_device, wavelet="shannon")
+    x = torch.randn(6, 13, device=kernel_device)
+    with torch.inference_mode():
+        for _ in range(3):
+            _close(layer(x), layer, x)
+    assert launches["n"] == 4, "one pack, three forwards"
+    launches["n"] = 0
+    with torch.no_grad():
+        layer(x)
+    assert launches["n"] == 1
+
+
 def test_shannon_window_is_folded_once_per_change_of_the_weights(kernel_device):
     from wavkan.wavelets import get_wavelet
 
@@ -185,11 +200,17 @@ def test_requires_grad_changes_are_seen(kernel_device):
 def test_cache_is_per_weights_object_and_freed_with_it(kernel_device):
     x, s, t, w = layer_inputs(4, 9, 5, device=kernel_device)
     wavkan_linear(x, s, t, w, backend="triton")
-    assert id(w) in staging._PACKS
+    assert id(w) in staging._KEPT
     ident = id(w)
     del w
-    assert ident not in staging._PACKS
-    # Weights tensors made per call never reuse a stale pack or folded window.
+    assert ident not in staging._KEPT
+    # shannon: the window folded into the weights anchors packs of its own; all go with the weights.
+    w = torch.randn(5, 9, device=kernel_device)
+    wavkan_linear(x, s, t, w, "shannon", backend="triton")
+    assert len(staging._KEPT) == 2  # the weights' fold, the fold's forward pack
+    del w
+    assert not staging._KEPT
+    # Several weights tensors in turn: each gets its own fold and packs, never another's.
     w1, w2 = torch.randn(5, 9, device=kernel_device), torch.randn(5, 9, device=kernel_device)
     for w in (w1, w2, w1):
         assert torch.allclose(wavkan_linear(x, s, t, w, "shannon", backend="triton").double(),
@@ -197,15 +218,24 @@ def test_cache_is_per_weights_object_and_freed_with_it(kernel_device):
                                             backend="reference"), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("wavelet", ["mexican_hat", "meyer"])
-def test_eager_and_custom_op_agree(kernel_device, wavelet):
-    """The eager autograd.Function and the torch.library custom op (what torch.compile traces)
-    run the same implementations: bitwise-equal outputs and gradients."""
-    x, s, t, w = layer_inputs(19, 11, 6, device=kernel_device)
-    g = torch.randn(19, 6, device=kernel_device)
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "meyer", "shannon"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_eager_and_custom_op_agree(kernel_device, wavelet, dtype):
+    """The eager autograd.Function and the torch.library custom op (what torch.compile traces
+    on the CPU) run the same implementations: bitwise-equal outputs and gradients. shannon's
+    window is folded by the Function on the eager path and before the op under torch.compile
+    (as ``wavkan_linear`` does there, through autograd)."""
+    from wavkan.wavelets import get_wavelet
+
+    wav = get_wavelet(wavelet)
+    x, s, t, w = (v.to(dtype) for v in layer_inputs(19, 11, 6, device=kernel_device))
+    g = torch.randn(19, 6, device=kernel_device, dtype=dtype)
+
+    def custom_op(x, s, t, w):
+        return torch.ops.wavkan.linear(x, s, t, wav.fold_window(w)[0] if wav.window else w, wavelet, "triton")
+
     results = []
-    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"),
-                 lambda *a: torch.ops.wavkan.linear(*a, wavelet, "triton")):
+    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"), custom_op):
         leaves = [v.clone().requires_grad_() for v in (x, s, t, w)]
         y = call(*leaves)
         y.backward(g)
@@ -245,7 +275,7 @@ def test_custom_op_keeps_no_buffers(kernel_device, launches):
     for _ in range(2):
         torch.ops.wavkan.linear(x, s, t, w, "mexican_hat", "triton")
     assert launches["n"] == 4  # pack + forward, twice
-    assert id(w) not in staging._PACKS
+    assert id(w) not in staging._KEPT
 
 
 @pytest.mark.parametrize("stage", [False, True], ids=["in-place", "staged"])

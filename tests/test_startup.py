@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from helpers import run_python
 from wavkan import WavKAN
 from wavkan.app import startup
 from wavkan.app.train import main as train_main
@@ -156,9 +157,6 @@ def test_train_command_reports_start_up_and_threads(tmp_path, capsys, fresh_thre
 
 
 def test_exit_now_runs_the_exit_handlers_and_flushes(tmp_path):
-    import subprocess
-    import sys
-
     code = ("import atexit, sys\n"
             "from wavkan.cli import exit_now\n"
             "atexit.register(lambda: print('handler ran'))\n"
@@ -166,8 +164,7 @@ def test_exit_now_runs_the_exit_handlers_and_flushes(tmp_path):
             "sys.stderr.write('to stderr')\n"
             "exit_now(3)\n"
             "print('never')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    run = run_python(code, timeout=60)
     assert run.returncode == 3
     assert run.stdout == "bufferedhandler ran\n" and run.stderr == "to stderr"
 
@@ -175,13 +172,9 @@ def test_exit_now_runs_the_exit_handlers_and_flushes(tmp_path):
 def test_import_wavkan_leaves_dynamo_inductor_and_triton_out():
     """``import wavkan`` costs about what ``import torch`` does: Dynamo, Inductor (which a
     triton op's definition imports), Triton, matplotlib and zarr come when something uses them."""
-    import subprocess
-    import sys
-
     code = ("import sys, wavkan\n"
             "heavy = ('torch._dynamo', 'torch._inductor', 'triton', 'matplotlib', 'zarr')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy[:2])))\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    run = run_python(code)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"

@@ -524,6 +524,9 @@ def test_cuda_graph_step_reads_live_lr_and_leaves_no_warmup_trace(wavelet):
     assert all(float(s["step"]) == 0 for s in g_opt.state.values())
     assert int(g_tot.count) == 0
 
+    with torch.no_grad():  # an eager call now keeps this version's packs (and shannon's fold)
+        graph_model.eval()(x)
+    graph_model.train()
     perm = torch.randperm(256, device=dev)
     for k in range(8):
         idx = perm[32 * k : 32 * (k + 1)]

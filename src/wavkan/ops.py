@@ -1,24 +1,25 @@
 """The Wav-KAN op: input checks, backend choice, and its ``torch.library`` registration.
 
-``wavkan_linear`` is the public functional. It flattens leading dims, folds a wavelet's input
-window into the weights (so autograd carries the window's factor to ``grad_weights``), and
-runs the op. Three registrations share the same passes (``_forward_impl`` / ``_backward_impl``,
+``wavkan_linear`` is the public functional. It flattens leading dims and runs the op; a
+wavelet's input window (shannon's) is folded into the weights, by the eager
+``autograd.Function`` itself (which multiplies ``grad_weights`` by it), or before the op under
+torch.compile (autograd carries the window's factor to ``grad_weights``). Three registrations share the same passes (``_forward_impl`` / ``_backward_impl``,
 or the kernels' launchers they call):
 
 - eager calls: an ``autograd.Function`` (``_EagerLinear``). Calling a ``torch.library`` op
   eagerly goes through the dispatcher's Python layers, which on the H200's host doubled an
   eager layer's host time per call (benchmarks/STATUS.md);
-- ``torch.compile`` on CUDA tensors with the triton backend: the ``triton_op``
+- ``torch.compile`` of a call on the triton backend with CUDA tensors: the ``triton_op``
   ``wavkan::linear_cuda`` and its backward. torch.compile traces into it and Inductor launches
   the kernels from its own code. The opaque custom op below measured slower than eager there
   (5 layers of 1024, batch 256, H200: forward 1.78 ms against eager 0.98, backward 3.16
   against 2.50; as a triton op 0.94 and 2.10: benchmarks/results/h200-2026-11-30d/compile_ab.log),
   since every call went through the dispatcher's Python layers and packed the edge constants
   again;
-- ``torch.compile`` elsewhere (CPU tensors: the reference, the compiled CPU backend, the
-  kernels under Triton's interpreter, whose kernels Inductor's CPU code cannot launch): the
-  opaque custom op ``wavkan::linear``, whose backward is the custom op
-  ``wavkan::linear_backward``.
+- ``torch.compile`` of any other call (the reference and the compiled CPU backend, CUDA
+  float64 included; the kernels on CPU tensors under Triton's interpreter, which Inductor's
+  CPU code cannot launch): the opaque custom op ``wavkan::linear``, whose backward is the
+  custom op ``wavkan::linear_backward``.
 
 All have fake implementations, so the compiler traces them without a graph break;
 tests/test_eager_path.py and tests/test_compiled_cuda.py check that they agree on every output
@@ -302,12 +303,13 @@ def _setup_context(ctx, inputs, output):
     x, scale, translation, weights, wavelet = inputs[:5]
     ctx.save_for_backward(x, scale, translation, weights)
     ctx.wavelet = wavelet
-    ctx.backend = inputs[5] if len(inputs) > 5 else None  # the CUDA triton op has no backend argument
+    ctx.cuda_op = len(inputs) == 5  # wavkan::linear_cuda, whose backend is always triton
+    ctx.backend = "triton" if ctx.cuda_op else inputs[5]
 
 
 def _backward(ctx, grad):
     x, scale, translation, weights = ctx.saved_tensors
-    if ctx.backend is None:
+    if ctx.cuda_op:
         grads = torch.ops.wavkan.linear_cuda_backward(grad, x, scale, translation, weights, ctx.wavelet, *_needs(ctx))
     else:
         grads = torch.ops.wavkan.linear_backward(grad, x, scale, translation, weights, ctx.wavelet, ctx.backend,
@@ -415,14 +417,13 @@ def _fold_window(weights: Tensor, wav, backend: str) -> tuple:
     ``.data``, which PyTorch gives its own version counter."""
     if backend == "triton":
         return _kernels().staging.windowed_weights(weights, wav)
-    window = wav.window(weights.shape[1], weights.dtype, weights.device)
-    return weights.detach().to(window.dtype) * window, window
+    return wav.fold_window(weights.detach())
 
 
 class _EagerLinear(torch.autograd.Function):
     """Eager calls skip the custom-op dispatcher's per-call Python work (its wrapper was the
     largest single host cost in a profile of one layer call: benchmarks/HISTORY.md); torch.compile traces
-    the custom op instead. Both run ``_forward_impl`` and ``_backward_impl``; under
+    the custom op or the CUDA triton op instead (see the module docstring). Both run ``_forward_impl`` and ``_backward_impl``; under
     ``create_graph=True`` the backward goes through ``differentiable_backward``. ``weights``
     come without the wavelet's window: it is folded here (``_fold_window``), and the
     gradient of w H times H is w's."""
@@ -444,8 +445,7 @@ class _EagerLinear(torch.autograd.Function):
             grads = differentiable_backward(ctx, grad, x, scale, translation, weights)
             return (*_keep_needed(ctx, grads), None, None)
         if torch.is_grad_enabled():  # create_graph: w H recorded, so second derivatives reach w
-            window = wav.window(weights.shape[1], weights.dtype, weights.device)
-            folded = weights.to(window.dtype) * window
+            folded, window = wav.fold_window(weights)
         else:
             folded, window = _fold_window(weights, wav, ctx.backend)
         grad_x, grad_s, grad_t, grad_folded = differentiable_backward(ctx, grad, x, scale, translation, folded)
@@ -478,14 +478,11 @@ def wavkan_linear(
         _check_triton_shape(scale)
     out_features, in_features = scale.shape
     if not torch.compiler.is_compiling():
-        op = _EagerLinear.apply  # folds the window itself, once per change of the weights
+        op = _EagerLinear.apply  # folds the window itself (``_fold_window``)
     else:
         op = _compiled_op(chosen, x)
-        if wav.window is not None:
-            # w H in the compute dtype (fp32, or float64), not rounded back to a half dtype:
-            # autograd carries H to grad_weights and casts it to the weights' dtype.
-            window = wav.window(in_features, wavelet_weights.dtype, wavelet_weights.device)
-            wavelet_weights = wavelet_weights.to(window.dtype) * window
+        if wav.window is not None:  # autograd carries H to grad_weights, cast to the weights' dtype
+            wavelet_weights = wav.fold_window(wavelet_weights)[0]
     if x.dim() == 2:  # no reshapes: each costs host time on the eager path
         return op(x, scale, translation, wavelet_weights, wav.name, chosen)
     lead = x.shape[:-1]

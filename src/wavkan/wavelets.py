@@ -186,6 +186,12 @@ class Wavelet:
     def psi(self, z: Tensor) -> Tensor:
         return self.psi_dpsi(z, False)[0]
 
+    def fold_window(self, weights: Tensor) -> tuple:
+        """(w H, H) for a wavelet with a window: w H in the compute dtype (fp32, or float64),
+        never rounded back to a half dtype, differentiable in ``weights`` (detach to keep it)."""
+        window = self.window(weights.shape[1], weights.dtype, weights.device)
+        return weights.to(window.dtype) * window, window
+
 
 # Folded constants of the Gaussian wavelets, with zs = k z, z^2 = 2 ln2 zs^2, e = exp2(-zs^2)
 # (kernels/device.py evaluates the right-hand sides):

@@ -139,24 +139,26 @@ def column_operand(t: torch.Tensor, rows_pad: int, stage: bool) -> tuple:
 # the stream (a value made on one stream is not read on another without a sync). Moving a
 # parameter (``.to()``, ``p.data = ...``) changes its address. A weights tensor made per call
 # is a new object every call, so it never hits stale entries, and its entries go when it does.
-_PACKS: dict = {}
+_KEPT: dict = {}
 
 
 def _param_key(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
 
 
-def _drop(ident: int, ref) -> None:
-    entry = _PACKS.get(ident)
+def _drop(ident: int, ref, kept=_KEPT) -> None:
+    # ``kept`` bound at definition: the callback can run while the interpreter tears the
+    # module down, when its globals are gone.
+    entry = kept.get(ident)
     if entry is not None and entry[0] is ref:
-        del _PACKS[ident]
+        del kept[ident]
 
 
 def _kept(anchor: torch.Tensor, kind, key, compute):
     """``compute()``, kept per ``anchor`` object and ``kind`` until ``key`` changes (a new key
     of a kind replaces the old), and dropped with the anchor."""
     ident = id(anchor)
-    entries = _PACKS.get(ident)
+    entries = _KEPT.get(ident)
     if entries is not None and entries[0]() is anchor:
         for entry_kind, entry_key, value in entries[1]:
             if entry_kind == kind and entry_key == key:
@@ -164,11 +166,11 @@ def _kept(anchor: torch.Tensor, kind, key, compute):
     value = compute()
     if entries is None or entries[0]() is not anchor:
         try:
-            ref = weakref.ref(anchor, lambda r, ident=ident: _drop(ident, r))
+            ref = weakref.ref(anchor, lambda r, ident=ident, drop=_drop: drop(ident, r))
         except TypeError:
             return value
         entries = (ref, [])
-        _PACKS[ident] = entries
+        _KEPT[ident] = entries
     entries[1][:] = [e for e in entries[1] if e[0] != kind] + [(kind, key, value)]
     return value
 
@@ -179,7 +181,7 @@ def _uncached(*tensors) -> bool:
             or (tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()))
 
 
-def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_scale, w_scale, stream_key):
+def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_scale, w_scale, stream):
     """``pack_edge_constants(...)`` (fp32), computed once per parameter change and reused.
 
     Not cached (packed on every call): inside ``launch.fresh_buffers``, during CUDA-graph capture (a graph must contain the
@@ -189,19 +191,22 @@ def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_
     if _uncached(weights, scale, translation):
         return pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale)
     pack_args = (pad, for_grad_x, z_scale, w_scale)
-    key = (stream_key, _param_key(scale), _param_key(translation), _param_key(weights))
+    key = (stream, _param_key(scale), _param_key(translation), _param_key(weights))
     return _kept(weights, pack_args, key,
                  lambda: pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale))
 
 
 def windowed_weights(weights, wavelet) -> tuple:
     """(w H, H) for a wavelet with an input window (``Wavelet.window``: shannon's Hamming
-    window): w H detached, in the compute dtype (fp32, or float64), never rounded back to a
-    half dtype. Kept with the packs, under their rules, until the weights change: folding it
-    per call made a new weights tensor on every call, so the packs were never reused."""
+    window): ``Wavelet.fold_window``, detached. Kept with the packs, under their rules, until
+    the weights change: folding it per call made a new weights tensor on every call, so the
+    packs were never reused."""
     def fold():
-        window = wavelet.window(weights.shape[1], weights.dtype, weights.device)
-        return weights.detach().to(window.dtype) * window, window
+        # Never an inference tensor, even when first asked for under torch.inference_mode:
+        # packs are not kept for inference tensors, so a kept inference fold would make every
+        # later call repack.
+        with torch.inference_mode(False), torch.no_grad():
+            return wavelet.fold_window(weights)
 
     if _uncached(weights):
         return fold()
@@ -210,4 +215,4 @@ def windowed_weights(weights, wavelet) -> tuple:
 
 def clear_pack_cache() -> None:
     """Forget every cached pack and folded window (frees their memory)."""
-    _PACKS.clear()
+    _KEPT.clear()
