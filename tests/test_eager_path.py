@@ -296,3 +296,33 @@ def test_column_operand_in_place_or_staged(kernel_device, stage, split):
     y_ref = reference_forward(x.double(), s.double(), t.double(), w.double(), "mexican_hat")
     dx_ref = reference_backward(g.double(), x.double(), s.double(), t.double(), w.double(), "mexican_hat")[0]
     assert rel_err(y, y_ref) < FP32_TOL["output"] and rel_err(dx, dx_ref) < FP32_TOL["grad"]
+
+
+@pytest.mark.parametrize("wavelet", ["dog", "shannon"])
+def test_cuda_triton_ops_called_eagerly_agree_with_the_eager_path(kernel_device, wavelet):
+    """The bodies of the triton ops torch.compile traces on CUDA (``ops._linear_cuda`` and its
+    backward, launching through ``launch.traced_launches``), called eagerly, and their
+    autograd registration: bitwise the eager path's outputs and gradients. On the CPU the
+    kernels run under the interpreter; on the GPU through the JIT."""
+    from wavkan import ops
+    from wavkan.wavelets import get_wavelet
+
+    ops.cuda_ops_defined()
+    wav = get_wavelet(wavelet)
+    x, s, t, w = layer_inputs(23, 17, 9, device=kernel_device)
+    g = torch.randn(23, 9, device=kernel_device)
+
+    def traced_op(x, s, t, w):
+        return torch.ops.wavkan.linear_cuda(x, s, t, wav.fold_window(w)[0] if wav.window else w, wavelet)
+
+    results = []
+    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"), traced_op):
+        leaves = [v.clone().requires_grad_() for v in (x, s, t, w)]
+        y = call(*leaves)
+        y.backward(g)
+        results.append([y.detach()] + [v.grad for v in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    staging.clear_pack_cache()
+    traced_op(x, s, t, w)
+    assert not staging._KEPT  # traced launches keep nothing: under torch.compile Inductor owns the buffers
