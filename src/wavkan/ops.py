@@ -53,6 +53,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import threading
 from typing import Optional
 
 import torch
@@ -346,19 +347,22 @@ def _linear_cuda_backward(
 
 
 _CUDA_OPS: list = []
+_CUDA_OPS_LOCK = threading.Lock()  # two threads compiling at once define them once
 
 
 def cuda_ops_defined() -> bool:
     """Defines ``wavkan::linear_cuda`` and ``wavkan::linear_cuda_backward`` once; True. Under
     torch.compile it runs at trace time instead of being traced (Dynamo calls a function
     marked as a constant result and keeps what it returns)."""
-    if not _CUDA_OPS:
+    with _CUDA_OPS_LOCK:
+        if _CUDA_OPS:
+            return True
         backward = torch.library.triton_op("wavkan::linear_cuda_backward", _linear_cuda_backward, mutates_args=())
         backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
         forward = torch.library.triton_op("wavkan::linear_cuda", _linear_cuda, mutates_args=())
         forward.register_autograd(_backward, setup_context=_setup_context)
         _CUDA_OPS[:] = [forward, backward]
-    return True
+        return True
 
 
 # ``torch.compiler.assume_constant_result``'s mark, set without the decorator, which imports
