@@ -622,3 +622,22 @@ def test_curves_are_drawn_at_most_every_interval_and_after_the_last_epoch(tmp_pa
                         lambda path, history: (csv_rows.append(len(history)), real_csv(path, history))[1])
     train(synthetic_config(synthetic_npz(tmp_path / "s.npz"), tmp_path / "run"))
     assert lengths == drawn and csv_rows == [1, 2, 3, 4]
+
+
+def test_an_interrupted_run_brings_curves_up_to_date(tmp_path, monkeypatch):
+    """Ctrl-C (or any error) between epochs: curves.png is redrawn with every epoch the
+    checkpoint and metrics.csv hold, and the error still propagates."""
+    import wavkan.app.train as train_module
+
+    lengths = []
+    monkeypatch.setattr(train_module, "CURVES_MIN_INTERVAL_S", 1e9)
+    monkeypatch.setattr(train_module, "plot_curves", lambda path, history, title="": lengths.append(len(history)))
+
+    def interrupt(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_config(synthetic_npz(tmp_path / "s.npz"), tmp_path / "run"), on_epoch_end=interrupt)
+    assert lengths == [1, 3]
+    assert len(read_metrics_csv(tmp_path / "run" / "metrics.csv")) == 3

@@ -52,6 +52,7 @@ Nothing can clobber a run:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -422,74 +423,86 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
     curves_drawn = [-math.inf]  # time.monotonic() of the last drawing
+    curves_epochs = [0]  # the epochs it showed
+    saved_epochs = [0]  # the epochs in the checkpoint and metrics.csv
 
     def write_outputs(last: bool) -> None:
         write_metrics_csv(out / METRICS_NAME, history)
+        saved_epochs[0] = len(history)
         if last or time.monotonic() - curves_drawn[0] >= CURVES_MIN_INTERVAL_S:
             plot_curves(out / CURVES_NAME, history, title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
-            curves_drawn[0] = time.monotonic()
+            curves_drawn[0], curves_epochs[0] = time.monotonic(), len(history)
 
     if ctx.is_main and history:
         write_outputs(last=True)  # the checkpoint's history is the truth; drop rows of an unfinished epoch
 
     if start_epoch < config.epochs:
         _log(ctx, startup.summary())
-    for epoch in range(start_epoch, config.epochs):
-        raw_model.train()
-        totals.zero_()
-        progress = EpochProgress(len(bounds), f"epoch {epoch + 1}/{config.epochs}", totals,
-                                 enabled=config.progress and ctx.is_main)
-        t0 = time.perf_counter()
-        perm = epoch_permutation(n_train, config.seed, epoch).to(device)
-        if augment is not None:
-            augment.set_epoch(epoch)
-        for b0, b1 in bounds:
-            idx = perm[b0:b1]
-            if graphed is not None and b1 - b0 == config.batch_size:
-                graphed(idx)
-            else:
-                if ctx.enabled:
-                    idx = idx.tensor_split(ctx.world_size)[ctx.rank]
-                train_step(model, optimizer, data.train_x, data.train_y, idx, ctx.world_size / (b1 - b0),
-                           totals, set_grads_to_none=graphed is None, transform=augment,
-                           autocast_dtype=autocast_dtype)
-            progress.update(b1)
-        scheduler.step()
-        if lr_tensor is not None:
-            lr_tensor.sync()
-        sums = dist_utils.all_reduce_sum(totals.as_tensor())
-        loss_sum, correct, count = sums.tolist()  # syncs the device: the epoch's work is done
-        seconds = time.perf_counter() - t0
-        progress.close()
-        if not (math.isfinite(loss_sum) and _all_finite(raw_model)):
-            if epoch > 0:
-                kept = f"{ckpt_path} keeps epoch {epoch}"
-            else:
-                kept = f"{ckpt_path} is untouched" if ckpt_path.exists() else "no checkpoint was written"
-            raise TrainingDiverged(f"epoch {epoch + 1}: training diverged (loss {loss_sum / max(count, 1)}, "
-                                   f"lr {config.lr:g}); stopped before saving it: {kept}")
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            raw_model.train()
+            totals.zero_()
+            progress = EpochProgress(len(bounds), f"epoch {epoch + 1}/{config.epochs}", totals,
+                                     enabled=config.progress and ctx.is_main)
+            t0 = time.perf_counter()
+            perm = epoch_permutation(n_train, config.seed, epoch).to(device)
+            if augment is not None:
+                augment.set_epoch(epoch)
+            for b0, b1 in bounds:
+                idx = perm[b0:b1]
+                if graphed is not None and b1 - b0 == config.batch_size:
+                    graphed(idx)
+                else:
+                    if ctx.enabled:
+                        idx = idx.tensor_split(ctx.world_size)[ctx.rank]
+                    train_step(model, optimizer, data.train_x, data.train_y, idx, ctx.world_size / (b1 - b0),
+                               totals, set_grads_to_none=graphed is None, transform=augment,
+                               autocast_dtype=autocast_dtype)
+                progress.update(b1)
+            scheduler.step()
+            if lr_tensor is not None:
+                lr_tensor.sync()
+            sums = dist_utils.all_reduce_sum(totals.as_tensor())
+            loss_sum, correct, count = sums.tolist()  # syncs the device: the epoch's work is done
+            seconds = time.perf_counter() - t0
+            progress.close()
+            if not (math.isfinite(loss_sum) and _all_finite(raw_model)):
+                if epoch > 0:
+                    kept = f"{ckpt_path} keeps epoch {epoch}"
+                else:
+                    kept = f"{ckpt_path} is untouched" if ckpt_path.exists() else "no checkpoint was written"
+                raise TrainingDiverged(f"epoch {epoch + 1}: training diverged (loss {loss_sum / max(count, 1)}, "
+                                       f"lr {config.lr:g}); stopped before saving it: {kept}")
 
-        test_loss, test_acc = evaluate(raw_model, data.test_x, data.test_y, config.eval_batch_size, ctx)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / count,
-            "train_acc": correct / count,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "epoch_seconds": seconds,
-            "samples_per_s": count / seconds,
-        }
-        history.append(row)
-        if ctx.is_main:
-            save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
-                                                      scheduler, device, ctx.world_size))
-            (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
-            write_outputs(last=epoch + 1 == config.epochs)
-        _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
-                  f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
-                  f"{seconds:.1f} s, {row['samples_per_s']:,.0f} samples/s")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
+            test_loss, test_acc = evaluate(raw_model, data.test_x, data.test_y, config.eval_batch_size, ctx)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / count,
+                "train_acc": correct / count,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "epoch_seconds": seconds,
+                "samples_per_s": count / seconds,
+            }
+            history.append(row)
+            if ctx.is_main:
+                save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
+                                                          scheduler, device, ctx.world_size))
+                (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
+                write_outputs(last=epoch + 1 == config.epochs)
+            _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
+                      f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
+                      f"{seconds:.1f} s, {row['samples_per_s']:,.0f} samples/s")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, row)
+    except BaseException:
+        # A crash, a divergence or Ctrl-C: curves.png may trail metrics.csv by the epochs
+        # drawn less often (CURVES_MIN_INTERVAL_S); bring it up to date, never masking the error.
+        if ctx.is_main and curves_epochs[0] < saved_epochs[0]:
+            with contextlib.suppress(Exception):
+                plot_curves(out / CURVES_NAME, history[: saved_epochs[0]],
+                            title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
+        raise
 
     if history and ctx.is_main:  # the learned edge functions, over the inputs' training ranges
         write_edges_png(out / EDGES_NAME, raw_model, data.train_x,
