@@ -163,17 +163,20 @@ def test_moving_parameters_invalidates(kernel_device):
 
 
 @pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
-def test_writes_past_the_version_counter_need_clear_pack_cache(kernel_device, wavelet):
+def test_writes_past_the_version_counter_need_clear_caches(kernel_device, wavelet):
     """Writes through ``.data`` (and replays of a captured optimizer step) leave the version
-    counter alone, so the cache cannot see them; ``clear_pack_cache()`` is the documented way
-    to make the next call read the new values (shannon's folded window included)."""
+    counter alone, so the cache cannot see them; ``wavkan.clear_caches()`` is the documented
+    way to make the next call read the new values (shannon's folded window included)."""
+    import wavkan
+
     layer = _layer(kernel_device, wavelet=wavelet)
     x = torch.randn(6, 13, device=kernel_device)
     before = layer(x)
     layer.scale.data.mul_(1.7)
     layer.translation.data.add_(0.3)
     layer.wavelet_weights.data.mul_(-0.5)
-    staging.clear_pack_cache()
+    wavkan.clear_caches()
+    assert not staging._KEPT
     after = layer(x)
     _close(after, layer, x)
     assert not torch.equal(after, before)

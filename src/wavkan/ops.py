@@ -62,7 +62,7 @@ from torch import Tensor
 from . import reference
 from .wavelets import get_wavelet
 
-__all__ = ["BACKENDS", "wavkan_linear", "resolve_backend"]
+__all__ = ["BACKENDS", "wavkan_linear", "resolve_backend", "clear_caches"]
 
 BACKENDS = ("auto", "reference", "triton", "compiled")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -188,6 +188,20 @@ def _explain_inputs(x, scale, translation, weights) -> None:
         raise TypeError(f"{', '.join(mixed)} float64 needs float64 x (got x {x.dtype}): float64 parameters compute in "
                         "float64; convert x with .double() or the model with .float()")  # fmt: skip
     raise AssertionError("_check_inputs refused inputs that _explain_inputs accepts")  # the two disagree: a bug
+
+
+def clear_caches() -> None:
+    """Forget what the triton backend keeps between eager calls: the packed edge constants,
+    shannon's window folded into the weights, and the split reductions' scratch (all rebuilt
+    on demand). Call it after writing parameters in a way their version counters miss (through
+    ``p.data``, or by replaying a captured optimizer step), before the next eager call; or to
+    free that memory. Nothing to do when no kernel has run in this process."""
+    import sys
+
+    kernels = sys.modules.get(__package__ + ".kernels")
+    if kernels is not None:
+        kernels.staging.clear_pack_cache()
+        kernels.launch.release_split_scratch()
 
 
 # --- the op, once per backend ------------------------------------------------------------
