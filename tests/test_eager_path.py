@@ -221,6 +221,27 @@ def test_cache_is_per_weights_object_and_freed_with_it(kernel_device):
                                             backend="reference"), rtol=1e-5, atol=1e-6)
 
 
+def _agrees_bitwise_with_the_eager_path(op, wavelet, inputs, g):
+    """``op(x, s, t, w H, wavelet)`` (w H folded through autograd, as ``wavkan_linear`` does
+    under torch.compile) against the eager ``wavkan_linear``: bitwise-equal outputs and
+    gradients of x, s, t and w."""
+    from wavkan.wavelets import get_wavelet
+
+    wav = get_wavelet(wavelet)
+
+    def through_op(x, s, t, w):
+        return op(x, s, t, wav.fold_window(w)[0] if wav.window else w, wavelet)
+
+    results = []
+    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"), through_op):
+        leaves = [v.clone().requires_grad_() for v in inputs]
+        y = call(*leaves)
+        y.backward(g)
+        results.append([y.detach()] + [v.grad for v in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("wavelet", ["mexican_hat", "meyer", "shannon"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_eager_and_custom_op_agree(kernel_device, wavelet, dtype):
@@ -228,23 +249,10 @@ def test_eager_and_custom_op_agree(kernel_device, wavelet, dtype):
     on the CPU) run the same implementations: bitwise-equal outputs and gradients. shannon's
     window is folded by the Function on the eager path and before the op under torch.compile
     (as ``wavkan_linear`` does there, through autograd)."""
-    from wavkan.wavelets import get_wavelet
-
-    wav = get_wavelet(wavelet)
-    x, s, t, w = (v.to(dtype) for v in layer_inputs(19, 11, 6, device=kernel_device))
+    inputs = [v.to(dtype) for v in layer_inputs(19, 11, 6, device=kernel_device)]
     g = torch.randn(19, 6, device=kernel_device, dtype=dtype)
-
-    def custom_op(x, s, t, w):
-        return torch.ops.wavkan.linear(x, s, t, wav.fold_window(w)[0] if wav.window else w, wavelet, "triton")
-
-    results = []
-    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"), custom_op):
-        leaves = [v.clone().requires_grad_() for v in (x, s, t, w)]
-        y = call(*leaves)
-        y.backward(g)
-        results.append([y.detach()] + [v.grad for v in leaves])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    _agrees_bitwise_with_the_eager_path(
+        lambda x, s, t, w, wavelet: torch.ops.wavkan.linear(x, s, t, w, wavelet, "triton"), wavelet, inputs, g)
 
 
 @pytest.mark.gpu
@@ -308,24 +316,11 @@ def test_cuda_triton_ops_called_eagerly_agree_with_the_eager_path(kernel_device,
     autograd registration: bitwise the eager path's outputs and gradients. On the CPU the
     kernels run under the interpreter; on the GPU through the JIT."""
     from wavkan import ops
-    from wavkan.wavelets import get_wavelet
 
     ops.cuda_ops_defined()
-    wav = get_wavelet(wavelet)
     x, s, t, w = layer_inputs(23, 17, 9, device=kernel_device)
     g = torch.randn(23, 9, device=kernel_device)
-
-    def traced_op(x, s, t, w):
-        return torch.ops.wavkan.linear_cuda(x, s, t, wav.fold_window(w)[0] if wav.window else w, wavelet)
-
-    results = []
-    for call in (lambda *a: wavkan_linear(*a, wavelet, backend="triton"), traced_op):
-        leaves = [v.clone().requires_grad_() for v in (x, s, t, w)]
-        y = call(*leaves)
-        y.backward(g)
-        results.append([y.detach()] + [v.grad for v in leaves])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    _agrees_bitwise_with_the_eager_path(torch.ops.wavkan.linear_cuda, wavelet, (x, s, t, w), g)
     staging.clear_pack_cache()
-    traced_op(x, s, t, w)
+    torch.ops.wavkan.linear_cuda(x, s, t, w, wavelet)
     assert not staging._KEPT  # traced launches keep nothing: under torch.compile Inductor owns the buffers
