@@ -3,8 +3,9 @@
 ``wavkan_linear`` is the public functional. It flattens leading dims and runs the op; a
 wavelet's input window (shannon's) is folded into the weights, by the eager
 ``autograd.Function`` itself (which multiplies ``grad_weights`` by it), or before the op under
-torch.compile (autograd carries the window's factor to ``grad_weights``). Three registrations share the same passes (``_forward_impl`` / ``_backward_impl``,
-or the kernels' launchers they call):
+torch.compile (autograd carries the window's factor to ``grad_weights``). Three registrations
+share the same passes (``_forward_impl`` / ``_backward_impl``, or the kernels' launchers they
+call):
 
 - eager calls: an ``autograd.Function`` (``_EagerLinear``). Calling a ``torch.library`` op
   eagerly goes through the dispatcher's Python layers, which on the H200's host doubled an
@@ -53,6 +54,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from typing import Optional
 
@@ -196,8 +198,6 @@ def clear_caches() -> None:
     on demand). Call it after writing parameters in a way their version counters miss (through
     ``p.data``, or by replaying a captured optimizer step), before the next eager call; or to
     free that memory. Nothing to do when no kernel has run in this process."""
-    import sys
-
     kernels = sys.modules.get(__package__ + ".kernels")
     if kernels is not None:
         kernels.staging.clear_pack_cache()
@@ -440,9 +440,10 @@ def _fold_window(weights: Tensor, wav, backend: str) -> tuple:
 
 class _EagerLinear(torch.autograd.Function):
     """Eager calls skip the custom-op dispatcher's per-call Python work (its wrapper was the
-    largest single host cost in a profile of one layer call: benchmarks/HISTORY.md); torch.compile traces
-    the custom op or the CUDA triton op instead (see the module docstring). Both run ``_forward_impl`` and ``_backward_impl``; under
-    ``create_graph=True`` the backward goes through ``differentiable_backward``. ``weights``
+    largest single host cost in a profile of one layer call: benchmarks/HISTORY.md);
+    torch.compile traces the custom op or the CUDA triton op instead (see the module
+    docstring). All run the same passes; under ``create_graph=True`` the backward goes
+    through ``differentiable_backward``. ``weights``
     come without the wavelet's window: it is folded here (``_fold_window``), and the
     gradient of w H times H is w's."""
 

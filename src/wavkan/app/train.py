@@ -346,6 +346,34 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
         _remove_empty(created)  # a run that wrote nothing leaves no folder behind
 
 
+class _HistoryFiles:
+    """A run's ``metrics.csv``, written after every epoch, and ``curves.png``, drawn from the
+    same history at most every ``CURVES_MIN_INTERVAL_S`` and after the last epoch."""
+
+    def __init__(self, out: Path, title: str):
+        self.out, self.title = out, title
+        self.written = 0  # epochs in metrics.csv (and the checkpoint)
+        self.drawn = 0  # epochs in curves.png
+        self.drawn_at = -math.inf  # time.monotonic() of that drawing
+
+    def write(self, history: list, last: bool) -> None:
+        write_metrics_csv(self.out / METRICS_NAME, history)
+        self.written = len(history)
+        if last or time.monotonic() - self.drawn_at >= CURVES_MIN_INTERVAL_S:
+            self._draw(history)
+
+    def catch_up(self, history: list) -> None:
+        """After an error: curves.png with every epoch metrics.csv holds, never raising (the
+        error is the one to report)."""
+        if self.drawn < self.written:
+            with contextlib.suppress(Exception):
+                self._draw(history[: self.written])
+
+    def _draw(self, history: list) -> None:
+        plot_curves(self.out / CURVES_NAME, history, title=self.title)
+        self.drawn, self.drawn_at = len(history), time.monotonic()
+
+
 def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: Path, data, bounds,
          saved: Optional[dict], on_epoch_end, startup: StartupClock, threads_note: str) -> RunResult:
     ckpt_path = out / CHECKPOINT_NAME
@@ -422,19 +450,9 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
               + f", augment {'on' if augment else 'off'}, bf16 autocast {'on' if amp else 'off'}"
               + (f", DDP x{ctx.world_size}" if ctx.enabled else "") + f"; output in {out}")
 
-    curves_drawn = [-math.inf]  # time.monotonic() of the last drawing
-    curves_epochs = [0]  # the epochs it showed
-    saved_epochs = [0]  # the epochs in the checkpoint and metrics.csv
-
-    def write_outputs(last: bool) -> None:
-        write_metrics_csv(out / METRICS_NAME, history)
-        saved_epochs[0] = len(history)
-        if last or time.monotonic() - curves_drawn[0] >= CURVES_MIN_INTERVAL_S:
-            plot_curves(out / CURVES_NAME, history, title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
-            curves_drawn[0], curves_epochs[0] = time.monotonic(), len(history)
-
+    history_files = _HistoryFiles(out, f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
     if ctx.is_main and history:
-        write_outputs(last=True)  # the checkpoint's history is the truth; drop rows of an unfinished epoch
+        history_files.write(history, last=True)  # the checkpoint's history is the truth; drop rows of an unfinished epoch
 
     if start_epoch < config.epochs:
         _log(ctx, startup.summary())
@@ -489,19 +507,14 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
                 save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
                                                           scheduler, device, ctx.world_size))
                 (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
-                write_outputs(last=epoch + 1 == config.epochs)
+                history_files.write(history, last=epoch + 1 == config.epochs)
             _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
                       f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
                       f"{seconds:.1f} s, {row['samples_per_s']:,.0f} samples/s")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
-    except BaseException:
-        # A crash, a divergence or Ctrl-C: curves.png may trail metrics.csv by the epochs
-        # drawn less often (CURVES_MIN_INTERVAL_S); bring it up to date, never masking the error.
-        if ctx.is_main and curves_epochs[0] < saved_epochs[0]:
-            with contextlib.suppress(Exception):
-                plot_curves(out / CURVES_NAME, history[: saved_epochs[0]],
-                            title=f"Wav-KAN {net} {config.wavelet} on {config.dataset}")
+    except BaseException:  # a crash, a divergence or Ctrl-C
+        history_files.catch_up(history)
         raise
 
     if history and ctx.is_main:  # the learned edge functions, over the inputs' training ranges
