@@ -443,9 +443,8 @@ class _EagerLinear(torch.autograd.Function):
     largest single host cost in a profile of one layer call: benchmarks/HISTORY.md);
     torch.compile traces the custom op or the CUDA triton op instead (see the module
     docstring). All run the same passes; under ``create_graph=True`` the backward goes
-    through ``differentiable_backward``. ``weights``
-    come without the wavelet's window: it is folded here (``_fold_window``), and the
-    gradient of w H times H is w's."""
+    through ``differentiable_backward``. ``weights`` come without the wavelet's window: it is
+    folded here (``_fold_window``), and the gradient of w H times H is w's."""
 
     @staticmethod
     def forward(ctx, x, scale, translation, weights, wavelet, backend):
