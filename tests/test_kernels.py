@@ -19,7 +19,7 @@ from wavkan import WAVELETS, WavKANLinear, get_wavelet, wavkan_linear
 from wavkan.kernels import KernelConfig, wavkan_bwd_dparams, wavkan_bwd_dx, wavkan_fwd
 from wavkan.kernels.launch import balanced_plan, cdiv, release_split_scratch
 from wavkan.kernels.tuning import default_config
-from wavkan.kernels.forward import _fast_z_holds
+from wavkan.kernels.forward import _short_form_holds
 from wavkan.kernels.staging import clear_pack_cache
 from wavkan.reference import reference_backward, reference_forward, wavkan_linear_unchunked
 
@@ -156,7 +156,7 @@ def test_short_z_on_both_sides_of_its_bound(wavelet, bound_ratio, kernel_device)
 
 @triton.jit
 def _decide_short_z(pack_ptr, PLANE, OUT_PAD, IN, out_ptr, BLOCK: tl.constexpr):
-    tl.store(out_ptr, _fast_z_holds(pack_ptr, PLANE, OUT_PAD, 0, IN, tl.arange(0, BLOCK), BLOCK).to(tl.int32))
+    tl.store(out_ptr, _short_form_holds(pack_ptr, 0, tl.arange(0, 1), pack_ptr, PLANE, 2 * PLANE, OUT_PAD, 0, IN, tl.arange(0, BLOCK), False, 1, BLOCK).to(tl.int32))
 
 
 @pytest.mark.parametrize("case, holds", [

@@ -170,6 +170,8 @@ class Wavelet:
     - ``code``: the wavelet's number inside the Triton kernels (``WAVELET`` constexpr);
     - ``gaussian``: one exp2 and a few fp32 operations per evaluation, no sine or cosine: the
       kernels unroll these loops (measured faster; the trigonometric ones are long already);
+    - ``envelope``: psi has the Gaussian factor exp(-z^2 / 2), one exp2 per evaluation, which
+      the forward can take on the FMA pipe for a share of its steps (``KernelConfig.poly_every``);
     - ``fold = (k, m)``: the forward kernel evaluates psi(z) / m at k z (k and m are folded
       into the packed edge constants, so that the inner loop does not multiply by them);
     - ``fold_bwd = (k, P, D)``: the backward kernels evaluate psi(z) / P and dpsi(z) / D at k z.
@@ -180,6 +182,7 @@ class Wavelet:
     psi_dpsi: Callable[[Tensor, bool], tuple]
     window: Optional[Callable[[int, torch.dtype, object], Tensor]] = None
     gaussian: bool = False
+    envelope: bool = False
     fold: tuple = (1.0, 1.0)
     fold_bwd: tuple = (1.0, 1.0, 1.0)
 
@@ -201,10 +204,10 @@ class Wavelet:
 _CATALOGUE = {
     w.name: w
     for w in (
-        Wavelet("mexican_hat", 0, _mexican_hat, gaussian=True, fold=(GAUSS_K, MEXICAN_HAT_C),
+        Wavelet("mexican_hat", 0, _mexican_hat, gaussian=True, envelope=True, fold=(GAUSS_K, MEXICAN_HAT_C),
                 fold_bwd=(GAUSS_K, MEXICAN_HAT_C, 3.0 * MEXICAN_HAT_C / GAUSS_K)),
-        Wavelet("morlet", 1, _morlet, fold=(GAUSS_K, 1.0), fold_bwd=(GAUSS_K, 1.0, -1.0 / GAUSS_K)),
-        Wavelet("dog", 2, _dog, gaussian=True, fold=(GAUSS_K, -1.0 / GAUSS_K),
+        Wavelet("morlet", 1, _morlet, envelope=True, fold=(GAUSS_K, 1.0), fold_bwd=(GAUSS_K, 1.0, -1.0 / GAUSS_K)),
+        Wavelet("dog", 2, _dog, gaussian=True, envelope=True, fold=(GAUSS_K, -1.0 / GAUSS_K),
                 fold_bwd=(GAUSS_K, -1.0 / GAUSS_K, 1.0)),
         Wavelet("meyer", 3, _meyer),
         Wavelet("shannon", 4, _shannon, window=_hamming_window),

@@ -32,18 +32,26 @@ partials when split): the eager call's host time is what a user pays per layer a
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from .device import wavelet_psi_folded
+from .device import MEXICAN_HAT, exp2_of, wavelet_psi_folded
 from .launch import DirectLauncher, cdiv, split_plan, stream_key
 from .partials import store_tile
 from .staging import cached_edge_pack, column_operand, plane_offsets
-from .tuning import KernelConfig, default_config, kernel_meta
+from .tuning import KernelConfig, default_config, kernel_meta, poly_every
 
 # Below this |t k/s| on all of a program's edges, z is one FFMA (module docstring).
 FAST_Z_BOUND = tl.constexpr(1.0)
+# mexican_hat's short form squares z before it multiplies by the exponential; below these
+# bounds on |x| and |k/s| (with |t k/s| <= 1), (k z)^2 <= (2^30 2^30 + 1)^2 stays finite.
+SHORT_X_BOUND = tl.constexpr(2.0**30)
+SHORT_A_BOUND = tl.constexpr(2.0**30)
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
+NEG_TWO_LN2 = tl.constexpr(-2.0 * math.log(2.0))
 
 
 @triton.jit
@@ -57,9 +65,13 @@ def _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows,
 
 
 @triton.jit
-def _fast_z_holds(pack_ptr, PLANE, OUT_PAD, i_start, i_end, offs_o, BLOCK_OUT: tl.constexpr):
-    """Whether |t k/s| <= FAST_Z_BOUND on every edge of the program's rows and columns (one pass
-    over two of the packed planes, 16 rows a step: about 1% of the main loop's loads)."""
+def _short_form_holds(x_ptr, stride_xi, x_rows, pack_ptr, PLANE, PLANE2, OUT_PAD, i_start, i_end, offs_o,
+                      CHECK_X: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr):  # fmt: skip
+    """Whether the program may take the short forms (module docstring): |t k/s| <= FAST_Z_BOUND
+    on every edge of its rows and columns (one pass over the packed planes, 16 rows a step:
+    about 1% of the main loop's loads); with CHECK_X (mexican_hat's short form) also |k/s| <=
+    SHORT_A_BOUND and a finite weight on every edge, and |x| <= SHORT_X_BOUND on every x of
+    its rows (one pass over them, as many loads as the main loop makes of x)."""
     rows = tl.arange(0, 16)
     # Counted as a comparison per edge, not as a max of |t k/s|: a NaN product (t = 0 with a
     # zero scale: k/s = inf) fails the comparison, where a max could drop it.
@@ -67,18 +79,59 @@ def _fast_z_holds(pack_ptr, PLANE, OUT_PAD, i_start, i_end, offs_o, BLOCK_OUT: t
     for i0 in range(i_start, i_end, 16):
         r = tl.minimum(i0 + rows, i_end - 1).to(tl.int64)
         edge = pack_ptr + r[:, None] * OUT_PAD + offs_o[None, :]
-        ok = tl.minimum(ok, (tl.abs(tl.load(edge) * tl.load(edge + PLANE)) <= FAST_Z_BOUND).to(tl.int32))
-    return tl.min(tl.min(ok, axis=1), axis=0) == 1
+        a = tl.load(edge)
+        good = tl.abs(a * tl.load(edge + PLANE)) <= FAST_Z_BOUND
+        if CHECK_X:
+            good = good & (tl.abs(a) <= SHORT_A_BOUND) & (tl.abs(tl.load(edge + PLANE2)) <= FP32_MAX)
+        ok = tl.minimum(ok, good.to(tl.int32))
+    holds = tl.min(tl.min(ok, axis=1), axis=0) == 1
+    if CHECK_X:
+        ok_x = tl.full((BLOCK_B, 16), 1, dtype=tl.int32)
+        for i0 in range(i_start, i_end, 16):
+            c = tl.minimum(i0 + rows, i_end - 1).to(tl.int64)
+            x = tl.load(x_ptr + c[None, :] * stride_xi + x_rows[:, None]).to(tl.float32)
+            ok_x = tl.minimum(ok_x, (tl.abs(x) <= SHORT_X_BOUND).to(tl.int32))
+        holds = holds & (tl.min(tl.min(ok_x, axis=1), axis=0) == 1)
+    return holds
+
+
+@triton.jit
+def _fwd_step(acc, x, a, t, w, WAVELET: tl.constexpr, FAST: tl.constexpr, SHORT: tl.constexpr,
+              POLY: tl.constexpr):  # fmt: skip
+    """acc + w psi for one step's operands. SHORT: the short forms (z by one FFMA, and
+    mexican_hat's psi in two FMA-pipe instructions); POLY: the Gaussian's exp2 on the FMA pipe
+    (``device.exp2_fma``) instead of the MUFU."""
+    if SHORT:
+        zs = tl.fma(x[:, None], a[None, :], (-(t * a))[None, :])  # k z, one FFMA
+        if WAVELET == MEXICAN_HAT:
+            # w (2 ln2 zs^2 - 1) e = (q (-2 ln2 w) - w) e with q = -zs^2: an FFMA for the
+            # factor, one for the sum (finite: the bounds of _short_form_holds).
+            q = zs * -zs
+            return tl.fma(tl.fma(q, (w * NEG_TWO_LN2)[None, :], (-w)[None, :]), exp2_of(q, POLY), acc)
+    else:
+        zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s|
+    return acc + w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST, POLY)
 
 
 @triton.jit
 def _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
               WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-              FAST_Z: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr):  # fmt: skip
-    """The (BLOCK_B, BLOCK_OUT) tile's sum over rows i_start .. i_end - 1 of ``in``."""
+              SHORT: tl.constexpr, POLY_EVERY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr):  # fmt: skip
+    """The (BLOCK_B, BLOCK_OUT) tile's sum over rows i_start .. i_end - 1 of ``in``. With
+    POLY_EVERY = n > 0, the loop walks groups of n steps, the last of which takes its
+    exponentials on the FMA pipe; the steps past the last whole group take the MUFU's."""
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
     x_next, a_next, t_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-    for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
+    i_rest = i_start
+    if POLY_EVERY > 0:
+        i_rest = i_start + (i_end - i_start) // POLY_EVERY * POLY_EVERY
+        for i0 in tl.range(i_start, i_rest, POLY_EVERY):
+            for k in tl.static_range(POLY_EVERY):
+                x, a, t, w = x_next, a_next, t_next, w_next
+                x_next, a_next, t_next, w_next = _fwd_operands(
+                    x_ptr, stride_xi, pack_ptr, tl.minimum(i0 + k + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
+                acc = _fwd_step(acc, x, a, t, w, WAVELET, FAST, SHORT, k == POLY_EVERY - 1)
+    for i in tl.range(i_rest, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
@@ -87,11 +140,7 @@ def _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2
                 x_ptr, stride_xi, pack_ptr, tl.minimum(i + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
         else:
             x, a, t, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-        if FAST_Z:
-            zs = tl.fma(x[:, None], a[None, :], (-(t * a))[None, :])  # k z, one FFMA
-        else:
-            zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s|
-        acc += w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST)
+        acc = _fwd_step(acc, x, a, t, w, WAVELET, FAST, SHORT, False)
     return acc
 
 
@@ -103,7 +152,8 @@ def _wavkan_fwd_kernel(
     stride_xb, stride_xi, stride_yb, stride_yo,
     SPLIT, IN_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    X_STAGED: tl.constexpr, X_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    X_STAGED: tl.constexpr, X_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, POLY_EVERY: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -125,13 +175,14 @@ def _wavkan_fwd_kernel(
         x_rows = tl.minimum(offs_b, B - 1).to(tl.int64) * stride_xb
     i_start = pid_k * IN_PER_SPLIT
     i_end = tl.minimum(i_start + IN_PER_SPLIT, IN)
-    # z by one FFMA where it is as accurate as the exact form (see the module docstring).
-    if _fast_z_holds(pack_ptr, PLANE, OUT_PAD, i_start, i_end, offs_o, BLOCK_OUT):
+    # The short forms where they are as accurate as the exact ones (see the module docstring).
+    if _short_form_holds(x_ptr, stride_xi, x_rows, pack_ptr, PLANE, PLANE2, OUT_PAD, i_start, i_end, offs_o,
+                         WAVELET == MEXICAN_HAT, BLOCK_B, BLOCK_OUT):
         acc = _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
-                        WAVELET, FAST, PREFETCH, UNROLL, True, BLOCK_B, BLOCK_OUT)
+                        WAVELET, FAST, PREFETCH, UNROLL, True, POLY_EVERY, BLOCK_B, BLOCK_OUT)
     else:
         acc = _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
-                        WAVELET, FAST, PREFETCH, UNROLL, False, BLOCK_B, BLOCK_OUT)
+                        WAVELET, FAST, PREFETCH, UNROLL, False, POLY_EVERY, BLOCK_B, BLOCK_OUT)
 
     mask = (offs_b < B)[:, None] & (offs_o < OUT)[None, :]
     rows = offs_b[:, None].to(tl.int64)
@@ -170,6 +221,6 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
         (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
          stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
         dict(kernel_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_OUT")), X_STAGED=cfg.stage,
-             X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1),
+             X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, POLY_EVERY=poly_every(cfg, wavelet)),
     )
     return y

@@ -1,0 +1,182 @@
+"""The forward's cheaper forms against float64: exponentials on the FMA pipe (``exp2_fma``,
+``KernelConfig.poly_every``) and mexican_hat's short psi, with the per-program decision that
+keeps every input the short form cannot take on the exact one.
+
+Under Triton's interpreter (CPU) and on the GPU alike: the polynomial exponential is plain
+arithmetic and bit casts, so the interpreter runs the same code the GPU does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import triton
+import triton.language as tl
+from helpers import layer_inputs
+from oracle import oracle
+
+from wavkan import get_wavelet
+from wavkan.wavelets import CATALOGUE
+from wavkan.kernels import wavkan_fwd
+from wavkan.kernels.device import exp2_fma
+from wavkan.kernels.forward import SHORT_A_BOUND, SHORT_X_BOUND, _short_form_holds
+from wavkan.kernels.staging import pack_edge_constants
+from wavkan.kernels.tuning import default_config
+
+ENVELOPE = [w.name for w in CATALOGUE if w.envelope]
+# ex2.approx.f32's documented bound, which the polynomial must stay below.
+EX2_APPROX_REL = 2.0**-22.5
+
+
+@triton.jit
+def _exp2_fma_kernel(q_ptr, out_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    tl.store(out_ptr + offs, exp2_fma(tl.load(q_ptr + offs, mask=mask)), mask=mask)
+
+
+def _exp2_fma(q: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(q)
+    _exp2_fma_kernel[(triton.cdiv(q.numel(), 1024),)](q, out, q.numel(), BLOCK=1024)
+    return out
+
+
+def test_exp2_fma_accuracy(kernel_device):
+    """2^q within 2^-22.5 relative (ex2.approx's bound) wherever 2^q is a normal fp32, at every
+    fp32 step across the rounding boundaries of q (j +- 1/2) and on a dense grid down to -126;
+    below, within 2^-126 absolute (what flushing to zero costs); exactly 0 at -127 and
+    below and at -inf; exactly 1 at 0 and -0."""
+    grid = np.linspace(-126.0, 0.0, 200_001, dtype=np.float32)
+    # Both sides of every rounding boundary j + 1/2 in [-20, 0], fp32-adjacent values.
+    halves = np.arange(-20, 0, dtype=np.float32) + np.float32(0.5)
+    around = np.concatenate([np.nextafter(halves, np.float32(-np.inf)), halves, np.nextafter(halves, np.float32(0))])
+    q = torch.from_numpy(np.concatenate([grid, around])).to(kernel_device)
+    got = _exp2_fma(q).double().cpu()
+    exact = torch.exp2(q.double().cpu())
+    rel = ((got - exact).abs() / exact).max().item()
+    assert rel < EX2_APPROX_REL, rel
+
+    low = torch.tensor([-126.0, -126.2, -126.5, -126.7, -126.99, -127.0, -127.5, -200.0, -3e38,
+                        float("-inf"), 0.0, -0.0], device=kernel_device)
+    got = _exp2_fma(low).double().cpu()
+    exact = torch.exp2(low.double().cpu())
+    assert ((got - exact).abs() <= 2.0**-126).all(), (got, exact)
+    assert (got[5:10] == 0).all() and (got[-2:] == 1).all(), got
+    assert (got >= 0).all()
+
+
+@triton.jit
+def _decide(x_ptr, stride_xb, stride_xi, pack_ptr, PLANE, OUT_PAD, IN, out_ptr, CHECK_X: tl.constexpr,
+            BLOCK_B: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    rows = tl.arange(0, BLOCK_B) * stride_xb
+    holds = _short_form_holds(x_ptr, stride_xi, rows, pack_ptr, PLANE, 2 * PLANE, OUT_PAD, 0, IN,
+                              tl.arange(0, BLOCK), CHECK_X, BLOCK_B, BLOCK)
+    tl.store(out_ptr, holds.to(tl.int32))
+
+
+@pytest.mark.parametrize("case, holds", [
+    ("small", True), ("x at the bound", True), ("x above the bound", False), ("x inf", False),
+    ("x nan", False), ("scale at the bound", True), ("scale below the bound", False), ("weight inf", False),
+    ("weight nan", False), ("t k/s above", False),
+])
+def test_short_form_decision_with_inputs(case, holds, kernel_device):
+    """mexican_hat's short psi (-(1 + 2 ln2 q) e, q = -(k z)^2) needs a finite q and weight:
+    the decision also bounds |x| and |k/s| (so (k z)^2 cannot overflow, where the exact form
+    gives 0) and requires finite weights (an infinite one would give inf - inf); any x of the
+    program's rows, any of its edges failing sends the whole program to the exact form."""
+    B, IN, OUT = 4, 19, 3
+    x = torch.full((B, IN), 0.25, device=kernel_device)
+    s = torch.ones(OUT, IN, device=kernel_device)
+    t = torch.full((OUT, IN), 0.5, device=kernel_device)
+    w = torch.ones(OUT, IN, device=kernel_device)
+    if case == "x at the bound":
+        x[2, 11] = -SHORT_X_BOUND.value
+    elif case == "x above the bound":
+        x[3, 18] = 2.0 * SHORT_X_BOUND.value
+    elif case == "x inf":
+        x[0, 5] = float("-inf")
+    elif case == "x nan":
+        x[1, 0] = float("nan")
+    elif case == "scale at the bound":
+        s[1, 4], t[1, 4] = 1.0 / SHORT_A_BOUND.value, 0.0
+    elif case == "scale below the bound":
+        s[1, 4], t[1, 4] = 0.5 / SHORT_A_BOUND.value, 0.0
+    elif case == "weight inf":
+        w[2, 7] = float("inf")
+    elif case == "weight nan":
+        w[0, 0] = float("nan")
+    elif case == "t k/s above":
+        t[2, 17] = 1.5
+    pack = pack_edge_constants(s, t, w, 4, False)  # k = 1: the packed planes are 1/s, t, w
+    out = torch.zeros(1, dtype=torch.int32, device=kernel_device)
+    _decide[(1,)](x, IN, 1, pack, pack.stride(0), 4, IN, out, CHECK_X=True, BLOCK_B=B, BLOCK=4)
+    assert bool(out.item()) is holds
+    _decide[(1,)](x, IN, 1, pack, pack.stride(0), 4, IN, out, CHECK_X=False, BLOCK_B=B, BLOCK=4)
+    assert bool(out.item()) is (case != "t k/s above")  # without CHECK_X only t k/s counts
+
+
+def _forward_within_oracle(x, s, t, w, wavelet, device, config):
+    """The forward alone, with ``config``, within the float64 oracle's bound."""
+    values, tols = oracle(x, s, t, w, torch.ones(x.shape[0], s.shape[0]), wavelet, trig_on_gpu=device.type == "cuda")
+    wav = get_wavelet(wavelet)
+    w_eff = wav.fold_window(w)[0].float() if wav.window else w
+    y = wavkan_fwd(x.to(device), s.to(device), t.to(device), w_eff.to(device), wav, config=config)
+    err = (y.double().cpu() - values[0]).abs()
+    assert (err <= tols[0] + 1e-7 * values[0].abs()).all(), (wavelet, (err / tols[0]).max().item())
+    return y
+
+
+@pytest.mark.parametrize("poly_every", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 40), (33, 29, 5)])
+@pytest.mark.parametrize("wavelet", ENVELOPE)
+def test_poly_steps_match_float64(wavelet, shape, poly_every, kernel_device):
+    """Every n-th step's exponentials on the FMA pipe (n = 1: all of them), with loop lengths
+    that leave a remainder of steps past the last whole group, on the short forms (small t/s)
+    and the exact ones (t/s of 1e3 on the second program's columns): the output within the
+    float64 oracle's bound, as the MUFU's."""
+    B, IN, OUT = shape
+    x, s, t, w = (a.double() for a in layer_inputs(B, IN, OUT, torch.float64))
+    t[:32] *= 0.1  # |t k/s| <= 1: the short forms
+    t[32:] = t[32:].sign() * 1e3 * s[32:]
+    x = x + t[torch.arange(B) % OUT] * (torch.arange(OUT)[torch.arange(B) % OUT] >= 32)[:, None]
+    cfg = dataclasses.replace(default_config("fwd", kernel_device, B), poly_every=poly_every)
+    _forward_within_oracle(*(a.float() for a in (x, s, t, w)), wavelet, kernel_device, cfg)
+
+
+@pytest.mark.parametrize("case", ["tiny scale", "x above the bound", "weight inf", "x inf"])
+@pytest.mark.parametrize("poly_every", [0, 1])
+@pytest.mark.parametrize("wavelet", ENVELOPE)
+def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
+    """The inputs the short forms must hand to the exact ones, with and without the FMA pipe's
+    exponentials, each alone in a call of ordinary values: a tiny scale (z^2 overflows: float64
+    gives 0), |x| above the bound with a scale inside its bound (z^2 overflows likewise), an
+    infinite weight (an infinite output of psi's sign), an infinite x (NaN)."""
+    B, IN, OUT = 5, 3, 2
+    x = torch.linspace(-1.0, 1.0, B * IN).reshape(B, IN)
+    s = torch.ones(OUT, IN)
+    t = torch.full((OUT, IN), 0.1)
+    w = torch.tensor([[1.0, 0.5, -0.25], [-0.75, 0.5, 0.25]])
+    if case == "tiny scale":
+        s[0, 0] = 1e-20
+    elif case == "x above the bound":
+        x[1, 0], s[:, 0], t[:, 0] = 3e10, 1e-9, 0.0  # k/s = 8.5e8 <= 2^30; (k z)^2 = 6e38 overflows
+    elif case == "weight inf":
+        w[1, 2] = float("inf")
+    elif case == "x inf":
+        x[3, 1] = float("inf")
+    cfg = dataclasses.replace(default_config("fwd", kernel_device, B), poly_every=poly_every)
+    wav = get_wavelet(wavelet)
+    y = wavkan_fwd(x.to(kernel_device), s.to(kernel_device), t.to(kernel_device), w.to(kernel_device), wav, config=cfg)
+    from wavkan.reference import reference_forward
+
+    expected = reference_forward(x.double(), s.double(), t.double(), w.double(), wavelet)
+    y = y.double().cpu()
+    assert torch.equal(torch.isnan(y), torch.isnan(expected)), (y, expected)
+    assert torch.equal(y[torch.isinf(expected)], expected[torch.isinf(expected)]), (y, expected)
+    finite = torch.isfinite(expected)
+    assert torch.allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-6), (y, expected)
+    assert finite.sum() >= B * OUT - B  # one bad column at most: the rest is compared
