@@ -163,6 +163,25 @@ def test_moving_parameters_invalidates(kernel_device):
 
 
 @pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+def test_new_storage_at_a_freed_address_is_seen(kernel_device, wavelet):
+    """A parameter given new storage keeps its version counter (``.half().float()``, ``p.data =
+    ...``), so its key differs from the kept one only by address; the kept entry holds the old
+    storages, so no new one can land at their addresses (the allocator hands freed blocks out
+    again). Many rounds of new values through the same round trip: every output fresh."""
+    layer = _layer(kernel_device, wavelet=wavelet)
+    x = torch.randn(6, 13, device=kernel_device)
+    for k in range(12):
+        layer(x)
+        kept = {p.data_ptr() for p in layer.parameters()}
+        with torch.no_grad():
+            layer.half().float()
+            if k % 2:
+                layer.wavelet_weights.data = torch.randn(7, 13, device=kernel_device)
+        assert not kept & {p.data_ptr() for p in layer.parameters()}
+        _close(layer(x), layer, x)
+
+
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
 def test_writes_past_the_version_counter_need_clear_caches(kernel_device, wavelet):
     """Writes through ``.data`` (and replays of a captured optimizer step) leave the version
     counter alone, so the cache cannot see them; ``wavkan.clear_caches()`` is the documented

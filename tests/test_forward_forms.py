@@ -180,3 +180,34 @@ def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
     finite = torch.isfinite(expected)
     assert torch.allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-6), (y, expected)
     assert finite.sum() >= B * OUT - B  # one bad column at most: the rest is compared
+
+
+@pytest.mark.parametrize("case", ["plain", "tiny scale", "x above the bound", "t k/s above"])
+@pytest.mark.parametrize("wavelet", ENVELOPE)
+def test_grad_x_short_forms_match_float64(wavelet, case, kernel_device):
+    """grad_x takes the short forms too (z by one FFMA; mexican_hat's dpsi as zs (1 + c q) e):
+    where they hold, and where one input of the call sends its program to the exact forms (a
+    tiny scale or an |x| above the bound, where (k z)^2 overflows and float64 gives 0; a t k/s
+    above 1), grad_x agrees with float64 autograd of the reference, every value finite."""
+    from wavkan import wavkan_linear
+
+    B, IN, OUT = 5, 3, 4
+    x = torch.linspace(-1.0, 1.0, B * IN).reshape(B, IN)
+    s = torch.linspace(0.7, 1.3, OUT * IN).reshape(OUT, IN)
+    t = torch.linspace(-0.3, 0.3, OUT * IN).reshape(OUT, IN)
+    w = torch.linspace(-1.0, 0.8, OUT * IN).reshape(OUT, IN)
+    if case == "tiny scale":
+        s[0, 0] = 1e-20
+    elif case == "x above the bound":
+        x[1, 0], s[:, 0], t[:, 0] = 3e10, 1e-9, 0.0
+    elif case == "t k/s above":
+        t[2, 1] = 5.0
+    g = torch.linspace(-1.0, 1.0, B * OUT).reshape(B, OUT)
+    xs = x.clone().to(kernel_device).requires_grad_()
+    wavkan_linear(xs, s.to(kernel_device), t.to(kernel_device), w.to(kernel_device), wavelet=wavelet,
+                  backend="triton").backward(g.to(kernel_device))
+    x64 = x.double().requires_grad_()
+    wavkan_linear(x64, s.double(), t.double(), w.double(), wavelet=wavelet, backend="reference").backward(g.double())
+    got, expected = xs.grad.double().cpu(), x64.grad
+    assert torch.isfinite(got).all() and torch.isfinite(expected).all(), (got, expected)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)

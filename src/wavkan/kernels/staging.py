@@ -154,13 +154,18 @@ def _drop(ident: int, ref, kept=_KEPT) -> None:
         del kept[ident]
 
 
-def _kept(anchor: torch.Tensor, kind, key, compute):
+def _kept(anchor: torch.Tensor, kind, key, compute, sources=()):
     """``compute()``, kept per ``anchor`` object and ``kind`` until ``key`` changes (a new key
-    of a kind replaces the old), and dropped with the anchor."""
+    of a kind replaces the old), and dropped with the anchor.
+
+    The entry holds the storages of ``sources`` (the tensors whose addresses ``key`` compares)
+    until it is replaced: a tensor allocated after them cannot take one of their addresses, so
+    a parameter given new storage (``.half().float()``, ``p.data = ...``, which keep its version
+    counter) never matches a stale key by landing where the old one was."""
     ident = id(anchor)
     entries = _KEPT.get(ident)
     if entries is not None and entries[0]() is anchor:
-        for entry_kind, entry_key, value in entries[1]:
+        for entry_kind, entry_key, value, _ in entries[1]:
             if entry_kind == kind and entry_key == key:
                 return value
     value = compute()
@@ -171,7 +176,8 @@ def _kept(anchor: torch.Tensor, kind, key, compute):
             return value
         entries = (ref, [])
         _KEPT[ident] = entries
-    entries[1][:] = [e for e in entries[1] if e[0] != kind] + [(kind, key, value)]
+    held = tuple(t.untyped_storage() for t in sources)
+    entries[1][:] = [e for e in entries[1] if e[0] != kind] + [(kind, key, value, held)]
     return value
 
 
@@ -193,7 +199,8 @@ def cached_edge_pack(scale, translation, weights, pad: int, for_grad_x: bool, z_
     pack_args = (pad, for_grad_x, z_scale, w_scale)
     key = (stream, _param_key(scale), _param_key(translation), _param_key(weights))
     return _kept(weights, pack_args, key,
-                 lambda: pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale))
+                 lambda: pack_edge_constants(scale, translation, weights, pad, for_grad_x, z_scale, w_scale),
+                 (scale, translation, weights))
 
 
 def windowed_weights(weights, wavelet) -> tuple:
@@ -210,7 +217,7 @@ def windowed_weights(weights, wavelet) -> tuple:
 
     if _uncached(weights):
         return fold()
-    return _kept(weights, ("window", wavelet.name), (stream_key(weights.device), _param_key(weights)), fold)
+    return _kept(weights, ("window", wavelet.name), (stream_key(weights.device), _param_key(weights)), fold, (weights,))
 
 
 def clear_pack_cache() -> None:
