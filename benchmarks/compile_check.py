@@ -68,7 +68,7 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly=None):
          "X_ROWS_32": True, "SPLIT_SUM": False, "POLY_EVERY": poly_every(fwd, wav), "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
         {**{k: f32 for k in ("x_ptr", "g_ptr", "pack_ptr", "dx_ptr", "part_ptr")}, "counter_ptr": i32}, \
-        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, wav), "G_ROWS_32": True, "SHORT_Z": wav.envelope,
+        {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, wav), "G_ROWS_32": True,
          "SPLIT_SUM": False, "BLOCK_B": dx.block_m, "BLOCK_IN": dx.block_n}, dx
     yield "bwd_dparams", backward._wavkan_bwd_dparams_kernel, \
         {**{k: f32 for k in ("x_ptr", "g_ptr", "s_ptr", "t_ptr", "w_ptr", "ds_ptr", "dt_ptr", "dw_ptr", "part_ptr")},

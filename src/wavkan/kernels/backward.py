@@ -16,12 +16,6 @@ rows its config sets, or when its tiles cannot fill the GPU) and write fp32 part
 tile's last program sums in a fixed order (``partials.split_arrive``): bitwise-deterministic
 results, one launch per pass.
 
-grad_x takes the forward's short forms where they are as accurate (``forward.py``'s docstring):
-for the wavelets with a Gaussian envelope (the others need z exactly 0 where x == t: meyer's
-sign(z)) z by one FFMA where every edge of the program has |t k/s| <= 1, and mexican_hat's
-dpsi = zs (1 + (2 ln2 / 3) q) e with q = -zs^2 where |x| and |k/s| also stay within the
-bounds that keep q finite. The parameter pass keeps the exact forms.
-
 Like the forward, the loops read only staged operands (``staging.py``): fp32, padded to whole
 tiles, addressed from the loop index, so their loads are unmasked and need one address per
 step. grad_x reads grad_y transposed (out, B_PAD) and the packed [k/s, t, D w/s]; the
@@ -36,8 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import MEXICAN_HAT, TWO_LN2_THIRD, wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .forward import FAST_Z_BOUND, SHORT_A_BOUND, SHORT_X_BOUND
+from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .launch import DirectLauncher, cdiv, split_plan, stream_key
 from .partials import split_arrive, split_sum, store_tile
 from .staging import cached_edge_pack, column_operand, plane_offsets
@@ -62,60 +55,6 @@ def _dparams_operands(x_ptr, g_ptr, b, stride_xb, stride_gb, x_cols, g_cols):
             tl.load(g_ptr + bl * stride_gb + g_cols).to(tl.float32))
 
 
-@triton.jit
-def _dx_short_form_holds(x, pack_ptr, PLANE, IN_PAD, o_start, o_end, offs_i, CHECK_X: tl.constexpr,
-                         BLOCK_IN: tl.constexpr):  # fmt: skip
-    """Whether grad_x may take the short forms: |t k/s| <= 1 on every edge of the program's
-    rows of out and columns of in (one pass over two packed planes, as the forward's); with
-    CHECK_X (mexican_hat's short dpsi, which squares z before the exponential multiplies it)
-    also |k/s| <= SHORT_A_BOUND on those edges and |x| <= SHORT_X_BOUND on the program's tile of
-    x, which it holds in registers."""
-    rows = tl.arange(0, 16)
-    ok = tl.full((16, BLOCK_IN), 1, dtype=tl.int32)
-    for o0 in range(o_start, o_end, 16):
-        r = tl.minimum(o0 + rows, o_end - 1).to(tl.int64)
-        edge = pack_ptr + r[:, None] * IN_PAD + offs_i[None, :]
-        a = tl.load(edge)
-        good = tl.abs(a * tl.load(edge + PLANE)) <= FAST_Z_BOUND
-        if CHECK_X:
-            good = good & (tl.abs(a) <= SHORT_A_BOUND)
-        ok = tl.minimum(ok, good.to(tl.int32))
-    holds = tl.min(tl.min(ok, axis=1), axis=0) == 1
-    if CHECK_X:
-        holds = holds & (tl.min(tl.min((tl.abs(x) <= SHORT_X_BOUND).to(tl.int32), axis=1), axis=0) == 1)
-    return holds
-
-
-@triton.jit
-def _dx_loop(x, g_ptr, stride_go, pack_ptr, o_start, o_end, IN_PAD, PLANE, PLANE2, g_rows, offs_i,
-             WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-             SHORT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr):  # fmt: skip
-    """The (BLOCK_B, BLOCK_IN) tile of grad_x summed over rows o_start .. o_end - 1 of out.
-    SHORT: z by one FFMA, and mexican_hat's dpsi as zs (1 + (2 ln2 / 3) q) e with q = -zs^2
-    (four FMA-pipe instructions where the exact form takes seven)."""
-    acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
-    g_next, a_next, t_next, ws_next = _dx_operands(g_ptr, stride_go, pack_ptr, o_start, IN_PAD, PLANE, PLANE2, g_rows, offs_i)
-    for o in tl.range(o_start, o_end, loop_unroll_factor=UNROLL):
-        if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
-            g, a, t, w_over_s = g_next, a_next, t_next, ws_next
-            g_next, a_next, t_next, ws_next = _dx_operands(
-                g_ptr, stride_go, pack_ptr, tl.minimum(o + 1, o_end - 1), IN_PAD, PLANE, PLANE2, g_rows, offs_i)
-        else:
-            g, a, t, w_over_s = _dx_operands(g_ptr, stride_go, pack_ptr, o, IN_PAD, PLANE, PLANE2, g_rows, offs_i)
-        gw = g[:, None] * w_over_s[None, :]
-        if SHORT:
-            zs = tl.fma(x, a[None, :], (-(t * a))[None, :])  # k z, one FFMA
-            if WAVELET == MEXICAN_HAT:
-                q = zs * -zs
-                acc = tl.fma(gw * (zs * tl.fma(q, TWO_LN2_THIRD, 1.0)), tl.exp2(q), acc)
-            else:
-                acc += gw * wavelet_psi_dpsi_folded(zs, WAVELET, FAST)[1]
-        else:
-            zs = (x - t[None, :]) * a[None, :]  # k z, exactly 0 where x == t
-            acc += gw * wavelet_psi_dpsi_folded(zs, WAVELET, FAST)[1]
-    return acc
-
-
 @triton.jit(do_not_specialize=["SPLIT", "OUT_PER_SPLIT", "STRIDE_PART"])  # as the forward's
 def _wavkan_bwd_dx_kernel(
     x_ptr, g_ptr, pack_ptr, dx_ptr, part_ptr, counter_ptr,
@@ -123,8 +62,7 @@ def _wavkan_bwd_dx_kernel(
     stride_xb, stride_xi, stride_gb, stride_go, stride_db, stride_di,
     SPLIT, OUT_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    G_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, SHORT_Z: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_IN: tl.constexpr,
+    G_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_IN: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -143,14 +81,18 @@ def _wavkan_bwd_dx_kernel(
 
     o_start = pid_k * OUT_PER_SPLIT
     o_end = tl.minimum(o_start + OUT_PER_SPLIT, OUT)
-    # The short forms where they are as accurate as the exact ones (module docstring).
-    if SHORT_Z and _dx_short_form_holds(x, pack_ptr, PLANE, IN_PAD, o_start, o_end, offs_i,
-                                        WAVELET == MEXICAN_HAT, BLOCK_IN):
-        acc = _dx_loop(x, g_ptr, stride_go, pack_ptr, o_start, o_end, IN_PAD, PLANE, PLANE2, g_rows, offs_i,
-                       WAVELET, FAST, PREFETCH, UNROLL, True, BLOCK_B, BLOCK_IN)
-    else:
-        acc = _dx_loop(x, g_ptr, stride_go, pack_ptr, o_start, o_end, IN_PAD, PLANE, PLANE2, g_rows, offs_i,
-                       WAVELET, FAST, PREFETCH, UNROLL, False, BLOCK_B, BLOCK_IN)
+    acc = tl.zeros((BLOCK_B, BLOCK_IN), dtype=tl.float32)
+    g_next, a_next, t_next, ws_next = _dx_operands(g_ptr, stride_go, pack_ptr, o_start, IN_PAD, PLANE, PLANE2, g_rows, offs_i)
+    for o in tl.range(o_start, o_end, loop_unroll_factor=UNROLL):
+        if PREFETCH:  # next step's loads ahead of this step's arithmetic (see the forward)
+            g, a, t, w_over_s = g_next, a_next, t_next, ws_next
+            g_next, a_next, t_next, ws_next = _dx_operands(
+                g_ptr, stride_go, pack_ptr, tl.minimum(o + 1, o_end - 1), IN_PAD, PLANE, PLANE2, g_rows, offs_i)
+        else:
+            g, a, t, w_over_s = _dx_operands(g_ptr, stride_go, pack_ptr, o, IN_PAD, PLANE, PLANE2, g_rows, offs_i)
+        zs = (x - t[None, :]) * a[None, :]  # k z, exactly 0 where x == t
+        _, dpsi = wavelet_psi_dpsi_folded(zs, WAVELET, FAST)
+        acc += (g[:, None] * w_over_s[None, :]) * dpsi
 
     dx_ptrs = dx_ptr + rows * stride_db + cols * stride_di
     store_tile(acc, dx_ptrs, mask, part_ptr, rows * IN + cols, STRIDE_PART, counter_ptr, SPLIT, SPLIT_SUM)
@@ -274,7 +216,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
         (x, gs, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
          x.stride(0), x.stride(1), stride_gb, stride_go, dx.stride(0), dx.stride(1), split, per_split, B * IN),
         dict(kernel_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
-             SPLIT_SUM=split > 1, SHORT_Z=wavelet.envelope),
+             SPLIT_SUM=split > 1),
     )
     return dx
 
