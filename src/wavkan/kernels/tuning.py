@@ -73,7 +73,7 @@ class KernelConfig:
 # below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size.
 _GPU = {
     "fwd": (
-        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, stage=True)),
+        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, stage=True)),
         (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
