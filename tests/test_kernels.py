@@ -361,7 +361,7 @@ def test_compile_fullgraph_traces_the_layer(kernel_device):
 @pytest.mark.parametrize("backend,compiled", [("reference", False), ("triton", False), ("triton", True)],
                          ids=["reference", "triton", "triton-compiled"])  # fmt: skip
 @pytest.mark.parametrize("frozen", ["x", "params"])
-def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compiled, frozen, monkeypatch):
+def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compiled, frozen, monkeypatch, request):
     """A gradient for an input that does not require grad is not computed: no grad_x pass for
     such an input (a network's first layer), no parameter pass for a frozen layer. The backend
     returns None for what it skipped, and the gradients asked for match those of a call that
@@ -373,6 +373,15 @@ def test_backward_runs_only_the_passes_asked_for(kernel_device, backend, compile
 
     inputs = layer_inputs(6, 7, 5, torch.float32, kernel_device)
     g = torch.randn(6, 5, device=kernel_device)
+    if compiled:
+        # The spies see what a trace runs; a graph loaded from Inductor's on-disk caches (a
+        # second run on the same machine) is not traced again.
+        import torch._inductor.config as inductor_config
+
+        caches_off = inductor_config.patch(force_disable_caches=True)
+        caches_off.__enter__()
+        request.addfinalizer(lambda: caches_off.__exit__(None, None, None))
+        torch._dynamo.reset()
     op = torch.compile(wavkan_linear, fullgraph=True) if compiled else wavkan_linear
 
     def grads(needs):
