@@ -33,7 +33,9 @@ class KernelConfig:
     (one more launch, unit-stride loads: the GPU cost of a large call).
     ``poly_every`` = n > 0 (the forward): one step in every n takes the Gaussian envelope's
     exp2 on the FMA pipe instead of the MUFU (``device.exp2_fma``), for the wavelets that have
-    one (``Wavelet.envelope``); 0: every exp2 on the MUFU.
+    one (``Wavelet.envelope``); 0: every exp2 on the MUFU. Every table here keeps 0: on the H200
+    each share measured slower (n = 4 to 16: 6-35%), the forward being bound by latency, not by
+    the MUFU (benchmarks/HISTORY.md, v14); it is there for a kernel that the MUFU does bind.
     """
 
     block_m: int
