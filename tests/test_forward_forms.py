@@ -23,7 +23,7 @@ from wavkan import get_wavelet
 from wavkan.wavelets import CATALOGUE
 from wavkan.kernels import wavkan_fwd
 from wavkan.kernels.device import exp2_fma
-from wavkan.kernels.forward import SHORT_A_BOUND, SHORT_X_BOUND, _short_form_holds
+from wavkan.kernels.forward import SHORT_A_BOUND, SHORT_W_BOUND, SHORT_X_BOUND, _short_form_holds
 from wavkan.kernels.staging import pack_edge_constants
 from wavkan.kernels.tuning import default_config
 
@@ -80,14 +80,15 @@ def _decide(x_ptr, stride_xb, stride_xi, pack_ptr, PLANE, OUT_PAD, IN, out_ptr, 
 
 @pytest.mark.parametrize("case, holds", [
     ("small", True), ("x at the bound", True), ("x above the bound", False), ("x inf", False),
-    ("x nan", False), ("scale at the bound", True), ("scale below the bound", False), ("weight inf", False),
-    ("weight nan", False), ("t k/s above", False),
+    ("x nan", False), ("scale at the bound", True), ("scale below the bound", False), ("weight at the bound", True),
+    ("weight above the bound", False), ("weight inf", False), ("weight nan", False), ("t k/s above", False),
 ])
 def test_short_form_decision_with_inputs(case, holds, kernel_device):
-    """mexican_hat's short psi (-(1 + 2 ln2 q) e, q = -(k z)^2) needs a finite q and weight:
-    the decision also bounds |x| and |k/s| (so (k z)^2 cannot overflow, where the exact form
-    gives 0) and requires finite weights (an infinite one would give inf - inf); any x of the
-    program's rows, any of its edges failing sends the whole program to the exact form."""
+    """mexican_hat's short psi ((q (-2 ln2 w) - w) e, q = -(k z)^2) multiplies q by the weight
+    before the exponential can make it 0: the decision also bounds |x|, |k/s| and |w m| (so no
+    product overflows, where the exact form gives a finite value) and so refuses infinite and
+    NaN values; any x of the program's rows, any of its edges failing sends the whole program
+    to the exact form."""
     B, IN, OUT = 4, 19, 3
     x = torch.full((B, IN), 0.25, device=kernel_device)
     s = torch.ones(OUT, IN, device=kernel_device)
@@ -105,6 +106,10 @@ def test_short_form_decision_with_inputs(case, holds, kernel_device):
         s[1, 4], t[1, 4] = 1.0 / SHORT_A_BOUND.value, 0.0
     elif case == "scale below the bound":
         s[1, 4], t[1, 4] = 0.5 / SHORT_A_BOUND.value, 0.0
+    elif case == "weight at the bound":
+        w[2, 7] = -SHORT_W_BOUND.value
+    elif case == "weight above the bound":
+        w[2, 7] = 2.0 * SHORT_W_BOUND.value
     elif case == "weight inf":
         w[2, 7] = float("inf")
     elif case == "weight nan":
@@ -136,8 +141,9 @@ def _forward_within_oracle(x, s, t, w, wavelet, device, config):
 def test_poly_steps_match_float64(wavelet, shape, poly_every, kernel_device):
     """Every n-th step's exponentials on the FMA pipe (n = 1: all of them), with loop lengths
     that leave a remainder of steps past the last whole group, on the short forms (small t/s)
-    and the exact ones (t/s of 1e3 on the second program's columns): the output within the
-    float64 oracle's bound, as the MUFU's."""
+    and the exact ones (t/s of 1e3 on columns 32 and up: a program of their own under the
+    interpreter's 32-column tiles; on the GPU's 64-column tiles all 40 share one program, which
+    takes the exact forms): the output within the float64 oracle's bound, as the MUFU's."""
     B, IN, OUT = shape
     x, s, t, w = (a.double() for a in layer_inputs(B, IN, OUT, torch.float64))
     t[:32] *= 0.1  # |t k/s| <= 1: the short forms
@@ -147,23 +153,32 @@ def test_poly_steps_match_float64(wavelet, shape, poly_every, kernel_device):
     _forward_within_oracle(*(a.float() for a in (x, s, t, w)), wavelet, kernel_device, cfg)
 
 
-@pytest.mark.parametrize("case", ["tiny scale", "x above the bound", "weight inf", "x inf"])
+@pytest.mark.parametrize("case", ["tiny scale", "x above the bound", "weight above the bound", "weight near fp32's max",
+                                  "weight inf", "x inf"])
 @pytest.mark.parametrize("poly_every", [0, 1])
 @pytest.mark.parametrize("wavelet", ENVELOPE)
 def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
     """The inputs the short forms must hand to the exact ones, with and without the FMA pipe's
     exponentials, each alone in a call of ordinary values: a tiny scale (z^2 overflows: float64
-    gives 0), |x| above the bound with a scale inside its bound (z^2 overflows likewise), an
-    infinite weight (an infinite output of psi's sign), an infinite x (NaN)."""
+    gives 0); |x| above its bound with k/s inside its own, and a weight above its bound with x
+    and k/s inside theirs, where mexican_hat's short psi would overflow q (-2 ln2 w) into
+    inf * 0 = NaN (float64: 0); a weight near fp32's largest (-2 ln2 w overflows; float64 gives
+    a finite output); an infinite weight (an infinite output of psi's sign); an infinite x (NaN)."""
     B, IN, OUT = 5, 3, 2
     x = torch.linspace(-1.0, 1.0, B * IN).reshape(B, IN)
     s = torch.ones(OUT, IN)
     t = torch.full((OUT, IN), 0.1)
     w = torch.tensor([[1.0, 0.5, -0.25], [-0.75, 0.5, 0.25]])
+    k = get_wavelet(wavelet).fold[0]
     if case == "tiny scale":
         s[0, 0] = 1e-20
-    elif case == "x above the bound":
-        x[1, 0], s[:, 0], t[:, 0] = 3e10, 1e-9, 0.0  # k/s = 8.5e8 <= 2^30; (k z)^2 = 6e38 overflows
+    elif case == "x above the bound":  # k/s = 8.5e3; (k z)^2 2 ln2 w = 1e40
+        x[1, 0], s[:, 0], t[:, 0], w[:, 0] = 1e14, 1e-4, 0.0, 1e4
+    elif case == "weight above the bound":  # k z = 2^29; (k z)^2 2 ln2 w = 4e47
+        x[1, 0], s[:, 0], t[:, 0], w[:, 0] = SHORT_X_BOUND.value, 2.0 * k / SHORT_A_BOUND.value, 0.0, 1e30
+    elif case == "weight near fp32's max":
+        # mexican_hat: w m 2 ln2 = 3.44e38 > fp32's max; dog's packed w / k = 3.37e38 stays below it
+        x[:, 1], s[:, 1], t[:, 1], w[0, 1] = 0.5, 1.0, 0.5, 2.86e38
     elif case == "weight inf":
         w[1, 2] = float("inf")
     elif case == "x inf":
@@ -180,6 +195,31 @@ def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
     finite = torch.isfinite(expected)
     assert torch.allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-6), (y, expected)
     assert finite.sum() >= B * OUT - B  # one bad column at most: the rest is compared
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("wavelet", ENVELOPE)
+def test_short_forms_in_every_dtype_and_layout(wavelet, dtype, layout, kernel_device):
+    """An initialised layer (t = 0: every program on the short forms) with x in each float dtype,
+    contiguous or a transposed view, against float64 on the same (rounded) inputs: within fp32
+    accumulation for fp32, within the output's own rounding for the half dtypes."""
+    from helpers import rel_err
+    from wavkan import wavkan_linear
+
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    B, IN, OUT = 37, 29, 40
+    x = (torch.randn(B, IN) * 1.5).to(dt)
+    if layout == "strided":
+        x = x.t().contiguous().t()
+    s = (torch.rand(OUT, IN) * 1.5 + 0.5).to(dt)
+    t = torch.zeros(OUT, IN, dtype=dt)
+    w = (torch.randn(OUT, IN) / IN**0.5).to(dt)
+    y = wavkan_linear(*(a.to(kernel_device) for a in (x, s, t, w)), wavelet=wavelet, backend="triton")
+    expected = wavkan_linear(*(a.double() for a in (x, s, t, w)), wavelet=wavelet, backend="reference")
+    assert y.dtype == dt
+    tol = 1e-5 if dt == torch.float32 else (2e-3 if dt == torch.float16 else 1.5e-2)
+    assert rel_err(y.cpu(), expected) < tol
 
 
 @pytest.mark.parametrize("case", ["plain", "tiny scale", "x above the bound", "t k/s above"])

@@ -163,7 +163,7 @@ def _decide_short_z(pack_ptr, PLANE, OUT_PAD, IN, out_ptr, BLOCK: tl.constexpr):
     ("small", True), ("one edge above", False), ("inf", False), ("zero scale, zero translation", False),
 ])
 def test_short_z_decision(case, holds, kernel_device):
-    """The forward's per-program decision (``_fast_z_holds``) on packed edges: |t k/s| <= 1 on
+    """The forward's per-program decision (``_short_form_holds``, its edge part) on packed edges: |t k/s| <= 1 on
     every edge, and an infinite or NaN t k/s (t = 0 with s = 0: 0 * inf) fails it. Taking the
     short form there would compute x * inf + NaN where the exact z is x * inf = inf, whose psi a
     wavelet may define (a Gaussian: 0)."""

@@ -20,11 +20,16 @@ z is computed as (x - t) * (k/s), one FADD and one FMUL: where |t/s| is large, x
 t (k/s) in one FFMA cancels (the two products are large and nearly equal) and fp32 loses all
 of z, while x - t is exact where x and t are close (Sterbenz), so z keeps fp32's relative
 accuracy for every |t/s|. Where every edge of a program has |t k/s| <= FAST_Z_BOUND (1), the
-program takes z = fma(x, k/s, -(t k/s)) instead, one instruction fewer per evaluation: its
-error is that of rounding t k/s, at most 2^-24 absolute in k z, below what psi resolves in fp32
-near its peak (psi is continuous everywhere, so no wavelet needs z exactly 0 here; the
-backward's meyer does, and keeps the exact form). A first pass over the program's edges
-decides, once per program; initialised layers (t = 0) always take the short form.
+program takes the short forms instead. z = fma(x, k/s, -(t k/s)), one instruction fewer per
+evaluation: its error is that of rounding t k/s, at most 2^-24 absolute in k z, below what psi
+resolves in fp32 near its peak (psi is continuous everywhere, so no wavelet needs z exactly 0
+here; the backward's meyer does, and keeps the exact form). And mexican_hat's weighted psi as
+(q (-2 ln2 w) - w) e with q = -zs^2, two FMA-pipe instructions where the exact form takes four:
+it squares z before the exponential can make the product 0, so it also needs |x| <=
+SHORT_X_BOUND, |k/s| <= SHORT_A_BOUND and |w m| <= SHORT_W_BOUND on the program's rows and
+edges, which keep every product finite ((2^30 + 1)^2 2 ln2 2^60 < 2^128). A first pass over the
+program's edges (and, for mexican_hat, its rows of x) decides, once per program; initialised
+layers (t = 0) take the short forms unless an input or a parameter is that large.
 
 The host side is one launch (``launch.DirectLauncher``) and two allocations (y, and the
 partials when split): the eager call's host time is what a user pays per layer at small B.
@@ -46,11 +51,12 @@ from .tuning import KernelConfig, default_config, kernel_meta, poly_every
 
 # Below this |t k/s| on all of a program's edges, z is one FFMA (module docstring).
 FAST_Z_BOUND = tl.constexpr(1.0)
-# mexican_hat's short form squares z before it multiplies by the exponential; below these
-# bounds on |x| and |k/s| (with |t k/s| <= 1), (k z)^2 <= (2^30 2^30 + 1)^2 stays finite.
-SHORT_X_BOUND = tl.constexpr(2.0**30)
-SHORT_A_BOUND = tl.constexpr(2.0**30)
-FP32_MAX = tl.constexpr(3.4028234663852886e38)
+# mexican_hat's short psi multiplies q = -(k z)^2 by -2 ln2 w m before the exponential can make
+# it 0: within these bounds (and |t k/s| <= 1), |k z| <= 2^30 + 1 and |q 2 ln2 w m| < 2^121,
+# every product finite (module docstring).
+SHORT_X_BOUND = tl.constexpr(2.0**15)
+SHORT_A_BOUND = tl.constexpr(2.0**15)
+SHORT_W_BOUND = tl.constexpr(2.0**60)
 NEG_TWO_LN2 = tl.constexpr(-2.0 * math.log(2.0))
 
 
@@ -70,8 +76,8 @@ def _short_form_holds(x_ptr, stride_xi, x_rows, pack_ptr, PLANE, PLANE2, OUT_PAD
     """Whether the program may take the short forms (module docstring): |t k/s| <= FAST_Z_BOUND
     on every edge of its rows and columns (one pass over the packed planes, 16 rows a step:
     about 1% of the main loop's loads); with CHECK_X (mexican_hat's short form) also |k/s| <=
-    SHORT_A_BOUND and a finite weight on every edge, and |x| <= SHORT_X_BOUND on every x of
-    its rows (one pass over them, as many loads as the main loop makes of x)."""
+    SHORT_A_BOUND and |w m| <= SHORT_W_BOUND on every edge, and |x| <= SHORT_X_BOUND on every
+    x of its rows (one pass over them, as many loads as the main loop makes of x)."""
     rows = tl.arange(0, 16)
     # Counted as a comparison per edge, not as a max of |t k/s|: a NaN product (t = 0 with a
     # zero scale: k/s = inf) fails the comparison, where a max could drop it.
@@ -82,7 +88,7 @@ def _short_form_holds(x_ptr, stride_xi, x_rows, pack_ptr, PLANE, PLANE2, OUT_PAD
         a = tl.load(edge)
         good = tl.abs(a * tl.load(edge + PLANE)) <= FAST_Z_BOUND
         if CHECK_X:
-            good = good & (tl.abs(a) <= SHORT_A_BOUND) & (tl.abs(tl.load(edge + PLANE2)) <= FP32_MAX)
+            good = good & (tl.abs(a) <= SHORT_A_BOUND) & (tl.abs(tl.load(edge + PLANE2)) <= SHORT_W_BOUND)
         ok = tl.minimum(ok, good.to(tl.int32))
     holds = tl.min(tl.min(ok, axis=1), axis=0) == 1
     if CHECK_X:
@@ -105,7 +111,7 @@ def _fwd_step(acc, x, a, t, w, WAVELET: tl.constexpr, FAST: tl.constexpr, SHORT:
         zs = tl.fma(x[:, None], a[None, :], (-(t * a))[None, :])  # k z, one FFMA
         if WAVELET == MEXICAN_HAT:
             # w (2 ln2 zs^2 - 1) e = (q (-2 ln2 w) - w) e with q = -zs^2: an FFMA for the
-            # factor, one for the sum (finite: the bounds of _short_form_holds).
+            # factor, one for the sum; every product finite within _short_form_holds's bounds.
             q = zs * -zs
             return tl.fma(tl.fma(q, (w * NEG_TWO_LN2)[None, :], (-w)[None, :]), exp2_of(q, POLY), acc)
     else:

@@ -221,5 +221,7 @@ def windowed_weights(weights, wavelet) -> tuple:
 
 
 def clear_pack_cache() -> None:
-    """Forget every cached pack and folded window (frees their memory)."""
+    """Forget every cached pack and folded window (frees their memory, and the parameter
+    storages the entries hold: after ``model.cpu()`` or ``model.half()`` the old ones stay until
+    the layer's next call on this path replaces its entries, or until this)."""
     _KEPT.clear()
