@@ -16,16 +16,17 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from helpers import layer_inputs
+from helpers import layer_inputs, rel_err
 from oracle import oracle
 
-from wavkan import get_wavelet
-from wavkan.wavelets import CATALOGUE
+from wavkan import get_wavelet, wavkan_linear
 from wavkan.kernels import wavkan_fwd
 from wavkan.kernels.device import exp2_fma
 from wavkan.kernels.forward import SHORT_A_BOUND, SHORT_W_BOUND, SHORT_X_BOUND, _short_form_holds
 from wavkan.kernels.staging import pack_edge_constants
 from wavkan.kernels.tuning import default_config
+from wavkan.reference import reference_forward
+from wavkan.wavelets import CATALOGUE
 
 ENVELOPE = [w.name for w in CATALOGUE if w.envelope]
 # ex2.approx.f32's documented bound, which the polynomial must stay below.
@@ -78,44 +79,39 @@ def _decide(x_ptr, stride_xb, stride_xi, pack_ptr, PLANE, OUT_PAD, IN, out_ptr, 
     tl.store(out_ptr, holds.to(tl.int32))
 
 
-@pytest.mark.parametrize("case, holds", [
-    ("small", True), ("x at the bound", True), ("x above the bound", False), ("x inf", False),
-    ("x nan", False), ("scale at the bound", True), ("scale below the bound", False), ("weight at the bound", True),
-    ("weight above the bound", False), ("weight inf", False), ("weight nan", False), ("t k/s above", False),
-])
-def test_short_form_decision_with_inputs(case, holds, kernel_device):
+# The decision's cases: (tensor, index, value) edits of a call that holds, and whether the
+# edited call still holds with CHECK_X (mexican_hat's short psi).
+_X, _A, _W = SHORT_X_BOUND.value, SHORT_A_BOUND.value, SHORT_W_BOUND.value
+_DECISION_CASES = {
+    "small": ((), True),
+    "x at the bound": ((("x", (2, 11), -_X),), True),
+    "x above the bound": ((("x", (3, 18), 2.0 * _X),), False),
+    "x inf": ((("x", (0, 5), float("-inf")),), False),
+    "x nan": ((("x", (1, 0), float("nan")),), False),
+    "scale at the bound": ((("s", (1, 4), 1.0 / _A), ("t", (1, 4), 0.0)), True),
+    "scale below the bound": ((("s", (1, 4), 0.5 / _A), ("t", (1, 4), 0.0)), False),
+    "weight at the bound": ((("w", (2, 7), -_W),), True),
+    "weight above the bound": ((("w", (2, 7), 2.0 * _W),), False),
+    "weight inf": ((("w", (2, 7), float("inf")),), False),
+    "weight nan": ((("w", (0, 0), float("nan")),), False),
+    "t k/s above": ((("t", (2, 17), 1.5),), False),
+}
+
+
+@pytest.mark.parametrize("case", _DECISION_CASES)
+def test_short_form_decision_with_inputs(case, kernel_device):
     """mexican_hat's short psi ((q (-2 ln2 w) - w) e, q = -(k z)^2) multiplies q by the weight
     before the exponential can make it 0: the decision also bounds |x|, |k/s| and |w m| (so no
     product overflows, where the exact form gives a finite value) and so refuses infinite and
     NaN values; any x of the program's rows, any of its edges failing sends the whole program
     to the exact form."""
     B, IN, OUT = 4, 19, 3
-    x = torch.full((B, IN), 0.25, device=kernel_device)
-    s = torch.ones(OUT, IN, device=kernel_device)
-    t = torch.full((OUT, IN), 0.5, device=kernel_device)
-    w = torch.ones(OUT, IN, device=kernel_device)
-    if case == "x at the bound":
-        x[2, 11] = -SHORT_X_BOUND.value
-    elif case == "x above the bound":
-        x[3, 18] = 2.0 * SHORT_X_BOUND.value
-    elif case == "x inf":
-        x[0, 5] = float("-inf")
-    elif case == "x nan":
-        x[1, 0] = float("nan")
-    elif case == "scale at the bound":
-        s[1, 4], t[1, 4] = 1.0 / SHORT_A_BOUND.value, 0.0
-    elif case == "scale below the bound":
-        s[1, 4], t[1, 4] = 0.5 / SHORT_A_BOUND.value, 0.0
-    elif case == "weight at the bound":
-        w[2, 7] = -SHORT_W_BOUND.value
-    elif case == "weight above the bound":
-        w[2, 7] = 2.0 * SHORT_W_BOUND.value
-    elif case == "weight inf":
-        w[2, 7] = float("inf")
-    elif case == "weight nan":
-        w[0, 0] = float("nan")
-    elif case == "t k/s above":
-        t[2, 17] = 1.5
+    inputs = {"x": torch.full((B, IN), 0.25), "s": torch.ones(OUT, IN), "t": torch.full((OUT, IN), 0.5),
+              "w": torch.ones(OUT, IN)}
+    edits, holds = _DECISION_CASES[case]
+    for name, index, value in edits:
+        inputs[name][index] = value
+    x, s, t, w = (inputs[n].to(kernel_device) for n in "xstw")
     pack = pack_edge_constants(s, t, w, 4, False)  # k = 1: the packed planes are 1/s, t, w
     out = torch.zeros(1, dtype=torch.int32, device=kernel_device)
     _decide[(1,)](x, IN, 1, pack, pack.stride(0), 4, IN, out, CHECK_X=True, BLOCK_B=B, BLOCK=4)
@@ -186,8 +182,6 @@ def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
     cfg = dataclasses.replace(default_config("fwd", kernel_device, B), poly_every=poly_every)
     wav = get_wavelet(wavelet)
     y = wavkan_fwd(x.to(kernel_device), s.to(kernel_device), t.to(kernel_device), w.to(kernel_device), wav, config=cfg)
-    from wavkan.reference import reference_forward
-
     expected = reference_forward(x.double(), s.double(), t.double(), w.double(), wavelet)
     y = y.double().cpu()
     assert torch.equal(torch.isnan(y), torch.isnan(expected)), (y, expected)
@@ -204,9 +198,6 @@ def test_short_forms_in_every_dtype_and_layout(wavelet, dtype, layout, kernel_de
     """An initialised layer (t = 0: every program on the short forms) with x in each float dtype,
     contiguous or a transposed view, against float64 on the same (rounded) inputs: within fp32
     accumulation for fp32, within the output's own rounding for the half dtypes."""
-    from helpers import rel_err
-    from wavkan import wavkan_linear
-
     dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     B, IN, OUT = 37, 29, 40
     x = (torch.randn(B, IN) * 1.5).to(dt)
@@ -230,8 +221,6 @@ def test_grad_x_on_the_short_forms_edge_inputs(wavelet, case, kernel_device):
     above 1), and on plain ones: it agrees with float64 autograd of the reference, every value
     finite. (grad_x keeps the exact forms: the short ones measured slower there, HISTORY.md
     v14; this guards any later attempt.)"""
-    from wavkan import wavkan_linear
-
     B, IN, OUT = 5, 3, 4
     x = torch.linspace(-1.0, 1.0, B * IN).reshape(B, IN)
     s = torch.linspace(0.7, 1.3, OUT * IN).reshape(OUT, IN)
