@@ -7,30 +7,18 @@ fp32, the packed edge constants, no split, B and out whole tiles.
     PYTHONPATH=src python benchmarks/gluon_forward_spike.py      # an H100/H200; triton >= 3.6
 
 What it measured (results/h200-2026-11-30e/gluon_spike_*.log) and what that means: HISTORY.md, v14.
+Those runs (triton 3.6) used a Gluon copy of the polynomial; the script now calls the package's
+``exp2_fma`` and the constant it folds, which compile under Gluon with triton 3.9 and were not
+run on a GPU since.
 """
 
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from wavkan.kernels.device import _EXP2_C1 as C1, _EXP2_C2 as C2, _EXP2_C3 as C3, _EXP2_C4 as C4, \
-    _EXP2_C5 as C5, _EXP2_C6 as C6
-
-
-@gluon.jit
-def _exp2_fma(q):
-    qc = gl.maximum(q, -127.0)
-    rounded = qc + 12582912.0
-    f = qc - (rounded - 12582912.0)
-    # The package's polynomial (kernels/device.py, exp2_fma), written again in Gluon.
-    p = gl.fma(f, C6, C5)
-    p = gl.fma(p, f, C4)
-    p = gl.fma(p, f, C3)
-    p = gl.fma(p, f, C2)
-    p = gl.fma(p, f, C1)
-    p = gl.fma(p, f, 1.0)
-    bits = p.to(gl.int32, bitcast=True) + (rounded.to(gl.int32, bitcast=True) << 23)
-    return bits.to(gl.float32, bitcast=True)
+# Gluon kernels may call plain ``triton.jit`` functions: the package's own polynomial exp2.
+from wavkan.kernels.device import exp2_fma
+from wavkan.kernels.forward import NEG_TWO_LN2
 
 
 @gluon.jit
@@ -63,9 +51,9 @@ def gfwd_kernel(xs_ptr, pack_ptr, y_ptr, B, OUT, B_PAD, IN, OUT_PAD, PLANE, stri
             w_n = gl.load(pack_ptr + 2 * PLANE + nxt * OUT_PAD + cols)
             zs = gl.fma(gl.expand_dims(x, 1), gl.expand_dims(a, 0), gl.expand_dims(-(t * a), 0))
             q = zs * -zs
-            f = gl.fma(q, gl.expand_dims(w * -1.3862943611198906, 0), gl.expand_dims(-w, 0))
+            f = gl.fma(q, gl.expand_dims(w * NEG_TWO_LN2, 0), gl.expand_dims(-w, 0))
             if POLY and k == UNROLL - 1:
-                acc = gl.fma(f, _exp2_fma(q), acc)
+                acc = gl.fma(f, exp2_fma(q), acc)
             else:
                 acc = gl.fma(f, gl.exp2(q), acc)
     mask = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < OUT, 0)

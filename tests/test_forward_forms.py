@@ -9,7 +9,6 @@ arithmetic and bit casts, so the interpreter runs the same code the GPU does.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest

@@ -104,8 +104,9 @@ _ROUND_MAGIC = tl.constexpr(12582912.0)
 def exp2_fma(q):
     """2^q for q <= 0 on the FMA pipe (no special-function unit): Cody-Waite split q = j + f,
     j = round(q), f in [-1/2, 1/2], a degree-6 polynomial for 2^f, and j added to its exponent
-    in the integer domain (one shift-add). The kernels take it for a share of their exp2s,
-    which the MUFU would otherwise queue (benchmarks/STATUS.md, "Forward").
+    in the integer domain (one shift-add). The forward can take it for a share of its exp2s
+    (``KernelConfig.poly_every``), which every shipped config leaves at 0: it measured slower
+    while the MUFU does not bind (benchmarks/HISTORY.md, v14).
 
     q is clamped at -127, where the result is exactly +0 (p(0) = 1 and the exponent field
     becomes 0): so -inf gives 0, as ex2.approx does. Between -127 and -126 it gives a denormal
