@@ -52,7 +52,7 @@ def _signature(fn, pointers: dict, constexprs: dict):
 def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly=None):
     wav = get_wavelet(wavelet)
     code = wav.code
-    fwd, dx, dp = (default_config(kind, _cuda(), rows) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
+    fwd, dx, dp = (default_config(kind, _cuda(), rows, wav) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
     if unroll is not None:
         fwd, dx, dp = (dataclasses.replace(c, unroll=unroll) for c in (fwd, dx, dp))
     if poly is not None:

@@ -49,3 +49,25 @@ def test_parameter_pass_splits_only_long_loops(fake_gpu):
     # the large regime's least share: 128 steps unless the config says otherwise
     assert launch.balanced_split(256, 1024, fake_gpu) == 4
     assert launch.balanced_split(256, 1024, fake_gpu, large_min_steps=512) == 2
+
+
+@pytest.mark.parametrize("rows", [64, 256, 1024, 2047, 4096])
+def test_grad_x_config_follows_the_wavelet_family(fake_gpu, rows):
+    """grad_x's config depends on the wavelet (v15): the Gaussian wavelets take 64 x 64 tiles of
+    4 warps, uncapped, at every row count; the trigonometric ones keep the capped 8-warp tile of
+    twice the width in the middle rows (their own measurements), and every wavelet shares the
+    parameter pass's table, whose loop is unrolled by 4 below 1024 rows and not from there."""
+    from wavkan import get_wavelet
+
+    for name in ("mexican_hat", "dog"):
+        cfg = tuning.default_config("bwd_dx", fake_gpu, rows, get_wavelet(name))
+        assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.maxnreg) == (64, 64, 4, None)
+    middle = 128 <= rows < 2048
+    for name in ("morlet", "meyer", "shannon"):
+        cfg = tuning.default_config("bwd_dx", fake_gpu, rows, get_wavelet(name))
+        assert (cfg.block_n, cfg.num_warps, cfg.maxnreg) == ((128, 8, 128) if middle else (64, 4, None))
+        assert cfg == tuning.default_config("bwd_dx", fake_gpu, rows)
+    unrolls = {tuning.default_config("bwd_dparams", fake_gpu, rows, get_wavelet(name)).unroll
+               for name in ("mexican_hat", "dog", "morlet")}
+    assert unrolls == {1 if rows >= 1024 else 4}
+    assert tuning.loop_unroll(tuning.default_config("bwd_dparams", fake_gpu, rows), get_wavelet("morlet")) == 1

@@ -201,7 +201,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     dx = torch.empty((B, IN), dtype=x.dtype, device=device)
     if B == 0:
         return dx
-    cfg = config or default_config("bwd_dx", device, B)
+    cfg = config or default_config("bwd_dx", device, B, wavelet)
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
     stream = stream_key(device)
     z_scale, _, dpsi_scale = wavelet.fold_bwd
@@ -229,7 +229,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     device = x.device
     if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
         return tuple(torch.zeros(p.shape, dtype=p.dtype, device=device) for p in (scale, translation, weights))
-    cfg = config or default_config("bwd_dparams", device, B)
+    cfg = config or default_config("bwd_dparams", device, B, wavelet)
     # The kernel's column offsets are int32: a row whose span does not fit is copied first.
     if IN * x.stride(1) >= 2**31:
         x = x.contiguous()

@@ -212,7 +212,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     y = torch.empty((B, OUT), dtype=x.dtype, device=device)
     if B == 0:
         return y
-    cfg = config or default_config("fwd", device, B)
+    cfg = config or default_config("fwd", device, B, wavelet)
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
     stream = stream_key(device)
     z_scale, w_scale = wavelet.fold

@@ -66,13 +66,15 @@ class KernelConfig:
 # benchmarks/HISTORY.md): per kernel, (smallest row count, config), largest first. Unrolling the
 # main loop (more independent evaluations in flight) paid everywhere: the kernels are
 # latency-bound at 2-4 programs per SM (ncu: under one eligible warp per scheduler), not
-# issue-bound. The 128-row forward tile needs B >= 128. The backward's: 8 warps over twice the
-# tile, capped at 128 registers (2 programs of 8 warps per SM; the Gaussian wavelets' spills
-# stay outside the main loop), beat 4 warps at 168 registers for every wavelet; for grad_x only
-# in the middle rows (at 64 rows and from 2048 the smaller tile was faster). The parameter pass
-# splits from 1024 rows; below, a split's three partial planes cost more than it gains. The
-# forward stages x from 1024 rows (unit-stride loads beat the in-place column reads there;
-# below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size.
+# issue-bound. The 128-row forward tile needs B >= 128. grad_x of the trigonometric wavelets:
+# 8 warps over twice the tile, capped at 128 registers (2 programs of 8 warps per SM), beat 4
+# warps at 168 registers in the middle rows (at 64 rows and from 2048 the smaller tile was
+# faster); the Gaussian wavelets take their own table (``_GPU_GAUSSIAN``). The parameter pass
+# splits from 1024 rows; below, a split's three partial planes cost more than it gains; its
+# loop (unrolled for the Gaussian wavelets only, ``loop_unroll``) by 4 below 1024 rows, not
+# from there (v15). The forward stages x from 1024 rows (unit-stride loads beat the in-place
+# column reads there; below, the staging launch costs more than it saves); grad_x reads grad_y
+# in place at every size.
 _GPU = {
     "fwd": (
         (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, stage=True)),
@@ -84,17 +86,30 @@ _GPU = {
         (128, KernelConfig(64, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128)),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
-    "bwd_dparams": ((0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=2, maxnreg=128,
-                                     balance_min_steps=512)),),
+    "bwd_dparams": (
+        (1024, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=1, maxnreg=128,
+                            balance_min_steps=512)),
+        (0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=4, maxnreg=128,
+                         balance_min_steps=512)),
+    ),
+}
+# The Gaussian wavelets (``Wavelet.gaussian``) where they measured otherwise (v15, HISTORY.md):
+# grad_x's capped 8-warp tile spills inside the main loop (compile_check: 39 LDL per 128 MUFU at
+# unroll 4), and 64 x 64 of 4 warps, uncapped, took 1.16-1.24x less time from 256 to 1024 rows
+# (mexican_hat and dog; within 2% at 64 and 2048), where morlet and shannon lost 2-23% with it.
+_GPU_GAUSSIAN = {
+    "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 
 
-def default_config(kind: str, device: torch.device, rows: int = 0) -> KernelConfig:
-    """The measured best config of kernel ``kind`` for ``rows`` rows of x (B)."""
+def default_config(kind: str, device: torch.device, rows: int = 0, wavelet=None) -> KernelConfig:
+    """The measured best config of kernel ``kind`` for ``rows`` rows of x (B) and ``wavelet``
+    (a ``Wavelet``; None: the table every wavelet shares)."""
     if device.type != "cuda":
         return _INTERPRETER
-    return next(cfg for min_rows, cfg in _GPU[kind] if rows >= min_rows)
+    table = _GPU_GAUSSIAN.get(kind) if wavelet is not None and wavelet.gaussian else None
+    return next(cfg for min_rows, cfg in (table or _GPU[kind]) if rows >= min_rows)
 
 
 def loop_unroll(cfg: KernelConfig, wavelet) -> int:
