@@ -343,3 +343,43 @@ def test_cuda_triton_ops_called_eagerly_agree_with_the_eager_path(kernel_device,
     staging.clear_pack_cache()
     torch.ops.wavkan.linear_cuda(x, s, t, w, wavelet)
     assert not staging._KEPT  # traced launches keep nothing: under torch.compile Inductor owns the buffers
+
+
+@pytest.mark.parametrize("wavelet", ["mexican_hat", "shannon"])
+@pytest.mark.parametrize("optimizer", ["AdamW", "SGD", "Adam"])
+def test_fused_optimizer_steps_invalidate(kernel_device, wavelet, optimizer):
+    """A fused step writes the parameters without bumping their version counters; the kept packs
+    (and shannon's fold) must still be dropped: every output after a step is the new weights'.
+    Also when the optimizer holds only some of the layer's parameters (the weights frozen)."""
+    layer = _layer(kernel_device, wavelet=wavelet)
+    x = torch.randn(11, 13, device=kernel_device, requires_grad=True)
+    cls = getattr(torch.optim, optimizer)
+    for params in (list(layer.parameters()), [layer.scale, layer.translation]):
+        opt = cls(params, lr=0.05, fused=True)
+        for _ in range(3):
+            opt.zero_grad()
+            y = layer(x)
+            _close(y, layer, x)
+            (y**2).sum().backward()
+            versions = [p._version for p in params]
+            before = [p.detach().clone() for p in params]
+            opt.step()
+            assert all(not torch.equal(b, p) for b, p in zip(before, params))
+            if [p._version for p in params] != versions:
+                pytest.skip(f"this PyTorch's fused {optimizer} bumps version counters: nothing to cover")
+        y = layer(x)
+        _close(y, layer, x)
+        x.grad = None
+        y.sum().backward()
+        expected = reference_backward(torch.ones(11, 7, dtype=torch.float64, device=kernel_device),
+                                      x.detach().double(), layer.scale.double(), layer.translation.double(),
+                                      _expected_weights(layer), layer.wavelet)[0]
+        assert rel_err(x.grad, expected) < FP32_TOL["grad"]
+
+
+def _expected_weights(layer):
+    """The weights reference_backward takes: w H for a wavelet with a window, else w (float64)."""
+    from wavkan.wavelets import get_wavelet
+
+    wav, w = get_wavelet(layer.wavelet), layer.wavelet_weights.detach().double()
+    return w if wav.window is None else wav.fold_window(w)[0]

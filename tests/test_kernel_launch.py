@@ -38,10 +38,12 @@ def test_balanced_split(fake_gpu):
 
 def test_parameter_pass_splits_only_long_loops(fake_gpu):
     """The parameter pass's shipped config on a 132-SM GPU: a 1024 x 1024 layer (256 tiles of
-    64 x 64) stays whole below 1024 rows, where a split's three partial planes cost more than
-    it gains, and splits in shares of >= 512 rows above; a layer of fewer tiles than SMs (the
-    1024 -> 128 layer: 32) still splits to fill them."""
-    cfg = tuning.default_config("bwd_dparams", fake_gpu, 256)
+    64 x 64, mexican_hat's from 1024 rows) stays whole below 1024 rows, where a split's three
+    partial planes cost more than it gains, and splits in shares of >= 512 rows above; a layer
+    of fewer tiles than SMs (the 1024 -> 128 layer: 32) still splits to fill them."""
+    from wavkan import get_wavelet
+
+    cfg = tuning.default_config("bwd_dparams", fake_gpu, 1024, get_wavelet("mexican_hat"))
     assert (cfg.block_m, cfg.block_n, cfg.balance_min_steps) == (64, 64, 512)
     splits = {rows: launch.balanced_plan(16 * 16, rows, fake_gpu, cfg)[0] for rows in (64, 256, 1023, 1024, 2048, 4096)}
     assert splits == {64: 1, 256: 1, 1023: 1, 1024: 2, 2048: 4, 4096: 4}
@@ -52,22 +54,26 @@ def test_parameter_pass_splits_only_long_loops(fake_gpu):
 
 
 @pytest.mark.parametrize("rows", [64, 256, 1024, 2047, 4096])
-def test_grad_x_config_follows_the_wavelet_family(fake_gpu, rows):
-    """grad_x's config depends on the wavelet (v15): the Gaussian wavelets take 64 x 64 tiles of
-    4 warps, uncapped, at every row count; the trigonometric ones keep the capped 8-warp tile of
-    twice the width in the middle rows (their own measurements), and every wavelet shares the
-    parameter pass's table, whose loop is unrolled by 4 below 1024 rows and not from there."""
+def test_backward_configs_follow_the_wavelet(fake_gpu, rows):
+    """The backward's configs where a wavelet measured otherwise than the shared table (v15):
+    grad_x on 64 x 64 tiles of 4 warps, uncapped, for mexican_hat and dog, on 32 x 128 of 8 warps
+    capped at 128 registers for meyer and shannon, and morlet on the shared table; the parameter
+    pass on the shared 32 x 64 tile except mexican_hat's and dog's from 1024 rows (64 x 64), whose
+    loop is unrolled by 4 below 1024 rows and not from there."""
     from wavkan import get_wavelet
 
+    def config(kind, name):
+        return tuning.default_config(kind, fake_gpu, rows, get_wavelet(name))
+
     for name in ("mexican_hat", "dog"):
-        cfg = tuning.default_config("bwd_dx", fake_gpu, rows, get_wavelet(name))
-        assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.maxnreg) == (64, 64, 4, None)
-    middle = 128 <= rows < 2048
+        dx, dp = config("bwd_dx", name), config("bwd_dparams", name)
+        assert (dx.block_m, dx.block_n, dx.num_warps, dx.maxnreg) == (64, 64, 4, None)
+        assert (dp.block_m, dp.unroll) == ((64, 1) if rows >= 1024 else (32, 4))
+    for name in ("meyer", "shannon"):
+        dx = config("bwd_dx", name)
+        assert (dx.block_m, dx.block_n, dx.num_warps, dx.maxnreg) == (32, 128, 8, 128)
+    assert config("bwd_dx", "morlet") == tuning.default_config("bwd_dx", fake_gpu, rows)
     for name in ("morlet", "meyer", "shannon"):
-        cfg = tuning.default_config("bwd_dx", fake_gpu, rows, get_wavelet(name))
-        assert (cfg.block_n, cfg.num_warps, cfg.maxnreg) == ((128, 8, 128) if middle else (64, 4, None))
-        assert cfg == tuning.default_config("bwd_dx", fake_gpu, rows)
-    unrolls = {tuning.default_config("bwd_dparams", fake_gpu, rows, get_wavelet(name)).unroll
-               for name in ("mexican_hat", "dog", "morlet")}
-    assert unrolls == {1 if rows >= 1024 else 4}
-    assert tuning.loop_unroll(tuning.default_config("bwd_dparams", fake_gpu, rows), get_wavelet("morlet")) == 1
+        dp = config("bwd_dparams", name)
+        assert (dp.block_m, dp.block_n, dp.num_warps, dp.maxnreg) == (32, 64, 8, 128)
+        assert dp == tuning.default_config("bwd_dparams", fake_gpu, rows)

@@ -130,12 +130,13 @@ def column_operand(t: torch.Tensor, rows_pad: int, stage: bool) -> tuple:
 
 # --- the edge constants, packed once per parameter change ------------------------------------
 
-# id(weights) -> (weakref to weights, [(kind, key, value), ...]): per weights object, one
-# value of each kind (a forward pack, a grad_x pack, shannon's folded window). Keyed on the
-# weights tensor object, which a module passes unchanged on every call, and checked against
-# each parameter's address, version counter (bumped by every in-place change: an optimizer
-# step, load_state_dict, ``with torch.no_grad(): p.mul_(2)``; not by writes through ``.data``,
-# which has its own counter: ``clear_pack_cache`` after those), shape, strides and dtype, and
+# id(weights) -> (weakref to weights, [(kind, key, value, held storages), ...]): per weights
+# object, one value of each kind (a forward pack, a grad_x pack, shannon's folded window). Keyed
+# on the weights tensor object, which a module passes unchanged on every call, and checked against
+# each parameter's address, version counter (bumped by in-place changes: a foreach or for-loop
+# optimizer step, load_state_dict, ``with torch.no_grad(): p.mul_(2)``; not by a fused optimizer
+# step, which ``_forget_stepped`` below covers, nor by writes through ``.data``, which has its own
+# counter: ``clear_pack_cache`` after those), shape, strides and dtype, and
 # the stream (a value made on one stream is not read on another without a sync). Moving a
 # parameter (``.to()``, ``p.data = ...``) changes its address. A weights tensor made per call
 # is a new object every call, so it never hits stale entries, and its entries go when it does.
@@ -178,7 +179,37 @@ def _kept(anchor: torch.Tensor, kind, key, compute, sources=()):
         _KEPT[ident] = entries
     held = tuple(t.untyped_storage() for t in sources)
     entries[1][:] = [e for e in entries[1] if e[0] != kind] + [(kind, key, value, held)]
+    _watch_optimizer_steps()
     return value
+
+
+# A fused optimizer step (``fused=True``: torch's _fused_adamw_, _fused_sgd_ and the like, and
+# third-party ones that write through their own kernels) changes its parameters in place without
+# bumping their version counters (measured on CUDA and CPU with torch 2.11 and 2.13), so no key
+# would see it. Every ``torch.optim.Optimizer``'s step runs the global step post-hooks: one of
+# them drops the kept values made from the parameters the step may have written (they are stale
+# after the step of any optimizer anyway; the next call packs afresh).
+_STEP_HOOK: list = []
+
+
+def _watch_optimizer_steps() -> None:
+    if not _STEP_HOOK:
+        from torch.optim.optimizer import register_optimizer_step_post_hook  # loaded with torch
+
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_forget_stepped))
+
+
+def _forget_stepped(optimizer, args, kwargs) -> None:
+    """Drops every kept value whose sources share storage with a parameter of ``optimizer``."""
+    if not _KEPT or torch.compiler.is_compiling():
+        return
+    stepped = {p.untyped_storage().data_ptr() for group in optimizer.param_groups for p in group["params"]}
+    for ident, entries in list(_KEPT.items()):
+        fresh = [e for e in entries[1] if not any(h.data_ptr() in stepped for h in e[3])]
+        if not fresh:
+            _KEPT.pop(ident, None)
+        elif len(fresh) != len(entries[1]):
+            entries[1][:] = fresh
 
 
 def _uncached(*tensors) -> bool:

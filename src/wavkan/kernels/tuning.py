@@ -62,19 +62,19 @@ class KernelConfig:
         return replace(self, split=split)
 
 
-# From the sweeps on an H200 (benchmarks/kernel_sweep.py; the history of each choice in
-# benchmarks/HISTORY.md): per kernel, (smallest row count, config), largest first. Unrolling the
-# main loop (more independent evaluations in flight) paid everywhere: the kernels are
-# latency-bound at 2-4 programs per SM (ncu: under one eligible warp per scheduler), not
-# issue-bound. The 128-row forward tile needs B >= 128. grad_x of the trigonometric wavelets:
-# 8 warps over twice the tile, capped at 128 registers (2 programs of 8 warps per SM), beat 4
-# warps at 168 registers in the middle rows (at 64 rows and from 2048 the smaller tile was
-# faster); the Gaussian wavelets take their own table (``_GPU_GAUSSIAN``). The parameter pass
-# splits from 1024 rows; below, a split's three partial planes cost more than it gains; its
-# loop (unrolled for the Gaussian wavelets only, ``loop_unroll``) by 4 below 1024 rows, not
-# from there (v15). The forward stages x from 1024 rows (unit-stride loads beat the in-place
-# column reads there; below, the staging launch costs more than it saves); grad_x reads grad_y
-# in place at every size.
+# From the sweeps on an H200 (benchmarks/kernel_sweep.py, benchmarks/config_ab.py; the history of
+# each choice in benchmarks/HISTORY.md): per kernel, (smallest row count, config), largest first;
+# ``_GPU_BY_WAVELET`` replaces a kernel's table for the wavelets that measured otherwise.
+# Unrolling the main loop (more independent evaluations in flight; the Gaussian wavelets' loops
+# only, ``loop_unroll``) paid everywhere but where it made the loop spill: the kernels are
+# latency-bound at 2-4 programs per SM (ncu: about one eligible warp per scheduler), not
+# issue-bound. The 128-row forward tile needs B >= 128. The forward stages x from 1024 rows
+# (unit-stride loads beat the in-place column reads there; below, the staging launch costs more
+# than it saves); grad_x reads grad_y in place at every size. grad_x (morlet's table): 8 warps
+# over twice the tile, capped at 128 registers, in the middle rows. The parameter pass: 32 x 64
+# tiles of 8 warps capped at 128 registers (v15: 1.03-1.10x the 64 x 64 tile for the
+# trigonometric wavelets); it splits only from 1024 rows (below, a split's three partial planes
+# cost more than it gains).
 _GPU = {
     "fwd": (
         (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, stage=True)),
@@ -86,29 +86,36 @@ _GPU = {
         (128, KernelConfig(64, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128)),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
-    "bwd_dparams": (
-        (1024, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=1, maxnreg=128,
-                            balance_min_steps=512)),
-        (0, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=4, maxnreg=128,
-                         balance_min_steps=512)),
-    ),
+    "bwd_dparams": ((0, KernelConfig(32, 64, num_warps=8, num_stages=2, prefetch=True, maxnreg=128,
+                                     balance_min_steps=512)),),
 }
-# The Gaussian wavelets (``Wavelet.gaussian``) where they measured otherwise (v15, HISTORY.md):
-# grad_x's capped 8-warp tile spills inside the main loop (compile_check: 39 LDL per 128 MUFU at
-# unroll 4), and 64 x 64 of 4 warps, uncapped, took 1.16-1.24x less time from 256 to 1024 rows
-# (mexican_hat and dog; within 2% at 64 and 2048), where morlet and shannon lost 2-23% with it.
-_GPU_GAUSSIAN = {
-    "bwd_dx": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
+# Per wavelet where it measured otherwise (v15, results/h200-2026-11-30f/). grad_x: the capped
+# 8-warp tile spills inside the main loop of the Gaussian wavelets (compile_check: 39 LDL per
+# 128 MUFU at unroll 4), which took 1.16-1.24x less time on 64 x 64 tiles of 4 warps, uncapped,
+# from 256 to 1024 rows (within 2% at 64 and 2048); meyer's and shannon's spill on every tile,
+# least on 32 x 128 of 8 warps capped at 128 (1.09-1.25x at 64 to 4096 rows), where morlet's
+# does not and kept its table (0.98-1.03x). The Gaussian wavelets' parameter pass: unrolled by 4
+# on 32 x 64 tiles below 1024 rows (mexican_hat 1.05-1.24x, dog 1.00-1.02x), by 1 on 64 x 64
+# from 1024 (unroll 2 kept 48 bytes of stack: 1.10-1.23x and 1.02-1.10x; 32 x 64 there: dog 0.83x).
+_DX_GAUSSIAN = ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),)
+_DX_SPILLING = ((0, KernelConfig(32, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128)),)
+_DPARAMS_GAUSSIAN = (
+    (1024, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=1, maxnreg=128, balance_min_steps=512)),
+    (0, KernelConfig(32, 64, num_warps=8, num_stages=2, prefetch=True, unroll=4, maxnreg=128, balance_min_steps=512)),
+)
+_GPU_BY_WAVELET = {
+    "bwd_dx": {"mexican_hat": _DX_GAUSSIAN, "dog": _DX_GAUSSIAN, "meyer": _DX_SPILLING, "shannon": _DX_SPILLING},
+    "bwd_dparams": {"mexican_hat": _DPARAMS_GAUSSIAN, "dog": _DPARAMS_GAUSSIAN},
 }
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 
 
 def default_config(kind: str, device: torch.device, rows: int = 0, wavelet=None) -> KernelConfig:
     """The measured best config of kernel ``kind`` for ``rows`` rows of x (B) and ``wavelet``
-    (a ``Wavelet``; None: the table every wavelet shares)."""
+    (a ``Wavelet``: its own table where it has one; None: the shared table)."""
     if device.type != "cuda":
         return _INTERPRETER
-    table = _GPU_GAUSSIAN.get(kind) if wavelet is not None and wavelet.gaussian else None
+    table = _GPU_BY_WAVELET.get(kind, {}).get(wavelet.name) if wavelet is not None else None
     return next(cfg for min_rows, cfg in (table or _GPU[kind]) if rows >= min_rows)
 
 
