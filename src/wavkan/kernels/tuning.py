@@ -64,7 +64,7 @@ class KernelConfig:
 
 # From the sweeps on an H200 (benchmarks/kernel_sweep.py, benchmarks/config_ab.py; the history of
 # each choice in benchmarks/HISTORY.md): per kernel, (smallest row count, config), largest first;
-# ``_GPU_BY_WAVELET`` replaces a kernel's table for the wavelets that measured otherwise.
+# ``_GPU_BY_FAMILY`` replaces a kernel's table for the wavelet families that measured otherwise.
 # Unrolling the main loop (more independent evaluations in flight; the Gaussian wavelets' loops
 # only, ``loop_unroll``) paid everywhere but where it made the loop spill: the kernels are
 # latency-bound at 2-4 programs per SM (ncu: about one eligible warp per scheduler), not
@@ -89,33 +89,50 @@ _GPU = {
     "bwd_dparams": ((0, KernelConfig(32, 64, num_warps=8, num_stages=2, prefetch=True, maxnreg=128,
                                      balance_min_steps=512)),),
 }
-# Per wavelet where it measured otherwise (v15, results/h200-2026-11-30f/). grad_x: the capped
-# 8-warp tile spills inside the main loop of the Gaussian wavelets (compile_check: 39 LDL per
-# 128 MUFU at unroll 4), which took 1.16-1.24x less time on 64 x 64 tiles of 4 warps, uncapped,
-# from 256 to 1024 rows (within 2% at 64 and 2048); meyer's and shannon's spill on every tile,
-# least on 32 x 128 of 8 warps capped at 128 (1.09-1.25x at 64 to 4096 rows), where morlet's
-# does not and kept its table (0.98-1.03x). The Gaussian wavelets' parameter pass: unrolled by 4
-# on 32 x 64 tiles below 1024 rows (mexican_hat 1.05-1.24x, dog 1.00-1.02x), by 1 on 64 x 64
-# from 1024 (unroll 2 kept 48 bytes of stack: 1.10-1.23x and 1.02-1.10x; 32 x 64 there: dog 0.83x).
-_DX_GAUSSIAN = ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),)
-_DX_SPILLING = ((0, KernelConfig(32, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128)),)
-_DPARAMS_GAUSSIAN = (
-    (1024, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=1, maxnreg=128, balance_min_steps=512)),
-    (0, KernelConfig(32, 64, num_warps=8, num_stages=2, prefetch=True, unroll=4, maxnreg=128, balance_min_steps=512)),
-)
-_GPU_BY_WAVELET = {
-    "bwd_dx": {"mexican_hat": _DX_GAUSSIAN, "dog": _DX_GAUSSIAN, "meyer": _DX_SPILLING, "shannon": _DX_SPILLING},
-    "bwd_dparams": {"mexican_hat": _DPARAMS_GAUSSIAN, "dog": _DPARAMS_GAUSSIAN},
+# Per wavelet family (``family``) where it measured otherwise (v15, results/h200-2026-11-30f/).
+# grad_x: the capped 8-warp tile spills inside the main loop of the Gaussian wavelets
+# (compile_check: 39 LDL per 128 MUFU at unroll 4), which took 1.16-1.24x less time on 64 x 64
+# tiles of 4 warps, uncapped, from 256 to 1024 rows (within 2% at 64 and 2048); the piecewise
+# wavelets' loops spill on every tile, least on 32 x 128 of 8 warps capped at 128 (meyer and
+# shannon 1.09-1.25x at 64 to 4096 rows), where morlet's does not and keeps the shared table
+# (0.98-1.03x). The Gaussian wavelets' parameter pass: unrolled by 4 on 32 x 64 tiles below 1024
+# rows (mexican_hat 1.05-1.24x, dog 1.00-1.02x), by 1 on 64 x 64 from 1024 (unroll 2 kept 48
+# bytes of stack: 1.10-1.23x and 1.02-1.10x; 32 x 64 there: dog 0.83x).
+_GPU_BY_FAMILY = {
+    "bwd_dx": {
+        "gaussian": ((0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),),
+        "piecewise": ((0, KernelConfig(32, 128, num_warps=8, num_stages=1, prefetch=True, unroll=4, maxnreg=128)),),
+    },
+    "bwd_dparams": {
+        "gaussian": (
+            (1024, KernelConfig(64, 64, num_warps=8, num_stages=2, prefetch=True, unroll=1, maxnreg=128,
+                                balance_min_steps=512)),
+            (0, KernelConfig(32, 64, num_warps=8, num_stages=2, prefetch=True, unroll=4, maxnreg=128,
+                             balance_min_steps=512)),
+        ),
+    },
 }
+
+
+def family(wavelet) -> str:
+    """A wavelet's config family, from its traits (``wavkan.wavelets``): "gaussian" (one exp2 and
+    a few fp32 operations per evaluation: mexican_hat, dog), "envelope" (a Gaussian envelope times
+    sine and cosine: morlet), "piecewise" (no envelope: branches of sine and cosine, the longest
+    loops: meyer, shannon)."""
+    if wavelet.gaussian:
+        return "gaussian"
+    return "envelope" if wavelet.envelope else "piecewise"
+
+
 _INTERPRETER = KernelConfig(32, 32, num_warps=1, num_stages=1)
 
 
 def default_config(kind: str, device: torch.device, rows: int = 0, wavelet=None) -> KernelConfig:
     """The measured best config of kernel ``kind`` for ``rows`` rows of x (B) and ``wavelet``
-    (a ``Wavelet``: its own table where it has one; None: the shared table)."""
+    (a ``Wavelet``: its family's table where it has one; None: the shared table)."""
     if device.type != "cuda":
         return _INTERPRETER
-    table = _GPU_BY_WAVELET.get(kind, {}).get(wavelet.name) if wavelet is not None else None
+    table = _GPU_BY_FAMILY.get(kind, {}).get(family(wavelet)) if wavelet is not None else None
     return next(cfg for min_rows, cfg in (table or _GPU[kind]) if rows >= min_rows)
 
 
