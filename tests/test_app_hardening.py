@@ -733,3 +733,25 @@ def test_a_failed_write_names_its_file(failure, tmp_path, monkeypatch):
     assert re.search(r"\(\d+ bytes free on its disk\)$", message)
     assert failure != "enospc" or caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_run_resumes_from_its_data_moved_and_not_from_changed_data(tmp_path, capsys):
+    """The data are compared by content: the same file at a new path resumes (and says so); other
+    contents at the run's own path are refused, naming both fingerprints."""
+    first = tmp_path / "project" / "tiny.npz"
+    first.parent.mkdir()
+    np.savez(first, **tiny_arrays())
+    out = tmp_path / "run"
+    assert train_main(args(first, out, epochs=1)) == 0
+    moved = tmp_path / "elsewhere" / "tiny.npz"
+    moved.parent.mkdir()
+    first.rename(moved)
+    capsys.readouterr()
+    assert train_main(args(moved, out, "--resume", epochs=2)) == 0
+    assert f"--resume: the run's data moved from {first} to {moved} (same contents)" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    np.savez(moved, **tiny_arrays(seed=1))  # other contents at the same path
+    assert train_main(args(moved, out, "--resume", epochs=3)) == 2
+    message = one_line_error(capsys.readouterr().err)
+    assert "was trained on other data" in message and message.count("crc32:") == 2
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2

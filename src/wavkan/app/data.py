@@ -168,6 +168,18 @@ class RawData:
                              f"vs {self.test_images.shape[1:]}")
 
 
+def data_digest(raw: RawData) -> str:
+    """A fingerprint of a dataset's contents (CRC-32 of each array's bytes with its shape and
+    dtype, hex): what a resumed run compares, so that its data may move to another path but not
+    change. Tens of milliseconds for MNIST."""
+    crc = 0
+    for name in _SPLITS:
+        a = np.ascontiguousarray(getattr(raw, name))
+        crc = zlib.crc32(f"{name}{a.shape}{a.dtype.str}".encode(), crc)
+        crc = zlib.crc32(memoryview(a).cast("B"), crc)
+    return f"crc32:{crc:08x}"
+
+
 @dataclass(frozen=True)
 class DeviceData:
     """A dataset ready to train on: x (N, features) float32 in [-1, 1], y (N,) int64, one device."""

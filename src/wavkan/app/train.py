@@ -67,7 +67,7 @@ from ..files import FolderBusyError, FolderError, FolderLock, make_folder, remov
 from ..ops import resolve_backend
 from . import distributed as dist_utils
 from .checkpoint import build_model, load_checkpoint, restore_training_state, save_checkpoint, training_state
-from .data import check_layers_fit, epoch_permutation, load_raw, resolve_dataset, to_device
+from .data import check_layers_fit, data_digest, epoch_permutation, load_raw, resolve_dataset, to_device
 from .evaluate import evaluate
 from .metrics import plot_curves, write_metrics_csv
 from .augment import EpochAugment
@@ -117,12 +117,24 @@ def batch_bounds(n: int, batch_size: int, min_rows: int = 2) -> list[tuple[int, 
     return bounds
 
 
-def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+def _check_resumable(saved: dict, config: TrainConfig, path: Path, digest: str, ctx) -> None:
+    """Refuse to resume a run of other options or other data. The data are compared by content
+    (``data_digest``) where the checkpoint records it: a dataset moved to another path resumes
+    (and says so), one changed at the same path does not; an older checkpoint compares paths."""
     mine = config.to_dict()
     saved = resolve_model_fields(saved)  # a run saved before the conv net is an MLP run
     if isinstance(saved.get("dataset"), str):  # saved as given before paths were resolved: from here
         saved["dataset"] = resolve_dataset(saved["dataset"])
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in RUN_DEFINING if saved.get(k) != mine[k]]
+    keys = RUN_DEFINING
+    if saved.get("data_digest") is not None:
+        if saved["data_digest"] != digest:
+            raise ConfigError(f"--resume: {path} was trained on other data: {saved['dataset']!r} then "
+                              f"({saved['data_digest']}), {mine['dataset']!r} now ({digest}); pass the run's data "
+                              "or another --out")
+        keys = tuple(k for k in RUN_DEFINING if k != "dataset")
+        if saved["dataset"] != mine["dataset"]:
+            _log(ctx, f"--resume: the run's data moved from {saved['dataset']} to {mine['dataset']} (same contents)")
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in keys if saved.get(k) != mine[k]]
     if diff:
         raise ConfigError(f"--resume: {path} is a different run ({'; '.join(diff)}); "
                           "pass its options or another --out")
@@ -218,12 +230,14 @@ def _load_data(config: TrainConfig, ctx, device: torch.device):
     """The data on the device, the batches of an epoch, and the run's config with its model
     fields resolved (a conv net's input channels and classes taken from the data)."""
     run_config = config.to_dict()
+    raw = load_raw(config.dataset)
+    run_config["data_digest"] = data_digest(raw)  # what a resumed run compares (_check_resumable)
     if run_config["model"] == "conv":  # images (N, C, H, W) in [0, 1] (wavkan.app.models)
-        data = to_device_images(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+        data = to_device_images(raw, device, config.limit_train, config.limit_test)
         run_config.update(in_channels=int(data.train_x.shape[1]), num_classes=data.num_classes)
         check_conv_fits(run_config, data, config.dataset)
     else:  # the MLP takes flat vectors
-        data = to_device(load_raw(config.dataset), device, config.limit_train, config.limit_test)
+        data = to_device(raw, device, config.limit_train, config.limit_test)
         check_layers_fit(run_config["layers"], data.num_features, data.num_classes, config.dataset,
                          labels={"train_labels": data.train_y, "test_labels": data.test_y})
     n_train = data.train_x.shape[0]
@@ -235,7 +249,7 @@ def _load_data(config: TrainConfig, ctx, device: torch.device):
     return data, bounds, run_config
 
 
-def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
+def _previous_run(config: TrainConfig, out: Path, ctx, digest: str) -> Optional[dict]:
     """The checkpoint to resume from (verified), or None for a new run; refuses a run folder
     that holds a run unless --resume (same options, --epochs not below the epochs done) or
     --overwrite says what to do with it. Deletes only stale temp files, on rank 0 under the lock."""
@@ -244,7 +258,7 @@ def _previous_run(config: TrainConfig, out: Path, ctx) -> Optional[dict]:
     if ckpt_path.exists():
         if config.resume:
             saved = load_checkpoint(ckpt_path)
-            _check_resumable(saved["config"], config, ckpt_path)
+            _check_resumable(saved["config"], config, ckpt_path, digest, ctx)
             done = int(saved["epoch"])
             if config.epochs < done:
                 raise ConfigError(f"--resume --epochs {config.epochs}: {ckpt_path} has already completed {done} "
@@ -340,7 +354,7 @@ def _train(config: TrainConfig, ctx, device: torch.device, on_epoch_end, startup
                 ahead = _start_compile_ahead(config, ctx, device, None)
             data, bounds, run_config = _load_data(config, ctx, device)
             startup.phase("data")
-            saved = _previous_run(config, out, ctx)  # after the data: its errors come first
+            saved = _previous_run(config, out, ctx, run_config["data_digest"])  # after the data: its errors come first
             if config.resume:  # the resumed run's thread count is in its checkpoint
                 threads_note = _set_run_threads(config, saved)
                 ahead = _start_compile_ahead(config, ctx, device, saved)
