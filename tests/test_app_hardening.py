@@ -755,3 +755,27 @@ def test_a_run_resumes_from_its_data_moved_and_not_from_changed_data(tmp_path, c
     message = one_line_error(capsys.readouterr().err)
     assert "was trained on other data" in message and message.count("crc32:") == 2
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+def test_resume_and_overwrite_together_are_refused_before_anything_changes(npz, finished, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert train_main(args(npz, out, "--resume", "--overwrite", epochs=3)) == 2
+    assert "--resume and --overwrite contradict each other" in one_line_error(capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch, capsys):
+    import importlib
+
+    from wavkan import cli
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert cli.main(["train", "--epochs", "1"]) == 130
+    assert capsys.readouterr().err.strip() == "wavkan train: interrupted while starting"

@@ -67,7 +67,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _parser().parse_args(argv)  # prints help, the version, or a usage error, and exits
         return 2
     command, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[command][0])
+    try:  # Ctrl-C while the command's modules load (a second or more): a line, not a traceback
+        module = importlib.import_module(COMMANDS[command][0])
+    except KeyboardInterrupt:
+        print(f"\nwavkan {command}: interrupted while starting", file=sys.stderr)
+        return 130
     return int(module.main(rest, prog=f"wavkan {command}") or 0)
 
 

@@ -91,6 +91,9 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                              "--overwrite starts it over")
         if not -(1 << 63) <= self.seed < (1 << 64):  # what torch.manual_seed takes
             raise ConfigError(f"seed must be from -2^63 to 2^64 - 1, got {self.seed}")
         try:
