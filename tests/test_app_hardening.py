@@ -779,3 +779,25 @@ def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(importlib, "import_module", interrupted)
     assert cli.main(["train", "--epochs", "1"]) == 130
     assert capsys.readouterr().err.strip() == "wavkan train: interrupted while starting"
+
+
+def test_a_failed_write_keeps_an_error_it_cannot_rename(tmp_path):
+    """Errors without an errno keep their message clean, and one whose constructor takes other
+    arguments reaches the caller as itself (never a TypeError of the renaming)."""
+    import urllib.error
+
+    from wavkan import files
+
+    def fails_plain(f):
+        raise OSError("cannot write PNG")
+
+    with pytest.raises(OSError) as caught:
+        files.atomic_write(tmp_path / "a.png", fails_plain)
+    assert str(caught.value) == f"writing {tmp_path / 'a.png'}: cannot write PNG"
+
+    def fails_http(f):
+        raise urllib.error.HTTPError("http://x", 500, "boom", {}, None)
+
+    with pytest.raises(urllib.error.HTTPError):
+        files.atomic_write(tmp_path / "b.png", fails_http)
+    assert not list(tmp_path.iterdir())

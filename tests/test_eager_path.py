@@ -383,3 +383,19 @@ def _expected_weights(layer):
 
     wav, w = get_wavelet(layer.wavelet), layer.wavelet_weights.detach().double()
     return w if wav.window is None else wav.fold_window(w)[0]
+
+
+def test_other_optimizers_steps_never_fail_on_the_cache_hook(kernel_device):
+    """The hook runs on every optimizer's step in the process: one over a sparse parameter
+    (which has no plain storage) steps as before once a layer has kept its packs."""
+    emb = torch.nn.Parameter(torch.randn(10, 4).to_sparse())
+    opt = torch.optim.SGD([emb], lr=0.1)
+    emb.grad = torch.randn(10, 4).to_sparse()
+    layer = _layer(kernel_device)
+    x = torch.randn(5, 13, device=kernel_device)
+    y = layer(x)
+    assert staging._KEPT
+    before = emb.detach().to_dense().clone()
+    opt.step()
+    assert not torch.equal(emb.detach().to_dense(), before)
+    assert torch.equal(layer(x), y)  # its packs untouched by a step of other parameters

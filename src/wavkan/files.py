@@ -181,9 +181,13 @@ def _naming_the_target(path: Path, error: BaseException) -> BaseException:
         note = f" ({free} bytes free on its disk)" if free < LOW_DISK_BYTES else ""
     except OSError:
         note = ""
-    if isinstance(error, OSError):
-        return type(error)(error.errno, f"writing {path}: {error.strerror or error}{note}")
-    return RuntimeError(f"writing {path}: {error}{note}")
+    message = f"writing {path}: {(error.strerror if isinstance(error, OSError) else None) or error}{note}"
+    try:  # of the error's own kind where its constructor takes (errno, message), else as it was
+        if isinstance(error, OSError):
+            return type(error)(error.errno, message) if error.errno is not None else type(error)(message)
+        return RuntimeError(message)
+    except Exception:  # noqa: BLE001
+        return error
 
 
 def make_folder(path) -> list:

@@ -200,10 +200,18 @@ def _watch_optimizer_steps() -> None:
 
 
 def _forget_stepped(optimizer, args, kwargs) -> None:
-    """Drops every kept value whose sources share storage with a parameter of ``optimizer``."""
+    """Drops every kept value whose sources share storage with a parameter of ``optimizer``.
+    A hook of every optimizer in the process, so it never raises: a parameter without a plain
+    storage (sparse, DTensor and other wrapper subclasses) is never a source of a kept value."""
     if not _KEPT or torch.compiler.is_compiling():
         return
-    stepped = {p.untyped_storage().data_ptr() for group in optimizer.param_groups for p in group["params"]}
+    stepped = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            try:
+                stepped.add(p.untyped_storage().data_ptr())
+            except (RuntimeError, NotImplementedError, AttributeError):
+                continue
     for ident, entries in list(_KEPT.items()):
         fresh = [e for e in entries[1] if not any(h.data_ptr() in stepped for h in e[3])]
         if not fresh:
