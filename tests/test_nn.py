@@ -146,3 +146,60 @@ def test_wavelet_is_part_of_the_state():
     state["layers.1.wavelet_name"] = torch.zeros(3)
     with pytest.raises(RuntimeError, match="layers.1.wavelet_name: expected the layer's wavelet name as uint8 bytes"):
         WavKAN([6, 4, 3], "dog").load_state_dict(state)
+
+
+# --- built on the meta device (found in review) ------------------------------------------------
+
+
+def _conv_cls():
+    from wavkan import WavKANConv2d
+
+    return WavKANConv2d
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_skip_init_then_reset_parameters_writes_the_wavelet_name(kind):
+    """``nn.utils.skip_init`` builds on meta and moves with ``to_empty``: the name buffer holds
+    whatever memory it got until ``reset_parameters``, which writes it again, so the layer's
+    own state_dict loads into a fresh layer."""
+    cls, args = (WavKANLinear, (5, 4)) if kind == "linear" else (_conv_cls(), (3, 4, 3))
+    layer = torch.nn.utils.skip_init(cls, *args, wavelet="dog")
+    layer.reset_parameters()
+    assert bytes(layer.wavelet_name.tolist()) == b"dog"
+    fresh = cls(*args, wavelet="dog")
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.wavelet_weights, layer.wavelet_weights)
+
+
+def test_meta_model_takes_the_papers_state_dict_with_assign():
+    """Built on meta and loaded with ``assign=True`` (the way to load a big checkpoint): the
+    paper's state_dict has no wavelet name, and the layer's is made where the parameters are,
+    so the model moves, computes and saves as one built normally."""
+    paper = PaperKAN([5, 4, 3], "mexican_hat")
+    with torch.device("meta"):
+        model = WavKAN([5, 4, 3])
+    model.load_state_dict(paper.state_dict(), assign=True)
+    assert not any(t.is_meta for t in model.state_dict().values())
+    model = model.to(torch.float64).eval()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    paper = paper.double().eval()
+    assert rel_err(model(x), paper(x)) < 1e-6
+    WavKAN([5, 4, 3]).load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_conv_layers_give_shapes_on_meta(ndim):
+    from wavkan import WavKANConv1d, WavKANConv2d
+
+    cls, size = (WavKANConv1d, (16,)) if ndim == 1 else (WavKANConv2d, (8, 8))
+    layer = cls(3, 4, 3, stride=2, padding=1, backend="reference").to("meta")
+    y = layer(torch.empty(2, 3, *size, device="meta"))
+    assert y.is_meta and y.shape == (2, 4, *[(s + 2 - 3) // 2 + 1 for s in size])
+
+
+def test_conv_takes_numpy_integers_like_nn_conv2d():
+    np = pytest.importorskip("numpy")
+    layer = _conv_cls()(np.int64(3), np.int64(4), np.int64(3), stride=(np.int32(1), 2), padding=np.int64(1))
+    assert layer.kernel_size == (3, 3) and layer.stride == (1, 2) and layer(torch.randn(2, 3, 6, 6)).shape == (2, 4, 6, 3)
+    with pytest.raises(ValueError, match="kernel_size must be an int"):
+        _conv_cls()(3, 4, True)

@@ -42,7 +42,7 @@ def _encode_name(name: str, device=None) -> Tensor:
 
 def _decode_name(value):
     """The wavelet name a state_dict entry holds, or None if it holds none."""
-    if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.dim() != 1 or value.is_meta:
         return None
     try:
         return bytes(value.tolist()).decode()
@@ -53,10 +53,14 @@ def _decode_name(value):
 def _reset_wavelet_parameters(module) -> None:
     """The paper's initialisation: scale ones, translation zeros, ``kaiming_uniform_(a=sqrt(5))``
     on the weights (whatever their shape: fan_in is their second dim times the rest), and a
-    fresh BatchNorm."""
+    fresh BatchNorm; the wavelet's name written into its buffer again (built on the meta
+    device and moved with ``to_empty``, as ``nn.utils.skip_init`` does, the buffer holds
+    whatever memory it got)."""
     with torch.no_grad():
         module.scale.fill_(1.0)
         module.translation.zero_()
+        name = getattr(module, WAVELET_KEY)
+        name.copy_(_encode_name(module.wavelet, "cpu").to(name.device))
     nn.init.kaiming_uniform_(module.wavelet_weights, a=math.sqrt(5))
     if module.bn is not None:
         module.bn.reset_parameters()
@@ -82,7 +86,12 @@ class _WaveletModule(nn.Module):
             self.register_buffer(WAVELET_KEY, _encode_name(self.wavelet, self.scale.device))
         own = getattr(self, WAVELET_KEY)
         if key not in state_dict:
-            state_dict[key] = own  # no wavelet saved: the paper's state_dict, or an older checkpoint
+            # No wavelet saved (the paper's state_dict, or an older checkpoint): the layer's own,
+            # where the saved parameters live (a meta-built model loaded with assign=True takes
+            # them, so a meta buffer would stay behind).
+            where = state_dict.get(prefix + "scale")
+            device = where.device if isinstance(where, Tensor) and own.is_meta else own.device
+            state_dict[key] = own if device == own.device else _encode_name(self.wavelet, device)
         else:
             saved = _decode_name(state_dict[key])
             if saved != self.wavelet:

@@ -21,6 +21,8 @@ takes its inputs as they come (the parameters stay fp32) and computes in fp32.
 
 from __future__ import annotations
 
+import operator
+
 from typing import Sequence, Union
 
 import torch
@@ -35,11 +37,22 @@ __all__ = ["wavkan_conv", "wavkan_conv1d", "wavkan_conv2d", "conv_arguments", "C
 PADDING_MODES = ("same", "valid")
 
 
+def _as_int(value):
+    """``value`` as a Python int if it is an integer (numpy's included, as nn.Conv2d takes
+    them; never a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def int_tuple(name: str, value, ndim: int, minimum: int) -> tuple:
-    values = (value,) * ndim if isinstance(value, int) and not isinstance(value, bool) else tuple(value) \
+    one = _as_int(value)
+    values = (one,) * ndim if one is not None else tuple(_as_int(v) for v in value) \
         if isinstance(value, (tuple, list)) else None  # fmt: skip
-    if values is None or len(values) != ndim or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum
-                                                    for v in values):  # fmt: skip
+    if values is None or len(values) != ndim or any(v is None or v < minimum for v in values):
         raise ValueError(f"{name} must be an int >= {minimum} or a tuple of {ndim} such ints, got {value!r}")
     return values
 
