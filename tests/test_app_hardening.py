@@ -801,3 +801,22 @@ def test_a_failed_write_keeps_an_error_it_cannot_rename(tmp_path):
     with pytest.raises(urllib.error.HTTPError):
         files.atomic_write(tmp_path / "b.png", fails_http)
     assert not list(tmp_path.iterdir())
+
+
+def test_omp_num_threads_wins_over_a_resumed_runs_thread_count(npz, tmp_path, monkeypatch, capsys):
+    """A run started with 2 threads, resumed where OMP_NUM_THREADS=1 (as torchrun sets it per
+    rank): the environment's count, not the saved one; without it, the saved one (the count the
+    checkpoint's last epochs ran with)."""
+    threads = torch.get_num_threads()
+    try:
+        out = tmp_path / "run"
+        assert train_main(args(npz, out, "--threads", "2", epochs=1)) == 0
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        capsys.readouterr()
+        assert train_main(args(npz, out, "--resume", epochs=2)) == 0
+        assert "(1 thread: OMP_NUM_THREADS)" in capsys.readouterr().out
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert train_main(args(npz, out, "--resume", epochs=3)) == 0
+        assert "(1 thread: the resumed run's)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)

@@ -671,3 +671,26 @@ def test_dry_run_conv_level(tmp_path, capsys):
         assert float(r["io_gb"]) == pytest.approx(protocol.conv_io_bytes(case, 4) / 1e9, rel=1e-5)
         assert int(r["evals"]) == protocol.conv_counts(case)[0]
         assert r["note"].startswith("err vs f64") == (r["provider"] == "wavkan" and r["mode"] == "forward")
+
+
+@pytest.mark.parametrize("target", ["file", "under-a-file", "empty", "csv-folder"])
+def test_an_unusable_out_is_refused_before_anything_runs(target, tmp_path, capsys, monkeypatch):
+    """--out is created and checked first (a GPU run lasts minutes, and used to end in a
+    traceback there with every result lost): one line, status 2, no row measured."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "csvdir" / "results.csv").mkdir(parents=True)
+    out = {"file": tmp_path / "afile", "under-a-file": tmp_path / "afile" / "sub", "empty": "",
+           "csv-folder": tmp_path / "csvdir"}[target]
+    ran = []
+    monkeypatch.setattr(bench.run, "run_op_level", lambda *a, **k: ran.append(1) or [])
+    assert bench.main(["--dry-run", "--level", "op", "--shape", "2x2x2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wavkan bench: error: --out: ") and not ran
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "fast"])
+def test_a_ceiling_that_is_not_a_positive_rate_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        bench.main(["--dry-run", "--level", "op", "--shape", "2x2x2", "--ceiling", value])
+    assert caught.value.code == 2
+    assert f"expected a finite number > 0, got {value!r}" in capsys.readouterr().err

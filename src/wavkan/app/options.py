@@ -166,7 +166,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="rows per evaluation pass (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads (default: the cores this process may use less those the load average shows "
-                        "busy, at least 1; a resumed run keeps its own)")
+                        "busy, at least 1; a resumed run keeps its own unless OMP_NUM_THREADS is set)")
     # --- the conv net (wavkan.app.models) ---
     p.add_argument("--model", choices=("mlp", "conv"), default=None,
                    help="mlp: WavKAN(--layers); conv: the Wav-KAN conv net (default: conv for cifar10, else mlp)")

@@ -8,7 +8,8 @@ default a run takes the cores it may use (``os.sched_getaffinity``) less those t
 average shows busy, at least one (``default_threads``), decided once when it starts;
 ``--threads`` overrides it, and so does ``OMP_NUM_THREADS`` (torchrun sets it to 1). A
 resumed run keeps the thread count it started with: results depend on it at the level of
-float rounding.
+float rounding; ``OMP_NUM_THREADS`` still wins over it (a resumed run under torchrun, or with
+the variable set, follows that launch).
 
 Compiling ahead. The compiled CPU backend (``wavkan.cpu``) compiles each pass on its first
 call. ``compile_ahead`` makes those calls before the first epoch, on a batch of the run's
@@ -36,7 +37,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["available_cores", "default_threads", "set_threads", "uses_compiled", "compile_ahead", "CompileAhead",
+__all__ = ["available_cores", "default_threads", "omp_threads_set", "set_threads", "uses_compiled", "compile_ahead", "CompileAhead",
            "StartupClock", "process_age"]
 
 
@@ -70,12 +71,18 @@ def default_threads() -> tuple[int, float]:
     return _auto_threads
 
 
+def omp_threads_set() -> bool:
+    """Whether ``OMP_NUM_THREADS`` gives a thread count (the user's, or torchrun's)."""
+    return os.environ.get("OMP_NUM_THREADS", "").strip().isdigit()
+
+
 def set_threads(threads: Optional[int]) -> str:
     """Set PyTorch's intra-op threads to ``threads`` (None: what ``OMP_NUM_THREADS`` says, else
     ``default_threads()``); returns a note for the log saying how many and why."""
-    if threads is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
-        # The user's (or torchrun's) setting, which torch already follows.
-        n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+    if threads is None and omp_threads_set():
+        # The user's (or torchrun's) setting: torch read it when it loaded, and a thread count
+        # set since (a run before this one in the same process) is set back to it.
+        n, why = max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
     elif threads is None:
         n, busy = default_threads()
         why = f"{available_cores()} cores, load average {busy:.1f} on them from other work"

@@ -75,7 +75,7 @@ from .models import channel_stats, check_conv_fits, resolve_model_fields, to_dev
 from .options import RUN_DEFINING, ConfigError, TrainConfig, build_parser, config_from_args
 from .plot import EDGES_NAME, write_edges_png
 from .progress import EpochProgress
-from .startup import CompileAhead, StartupClock, compile_ahead, set_threads, uses_compiled
+from .startup import CompileAhead, StartupClock, compile_ahead, omp_threads_set, set_threads, uses_compiled
 from .step import GraphedTrainStep, LrTensor, Totals, graphs_supported, train_step
 
 __all__ = [
@@ -277,14 +277,14 @@ def _previous_run(config: TrainConfig, out: Path, ctx, digest: str) -> Optional[
 
 
 def _set_run_threads(config: TrainConfig, saved: Optional[dict]) -> str:
-    """Set this process's CPU threads: --threads, else the resumed run's, else the default
-    (``startup.set_threads``); returns the note for the log. (The run's config records the
-    number, so the checkpoint keeps it.)"""
+    """Set this process's CPU threads: --threads, else ``OMP_NUM_THREADS`` (the user's, or
+    torchrun's one per rank: a launch the saved count knows nothing of), else the resumed run's,
+    else the default (``startup.set_threads``); returns the note for the log. (The run's config
+    records the number, so the checkpoint keeps it.)"""
     resumed = saved["config"].get("threads") if saved is not None else None
-    note = set_threads(config.threads or resumed)
-    if config.threads is None and resumed is not None:
-        note = note.replace("--threads", "the resumed run's")
-    return note
+    if config.threads is None and resumed is not None and not omp_threads_set():
+        return set_threads(resumed).replace("--threads", "the resumed run's")
+    return set_threads(config.threads)
 
 
 def _compile_rows(config: TrainConfig, ctx) -> int:

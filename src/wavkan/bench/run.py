@@ -5,8 +5,11 @@ docstring, ``wavkan.bench``, says what is measured and how)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -207,6 +210,32 @@ def run_conv_level(runner, wavelets, providers, modes, dtype_name, ceiling, case
     return rows
 
 
+def positive_rate(text: str) -> float:
+    """argparse type: a finite rate > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def check_out_folder(out: str) -> None:
+    """Create ``out`` (and its parents) and check that results.csv can be written there: an
+    OSError naming the path otherwise (a file in its place, a read-only folder, ...)."""
+    from ..files import FolderError, make_folder
+
+    if not out:
+        raise FolderError("an empty path is not a folder")
+    make_folder(out)
+    csv = Path(out) / "results.csv"
+    if csv.exists() and not csv.is_file():
+        raise FolderError(f"{csv} exists and is not a file")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise FolderError(f"{out} is not writable")
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or "wavkan bench",
@@ -234,7 +263,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    "1 + 10 steps unless --reps is given")  # fmt: skip
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default: fill ~0.25 s, 10..200)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per row after the first (default: 3)")
-    p.add_argument("--ceiling", type=float, default=None, help="exp2/s to use instead of measuring it")
+    p.add_argument("--ceiling", type=positive_rate, default=None, help="exp2/s to use instead of measuring it (> 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-recorded", action="store_true", help="leave out the recorded rows (benchmarks/RECORDED.md)")
     # fake timings through the whole plumbing, for tests and CPU checks: not a benchmark
@@ -247,6 +276,11 @@ def main(argv=None, prog: Optional[str] = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print(NO_GPU_MESSAGE)
         return 0
+    try:  # before anything runs: a run of minutes must not end in an unusable folder
+        check_out_folder(args.out)
+    except OSError as e:
+        print(f"{prog or 'wavkan bench'}: error: --out: {e}", file=sys.stderr)
+        return 2
     budget = QUICK_BUDGET if args.quick else Budget()
     if args.reps is not None or args.warmup is not None:
         budget = Budget(warmup=budget.warmup if args.warmup is None else args.warmup, target_s=budget.target_s,
@@ -277,10 +311,9 @@ def main(argv=None, prog: Optional[str] = None) -> int:
     for row in rows:
         row.update(env if row["source"] != RECORDED_SOURCE else {"gpu": "NVIDIA H200 (recorded)", "date": "2026-11-28"})
 
-    os.makedirs(args.out, exist_ok=True)
+    print("\n" + format_report(rows), flush=True)  # first: the table survives a failed write
     csv_path = os.path.join(args.out, "results.csv")
     write_csv(rows, csv_path)
     plots = [] if args.no_plots else plot_results(rows, args.out)
-    print("\n" + format_report(rows))
     print(f"\nwrote {csv_path}" + "".join(f"\nwrote {p}" for p in plots))
     return 0
