@@ -820,3 +820,19 @@ def test_omp_num_threads_wins_over_a_resumed_runs_thread_count(npz, tmp_path, mo
         assert "(1 thread: the resumed run's)" in capsys.readouterr().out
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("when", ["before-the-first-epoch", "after-an-epoch"])
+def test_ctrl_c_says_whether_there_is_anything_to_resume(when, npz, tmp_path, monkeypatch, capsys):
+    def interrupt(epoch, row):
+        raise KeyboardInterrupt
+
+    if when == "before-the-first-epoch":
+        monkeypatch.setattr(app_train, "_run", lambda *a, **k: interrupt(0, None))
+    real_train = app_train.train
+    monkeypatch.setattr(app_train, "train", lambda config, startup=None: real_train(config, on_epoch_end=interrupt,
+                                                                                  startup=startup))
+    assert train_main(args(npz, tmp_path / "run", epochs=3)) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("interrupted: rerun with --resume to continue from the last completed epoch"
+                   if when == "after-an-epoch" else "interrupted: no epoch had completed, nothing was saved")

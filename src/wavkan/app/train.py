@@ -593,13 +593,18 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     startup = StartupClock(from_process_start=True)
     args = build_parser(prog).parse_args(argv)
+    config = None
     try:
-        train(config_from_args(args), startup=startup)
+        config = config_from_args(args)
+        train(config, startup=startup)
     except (OSError, ValueError, RuntimeError) as e:  # missing or bad files, bad options, no CUDA, divergence
         print(f"{prog or 'wavkan train'}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun with --resume to continue from the last completed epoch", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun, where every rank gets the signal
+            saved = config is not None and (config.out_dir() / CHECKPOINT_NAME).exists()
+            print("\ninterrupted: " + ("rerun with --resume to continue from the last completed epoch" if saved
+                                       else "no epoch had completed, nothing was saved"), file=sys.stderr)
         return 130
     return 0
 
