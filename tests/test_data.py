@@ -319,3 +319,18 @@ def test_check_layers_fit_names_the_mismatch():
         check_layers_fit([64, 10], 784, 10, "mnist")
     with pytest.raises(DataMismatchError, match="layers end with 5 outputs, but the labels of mnist have 10 classes"):
         check_layers_fit([784, 5], 784, 10, "mnist")
+
+
+def test_a_decoded_copy_that_cannot_be_touched_is_still_read(tmp_path, monkeypatch):
+    """A read-only or shared cache: refreshing the copy's time fails, and the copy is read all
+    the same (it was dropped, and every run decoded the archive again)."""
+    pytest.importorskip("zarr")
+    monkeypatch.setenv(wdata.CACHE_ENV, str(tmp_path))
+    first = wdata.load_mnist()
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(wdata.os, "utime", refused)
+    monkeypatch.setitem(sys.modules, "zarr", None)  # the archive is not read again
+    assert _mnist_equal(wdata.load_mnist(), first)

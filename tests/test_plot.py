@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,38 @@ def test_plot_command_draws_a_checkpoint(tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["plot", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "wavkan plot: error: no checkpoint at" in capsys.readouterr().err
+
+
+def test_ranges_refuse_non_finite_inputs_and_name_bad_pairs():
+    """Found in review: a NaN or inf among the inputs is named as such (it was blamed on a layer,
+    sometimes the wrong one), and ranges are checked per layer (a wrong length was a raw
+    IndexError); a number stands for every input of its layer."""
+    torch.manual_seed(0)
+    model = WavKAN([4, 3, 2], backend="reference")
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.randn(100, 4)
+        x[50, 2] = bad
+        with pytest.raises(ValueError, match="inputs hold NaN or infinite values"):
+            layer_input_ranges(model, x)
+    with pytest.raises(ValueError, match=r"ranges\[0\]: layer 0 has 4 inputs.*got \(2,\) and \(2,\)"):
+        plot_edges(model, ranges=[(torch.zeros(2), torch.ones(2)), (torch.zeros(3), torch.ones(3))])
+    with pytest.raises(ValueError, match=r"ranges\[1\] must be a \(min, max\) pair"):
+        plot_edges(model, ranges=[(-1.0, 1.0), (0.0,)])
+    fig = plot_edges(model, ranges=[(-1.0, 1.0), (torch.zeros(3), 2.0)], top=2)
+    assert [c.x[0].item() for c in fig.curves[0]] == [-1.0, -1.0] and fig.curves[1][0].x[-1].item() == 2.0
+
+
+def test_ranges_of_a_layer_called_with_a_keyword():
+    """A container may call its WavKANLinear with x=...: its input is recorded all the same."""
+
+    class Keyword(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = WavKANLinear(4, 2, batch_norm=False, backend="reference")
+
+        def forward(self, inputs):
+            return self.head(x=inputs * 2.0)
+
+    x = torch.randn(10, 4)
+    (low, high), = layer_input_ranges(Keyword(), x)
+    assert torch.equal(low, (x * 2).amin(0).double()) and torch.equal(high, (x * 2).amax(0).double())

@@ -62,20 +62,23 @@ def layer_input_ranges(model: nn.Module, inputs: Tensor, batch_size: int = 10000
         raise ValueError(f"inputs must have shape (N >= 1, {layers[0].in_features}), got {tuple(inputs.shape)}")
     if inputs.dim() < 1 or inputs.shape[0] < 1:
         raise ValueError(f"inputs must hold at least one sample, got shape {tuple(inputs.shape)}")
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise ValueError("inputs hold NaN or infinite values: the ranges to draw need finite inputs")
     lows = [torch.full((l.in_features,), math.inf, dtype=torch.float64) for l in layers]
     highs = [torch.full((l.in_features,), -math.inf, dtype=torch.float64) for l in layers]
 
     def record(k):
-        def hook(_module, args):
+        def hook(_module, args, kwargs):
+            x = args[0] if args else kwargs["x"]  # a container may pass it by name
             # min and max are exact in any float dtype: reduce where x is, in its own dtype, and
             # convert only the (in,) results (a float64 copy of each batch took most of the time).
-            lo, hi = torch.aminmax(args[0].detach().reshape(-1, layers[k].in_features), dim=0)
+            lo, hi = torch.aminmax(x.detach().reshape(-1, layers[k].in_features), dim=0)
             torch.minimum(lows[k], lo.double().cpu(), out=lows[k])
             torch.maximum(highs[k], hi.double().cpu(), out=highs[k])
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(record(k)) for k, layer in enumerate(layers)]
+    handles = [layer.register_forward_pre_hook(record(k), with_kwargs=True) for k, layer in enumerate(layers)]
     was_training = model.training
     model.eval()
     try:
@@ -85,10 +88,10 @@ def layer_input_ranges(model: nn.Module, inputs: Tensor, batch_size: int = 10000
         model.train(was_training)
         for h in handles:
             h.remove()
-    for k, (layer, low) in enumerate(zip(layers, lows)):
-        if not bool(torch.isfinite(low).all()):
+    for k, (layer, low, high) in enumerate(zip(layers, lows, highs)):
+        if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
             raise ValueError(f"layer {k} ({layer.in_features} \u2192 {layer.out_features}): {type(model).__name__} "
-                             "never passed it a finite input on these inputs")
+                             "passed it NaN or infinite values (or none at all) on these inputs")
     return list(zip(lows, highs))
 
 
@@ -119,6 +122,22 @@ def edge_curves(layer, ranges: tuple[Tensor, Tensor], top: int = 16, points: int
     return curves
 
 
+def _layer_range(k: int, layer, pair) -> tuple:
+    """(min, max) of layer ``k``'s inputs as float64 CPU tensors of shape (in_features,); a
+    number stands for every input. ValueError naming the layer otherwise."""
+    try:
+        lo, hi = pair
+        lo, hi = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in (lo, hi))
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"ranges[{k}] must be a (min, max) pair, got {pair!r}") from None
+    shape = (layer.in_features,)
+    lo, hi = (v.expand(shape) if v.dim() == 0 else v for v in (lo, hi))
+    if lo.shape != shape or hi.shape != shape:
+        raise ValueError(f"ranges[{k}]: layer {k} has {layer.in_features} inputs, so min and max must be numbers or "
+                         f"of shape {shape}; got {tuple(lo.shape)} and {tuple(hi.shape)}")
+    return lo, hi
+
+
 def plot_edges(model: nn.Module, inputs: Optional[Tensor] = None, path=None, *,
                ranges: Optional[Sequence[tuple[Tensor, Tensor]]] = None, top: int = 16, points: int = 201,
                title: Optional[str] = None):  # fmt: skip
@@ -139,6 +158,7 @@ def plot_edges(model: nn.Module, inputs: Optional[Tensor] = None, path=None, *,
         ranges = layer_input_ranges(model, inputs)
     if len(ranges) != len(layers):
         raise ValueError(f"ranges needs one (min, max) pair per layer ({len(layers)}), got {len(ranges)}")
+    ranges = [_layer_range(k, layer, r) for k, (layer, r) in enumerate(zip(layers, ranges))]
     per_layer = [edge_curves(l, r, top, points, k) for k, (l, r) in enumerate(zip(layers, ranges))]
     cols = min(4, max(len(c) for c in per_layer))
     rows = [math.ceil(len(c) / cols) for c in per_layer]

@@ -420,12 +420,15 @@ def _read_mnist_cache(cache: Path) -> Optional[RawData]:
     try:
         with np.load(cache) as z:
             arrays = {s: z[s] for s in _SPLITS}
-        if all(a.dtype == np.uint8 for a in arrays.values()):
-            os.utime(cache)  # read now: kept by other installs' clean-ups (CACHE_MAX_IDLE)
-            return RawData(**arrays)
+        raw = RawData(**arrays) if all(a.dtype == np.uint8 for a in arrays.values()) else None
     except Exception:  # truncated, corrupt (a CRC error), or not ours: the archive is the source
-        pass
-    return None
+        return None
+    if raw is not None:
+        try:  # read now: kept by other installs' clean-ups (CACHE_MAX_IDLE)
+            os.utime(cache)
+        except OSError:  # a read-only or shared cache: read all the same
+            pass
+    return raw
 
 
 def _write_mnist_cache(cache: Path, raw: RawData) -> None:
