@@ -176,3 +176,25 @@ def test_compiled_backend_inside_torch_compile():
     assert rel_err(y.detach(), y_eager.detach()) < 1e-6
     for a, b in zip((p.grad for p in model.parameters()), eager_grads):
         assert rel_err(a, b) < 1e-5
+
+
+def test_float64_bits_do_not_depend_on_earlier_float32_calls():
+    """Each dtype compiles into its own copy of a pass: float32 calls with sizes of 1 in many
+    combinations (each its own compiled version) no longer use up the versions a later float64
+    call needs, which then ran eagerly with other rounding (found in review)."""
+    def float64_call():
+        torch.manual_seed(5)
+        x, s, t, w = (a.double() for a in layer_inputs(300, 70, 50))
+        return wavkan_cpu.compiled_forward(x, s, t, w, "morlet")
+
+    torch._dynamo.reset()
+    wavkan_cpu._compiled_for.cache_clear()
+    cold = float64_call()
+    torch._dynamo.reset()
+    wavkan_cpu._compiled_for.cache_clear()
+    for B in (1, 5):
+        for IN in (1, 5):
+            for OUT in (1, 5):
+                x, s, t, w = layer_inputs(B, IN, OUT)
+                wavkan_cpu.compiled_forward(x, s, t, w, "morlet")
+    assert torch.equal(float64_call(), cold)

@@ -93,17 +93,21 @@ _PASSES = {"forward": _forward, "backward_x": _backward_x, "backward_params": _b
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_for(wavelet: str, pass_name: str, threads: int):
-    """The pass ``pass_name`` for ``wavelet``, compiled on first call for ``threads`` threads.
+def _compiled_for(wavelet: str, pass_name: str, threads: int, dtype: torch.dtype = torch.float32):
+    """The pass ``pass_name`` for ``wavelet`` and compute ``dtype``, compiled on first call for
+    ``threads`` threads.
 
-    Dynamo keeps its compiled versions per code object, a bounded number of them; a copy of
-    the pass's code per wavelet keeps each wavelet's float32 and float64 versions apart from
-    the other wavelets' instead of all in one full cache. Inductor splits some sums across
-    the threads it compiles for, which changes their rounding, so each thread count gets its
-    own copy too: a given thread count then computes the same bits in every process.
+    Dynamo keeps its compiled versions per code object, a bounded number of them (8), past which
+    a call runs these lines eagerly, with other rounding. A copy of the pass's code per wavelet
+    and per dtype keeps each one's versions apart from the others' (float32 calls with sizes of
+    1 in many combinations filled the shared cache, and later float64 calls ran eagerly: their
+    bits depended on what the process ran before). Inductor splits some sums across the
+    threads it compiles for, which changes their rounding, so each thread count gets its own
+    copy too: a given thread count then computes the same bits in every process.
     """
     template = _PASSES[pass_name]
-    code = template.__code__.replace(co_name=f"wavkan_{pass_name}_{wavelet}_{threads}t")
+    suffix = str(dtype).removeprefix("torch.")
+    code = template.__code__.replace(co_name=f"wavkan_{pass_name}_{wavelet}_{suffix}_{threads}t")
     # The wavelet is the last parameter's default: the copy is called with the tensors alone.
     fn = types.FunctionType(code, template.__globals__, code.co_name, (get_wavelet(wavelet),))
     # Not fullgraph: past Dynamo's limit of compiled versions per code object (say, sizes of 1
@@ -111,8 +115,8 @@ def _compiled_for(wavelet: str, pass_name: str, threads: int):
     return torch.compile(fn, dynamic=True)
 
 
-def _compiled(wavelet: str, pass_name: str):
-    return _compiled_for(wavelet, pass_name, torch.get_num_threads())
+def _compiled(wavelet: str, pass_name: str, dtype: torch.dtype):
+    return _compiled_for(wavelet, pass_name, torch.get_num_threads(), dtype)
 
 
 def _cast(cd, *tensors):
@@ -136,7 +140,7 @@ def compiled_forward(x: Tensor, scale: Tensor, translation: Tensor, weights: Ten
     inv_s = s.reciprocal()
     B, IN = xc.shape
     OUT = s.shape[0]
-    fwd = _compiled(wav.name, "forward")
+    fwd = _compiled(wav.name, "forward", cd)
     if B * OUT * IN <= chunk_elements:
         return fwd(xc, inv_s, t, w).to(x.dtype)
     y = torch.empty(B, OUT, dtype=cd, device=x.device)
@@ -159,16 +163,17 @@ def compiled_backward(grad: Tensor, x: Tensor, scale: Tensor, translation: Tenso
     blocks = [(0, B, 0, OUT)] if B * OUT * IN <= chunk_elements else list(_blocks(B, OUT, IN, chunk_elements))
     grad_x = grad_s = grad_t = grad_w = None
     if need_x:
-        bwd_x = _compiled(wav.name, "backward_x")
+        bwd_x = _compiled(wav.name, "backward_x", cd)
         if len(blocks) == 1:
             gx = bwd_x(g, xc, inv_s, t, w)
         else:
             gx = torch.zeros(B, IN, dtype=cd, device=x.device)
             for b0, b1, o0, o1 in blocks:
-                gx[b0:b1] += bwd_x(g[b0:b1, o0:o1], xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
+                # g's block contiguous, as every other call's: a strided one is one more version.
+                gx[b0:b1] += bwd_x(g[b0:b1, o0:o1].contiguous(), xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
         grad_x = gx.to(x.dtype)
     if need_params:
-        bwd_p = _compiled(wav.name, "backward_params")
+        bwd_p = _compiled(wav.name, "backward_params", cd)
         g_t, x_t = g.t(), xc.t()
         if len(blocks) == 1:
             grads = bwd_p(g_t.contiguous(), x_t.contiguous(), inv_s, t, w)
