@@ -23,22 +23,9 @@ import statistics
 
 import torch
 
-from sweeplib import SIZE, kernel_calls, operands, seed_and_measure_ceiling
+from sweeplib import SIZE, kernel_calls, latency_ms, operands, seed_and_measure_ceiling
 from wavkan import get_wavelet
 from wavkan.kernels.tuning import default_config
-
-
-def event_ms(fn, reps: int = 25) -> float:
-    """Median of ``reps`` calls, each between CUDA events with a synchronize after it."""
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def parse_variant(text: str) -> tuple:
@@ -77,7 +64,7 @@ def main() -> None:
                     for call in sets:  # warm-up: compiles, caches the packs
                         call(cfg)
                     torch.cuda.synchronize()
-                    per_set = [event_ms(lambda: call(cfg)) for call in sets]
+                    per_set = [latency_ms(lambda: call(cfg)) for call in sets]
                     times[name].append(statistics.median(per_set))
             reference = [o.double() for o in sets[0](shipped)]
             base = min(times["default"])

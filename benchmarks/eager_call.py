@@ -15,22 +15,11 @@ Prints one line per row as ``provider mode host_us gpu_us latency_us launches``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
-
-def _median_latency(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+from sweeplib import latency_ms
 
 
 def _host_and_gpu(fn, calls: int) -> tuple:
@@ -122,7 +111,7 @@ def main() -> int:
             for _ in range(20):
                 fn()
             host, gpu = _host_and_gpu(fn, args.calls)
-            lat = _median_latency(fn, 200)
+            lat = latency_ms(fn, 200) * 1e3
             print(f"{name:16s} {mode:8s} host_us {host:8.1f} gpu_us {gpu:8.1f} latency_us {lat:8.1f} "
                   f"launches {_launches(fn)}", flush=True)
     return 0

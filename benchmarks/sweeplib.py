@@ -1,12 +1,14 @@
-"""What the GPU sweep scripts here share: their operands, the kernels' calls, the ceiling.
+"""What the GPU scripts here share: their operands, the kernels' calls, the ceiling, the timers.
 
-Imported by ``kernel_sweep.py`` and ``ncu_kernels.py`` (run as ``PYTHONPATH=src python
+Imported by ``kernel_sweep.py``, ``ncu_kernels.py``, ``config_ab.py`` and ``eager_call.py`` (run as ``PYTHONPATH=src python
 benchmarks/<script>.py``, which puts this folder on ``sys.path``). It uses only the library's
 public launchers and ``wavkan.bench.ceiling``; a script that needs more of the library asks it
 through a public name.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import torch
 import triton.testing
@@ -55,3 +57,17 @@ def gpu_ms(fn, rep: int = 30) -> float:
     """Median GPU time of ``fn()`` in ms, replayed as a CUDA graph: without the host's launch
     cost, which would hide small kernels."""
     return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
+
+
+def latency_ms(fn, reps: int = 25) -> float:
+    """Median ms of ``reps`` calls of ``fn()``, each between CUDA events with a synchronize after
+    it: the latency the public eager benchmarks report (the host's time included)."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
