@@ -387,7 +387,7 @@ class _HistoryFiles:
         self.out, self.title = out, title
         self.written = 0  # epochs in metrics.csv
         self.saved = 0  # epochs in the checkpoint (this run's or the resumed one's)
-        self.pending = None  # (epochs, the checkpoint file's identity before) while one is saved
+        self.pending = None  # (epochs, the checkpoint file's identity before) from its save to write()
         self.drawn = 0  # epochs in curves.png
         self.drawn_at = -math.inf  # time.monotonic() of that drawing
 
@@ -395,12 +395,10 @@ class _HistoryFiles:
         """A checkpoint of ``epochs`` epochs is about to replace the file (or create it)."""
         self.pending = (epochs, _file_identity(self.out / CHECKPOINT_NAME))
 
-    def saved_checkpoint(self, epochs: int) -> None:
-        self.saved, self.pending = epochs, None
-
     def write(self, history: list, last: bool) -> None:
         write_metrics_csv(self.out / METRICS_NAME, history)
         self.written = self.saved = len(history)
+        self.pending = None
         if last or time.monotonic() - self.drawn_at >= CURVES_MIN_INTERVAL_S:
             self._draw(history)
 
@@ -411,7 +409,7 @@ class _HistoryFiles:
         in the checkpoint's place says the save went through."""
         with contextlib.suppress(Exception):
             if self.pending is not None and _file_identity(self.out / CHECKPOINT_NAME) != self.pending[1]:
-                self.saved_checkpoint(self.pending[0])
+                self.saved = self.pending[0]
             if self.written != self.saved and self.saved > 0:
                 (self.out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone
                 write_metrics_csv(self.out / METRICS_NAME, history[: self.saved])
@@ -567,7 +565,6 @@ def _run(config: TrainConfig, run_config: dict, ctx, device: torch.device, out: 
                 history_files.saving(len(history))
                 save_checkpoint(ckpt_path, training_state(run_config, epoch + 1, history, raw_model, optimizer,
                                                           scheduler, device, ctx.world_size))
-                history_files.saved_checkpoint(len(history))
                 (out / EDGES_NAME).unlink(missing_ok=True)  # drawn from a checkpoint that is gone; redrawn at the end
                 history_files.write(history, last=epoch + 1 == config.epochs)
             _log(ctx, f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
