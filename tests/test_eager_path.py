@@ -19,7 +19,7 @@ def launches(monkeypatch):
     from wavkan.kernels import launch
 
     count = {"n": 0}
-    original = launch.DirectLauncher.__call__
+    original = launch.DirectLauncher.launch
 
     def counting(self, *args, **kwargs):
         count["n"] += 1
@@ -31,7 +31,7 @@ def launches(monkeypatch):
         count["n"] += 1
         return packs(*args, **kwargs)
 
-    monkeypatch.setattr(launch.DirectLauncher, "__call__", counting)
+    monkeypatch.setattr(launch.DirectLauncher, "launch", counting)
     monkeypatch.setattr(staging, "pack_edge_constants", counting_pack)
     staging.clear_pack_cache()
     return count
@@ -310,7 +310,7 @@ def test_custom_op_keeps_no_buffers(kernel_device, launches):
 
 @pytest.mark.parametrize("stage", [False, True], ids=["in-place", "staged"])
 @pytest.mark.parametrize("split", [1, 3])
-def test_column_operand_in_place_or_staged(kernel_device, stage, split):
+def test_operands_in_place_or_staged(kernel_device, stage, split):
     """The forward's x and grad_x's grad_y, read in place (any strides) or staged transposed
     (``KernelConfig.stage``), with and without a split summed in-kernel: the same values."""
     from wavkan.kernels import KernelConfig, wavkan_bwd_dx, wavkan_fwd

@@ -26,14 +26,18 @@ packed weight and the epilogue, which keeps log2(e)/2 and the normalisation out 
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
+from ..wavelets import get_wavelet
 from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .launch import DirectLauncher, cdiv, split_plan, stream_key
+from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
 from .partials import split_arrive, split_sum, store_tile
-from .staging import cached_edge_pack, column_operand, plane_offsets
+from .staging import cached_edge_pack, stage_transposed
 from .tuning import KernelConfig, default_config, kernel_meta
 
 
@@ -193,68 +197,100 @@ _LAUNCH_DPARAMS = DirectLauncher(
     _wavkan_bwd_dparams_kernel, own=("part_ptr", "counter_ptr"))
 
 
+class _GradXPlan(NamedTuple):
+    launch: PlannedLaunch
+    pad: int  # in padded to whole tiles: the grad_x pack's width
+    stage: bool  # grad_y staged transposed (``KernelConfig.stage``) ...
+    rows_pad: int  # ... to this many rows
+    split: int
+    tiles: int
+    partials: int  # fp32 elements per split partial
+
+
+@functools.lru_cache(maxsize=4096)
+def _grad_x_plan(B: int, IN: int, OUT: int, x_strides: tuple, g_strides: tuple, device: torch.device, wavelet: str,
+                 config: KernelConfig | None) -> _GradXPlan:  # fmt: skip
+    """What ``wavkan_bwd_dx`` launches with that follows from the shapes, the operands'
+    strides, the device, the wavelet and the config (dx is a new contiguous tensor, the pack a
+    contiguous (3, out, pad) one)."""
+    wav = get_wavelet(wavelet)
+    cfg = config or default_config("bwd_dx", device, B, wav)
+    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
+    tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
+    rows_pad = tiles[0] * cfg.block_m
+    stride_gb, stride_go = (1, rows_pad) if cfg.stage else g_strides
+    split, per_split = balanced_plan(tiles[0] * tiles[1], OUT, device, cfg)
+    plane = OUT * in_pad
+    scalars = (B, IN, OUT, in_pad, plane, 2 * plane, *x_strides, stride_gb, stride_go, IN, 1, split, per_split, B * IN)
+    meta = dict(kernel_meta(cfg, wav, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
+                SPLIT_SUM=split > 1)
+    launch = _LAUNCH_DX.plan(device, (tiles[0], tiles[1], split), scalars, meta)
+    return _GradXPlan(launch, in_pad, cfg.stage, rows_pad, split, tiles[0] * tiles[1], B * IN)
+
+
 def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
-    """grad_x: (B, in) in x's dtype, for grad = dL/dy (B, out); any strides. One launch."""
+    """grad_x: (B, in) in x's dtype, for grad = dL/dy (B, out); any strides. One launch,
+    planned once per shape (``_grad_x_plan``)."""
     B, IN = x.shape
     OUT = scale.shape[0]
     device = x.device
     dx = torch.empty((B, IN), dtype=x.dtype, device=device)
     if B == 0:
         return dx
-    cfg = config or default_config("bwd_dx", device, B, wavelet)
-    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
+    plan = planned(_grad_x_plan, B, IN, OUT, x.stride(), grad.stride(), device, wavelet.name, config)
     stream = stream_key(device)
     z_scale, _, dpsi_scale = wavelet.fold_bwd
-    pack = cached_edge_pack(scale, translation, weights, in_pad, True, z_scale, dpsi_scale, stream)
-    tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
-    gs, stride_gb, stride_go = column_operand(grad, tiles[0] * cfg.block_m, cfg.stage)
-    split, per_split, counters, part = split_plan(device, stream, cfg, tiles, OUT, dx, B * IN)
-    plane1, plane2 = plane_offsets(pack)
-    _LAUNCH_DX(
-        device, stream,
-        (tiles[0], tiles[1], split),
-        (x, gs, pack, dx, part, counters, B, IN, OUT, in_pad, plane1, plane2,
-         x.stride(0), x.stride(1), stride_gb, stride_go, dx.stride(0), dx.stride(1), split, per_split, B * IN),
-        dict(kernel_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
-             SPLIT_SUM=split > 1),
-    )
+    pack = cached_edge_pack(scale, translation, weights, plan.pad, True, z_scale, dpsi_scale, stream)
+    gs = stage_transposed(grad, plan.rows_pad) if plan.stage else grad
+    counters, part = split_buffers(device, stream, plan.split, plan.tiles, plan.partials, dx)
+    _LAUNCH_DX.launch(plan.launch, stream, (x, gs, pack, dx, part, counters))
     return dx
+
+
+class _ParamsPlan(NamedTuple):
+    launch: PlannedLaunch
+    split: int
+    tiles: int
+    partials: int  # fp32 elements per split partial (three planes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _params_plan(B: int, IN: int, OUT: int, strides: tuple, device: torch.device, wavelet: str,
+                 config: KernelConfig | None) -> _ParamsPlan:  # fmt: skip
+    """What ``wavkan_bwd_dparams`` launches with that follows from the shapes, the strides of
+    x, grad_y, scale, translation and weights (in that order), the device, the wavelet and the
+    config."""
+    wav = get_wavelet(wavelet)
+    cfg = config or default_config("bwd_dparams", device, B, wav)
+    tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
+    split, per_split = balanced_plan(tiles[0] * tiles[1], B, device, cfg)
+    scalars = (B, IN, OUT, *strides, split, per_split, OUT * IN, *wav.fold_bwd)
+    meta = dict(kernel_meta(cfg, wav, device, ("BLOCK_OUT", "BLOCK_IN")), EVEN_IN=IN % cfg.block_n == 0,
+                EVEN_OUT=OUT % cfg.block_m == 0, SPLIT_SUM=split > 1)
+    launch = _LAUNCH_DPARAMS.plan(device, (tiles[0], tiles[1], split), scalars, meta)
+    return _ParamsPlan(launch, split, tiles[0] * tiles[1], 3 * OUT * IN)
 
 
 def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):
     """(grad_scale, grad_translation, grad_weights), each (out, in) contiguous in its
-    parameter's dtype. One launch."""
+    parameter's dtype. One launch, planned once per shape (``_params_plan``)."""
     B, IN = x.shape
     OUT = scale.shape[0]
     device = x.device
     if B == 0:  # no rows: nothing to sum (the loop's first load would read past an empty x)
         return tuple(torch.zeros(p.shape, dtype=p.dtype, device=device) for p in (scale, translation, weights))
-    cfg = config or default_config("bwd_dparams", device, B, wavelet)
     # The kernel's column offsets are int32: a row whose span does not fit is copied first.
     if IN * x.stride(1) >= 2**31:
         x = x.contiguous()
     if OUT * grad.stride(1) >= 2**31:
         grad = grad.contiguous()
-    tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
+    strides = (*x.stride(), *grad.stride(), *scale.stride(), *translation.stride(), *weights.stride())
+    plan = planned(_params_plan, B, IN, OUT, strides, device, wavelet.name, config)
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))
     stream = stream_key(device)
-    split, per_split, counters, part = split_plan(device, stream, cfg, tiles, B, ds, 3 * OUT * IN)
-    z_scale, psi_scale, dpsi_scale = wavelet.fold_bwd
-    _LAUNCH_DPARAMS(
-        device, stream,
-        (tiles[0], tiles[1], split),
-        (x, grad, scale, translation, weights, ds, dt, dw, part, counters, B, IN, OUT,
-         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), *_param_strides(scale, translation, weights),
-         split, per_split, OUT * IN, z_scale, psi_scale, dpsi_scale),
-        dict(kernel_meta(cfg, wavelet, device, ("BLOCK_OUT", "BLOCK_IN")), EVEN_IN=IN % cfg.block_n == 0,
-             EVEN_OUT=OUT % cfg.block_m == 0, SPLIT_SUM=split > 1),
-    )
+    counters, part = split_buffers(device, stream, plan.split, plan.tiles, plan.partials, ds)
+    _LAUNCH_DPARAMS.launch(plan.launch, stream, (x, grad, scale, translation, weights, ds, dt, dw, part, counters))
     return ds, dt, dw
-
-
-def _param_strides(scale, translation, weights):
-    return (scale.stride(0), scale.stride(1), translation.stride(0), translation.stride(1),
-            weights.stride(0), weights.stride(1))
 
 
 def wavkan_bwd(grad, x, scale, translation, weights, wavelet, need_x: bool = True, need_params: bool = True):

@@ -37,16 +37,19 @@ partials when split): the eager call's host time is what a user pays per layer a
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..wavelets import get_wavelet
 from .device import MEXICAN_HAT, exp2_of, wavelet_psi_folded
-from .launch import DirectLauncher, cdiv, split_plan, stream_key
+from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
 from .partials import store_tile
-from .staging import cached_edge_pack, column_operand, plane_offsets
+from .staging import cached_edge_pack, stage_transposed
 from .tuning import KernelConfig, default_config, kernel_meta, poly_every
 
 # Below this |t k/s| on all of a program's edges, z is one FFMA (module docstring).
@@ -201,32 +204,54 @@ def _wavkan_fwd_kernel(
 _LAUNCH = DirectLauncher(_wavkan_fwd_kernel, own=("pack_ptr", "part_ptr", "counter_ptr"))
 
 
+class _ForwardPlan(NamedTuple):
+    launch: PlannedLaunch
+    pad: int  # out padded to whole tiles: the pack's width
+    stage: bool  # x staged transposed (``KernelConfig.stage``) ...
+    rows_pad: int  # ... to this many rows
+    split: int
+    tiles: int
+    partials: int  # fp32 elements per split partial
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_plan(B: int, IN: int, OUT: int, x_strides: tuple, device: torch.device, wavelet: str,
+                  config: KernelConfig | None) -> _ForwardPlan:  # fmt: skip
+    """Everything ``wavkan_fwd`` launches with that follows from the shapes, x's strides, the
+    device, the wavelet and the config (y is a new contiguous tensor and the pack a contiguous
+    (3, in, pad) one, so their strides follow from the shapes too)."""
+    wav = get_wavelet(wavelet)
+    cfg = config or default_config("fwd", device, B, wav)
+    out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
+    tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
+    rows_pad = tiles[0] * cfg.block_m
+    stride_xb, stride_xi = (1, rows_pad) if cfg.stage else x_strides
+    split, per_split = balanced_plan(tiles[0] * tiles[1], IN, device, cfg)
+    plane = IN * out_pad
+    scalars = (B, IN, OUT, out_pad, plane, 2 * plane, stride_xb, stride_xi, OUT, 1, split, per_split, B * OUT)
+    meta = dict(kernel_meta(cfg, wav, device, ("BLOCK_B", "BLOCK_OUT")), X_STAGED=cfg.stage,
+                X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, POLY_EVERY=poly_every(cfg, wav))
+    launch = _LAUNCH.plan(device, (tiles[0], tiles[1], split), scalars, meta)
+    return _ForwardPlan(launch, out_pad, cfg.stage, rows_pad, split, tiles[0] * tiles[1], B * OUT)
+
+
 def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | None = None) -> torch.Tensor:
     """Fused forward. x: (B, in), any strides and float dtype; scale, translation, weights:
     (out, in). Returns y: (B, out) in x's dtype, accumulated in fp32. One launch: the edge
     constants come packed from the cache (``staging.cached_edge_pack``), x is read in place,
-    and a split's partials are summed by the kernel itself."""
+    and a split's partials are summed by the kernel itself; the launch is planned once per
+    shape (``_forward_plan``)."""
     B, IN = x.shape
     OUT = scale.shape[0]
     device = x.device
     y = torch.empty((B, OUT), dtype=x.dtype, device=device)
     if B == 0:
         return y
-    cfg = config or default_config("fwd", device, B, wavelet)
-    out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
+    plan = planned(_forward_plan, B, IN, OUT, x.stride(), device, wavelet.name, config)
     stream = stream_key(device)
     z_scale, w_scale = wavelet.fold
-    pack = cached_edge_pack(scale, translation, weights, out_pad, False, z_scale, w_scale, stream)
-    tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
-    xs, stride_xb, stride_xi = column_operand(x, tiles[0] * cfg.block_m, cfg.stage)
-    split, per_split, counters, part = split_plan(device, stream, cfg, tiles, IN, y, B * OUT)
-    plane1, plane2 = plane_offsets(pack)
-    _LAUNCH(
-        device, stream,
-        (tiles[0], tiles[1], split),
-        (xs, pack, y, part, counters, B, IN, OUT, out_pad, plane1, plane2,
-         stride_xb, stride_xi, y.stride(0), y.stride(1), split, per_split, B * OUT),
-        dict(kernel_meta(cfg, wavelet, device, ("BLOCK_B", "BLOCK_OUT")), X_STAGED=cfg.stage,
-             X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, POLY_EVERY=poly_every(cfg, wavelet)),
-    )
+    pack = cached_edge_pack(scale, translation, weights, plan.pad, False, z_scale, w_scale, stream)
+    xs = stage_transposed(x, plan.rows_pad) if plan.stage else x
+    counters, part = split_buffers(device, stream, plan.split, plan.tiles, plan.partials, y)
+    _LAUNCH.launch(plan.launch, stream, (xs, pack, y, part, counters))
     return y

@@ -166,16 +166,13 @@ def split_scratch(device: torch.device, stream, tiles: int, partial_elems: int) 
     return entry
 
 
-def split_plan(device: torch.device, stream, cfg: KernelConfig, tiles: tuple, loop_len: int, out: torch.Tensor,
-               partial_elems: int) -> tuple:
-    """(split, per_split, counters, partials) for a kernel that sums a split in-kernel over a
-    (tiles[0], tiles[1]) grid: the "balance" plan, and the scratch of ``partial_elems`` fp32
-    per split (unsplit, ``out`` stands in for both: the binary never touches them)."""
-    split, per_split = balanced_plan(tiles[0] * tiles[1], loop_len, device, cfg)
+def split_buffers(device: torch.device, stream, split: int, tiles: int, partial_elems: int, out: torch.Tensor) -> tuple:
+    """(counters, partials) for a launch of ``tiles`` tiles in ``split`` splits that sums them
+    in-kernel, ``partial_elems`` fp32 per split (``split_scratch``); unsplit, ``out`` stands
+    in for both (the binary never touches them)."""
     if split == 1:
-        return split, per_split, out, out
-    counters, partials = split_scratch(device, stream, tiles[0] * tiles[1], split * partial_elems)
-    return split, per_split, counters, partials
+        return out, out
+    return split_scratch(device, stream, tiles, split * partial_elems)
 
 
 def release_split_scratch() -> None:
@@ -183,19 +180,43 @@ def release_split_scratch() -> None:
     _SCRATCH.clear()
 
 
+class PlannedLaunch:
+    """What a launch takes from shapes, strides, dtypes, the device and the config: the grid,
+    the runtime scalars (every argument after the tensors, in declaration order), the
+    constexprs and launch options (``meta``), and the binary's key over them. A pass plans a
+    launch once per such combination (``functools.lru_cache`` over those) and launches the
+    plan on every call, so that an eager call spends no host time on what did not change."""
+
+    __slots__ = ("device", "grid", "scalars", "meta", "key")
+
+    def __init__(self, device: torch.device, grid: tuple, scalars: tuple, meta: dict, key: tuple):
+        self.device, self.grid, self.scalars, self.meta, self.key = device, grid, scalars, meta, key
+
+
+def planned(plan, *key) -> "PlannedLaunch":
+    """``plan(*key)`` for a pass's ``functools.lru_cache``d planning function, cached; planned
+    afresh where the key holds symbolic sizes (torch.compile with dynamic shapes traces the
+    passes with SymInts, which cannot be hashed)."""
+    try:
+        return plan(*key)
+    except TypeError:
+        return plan.__wrapped__(*key)
+
+
 class DirectLauncher:
     """Launches one ``triton.jit`` kernel, skipping the JIT's per-call argument binding.
 
     ``kernel[grid](*args, **meta)`` binds every argument and computes its specialisation
-    key in Python on each call, which costs more host time than the launch itself. The first
-    launch for a (meta, specialisation) pair goes through the JIT and keeps the compiled
-    kernel; later ones call its launcher directly with the same arguments. The
-    specialisation is computed here the way Triton computes it (tensors: dtype and 16-byte
-    alignment; ints outside ``do_not_specialize``: == 1, divisible by 16, and whether 32 bits
-    hold them), so a launch never takes a binary compiled for other arguments. ``own`` names
-    the tensor arguments whose dtype and alignment the other arguments already decide (the
-    launcher's own fp32/int32 scratch, always aligned; where it aliases an output, the
-    output's check covers it), which need no check. An output's dtype is not decided by
+    key in Python on each call, which costs more host time than the launch itself. A launch
+    is planned once (``plan``: the scalars' part of the specialisation, computed the way Triton
+    computes it: == 1, divisible by 16, and whether 32 bits hold them, for the ints outside
+    ``do_not_specialize``) and launched per call (``launch``: only the tensors' part, their
+    dtype and 16-byte alignment, is computed then). The first launch for a (plan,
+    tensors' specialisation) pair goes through the JIT and keeps the compiled kernel; later ones
+    call its launcher directly, so a launch never takes a binary compiled for other arguments.
+    ``own`` names the tensor arguments whose dtype and alignment the other arguments already
+    decide (the launcher's own fp32/int32 scratch, always aligned; where it aliases an output,
+    the output's check covers it), which need no check. An output's dtype is not decided by
     the input's (a staged bf16 x is fp32, its y bf16): outputs are checked. Under the
     interpreter, with launch hooks set (profilers), or where this Triton's compiled kernel
     lacks the launcher API, every launch goes through the JIT.
@@ -204,8 +225,9 @@ class DirectLauncher:
     def __init__(self, kernel, own: tuple = ()):
         self.kernel = kernel
         self.compiled: dict = {}
+        self.n_tensors = 0
+        self.checked_tensors, self.checked_scalars, self.constexpr_names = [], [], []
         if not hasattr(kernel, "params"):  # Triton's interpreter: every launch goes through it
-            self.constexpr_names, self.checked = [], []
             return
         names = list(kernel.arg_names)
         constexprs = [p.name for p in kernel.params if p.is_constexpr]
@@ -213,29 +235,37 @@ class DirectLauncher:
         runtime = [n for n in names if n not in constexprs]
         if names[:len(runtime)] != runtime:
             raise ValueError(f"{kernel.fn.__name__}: constexpr parameters must come last")
+        self.n_tensors = sum(1 for n in runtime if n.endswith("_ptr"))
+        if any(not n.endswith("_ptr") for n in runtime[:self.n_tensors]):
+            raise ValueError(f"{kernel.fn.__name__}: the tensor (*_ptr) parameters must come first")
         self.constexpr_names = constexprs
-        self.n_runtime = len(runtime)
-        self.checked = [i for i, n in enumerate(runtime) if n not in skip and n not in own]
+        checked = [i for i, n in enumerate(runtime) if n not in skip and n not in own]
+        self.checked_tensors = [i for i in checked if i < self.n_tensors]
+        self.checked_scalars = [i - self.n_tensors for i in checked if i >= self.n_tensors]
 
-    def _spec_key(self, args) -> tuple:
-        return _specialization(map(args.__getitem__, self.checked))
+    def plan(self, device: torch.device, grid: tuple, scalars: tuple, meta: dict) -> PlannedLaunch:
+        """A launch on ``grid`` (3 dims) with the runtime ``scalars`` (the arguments after the
+        tensors, in declaration order) and the constexprs and launch options in ``meta``."""
+        spec = _specialization([scalars[i] for i in self.checked_scalars])
+        return PlannedLaunch(device, grid, scalars, meta, (device.index, tuple(meta.values()), spec))
 
-    def __call__(self, device: torch.device, stream, grid: tuple, args: tuple, meta: dict) -> None:
-        """Launch on ``grid`` (3 dims) on ``stream`` (``stream_key(device)``) with the runtime
-        ``args`` in declaration order and the constexprs and launch options in ``meta``."""
-        if device.type != "cuda" or getattr(_KEEP, "traced", False) or not _direct_launch_ok():
-            launch_jit(self.kernel, grid, args, meta)
+    def launch(self, planned: PlannedLaunch, stream, tensors: tuple) -> None:
+        """Launch ``planned`` on ``stream`` (``stream_key(device)``) with the tensor arguments
+        ``tensors`` in declaration order."""
+        if planned.device.type != "cuda" or getattr(_KEEP, "traced", False) or not _direct_launch_ok():
+            launch_jit(self.kernel, planned.grid, (*tensors, *planned.scalars), planned.meta)
             return
-        key = (device.index, tuple(meta.values()), self._spec_key(args))
+        key = (planned.key, _specialization([tensors[i] for i in self.checked_tensors]))
         hit = self.compiled.get(key)
         if hit is None:
-            compiled = self.kernel[grid](*args, **meta)
+            compiled = self.kernel[planned.grid](*tensors, *planned.scalars, **planned.meta)
             if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
-                self.compiled[key] = (compiled, tuple(meta[n] for n in self.constexpr_names))
+                self.compiled[key] = (compiled, tuple(planned.meta[n] for n in self.constexpr_names))
             return  # else an older Triton: this key stays on the JIT path
         compiled, constexprs = hit
+        grid = planned.grid
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
-                     None, None, None, *args, *constexprs)
+                     None, None, None, *tensors, *planned.scalars, *constexprs)
 
 
 def _current_stream(device: torch.device) -> int:

@@ -15,13 +15,14 @@ Each is one pass over O(out in) or O(B in) elements, against B out in evaluation
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, keeping_buffers, launch_jit, stream_key
+from .launch import DirectLauncher, PlannedLaunch, cdiv, keeping_buffers, launch_jit, planned, stream_key
 
 _BLOCK = 32
 
@@ -102,30 +103,25 @@ def pack_edge_constants(scale, translation, weights, pad: int, for_grad_x: bool,
     return pack
 
 
-def _stage(t: torch.Tensor, dst: torch.Tensor, r_dst: int, c_dst: int, dst_strides) -> torch.Tensor:
-    R, C = t.shape
-    grid = (cdiv(r_dst, _BLOCK), cdiv(c_dst, _BLOCK))
-    launch_jit(_wavkan_stage_kernel, grid, (t, dst, R, C, r_dst, c_dst, t.stride(0), t.stride(1), *dst_strides),
-               dict(BLOCK_R=_BLOCK, BLOCK_C=_BLOCK))
-    return dst
+_STAGE = DirectLauncher(_wavkan_stage_kernel)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stage_plan(R: int, C: int, strides: tuple, r_dst: int, c_dst: int, dst_strides: tuple,
+                device: torch.device) -> PlannedLaunch:  # fmt: skip
+    grid = (cdiv(r_dst, _BLOCK), cdiv(c_dst, _BLOCK), 1)
+    return _STAGE.plan(device, grid, (R, C, r_dst, c_dst, *strides, *dst_strides), dict(BLOCK_R=_BLOCK, BLOCK_C=_BLOCK))
 
 
 def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None) -> torch.Tensor:
-    """(rows_pad, r_pad) fp32: t (R, C) transposed, zero past R and C (rows_pad defaults to C)."""
+    """(rows_pad, r_pad) fp32: t (R, C) transposed, zero past R and C (rows_pad defaults to C).
+    One launch, planned once per shape and strides (the forward stages x on every call)."""
     R, C = t.shape
     rows_pad = C if rows_pad is None else rows_pad
     dst = torch.empty((rows_pad, r_pad), dtype=torch.float32, device=t.device)
-    return _stage(t, dst, r_pad, rows_pad, (1, r_pad))
-
-
-def column_operand(t: torch.Tensor, rows_pad: int, stage: bool) -> tuple:
-    """(operand, stride along rows, stride along columns) of a (rows, cols) operand a loop walks
-    one column per step: ``t`` itself, read in place through its strides, or (``stage``) its
-    fp32 transposed copy padded to ``rows_pad`` rows, unit stride along the rows."""
-    if not stage:
-        return t, t.stride(0), t.stride(1)
-    staged = stage_transposed(t, rows_pad)
-    return staged, 1, staged.stride(0)
+    plan = planned(_stage_plan, R, C, t.stride(), r_pad, rows_pad, (1, r_pad), t.device)
+    _STAGE.launch(plan, stream_key(t.device), (t, dst))
+    return dst
 
 
 # --- the edge constants, packed once per parameter change ------------------------------------
