@@ -33,7 +33,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..wavelets import get_wavelet
 from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
 from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
 from .partials import split_arrive, split_sum, store_tile
@@ -208,12 +207,11 @@ class _GradXPlan(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _grad_x_plan(B: int, IN: int, OUT: int, x_strides: tuple, g_strides: tuple, device: torch.device, wavelet: str,
+def _grad_x_plan(B: int, IN: int, OUT: int, x_strides: tuple, g_strides: tuple, device: torch.device, wav,
                  config: KernelConfig | None) -> _GradXPlan:  # fmt: skip
     """What ``wavkan_bwd_dx`` launches with that follows from the shapes, the operands'
     strides, the device, the wavelet and the config (dx is a new contiguous tensor, the pack a
     contiguous (3, out, pad) one)."""
-    wav = get_wavelet(wavelet)
     cfg = config or default_config("bwd_dx", device, B, wav)
     in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
     tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
@@ -237,7 +235,7 @@ def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelC
     dx = torch.empty((B, IN), dtype=x.dtype, device=device)
     if B == 0:
         return dx
-    plan = planned(_grad_x_plan, B, IN, OUT, x.stride(), grad.stride(), device, wavelet.name, config)
+    plan = planned(_grad_x_plan, B, IN, OUT, x.stride(), grad.stride(), device, wavelet, config)
     stream = stream_key(device)
     z_scale, _, dpsi_scale = wavelet.fold_bwd
     pack = cached_edge_pack(scale, translation, weights, plan.pad, True, z_scale, dpsi_scale, stream)
@@ -255,12 +253,11 @@ class _ParamsPlan(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _params_plan(B: int, IN: int, OUT: int, strides: tuple, device: torch.device, wavelet: str,
+def _params_plan(B: int, IN: int, OUT: int, strides: tuple, device: torch.device, wav,
                  config: KernelConfig | None) -> _ParamsPlan:  # fmt: skip
     """What ``wavkan_bwd_dparams`` launches with that follows from the shapes, the strides of
     x, grad_y, scale, translation and weights (in that order), the device, the wavelet and the
     config."""
-    wav = get_wavelet(wavelet)
     cfg = config or default_config("bwd_dparams", device, B, wav)
     tiles = (cdiv(OUT, cfg.block_m), cdiv(IN, cfg.block_n))
     split, per_split = balanced_plan(tiles[0] * tiles[1], B, device, cfg)
@@ -285,7 +282,7 @@ def wavkan_bwd_dparams(grad, x, scale, translation, weights, wavelet, config: Ke
     if OUT * grad.stride(1) >= 2**31:
         grad = grad.contiguous()
     strides = (*x.stride(), *grad.stride(), *scale.stride(), *translation.stride(), *weights.stride())
-    plan = planned(_params_plan, B, IN, OUT, strides, device, wavelet.name, config)
+    plan = planned(_params_plan, B, IN, OUT, strides, device, wavelet, config)
     ds, dt, dw = (torch.empty((OUT, IN), dtype=p.dtype, device=device) for p in (scale, translation, weights))
     stream = stream_key(device)
     counters, part = split_buffers(device, stream, plan.split, plan.tiles, plan.partials, ds)

@@ -45,7 +45,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..wavelets import get_wavelet
 from .device import MEXICAN_HAT, exp2_of, wavelet_psi_folded
 from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
 from .partials import store_tile
@@ -215,12 +214,11 @@ class _ForwardPlan(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_plan(B: int, IN: int, OUT: int, x_strides: tuple, device: torch.device, wavelet: str,
+def _forward_plan(B: int, IN: int, OUT: int, x_strides: tuple, device: torch.device, wav,
                   config: KernelConfig | None) -> _ForwardPlan:  # fmt: skip
     """Everything ``wavkan_fwd`` launches with that follows from the shapes, x's strides, the
     device, the wavelet and the config (y is a new contiguous tensor and the pack a contiguous
     (3, in, pad) one, so their strides follow from the shapes too)."""
-    wav = get_wavelet(wavelet)
     cfg = config or default_config("fwd", device, B, wav)
     out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
     tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
@@ -247,7 +245,7 @@ def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | N
     y = torch.empty((B, OUT), dtype=x.dtype, device=device)
     if B == 0:
         return y
-    plan = planned(_forward_plan, B, IN, OUT, x.stride(), device, wavelet.name, config)
+    plan = planned(_forward_plan, B, IN, OUT, x.stride(), device, wavelet, config)
     stream = stream_key(device)
     z_scale, w_scale = wavelet.fold
     pack = cached_edge_pack(scale, translation, weights, plan.pad, False, z_scale, w_scale, stream)
