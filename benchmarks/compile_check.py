@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 
 from wavkan import WAVELETS, get_wavelet
 from wavkan.kernels import backward, forward
-from wavkan.kernels.tuning import default_config, loop_unroll, poly_every
+from wavkan.kernels.tuning import default_config, loop_unroll
 
 TARGET = GPUTarget("cuda", 90, 32)
 ALIGNED_INTS = {"B_PAD", "OUT_PAD", "IN_PAD", "PLANE", "PLANE2", "IN", "OUT", "stride_xb", "stride_gb", "stride_so", "stride_to",
@@ -49,14 +49,12 @@ def _signature(fn, pointers: dict, constexprs: dict):
     return sig
 
 
-def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly=None):
+def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0):
     wav = get_wavelet(wavelet)
     code = wav.code
     fwd, dx, dp = (default_config(kind, _cuda(), rows, wav) for kind in ("fwd", "bwd_dx", "bwd_dparams"))
     if unroll is not None:
         fwd, dx, dp = (dataclasses.replace(c, unroll=unroll) for c in (fwd, dx, dp))
-    if poly is not None:
-        fwd = dataclasses.replace(fwd, poly_every=poly)
     if maxnreg is not None:
         fwd, dx, dp = (dataclasses.replace(c, maxnreg=maxnreg) for c in (fwd, dx, dp))
     f32 = "*fp32"
@@ -65,7 +63,7 @@ def kernels(wavelet: str, unroll=None, maxnreg=None, rows=0, poly=None):
     # offsets (X_ROWS_32, G_ROWS_32), no split sum, whole tiles (EVEN_*).
     yield "fwd", forward._wavkan_fwd_kernel, {"x_ptr": f32, "pack_ptr": f32, "y_ptr": f32, "part_ptr": f32, "counter_ptr": i32}, \
         {"WAVELET": code, "FAST": True, "PREFETCH": fwd.prefetch, "UNROLL": loop_unroll(fwd, wav), "X_STAGED": fwd.stage,
-         "X_ROWS_32": True, "SPLIT_SUM": False, "POLY_EVERY": poly_every(fwd, wav), "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
+         "X_ROWS_32": True, "SPLIT_SUM": False, "BLOCK_B": fwd.block_m, "BLOCK_OUT": fwd.block_n}, fwd
     yield "bwd_dx", backward._wavkan_bwd_dx_kernel, \
         {**{k: f32 for k in ("x_ptr", "g_ptr", "pack_ptr", "dx_ptr", "part_ptr")}, "counter_ptr": i32}, \
         {"WAVELET": code, "FAST": True, "PREFETCH": dx.prefetch, "UNROLL": loop_unroll(dx, wav), "G_ROWS_32": True,
@@ -119,14 +117,13 @@ def main() -> int:
     p.add_argument("--sass", help="write each kernel's SASS into this folder")
     p.add_argument("--wavelet", default="all")
     p.add_argument("--unroll", type=int, help="the main loops' unroll factor instead of the defaults' (Gaussian wavelets)")
-    p.add_argument("--poly-every", type=int, help="the forward's poly_every instead of the default config's")
     p.add_argument("--maxnreg", type=int, help="cap registers per thread (ptxas .maxnreg)")
     p.add_argument("--rows", type=int, default=0, help="the B whose default configs to compile")
     p.add_argument("--ttgir", help="write each kernel's TritonGPU IR (its layouts) into this folder")
     args = p.parse_args()
     names = WAVELETS if args.wavelet == "all" else [args.wavelet]
     for wavelet in names:
-        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows, args.poly_every):
+        for name, fn, pointers, constexprs, cfg in kernels(wavelet, args.unroll, args.maxnreg, args.rows):
             constexprs = {**constexprs, **{n: 1 for n in fn.arg_names if n in UNIT_STRIDES}}
             # As a real launch specialises them: pointers and padded sizes divisible by 16.
             aligned = [k for k, n in enumerate(fn.arg_names) if n in pointers or n in ALIGNED_INTS]

@@ -1,16 +1,10 @@
-"""The forward's cheaper forms against float64: exponentials on the FMA pipe (``exp2_fma``,
-``KernelConfig.poly_every``) and mexican_hat's short psi, with the per-program decision that
-keeps every input the short form cannot take on the exact one.
-
-Under Triton's interpreter (CPU) and on the GPU alike: the polynomial exponential is plain
-arithmetic and bit casts, so the interpreter runs the same code the GPU does.
+"""The forward's short forms against float64: z by one FFMA and mexican_hat's short psi, with
+the per-program decision that keeps every input the short forms cannot take on the exact ones.
+Under Triton's interpreter (CPU) and on the GPU alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
 import torch
 import triton
@@ -20,55 +14,12 @@ from oracle import oracle
 
 from wavkan import get_wavelet, wavkan_linear
 from wavkan.kernels import wavkan_fwd
-from wavkan.kernels.device import exp2_fma
 from wavkan.kernels.forward import SHORT_A_BOUND, SHORT_W_BOUND, SHORT_X_BOUND, _short_form_holds
 from wavkan.kernels.staging import pack_edge_constants
-from wavkan.kernels.tuning import default_config
 from wavkan.reference import reference_forward
 from wavkan.wavelets import CATALOGUE
 
 ENVELOPE = [w.name for w in CATALOGUE if w.envelope]
-# ex2.approx.f32's documented bound, which the polynomial must stay below.
-EX2_APPROX_REL = 2.0**-22.5
-
-
-@triton.jit
-def _exp2_fma_kernel(q_ptr, out_ptr, N, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    tl.store(out_ptr + offs, exp2_fma(tl.load(q_ptr + offs, mask=mask)), mask=mask)
-
-
-def _exp2_fma(q: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(q)
-    _exp2_fma_kernel[(triton.cdiv(q.numel(), 1024),)](q, out, q.numel(), BLOCK=1024)
-    return out
-
-
-def test_exp2_fma_accuracy(kernel_device):
-    """2^q within 2^-22.5 relative (ex2.approx's bound) wherever 2^q is a normal fp32, at every
-    fp32 step across the rounding boundaries of q (j +- 1/2) and on a dense grid down to -126;
-    below, within 2^-126 absolute (what flushing to zero costs); exactly 0 at -127 and
-    below and at -inf; exactly 1 at 0 and -0."""
-    grid = np.linspace(-126.0, 0.0, 200_001, dtype=np.float32)
-    # Both sides of every rounding boundary j + 1/2 in [-20, 0], fp32-adjacent values.
-    halves = np.arange(-20, 0, dtype=np.float32) + np.float32(0.5)
-    around = np.concatenate([np.nextafter(halves, np.float32(-np.inf)), halves, np.nextafter(halves, np.float32(0))])
-    q = torch.from_numpy(np.concatenate([grid, around])).to(kernel_device)
-    got = _exp2_fma(q).double().cpu()
-    exact = torch.exp2(q.double().cpu())
-    rel = ((got - exact).abs() / exact).max().item()
-    assert rel < EX2_APPROX_REL, rel
-
-    low = torch.tensor([-126.0, -126.2, -126.5, -126.7, -126.99, -127.0, -127.5, -200.0, -3e38,
-                        float("-inf"), 0.0, -0.0], device=kernel_device)
-    got = _exp2_fma(low).double().cpu()
-    exact = torch.exp2(low.double().cpu())
-    assert ((got - exact).abs() <= 2.0**-126).all(), (got, exact)
-    assert (got[5:10] == 0).all() and (got[-2:] == 1).all(), got
-    assert (got >= 0).all()
-
-
 @triton.jit
 def _decide(x_ptr, stride_xb, stride_xi, pack_ptr, PLANE, OUT_PAD, IN, out_ptr, CHECK_X: tl.constexpr,
             BLOCK_B: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
@@ -119,40 +70,36 @@ def test_short_form_decision_with_inputs(case, kernel_device):
     assert bool(out.item()) is (case != "t k/s above")  # without CHECK_X only t k/s counts
 
 
-def _forward_within_oracle(x, s, t, w, wavelet, device, config):
-    """The forward alone, with ``config``, within the float64 oracle's bound."""
+def _forward_within_oracle(x, s, t, w, wavelet, device):
+    """The forward alone, within the float64 oracle's bound."""
     values, tols = oracle(x, s, t, w, torch.ones(x.shape[0], s.shape[0]), wavelet, trig_on_gpu=device.type == "cuda")
     wav = get_wavelet(wavelet)
     w_eff = wav.fold_window(w)[0].float() if wav.window else w
-    y = wavkan_fwd(x.to(device), s.to(device), t.to(device), w_eff.to(device), wav, config=config)
+    y = wavkan_fwd(x.to(device), s.to(device), t.to(device), w_eff.to(device), wav)
     err = (y.double().cpu() - values[0]).abs()
     assert (err <= tols[0] + 1e-7 * values[0].abs()).all(), (wavelet, (err / tols[0]).max().item())
     return y
 
 
-@pytest.mark.parametrize("poly_every", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 40), (33, 29, 5)])
 @pytest.mark.parametrize("wavelet", ENVELOPE)
-def test_poly_steps_match_float64(wavelet, shape, poly_every, kernel_device):
-    """Every n-th step's exponentials on the FMA pipe (n = 1: all of them), with loop lengths
-    that leave a remainder of steps past the last whole group, on the short forms (small t/s)
-    and the exact ones (t/s of 1e3 on columns 32 and up: a program of their own under the
-    interpreter's 32-column tiles; on the GPU's 64-column tiles all 40 share one program, which
-    takes the exact forms): the output within the float64 oracle's bound, as the MUFU's."""
+def test_short_and_exact_programs_match_float64(wavelet, shape, kernel_device):
+    """Programs on the short forms (small t/s) beside programs on the exact ones (t/s of 1e3 on
+    columns 32 and up: a program of their own under the interpreter's 32-column tiles; on the
+    GPU's 64-column tiles all 40 share one program, which takes the exact forms): the output
+    within the float64 oracle's bound."""
     B, IN, OUT = shape
     x, s, t, w = (a.double() for a in layer_inputs(B, IN, OUT, torch.float64))
     t[:32] *= 0.1  # |t k/s| <= 1: the short forms
     t[32:] = t[32:].sign() * 1e3 * s[32:]
     x = x + t[torch.arange(B) % OUT] * (torch.arange(OUT)[torch.arange(B) % OUT] >= 32)[:, None]
-    cfg = dataclasses.replace(default_config("fwd", kernel_device, B), poly_every=poly_every)
-    _forward_within_oracle(*(a.float() for a in (x, s, t, w)), wavelet, kernel_device, cfg)
+    _forward_within_oracle(*(a.float() for a in (x, s, t, w)), wavelet, kernel_device)
 
 
 @pytest.mark.parametrize("case", ["tiny scale", "x above the bound", "weight above the bound", "weight near fp32's max",
                                   "weight inf", "x inf"])
-@pytest.mark.parametrize("poly_every", [0, 1])
 @pytest.mark.parametrize("wavelet", ENVELOPE)
-def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
+def test_edge_inputs(wavelet, case, kernel_device):
     """The inputs the short forms must hand to the exact ones, with and without the FMA pipe's
     exponentials, each alone in a call of ordinary values: a tiny scale (z^2 overflows: float64
     gives 0); |x| above its bound with k/s inside its own, and a weight above its bound with x
@@ -178,9 +125,8 @@ def test_edge_inputs_with_poly_steps(wavelet, poly_every, case, kernel_device):
         w[1, 2] = float("inf")
     elif case == "x inf":
         x[3, 1] = float("inf")
-    cfg = dataclasses.replace(default_config("fwd", kernel_device, B), poly_every=poly_every)
     wav = get_wavelet(wavelet)
-    y = wavkan_fwd(x.to(kernel_device), s.to(kernel_device), t.to(kernel_device), w.to(kernel_device), wav, config=cfg)
+    y = wavkan_fwd(x.to(kernel_device), s.to(kernel_device), t.to(kernel_device), w.to(kernel_device), wav)
     expected = reference_forward(x.double(), s.double(), t.double(), w.double(), wavelet)
     y = y.double().cpu()
     assert torch.equal(torch.isnan(y), torch.isnan(expected)), (y, expected)

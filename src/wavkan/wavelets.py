@@ -170,8 +170,8 @@ class Wavelet:
     - ``code``: the wavelet's number inside the Triton kernels (``WAVELET`` constexpr);
     - ``gaussian``: one exp2 and a few fp32 operations per evaluation, no sine or cosine: the
       kernels unroll these loops (measured faster; the trigonometric ones are long already);
-    - ``envelope``: psi has the Gaussian factor exp(-z^2 / 2), one exp2 per evaluation, which
-      the forward can take on the FMA pipe for a share of its steps (``KernelConfig.poly_every``);
+    - ``envelope``: psi has the Gaussian factor exp(-z^2 / 2), one exp2 per evaluation (with
+      ``gaussian`` it picks the wavelet's launch configs: ``kernels.tuning.family``);
     - ``fold = (k, m)``: the forward kernel evaluates psi(z) / m at k z (k and m are folded
       into the packed edge constants, so that the inner loop does not multiply by them);
     - ``fold_bwd = (k, P, D)``: the backward kernels evaluate psi(z) / P and dpsi(z) / D at k z.

@@ -86,57 +86,6 @@ def fcos(x, FAST: tl.constexpr):
         return tl.cos(x)
 
 
-# 2^f on [-1/2, 1/2]: degree-6 minimax for relative error, coefficients rounded to fp32 and
-# chosen with fp32 Horner evaluation: at most 0.93 ulp, 7.9e-8 relative (ex2.approx.f32: 2^-22.5
-# = 1.7e-7); p(0) = 1 exactly. Derivation: benchmarks/HISTORY.md, v14.
-_EXP2_C1 = tl.constexpr(0.6931471824645996)
-_EXP2_C2 = tl.constexpr(0.24022646248340607)
-_EXP2_C3 = tl.constexpr(0.05550328642129898)
-_EXP2_C4 = tl.constexpr(0.009618489071726799)
-_EXP2_C5 = tl.constexpr(0.0013399930903688073)
-_EXP2_C6 = tl.constexpr(0.0001534581242594868)
-# Adding 1.5 * 2^23 rounds an fp32 of magnitude below 2^22 to an integer held in the low
-# mantissa bits of the sum (round to nearest even).
-_ROUND_MAGIC = tl.constexpr(12582912.0)
-
-
-@triton.jit
-def exp2_fma(q):
-    """2^q for q <= 0 on the FMA pipe (no special-function unit): Cody-Waite split q = j + f,
-    j = round(q), f in [-1/2, 1/2], a degree-6 polynomial for 2^f, and j added to its exponent
-    in the integer domain (one shift-add). The forward can take it for a share of its exp2s
-    (``KernelConfig.poly_every``), which every shipped config leaves at 0: it measured slower
-    while the MUFU does not bind (benchmarks/HISTORY.md, v14).
-
-    q is clamped at -127, where the result is exactly +0 (p(0) = 1 and the exponent field
-    becomes 0): so -inf gives 0, as ex2.approx does. Between -127 and -126 it gives a denormal
-    within 2^-126 of 2^q, where ex2.approx.ftz flushes to 0: the same absolute error bound.
-    A NaN q comes out as 0 (max drops it); every caller multiplies by a factor that is NaN
-    whenever q is (q = -zs^2), so the NaN propagates there."""
-    qc = tl.maximum(q, -127.0)
-    rounded = qc + _ROUND_MAGIC
-    f = qc - (rounded - _ROUND_MAGIC)
-    p = tl.fma(f, _EXP2_C6, _EXP2_C5)
-    p = tl.fma(p, f, _EXP2_C4)
-    p = tl.fma(p, f, _EXP2_C3)
-    p = tl.fma(p, f, _EXP2_C2)
-    p = tl.fma(p, f, _EXP2_C1)
-    p = tl.fma(p, f, 1.0)
-    # j sits in the low bits of ``rounded``'s mantissa; shifted by 23 it lands on the exponent
-    # (the bits above it shift out).
-    bits = p.to(tl.int32, bitcast=True) + (rounded.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def exp2_of(q, POLY: tl.constexpr):
-    """2^q for q <= 0: the MUFU's (ex2.approx), or ``exp2_fma`` on the FMA pipe where POLY."""
-    if POLY:
-        return exp2_fma(q)
-    else:
-        return tl.exp2(q)
-
-
 @triton.jit
 def _sinc(z, FAST: tl.constexpr):
     # sin(z)/z; near 0 its series, exact to rounding below 0.5, because the fast sine's
@@ -166,16 +115,15 @@ def _unknown_wavelet(WAVELET: tl.constexpr):
 
 
 @triton.jit
-def wavelet_psi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr, POLY: tl.constexpr = False):
-    """psi(z) / fold[1] for fp32 zs = z * fold[0] (``Wavelet.fold``); POLY: a Gaussian's exp2
-    on the FMA pipe (``exp2_of``)."""
+def wavelet_psi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
+    """psi(z) / fold[1] for fp32 zs = z * fold[0] (``Wavelet.fold``)."""
     if WAVELET == MEXICAN_HAT:
-        e = exp2_of(zs * -zs, POLY)
+        e = tl.exp2(zs * -zs)
         return (zs * TWO_LN2) * (zs * e) - e  # z^2 e - e
     elif WAVELET == MORLET:
-        return fcos(zs * MORLET_OMEGA0_FOLDED, FAST) * exp2_of(zs * -zs, POLY)
+        return fcos(zs * MORLET_OMEGA0_FOLDED, FAST) * tl.exp2(zs * -zs)
     elif WAVELET == DOG:
-        return zs * exp2_of(zs * -zs, POLY)
+        return zs * tl.exp2(zs * -zs)
     elif WAVELET == MEYER:
         v = tl.abs(zs)
         half_pi_nu = _meyer_nu(2.0 * v - 1.0) * HALF_PI

@@ -45,11 +45,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import MEXICAN_HAT, exp2_of, wavelet_psi_folded
+from .device import MEXICAN_HAT, wavelet_psi_folded
 from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
 from .partials import store_tile
 from .staging import cached_edge_pack, stage_transposed
-from .tuning import KernelConfig, default_config, kernel_meta, poly_every
+from .tuning import KernelConfig, default_config, kernel_meta
 
 # Below this |t k/s| on all of a program's edges, z is one FFMA (module docstring).
 FAST_Z_BOUND = tl.constexpr(1.0)
@@ -104,42 +104,29 @@ def _short_form_holds(x_ptr, stride_xi, x_rows, pack_ptr, PLANE, PLANE2, OUT_PAD
 
 
 @triton.jit
-def _fwd_step(acc, x, a, t, w, WAVELET: tl.constexpr, FAST: tl.constexpr, SHORT: tl.constexpr,
-              POLY: tl.constexpr):  # fmt: skip
+def _fwd_step(acc, x, a, t, w, WAVELET: tl.constexpr, FAST: tl.constexpr, SHORT: tl.constexpr):
     """acc + w psi for one step's operands. SHORT: the short forms (z by one FFMA, and
-    mexican_hat's psi in two FMA-pipe instructions); POLY: the Gaussian's exp2 on the FMA pipe
-    (``device.exp2_fma``) instead of the MUFU."""
+    mexican_hat's psi in two FMA-pipe instructions)."""
     if SHORT:
         zs = tl.fma(x[:, None], a[None, :], (-(t * a))[None, :])  # k z, one FFMA
         if WAVELET == MEXICAN_HAT:
             # w (2 ln2 zs^2 - 1) e = (q (-2 ln2 w) - w) e with q = -zs^2: an FFMA for the
             # factor, one for the sum; every product finite within _short_form_holds's bounds.
             q = zs * -zs
-            return tl.fma(tl.fma(q, (w * NEG_TWO_LN2)[None, :], (-w)[None, :]), exp2_of(q, POLY), acc)
+            return tl.fma(tl.fma(q, (w * NEG_TWO_LN2)[None, :], (-w)[None, :]), tl.exp2(q), acc)
     else:
         zs = (x[:, None] - t[None, :]) * a[None, :]  # k z, exact for any |t/s|
-    return acc + w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST, POLY)
+    return acc + w[None, :] * wavelet_psi_folded(zs, WAVELET, FAST)
 
 
 @triton.jit
 def _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
               WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-              SHORT: tl.constexpr, POLY_EVERY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr):  # fmt: skip
-    """The (BLOCK_B, BLOCK_OUT) tile's sum over rows i_start .. i_end - 1 of ``in``. With
-    POLY_EVERY = n > 0, the loop walks groups of n steps, the last of which takes its
-    exponentials on the FMA pipe; the steps past the last whole group take the MUFU's."""
+              SHORT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr):  # fmt: skip
+    """The (BLOCK_B, BLOCK_OUT) tile's sum over rows i_start .. i_end - 1 of ``in``."""
     acc = tl.zeros((BLOCK_B, BLOCK_OUT), dtype=tl.float32)
     x_next, a_next, t_next, w_next = _fwd_operands(x_ptr, stride_xi, pack_ptr, i_start, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-    i_rest = i_start
-    if POLY_EVERY > 0:
-        i_rest = i_start + (i_end - i_start) // POLY_EVERY * POLY_EVERY
-        for i0 in tl.range(i_start, i_rest, POLY_EVERY):
-            for k in tl.static_range(POLY_EVERY):
-                x, a, t, w = x_next, a_next, t_next, w_next
-                x_next, a_next, t_next, w_next = _fwd_operands(
-                    x_ptr, stride_xi, pack_ptr, tl.minimum(i0 + k + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-                acc = _fwd_step(acc, x, a, t, w, WAVELET, FAST, SHORT, k == POLY_EVERY - 1)
-    for i in tl.range(i_rest, i_end, loop_unroll_factor=UNROLL):
+    for i in tl.range(i_start, i_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             # Issue the next step's loads before this step's arithmetic, so their latency
             # hides behind it (Triton does not pipeline loads that feed no dot).
@@ -148,7 +135,7 @@ def _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2
                 x_ptr, stride_xi, pack_ptr, tl.minimum(i + 1, i_end - 1), OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
         else:
             x, a, t, w = _fwd_operands(x_ptr, stride_xi, pack_ptr, i, OUT_PAD, PLANE, PLANE2, x_rows, offs_o)
-        acc = _fwd_step(acc, x, a, t, w, WAVELET, FAST, SHORT, False)
+        acc = _fwd_step(acc, x, a, t, w, WAVELET, FAST, SHORT)
     return acc
 
 
@@ -160,7 +147,7 @@ def _wavkan_fwd_kernel(
     stride_xb, stride_xi, stride_yb, stride_yo,
     SPLIT, IN_PER_SPLIT, STRIDE_PART,
     WAVELET: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-    X_STAGED: tl.constexpr, X_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr, POLY_EVERY: tl.constexpr,
+    X_STAGED: tl.constexpr, X_ROWS_32: tl.constexpr, SPLIT_SUM: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -187,10 +174,10 @@ def _wavkan_fwd_kernel(
     if _short_form_holds(x_ptr, stride_xi, x_rows, pack_ptr, PLANE, PLANE2, OUT_PAD, i_start, i_end, offs_o,
                          WAVELET == MEXICAN_HAT, BLOCK_B, BLOCK_OUT):
         acc = _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
-                        WAVELET, FAST, PREFETCH, UNROLL, True, POLY_EVERY, BLOCK_B, BLOCK_OUT)
+                        WAVELET, FAST, PREFETCH, UNROLL, True, BLOCK_B, BLOCK_OUT)
     else:
         acc = _fwd_loop(x_ptr, stride_xi, pack_ptr, i_start, i_end, OUT_PAD, PLANE, PLANE2, x_rows, offs_o,
-                        WAVELET, FAST, PREFETCH, UNROLL, False, POLY_EVERY, BLOCK_B, BLOCK_OUT)
+                        WAVELET, FAST, PREFETCH, UNROLL, False, BLOCK_B, BLOCK_OUT)
 
     mask = (offs_b < B)[:, None] & (offs_o < OUT)[None, :]
     rows = offs_b[:, None].to(tl.int64)
@@ -228,7 +215,7 @@ def _forward_plan(B: int, IN: int, OUT: int, x_strides: tuple, device: torch.dev
     plane = IN * out_pad
     scalars = (B, IN, OUT, out_pad, plane, 2 * plane, stride_xb, stride_xi, OUT, 1, split, per_split, B * OUT)
     meta = dict(kernel_meta(cfg, wav, device, ("BLOCK_B", "BLOCK_OUT")), X_STAGED=cfg.stage,
-                X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1, POLY_EVERY=poly_every(cfg, wav))
+                X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1)
     launch = _LAUNCH.plan(device, (tiles[0], tiles[1], split), scalars, meta)
     return _ForwardPlan(launch, out_pad, cfg.stage, rows_pad, split, tiles[0] * tiles[1], B * OUT)
 

@@ -31,11 +31,6 @@ class KernelConfig:
     ``stage``: the forward and grad_x walk x (grad_y) a column per step; False reads it in
     place (no extra launch: the host cost of a small call), True stages it transposed first
     (one more launch, unit-stride loads: the GPU cost of a large call).
-    ``poly_every`` = n > 0 (the forward): one step in every n takes the Gaussian envelope's
-    exp2 on the FMA pipe instead of the MUFU (``device.exp2_fma``), for the wavelets that have
-    one (``Wavelet.envelope``); 0: every exp2 on the MUFU. Every table here keeps 0: on the H200
-    each share measured slower (n = 4 to 16: 6-35%), the forward being bound by latency, not by
-    the MUFU (benchmarks/HISTORY.md, v14); it is there for a kernel that the MUFU does bind.
     """
 
     block_m: int
@@ -48,7 +43,6 @@ class KernelConfig:
     maxnreg: Optional[int] = None
     balance_min_steps: int = 128
     stage: bool = False
-    poly_every: int = 0
 
     def launch_options(self) -> dict:
         """Triton's launch options for this config (``maxnreg`` only when set: it caps the
@@ -141,11 +135,6 @@ def loop_unroll(cfg: KernelConfig, wavelet) -> int:
     operations per evaluation), measured faster unrolled; 1 for the trigonometric ones, which
     are long already, and whose compile time unrolling multiplies."""
     return cfg.unroll if wavelet.gaussian else 1
-
-
-def poly_every(cfg: KernelConfig, wavelet) -> int:
-    """``cfg.poly_every`` for the wavelets with a Gaussian envelope (``Wavelet.envelope``), else 0."""
-    return cfg.poly_every if wavelet.envelope else 0
 
 
 def kernel_meta(cfg: KernelConfig, wavelet, device: torch.device, block_names: tuple) -> dict:
