@@ -694,3 +694,24 @@ def test_a_ceiling_that_is_not_a_positive_rate_is_a_usage_error(value, capsys):
         bench.main(["--dry-run", "--level", "op", "--shape", "2x2x2", "--ceiling", value])
     assert caught.value.code == 2
     assert f"expected a finite number > 0, got {value!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, notes", [
+    (["--level", "network", "--shape", "64x8x8", "--mode", "forward"],
+     ["note: --mode, --shape do not apply to --level network; ignored"]),
+    (["--level", "op", "--protocol", "kan-benchmarking"], ["note: --protocol does not apply to --level op; ignored"]),
+    (["--level", "conv", "--mode", "backward", "full", "--provider", "linear"],
+     ["note: --provider does not apply to --level conv; ignored",
+      "note: --mode backward: the conv level times forward and full only; ignored"]),
+    (["--level", "all", "--shape", "64x8x8", "--protocol", "kan-benchmarking"], []),
+    (["--level", "network", "--protocol", "cuda-port", "kan-benchmarking"], []),
+])
+def test_options_a_level_does_not_read_are_named(argv, notes, capsys, monkeypatch):
+    """An option the chosen level does not read is named as ignored before anything runs (the
+    run would otherwise look like it measured what was asked)."""
+    from wavkan.bench import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run.main(argv) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert printed == notes

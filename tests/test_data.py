@@ -321,6 +321,21 @@ def test_check_layers_fit_names_the_mismatch():
         check_layers_fit([784, 5], 784, 10, "mnist")
 
 
+@pytest.mark.parametrize("layers, expected", [([64, 10], "the checkpoint's model takes 64 features per sample"),
+                                               ([784, 5], "the checkpoint's model has 5 outputs")])
+def test_a_checkpoints_mismatch_suggests_other_data_not_layers(layers, expected):
+    """``wavkan evaluate`` and ``wavkan plot`` take no --layers: their message names the
+    checkpoint's shape and --dataset, never --layers."""
+    from wavkan.app.data import DataMismatchError, check_layers_fit
+
+    with pytest.raises(DataMismatchError) as raised:
+        check_layers_fit(layers, 784, 10, "mnist", trained=True)
+    assert expected in str(raised.value) and "--dataset" in str(raised.value)
+    assert "--layers" not in str(raised.value)
+    with pytest.raises(DataMismatchError, match="fix the labels$"):
+        check_layers_fit([64, 3], 64, 4, "tiny", labels={"train_labels": torch.tensor([0, 1, 2, 9])}, trained=True)
+
+
 def test_a_decoded_copy_that_cannot_be_touched_is_still_read(tmp_path, monkeypatch):
     """A read-only or shared cache: refreshing the copy's time fails, and the copy is read all
     the same (it was dropped, and every run decoded the archive again)."""

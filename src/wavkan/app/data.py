@@ -110,16 +110,21 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str, labels=None) -> None:
+def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str, labels=None,
+                     trained: bool = False) -> None:
     """The first width must equal the features per sample, the last cover every class.
 
     ``labels`` (split name -> label tensor or array), when given, tells a dataset with more
     classes than outputs from one whose labels have a few strays: labels above the outputs that
     leave a gap (0..9 and one 42) are reported one by one as out of range, not as 43 classes.
+    ``trained``: the layers are a checkpoint's (``wavkan evaluate``, ``wavkan plot``), so the
+    remedy is other data, not other ``--layers``.
     """
     if layers[0] != num_features:
+        fix = (f"the checkpoint's model takes {layers[0]} features per sample: give it data of that shape with "
+               "--dataset" if trained else f"e.g. --layers {num_features},32,10")
         raise DataMismatchError(f"layers start with {layers[0]} inputs, but {dataset} has {num_features} "
-                                f"features per sample (e.g. --layers {num_features},32,10)")
+                                f"features per sample ({fix})")
     n_out = layers[-1]
     if n_out >= num_classes:
         return
@@ -134,10 +139,12 @@ def check_layers_fit(layers, num_features: int, num_classes: int, dataset: str, 
             usual = f"0..{int(below.max())}" if len(below) else "none"
             raise DataMismatchError(
                 f"{dataset}: {count} label(s) out of range for {n_out} outputs: {', '.join(strays[:3])}"
-                f"{' ...' if count > 3 else ''} (the other labels lie in {usual}); fix the labels, or end "
-                f"--layers with {num_classes} outputs")
+                f"{' ...' if count > 3 else ''} (the other labels lie in {usual}); fix the labels"
+                + ("" if trained else f", or end --layers with {num_classes} outputs"))
+    fix = (f"the checkpoint's model has {n_out} outputs: give it data with at most {n_out} classes with --dataset"
+           if trained else f"end --layers with {num_classes}")
     raise DataMismatchError(f"layers end with {n_out} outputs, but the labels of {dataset} have "
-                            f"{num_classes} classes (0..{num_classes - 1}); end --layers with {num_classes}")
+                            f"{num_classes} classes (0..{num_classes - 1}); {fix}")
 
 
 @dataclass(frozen=True)

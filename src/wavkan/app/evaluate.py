@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     else:
         data = to_device(load_raw(dataset), dev, limit_train=1, limit_test=limit)
         check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset,
-                         labels={"test_labels": data.test_y})
+                         labels={"test_labels": data.test_y}, trained=True)
     loss, acc = evaluate(model, data.test_x, data.test_y, batch_size)
     return {"test_loss": loss, "test_acc": acc, "samples": data.test_x.shape[0], "dataset": dataset,
             "epoch": state["epoch"]}

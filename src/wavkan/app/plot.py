@@ -84,7 +84,7 @@ def plot_checkpoint(checkpoint, out=None, dataset: Optional[str] = None, device:
         check_conv_fits(config, data, dataset)
         net = f"conv net {list(config['conv_widths'])}, its WavKANLinear head"
     else:
-        check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset)
+        check_layers_fit(model.layers_hidden, data.num_features, data.num_classes, dataset, trained=True)
         net = f"{list(config['layers'])}"
     title = (f"Wav-KAN {net} {config['wavelet']} on {config['dataset']}, "
              f"after epoch {state['epoch']}: learned edge functions")  # fmt: skip

@@ -271,8 +271,39 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     return p
 
 
+# The options each level reads (``--level all`` reads every one); any other option given with a
+# value other than its default is named as ignored, so that a run is never taken for what it is not.
+_LEVEL_OPTIONS = {
+    "op": ("shape", "provider", "mode"),
+    "network": ("net_provider", "protocol"),
+    "conv": ("mode",),
+}
+
+
+def ignored_options(args, parser: argparse.ArgumentParser) -> list:
+    """Notes naming the options given with a non-default value that ``args.level`` does not read,
+    and the --mode values the conv level has no row for."""
+    if args.level == "all":
+        return []
+    read = _LEVEL_OPTIONS[args.level]
+    unread = sorted({o for opts in _LEVEL_OPTIONS.values() for o in opts} - set(read))
+    given = [o for o in unread if getattr(args, o) != parser.get_default(o)]
+    notes = []
+    if given:
+        flags = ", ".join("--" + o.replace("_", "-") for o in given)
+        notes.append(f"note: {flags} {'does' if len(given) == 1 else 'do'} not apply to --level {args.level}; ignored")
+    if args.level == "conv":
+        extra = [m for m in args.mode if m not in CONV_MODES]
+        if extra:
+            notes.append(f"note: --mode {' '.join(extra)}: the conv level times {' and '.join(CONV_MODES)} only; ignored")
+    return notes
+
+
 def main(argv=None, prog: Optional[str] = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    for note in ignored_options(args, parser):
+        print(note)
     if not args.dry_run and not torch.cuda.is_available():
         print(NO_GPU_MESSAGE)
         return 0
