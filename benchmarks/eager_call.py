@@ -4,17 +4,22 @@
 
 Per provider (wavkan's eager functional, the same with the torch.library custom op called
 eagerly, nn.Linear), forward and forward+backward, inputs that require grad:
-- host time per call: the calls queued without a sync (the GPU runs behind), wall clock / calls;
+- host time per call, two ways: queued (the calls issued without a sync while the GPU runs
+  behind, wall clock / calls) and synced (the median of one call's wall clock, issued on an idle
+  GPU). A call that blocks on the GPU (nn.Linear's forward + backward and BatchNorm measured so
+  on the H200: a wait for the whole queue) shows it in the queued figure only, so compare the
+  synced ones across providers;
 - GPU time per call: CUDA events around a run of calls that the host queued ahead of the GPU
   (a spin keeps the GPU busy until they are all queued);
 - latency per call: CUDA events around one call, synchronised after each (the public protocols);
 - kernel launches per call, counted by torch.profiler.
-Prints one line per row as ``provider mode host_us gpu_us latency_us launches``.
+Prints one line per row as ``provider mode host_us synced_host_us gpu_us latency_us launches``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -34,6 +39,18 @@ def _host_and_gpu(fn, calls: int) -> tuple:
     host = (time.perf_counter() - t0) / calls * 1e6
     torch.cuda.synchronize()
     return host, start.elapsed_time(end) * 1e3 / calls
+
+
+def _synced_host(fn, calls: int) -> float:
+    """Median host time of one call (us), each issued after a synchronize."""
+    times = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def _launches(fn) -> int:
@@ -111,8 +128,9 @@ def main() -> int:
             for _ in range(20):
                 fn()
             host, gpu = _host_and_gpu(fn, args.calls)
+            synced = _synced_host(fn, 200)
             lat = latency_ms(fn, 200) * 1e3
-            print(f"{name:16s} {mode:8s} host_us {host:8.1f} gpu_us {gpu:8.1f} latency_us {lat:8.1f} "
+            print(f"{name:16s} {mode:8s} host_us {host:8.1f} synced_host_us {synced:8.1f} gpu_us {gpu:8.1f} latency_us {lat:8.1f} "
                   f"launches {_launches(fn)}", flush=True)
     return 0
 
