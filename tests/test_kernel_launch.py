@@ -77,3 +77,28 @@ def test_backward_configs_follow_the_wavelet(fake_gpu, rows):
         dp = config("bwd_dparams", name)
         assert (dp.block_m, dp.block_n, dp.num_warps, dp.maxnreg) == (32, 64, 8, 128)
         assert dp == tuning.default_config("bwd_dparams", fake_gpu, rows)
+
+
+def test_traced_launches_trade_a_register_cap_for_fewer_warps(monkeypatch):
+    """torch.compile's path (``wrap_triton``, whose launches Inductor compiles) takes no register
+    cap, so a capped config launches on fewer warps instead (8 at 128 registers -> 4), and an
+    uncapped one as it is; outside a trace the cap goes to the JIT unchanged."""
+    from wavkan.kernels import launch
+
+    seen = []
+
+    class Wrapped:
+        def __init__(self, kernel):
+            pass
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: seen.append(meta)
+
+    monkeypatch.setattr(torch.library, "wrap_triton", Wrapped)
+    capped = {"num_warps": 8, "num_stages": 2, "maxnreg": 128, "BLOCK": 4}
+    with launch.traced_launches():
+        launch.launch_jit(None, (1, 1, 1), (), capped)
+        launch.launch_jit(None, (1, 1, 1), (), {"num_warps": 4, "num_stages": 1, "BLOCK": 4})
+    assert seen == [{"num_warps": 4, "num_stages": 2, "BLOCK": 4}, {"num_warps": 4, "num_stages": 1, "BLOCK": 4}]
+    assert capped["maxnreg"] == 128  # the plan's meta is left as it was
+    assert [launch.uncapped_warps(w, r) for w, r in ((8, 128), (8, 64), (4, 255), (1, 32), (8, 168))] == [4, 2, 4, 1, 4]

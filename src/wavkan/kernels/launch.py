@@ -128,25 +128,31 @@ def keeping_buffers() -> bool:
 
 
 def launch_jit(kernel, grid: tuple, args: tuple, meta: dict) -> None:
-    """``kernel[grid](*args, **meta)``, or inside ``traced_launches`` its ``wrap_triton`` form.
-    ``meta``'s ``maxnreg``, which ``wrap_triton`` does not take as a launch option, travels in
-    a one-config ``triton.autotune`` wrapper (Inductor keeps a user config's ``maxnreg``)."""
+    """``kernel[grid](*args, **meta)``, or inside ``traced_launches`` its ``wrap_triton`` form,
+    where a register cap becomes fewer warps (``uncapped_warps``)."""
     if not getattr(_KEEP, "traced", False):
         kernel[grid](*args, **meta)
         return
     meta = dict(meta)
     maxnreg = meta.pop("maxnreg", None)
     if maxnreg is not None:
-        kernel = _capped(kernel, meta.pop("num_warps"), meta.pop("num_stages"), maxnreg)
+        meta["num_warps"] = uncapped_warps(meta["num_warps"], maxnreg)
     torch.library.wrap_triton(kernel)[grid](*args, **meta)
 
 
-@functools.lru_cache(maxsize=None)
-def _capped(kernel, num_warps: int, num_stages: int, maxnreg: int):
-    import triton
-
-    config = triton.Config({}, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg)
-    return triton.autotune(configs=[config], key=[])(kernel)
+def uncapped_warps(num_warps: int, maxnreg: int) -> int:
+    """The warps a config capped at ``maxnreg`` registers per thread takes where no cap can be
+    set: Inductor launches a user kernel with its config's warps and stages and drops
+    ``maxnreg`` (torch 2.11 and 2.13, ``config_to_dict``), so a capped 8-warp config compiled
+    uncapped fits half the programs per SM: the parameter pass took 1.44x as long in a compiled
+    network (benchmarks/HISTORY.md, v16). The same tile on as many warps as keep the registers
+    per program within the cap's budget at the most a thread can hold (255): 8 warps at 128 ->
+    4."""
+    budget = num_warps * maxnreg // 255
+    warps = 1
+    while warps * 2 <= budget:
+        warps *= 2
+    return min(num_warps, warps)
 
 
 def split_scratch(device: torch.device, stream, tiles: int, partial_elems: int) -> tuple:
