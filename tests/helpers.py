@@ -37,12 +37,13 @@ def grads_of(fn, tensors, grad_out):
     return y.detach(), [leaf.grad for leaf in leaves]
 
 
-def run_python(code: str, timeout: float = 120):
+def run_python(code: str, extra_env=None, timeout: float = 120):
     """``python -c code`` in a fresh interpreter that imports what this one does (its
-    ``sys.path``); the CompletedProcess, text output captured."""
+    ``sys.path``), with ``extra_env`` added to the environment; the CompletedProcess, text
+    output captured."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)

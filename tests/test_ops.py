@@ -231,3 +231,48 @@ def test_cuda_triton_ops_are_defined_at_trace_time():
             "print('ok')\n")
     run = run_python(code, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+_BROKEN_TOOLCHAIN = r"""
+import warnings, torch
+from wavkan import WavKANLinear, wavkan_linear
+from wavkan.ops import resolve_backend
+from wavkan.reference import reference_forward, reference_backward
+torch.manual_seed(0)
+layer = WavKANLinear(64, 32, batch_norm=False)  # backend "auto"
+x = torch.randn(64, 64, requires_grad=True)
+assert resolve_backend("auto", x) == "compiled"  # the compiler is on PATH
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    y = layer(x)
+    y.backward(torch.ones_like(y))
+    layer(x)
+messages = [str(w.message) for w in caught if "backend='auto' runs the CPU layers on the reference" in str(w.message)]
+assert len(messages) == 1 and "could not build with the C++ compiler" in messages[0], [str(w.message) for w in caught]
+args = (x.detach().double(), layer.scale.detach().double(), layer.translation.detach().double(),
+        layer.wavelet_weights.detach().double())
+assert torch.allclose(y.double(), reference_forward(*args, "mexican_hat"), rtol=1e-5, atol=1e-5)
+grads = reference_backward(torch.ones(64, 32, dtype=torch.float64), *args, "mexican_hat")
+assert torch.allclose(x.grad.double(), grads[0], rtol=1e-4, atol=1e-5)
+assert resolve_backend("auto", x) == "reference"
+try:
+    wavkan_linear(x, layer.scale, layer.translation, layer.wavelet_weights, backend="compiled")
+except RuntimeError as e:
+    assert "backend='compiled' could not build here" in str(e), e
+else:
+    raise AssertionError("backend='compiled' ran without a working compiler")
+print("fell back")
+"""
+
+
+def test_auto_falls_back_where_the_compiler_cannot_build(tmp_path):
+    """A C++ compiler on PATH that cannot build Inductor's code (here one that always fails, as
+    one without Python's headers does): backend="auto" computes the call on the reference with
+    one warning, and the process's later calls resolve to the reference; backend="compiled"
+    is refused naming why. In a subprocess: the compiler is looked up at import."""
+    cxx = tmp_path / "broken-c++"
+    cxx.write_text('#!/bin/sh\necho "fatal error: Python.h: No such file or directory" >&2\nexit 1\n')
+    cxx.chmod(0o755)
+    result = run_python(_BROKEN_TOOLCHAIN, {"CXX": str(cxx), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")},
+                        timeout=300)
+    assert result.returncode == 0 and "fell back" in result.stdout, result.stdout + result.stderr

@@ -36,7 +36,7 @@ from torch import Tensor
 from .reference import CHUNK_ELEMENTS, _blocks, compute_dtype
 from .wavelets import get_wavelet
 
-__all__ = ["compiler_available", "compiled_forward", "compiled_backward"]
+__all__ = ["compiler_available", "compiled_forward", "compiled_backward", "CompiledBuildError"]
 
 
 def _cxx_name() -> str:
@@ -49,11 +49,58 @@ def _cxx_name() -> str:
 # Looked up once, at import (a PATH search; the compiler is not run): a plain module value is
 # also what torch.compile of a whole model can read while it traces the backend choice.
 _COMPILER_FOUND = shutil.which(_cxx_name()) is not None
+# The first build failure's reason, once a compiled pass failed to build: a compiler found on
+# PATH may still be unable to build Inductor's code (no Python headers, a broken toolchain),
+# which only a build shows. From then on the process treats the compiler as unavailable.
+_BUILD_FAILED: list = []
+
+
+class CompiledBuildError(RuntimeError):
+    """Inductor could not build the compiled CPU backend's code with the C++ compiler found
+    (``backend="auto"`` then falls back to the reference: ``wavkan.ops.wavkan_linear``)."""
 
 
 def compiler_available() -> bool:
-    """Whether Inductor can build CPU kernels here: the C++ compiler it calls was on PATH."""
-    return _COMPILER_FOUND
+    """Whether Inductor can build CPU kernels here: the C++ compiler it calls was on PATH, and
+    no compiled pass of this process has failed to build with it."""
+    return _COMPILER_FOUND and not _BUILD_FAILED
+
+
+def build_failure() -> str:
+    """Why a compiled pass of this process failed to build ('' if none has)."""
+    return _BUILD_FAILED[0] if _BUILD_FAILED else ""
+
+
+# The exceptions torch.compile raises when Inductor cannot build (compile time, not run time).
+_BUILD_ERRORS = ("InductorError", "CppCompileError", "InvalidCxxCompiler", "BackendCompilerFailed")
+
+
+def _why_build_failed(error: BaseException) -> str:
+    """The first line of ``error`` if it (or an exception it chains) is a build failure, else ''."""
+    seen = 0
+    while error is not None and seen < 16:
+        kind = type(error)
+        if kind.__name__ in _BUILD_ERRORS and kind.__module__.startswith(("torch._inductor", "torch._dynamo")):
+            lines = [line for line in str(error).strip().splitlines() if line.strip()]
+            return lines[0] if lines else kind.__name__
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return ""
+
+
+def _run(fn, *args):
+    """``fn(*args)`` for a compiled pass; a build failure becomes ``CompiledBuildError`` and marks
+    the compiler unavailable for the rest of the process."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        why = _why_build_failed(e)
+        if not why:
+            raise
+        if not _BUILD_FAILED:
+            _BUILD_FAILED.append(why)
+        raise CompiledBuildError(
+            f"the compiled CPU backend (torch.compile) could not build with the C++ compiler {_cxx_name()!r}: {why}; "
+            "use backend='reference' (backend='auto' falls back to it by itself)") from e
 
 
 # --- the passes, as plain PyTorch for torch.compile to fuse ----------------------------------
@@ -142,10 +189,10 @@ def compiled_forward(x: Tensor, scale: Tensor, translation: Tensor, weights: Ten
     OUT = s.shape[0]
     fwd = _compiled(wav.name, "forward", cd)
     if B * OUT * IN <= chunk_elements:
-        return fwd(xc, inv_s, t, w).to(x.dtype)
+        return _run(fwd, xc, inv_s, t, w).to(x.dtype)
     y = torch.empty(B, OUT, dtype=cd, device=x.device)
     for b0, b1, o0, o1 in _blocks(B, OUT, IN, chunk_elements):
-        y[b0:b1, o0:o1] = fwd(xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
+        y[b0:b1, o0:o1] = _run(fwd, xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
     return y.to(x.dtype)
 
 
@@ -165,23 +212,23 @@ def compiled_backward(grad: Tensor, x: Tensor, scale: Tensor, translation: Tenso
     if need_x:
         bwd_x = _compiled(wav.name, "backward_x", cd)
         if len(blocks) == 1:
-            gx = bwd_x(g, xc, inv_s, t, w)
+            gx = _run(bwd_x, g, xc, inv_s, t, w)
         else:
             gx = torch.zeros(B, IN, dtype=cd, device=x.device)
             for b0, b1, o0, o1 in blocks:
                 # g's block contiguous, as every other call's: a strided one is one more version.
-                gx[b0:b1] += bwd_x(g[b0:b1, o0:o1].contiguous(), xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
+                gx[b0:b1] += _run(bwd_x, g[b0:b1, o0:o1].contiguous(), xc[b0:b1], inv_s[o0:o1], t[o0:o1], w[o0:o1])
         grad_x = gx.to(x.dtype)
     if need_params:
         bwd_p = _compiled(wav.name, "backward_params", cd)
         g_t, x_t = g.t(), xc.t()
         if len(blocks) == 1:
-            grads = bwd_p(g_t.contiguous(), x_t.contiguous(), inv_s, t, w)
+            grads = _run(bwd_p, g_t.contiguous(), x_t.contiguous(), inv_s, t, w)
         else:
             # Each gradient is a sum over rows times a factor of (o, i): block sums add up.
             grads = tuple(torch.zeros(OUT, IN, dtype=cd, device=x.device) for _ in range(3))
             for b0, b1, o0, o1 in blocks:
-                parts = bwd_p(g_t[o0:o1, b0:b1].contiguous(), x_t[:, b0:b1].contiguous(), inv_s[o0:o1], t[o0:o1],
+                parts = _run(bwd_p, g_t[o0:o1, b0:b1].contiguous(), x_t[:, b0:b1].contiguous(), inv_s[o0:o1], t[o0:o1],
                               w[o0:o1])  # fmt: skip
                 for total, part in zip(grads, parts):
                     total[o0:o1] += part

@@ -34,7 +34,10 @@ and gradient. Each dispatches to a backend:
   tensors, float32 or float64; it needs a C++ compiler, and its first call of a pass compiles;
 - ``"auto"``: triton for fp32/bf16/fp16 CUDA tensors when Triton is installed; compiled for
   fp32/bf16/fp16 CPU tensors when a C++ compiler is found and the call has at least
-  ``COMPILED_MIN_EDGES`` rows x out x in edges; else reference.
+  ``COMPILED_MIN_EDGES`` rows x out x in edges; else reference. A compiler found on PATH that
+  cannot build Inductor's code shows only when a pass builds: that eager call runs on the
+  reference with a warning, and the process's later "auto" calls resolve to the reference
+  (``_compiled_or_reference``; under torch.compile of a whole model the build error is raised).
 
 Dtypes: x and the parameters may mix fp32, bf16 and fp16 (autocast gives bf16 x with fp32
 parameters); that computes in fp32 and returns y in x's dtype and each gradient in its
@@ -56,6 +59,7 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from typing import Optional
 
 import torch
@@ -121,6 +125,11 @@ def _resolve_compiled(backend: str, x: Tensor, edges: Optional[int]) -> str:
     if x.device.type != "cpu":
         raise RuntimeError(f"backend='compiled' runs CPU tensors (x is on {x.device}); use 'triton' or 'reference'")
     if not compiler_available():
+        from .cpu import build_failure
+
+        why = build_failure()
+        if why:
+            raise RuntimeError(f"backend='compiled' could not build here ({why}); use backend='reference'")
         raise RuntimeError("backend='compiled' needs a C++ compiler for torch.compile (g++, or $CXX); "
                            "use backend='reference'")
     return "compiled"
@@ -501,8 +510,24 @@ def wavkan_linear(
         op = _compiled_op(chosen, x)
         if wav.window is not None:  # autograd carries H to grad_weights, cast to the weights' dtype
             wavelet_weights = wav.fold_window(wavelet_weights)[0]
-    if x.dim() == 2:  # no reshapes: each costs host time on the eager path
-        return op(x, scale, translation, wavelet_weights, wav.name, chosen)
-    lead = x.shape[:-1]
-    y = op(x.reshape(-1, in_features), scale, translation, wavelet_weights, wav.name, chosen)
-    return y.reshape(*lead, out_features)
+    x2 = x if x.dim() == 2 else x.reshape(-1, in_features)  # no reshape where none is needed: host time
+    if chosen == "compiled" and backend == "auto" and not torch.compiler.is_compiling():
+        y = _compiled_or_reference(op, x2, scale, translation, wavelet_weights, wav.name)
+    else:
+        y = op(x2, scale, translation, wavelet_weights, wav.name, chosen)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], out_features)
+
+
+def _compiled_or_reference(op, x, scale, translation, weights, wavelet: str) -> Tensor:
+    """``op`` on the compiled CPU backend, which "auto" chose because a C++ compiler is on PATH;
+    where that compiler cannot build Inductor's code (``cpu.CompiledBuildError``: found only by
+    building), the reference instead, with one warning: later calls resolve to the reference
+    (``cpu.compiler_available``)."""
+    from .cpu import CompiledBuildError
+
+    try:
+        return op(x, scale, translation, weights, wavelet, "compiled")
+    except CompiledBuildError as e:
+        warnings.warn(f"wavkan: backend='auto' runs the CPU layers on the reference backend (pure PyTorch): {e}",
+                      RuntimeWarning, stacklevel=3)
+        return op(x, scale, translation, weights, wavelet, "reference")
