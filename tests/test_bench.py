@@ -704,6 +704,7 @@ def test_a_ceiling_that_is_not_a_positive_rate_is_a_usage_error(value, capsys):
      ["note: --provider does not apply to --level conv; ignored",
       "note: --mode backward: the conv level times forward and full only; ignored"]),
     (["--level", "all", "--shape", "64x8x8", "--protocol", "kan-benchmarking"], []),
+    (["--level", "conv"], []),  # --mode's default names every mode: nothing was asked of conv
     (["--level", "network", "--protocol", "cuda-port", "kan-benchmarking"], []),
 ])
 def test_options_a_level_does_not_read_are_named(argv, notes, capsys, monkeypatch):

@@ -100,8 +100,8 @@ def test_short_and_exact_programs_match_float64(wavelet, shape, kernel_device):
                                   "weight inf", "x inf"])
 @pytest.mark.parametrize("wavelet", ENVELOPE)
 def test_edge_inputs(wavelet, case, kernel_device):
-    """The inputs the short forms must hand to the exact ones, with and without the FMA pipe's
-    exponentials, each alone in a call of ordinary values: a tiny scale (z^2 overflows: float64
+    """The inputs the short forms must hand to the exact ones, each alone in a call of ordinary
+    values: a tiny scale (z^2 overflows: float64
     gives 0); |x| above its bound with k/s inside its own, and a weight above its bound with x
     and k/s inside theirs, where mexican_hat's short psi would overflow q (-2 ln2 w) into
     inf * 0 = NaN (float64: 0); a weight near fp32's largest (-2 ln2 w overflows; float64 gives

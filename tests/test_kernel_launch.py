@@ -82,7 +82,7 @@ def test_backward_configs_follow_the_wavelet(fake_gpu, rows):
 def test_traced_launches_trade_a_register_cap_for_fewer_warps(monkeypatch):
     """torch.compile's path (``wrap_triton``, whose launches Inductor compiles) takes no register
     cap, so a capped config launches on fewer warps instead (8 at 128 registers -> 4), and an
-    uncapped one as it is; outside a trace the cap goes to the JIT unchanged."""
+    uncapped one as it is."""
     from wavkan.kernels import launch
 
     seen = []
@@ -102,3 +102,75 @@ def test_traced_launches_trade_a_register_cap_for_fewer_warps(monkeypatch):
     assert seen == [{"num_warps": 4, "num_stages": 2, "BLOCK": 4}, {"num_warps": 4, "num_stages": 1, "BLOCK": 4}]
     assert capped["maxnreg"] == 128  # the plan's meta is left as it was
     assert [launch.uncapped_warps(w, r) for w, r in ((8, 128), (8, 64), (4, 255), (1, 32), (8, 168))] == [4, 2, 4, 1, 4]
+
+
+class _FakeParam:
+    def __init__(self, name, is_constexpr):
+        self.name, self.is_constexpr = name, is_constexpr
+
+
+class _FakeJIT:
+    """A stand-in for a ``triton.jit`` kernel: records the launches that go through the JIT
+    (which compile) and those that call a compiled kernel's launcher directly."""
+
+    def __init__(self):
+        self.arg_names = ["x_ptr", "N", "STRIDE", "BLOCK"]
+        self.params = [_FakeParam(n, n == "BLOCK") for n in self.arg_names]
+        self.do_not_specialize = ["STRIDE"]
+        self.jit, self.direct = [], []
+        jit = self
+
+        class Compiled:
+            function = packed_metadata = None
+
+            def run(self, *args):
+                jit.direct.append(args[9:])
+
+        self.compiled = Compiled()
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.jit.append(args)
+            return self.compiled
+        return launch
+
+
+def test_direct_launches_never_reuse_a_binary_for_other_arguments(monkeypatch):
+    """A planned launch reuses a compiled binary only for arguments Triton would compile the
+    same way: an int's ==1 / divisible-by-16 / 32-bit class, a do-not-specialise int's width
+    (i32 or i64: a value past 2^31 must not reach an i32 binary), a tensor's dtype and
+    alignment; anything else goes through the JIT (compiles)."""
+    from wavkan.kernels import launch
+
+    monkeypatch.setattr(launch, "_direct_launch_ok", lambda: True)
+    kernel = _FakeJIT()
+    launcher = launch.DirectLauncher(kernel)
+    cuda = torch.device("cuda", 0)
+    x = torch.zeros(8)
+
+    def run(n, stride, tensor=x):
+        launcher.launch(launcher.plan(cuda, (1, 1, 1), (n, stride), {"BLOCK": 4}), 0, (tensor,))
+
+    run(32, 5)       # compiles
+    run(48, 7)       # same classes (divisible by 16, 32 bits; stride 32 bits): direct
+    run(33, 7)       # N no longer divisible by 16: compiles
+    run(32, 2**31)   # the stride past 32 bits: compiles (an i64 binary)
+    run(32, 2**31 + 5)  # direct, on the i64 binary
+    run(32, 9, x.double())  # another dtype: compiles
+    run(32, 9, torch.zeros(9)[1:])  # a tensor 4 bytes off 16-byte alignment: compiles
+    assert [args[1:] for args in kernel.jit] == [(32, 5), (33, 7), (32, 2**31), (32, 9), (32, 9)]
+    assert kernel.direct == [(x, 48, 7, 4), (x, 32, 2**31 + 5, 4)]
+
+
+def test_outside_a_trace_the_register_cap_goes_to_the_jit():
+    """Eager launches through the JIT keep a config's register cap as a launch option."""
+    from wavkan.kernels import launch
+
+    seen = []
+
+    class Recording:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: seen.append(meta)
+
+    launch.launch_jit(Recording(), (1, 1, 1), (), {"num_warps": 8, "maxnreg": 128})
+    assert seen == [{"num_warps": 8, "maxnreg": 128}]

@@ -292,7 +292,7 @@ def ignored_options(args, parser: argparse.ArgumentParser) -> list:
     if given:
         flags = ", ".join("--" + o.replace("_", "-") for o in given)
         notes.append(f"note: {flags} {'does' if len(given) == 1 else 'do'} not apply to --level {args.level}; ignored")
-    if args.level == "conv":
+    if args.level == "conv" and args.mode != parser.get_default("mode"):
         extra = [m for m in args.mode if m not in CONV_MODES]
         if extra:
             notes.append(f"note: --mode {' '.join(extra)}: the conv level times {' and '.join(CONV_MODES)} only; ignored")

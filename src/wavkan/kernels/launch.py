@@ -215,9 +215,9 @@ class DirectLauncher:
     ``kernel[grid](*args, **meta)`` binds every argument and computes its specialisation
     key in Python on each call, which costs more host time than the launch itself. A launch
     is planned once (``plan``: the scalars' part of the specialisation, computed the way Triton
-    computes it: == 1, divisible by 16, and whether 32 bits hold them, for the ints outside
-    ``do_not_specialize``) and launched per call (``launch``: only the tensors' part, their
-    dtype and 16-byte alignment, is computed then). The first launch for a (plan,
+    computes it: == 1, divisible by 16, and whether 32 bits hold them for the ints outside
+    ``do_not_specialize``, whether 32 bits hold them for those inside it) and launched per call
+    (``launch``: only the tensors' part, their dtype and 16-byte alignment, is computed then). The first launch for a (plan,
     tensors' specialisation) pair goes through the JIT and keeps the compiled kernel; later ones
     call its launcher directly, so a launch never takes a binary compiled for other arguments.
     ``own`` names the tensor arguments whose dtype and alignment the other arguments already
@@ -248,12 +248,16 @@ class DirectLauncher:
         checked = [i for i, n in enumerate(runtime) if n not in skip and n not in own]
         self.checked_tensors = [i for i in checked if i < self.n_tensors]
         self.checked_scalars = [i - self.n_tensors for i in checked if i >= self.n_tensors]
+        # Ints Triton does not specialise on still get a binary per width (i32 or i64): a value
+        # past 2^31 must not reuse an i32 binary, which would truncate it.
+        self.wide_scalars = [i - self.n_tensors for i, n in enumerate(runtime) if n in skip and i >= self.n_tensors]
 
     def plan(self, device: torch.device, grid: tuple, scalars: tuple, meta: dict) -> PlannedLaunch:
         """A launch on ``grid`` (3 dims) with the runtime ``scalars`` (the arguments after the
         tensors, in declaration order) and the constexprs and launch options in ``meta``."""
         spec = _specialization([scalars[i] for i in self.checked_scalars])
-        return PlannedLaunch(device, grid, scalars, meta, (device.index, tuple(meta.values()), spec))
+        widths = tuple([-_INT32 <= scalars[i] < _INT32 for i in self.wide_scalars])
+        return PlannedLaunch(device, grid, scalars, meta, (device.index, tuple(meta.values()), spec, widths))
 
     def launch(self, planned: PlannedLaunch, stream, tensors: tuple) -> None:
         """Launch ``planned`` on ``stream`` (``stream_key(device)``) with the tensor arguments
