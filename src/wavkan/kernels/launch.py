@@ -232,7 +232,7 @@ class DirectLauncher:
         self.kernel = kernel
         self.compiled: dict = {}
         self.n_tensors = 0
-        self.checked_tensors, self.checked_scalars, self.constexpr_names = [], [], []
+        self.checked_tensors, self.checked_scalars, self.wide_scalars, self.constexpr_names = [], [], [], []
         if not hasattr(kernel, "params"):  # Triton's interpreter: every launch goes through it
             return
         names = list(kernel.arg_names)
