@@ -214,6 +214,31 @@ def test_tiny_scale_gives_float64_not_nan(wavelet, kernel_device):
         _within_oracle(x, s, t, w, torch.ones(1, 1), wavelet, backend, kernel_device)
 
 
+@pytest.mark.parametrize("wavelet", WAVELETS)
+def test_huge_finite_z_gives_float64_not_nan(wavelet, kernel_device):
+    """z between 6.8e37 and fp32's largest (huge inputs): every wavelet is 0 there in float64
+    (the trigonometric ones' envelope or window is), and so are the gradients; the sine's or
+    cosine's argument (morlet's omega0 z, meyer's pi v) must not overflow into inf, whose
+    sine is NaN. One edge per row, each alone in its output column; an infinite x stays NaN."""
+    xs = [7e37, -1e38, 2e38, -3.3e38, 0.4, float("inf")]
+    x = torch.tensor(xs).reshape(-1, 1)
+    s, t, w = torch.ones(1, 1), torch.zeros(1, 1), torch.ones(1, 1)
+    g = torch.ones(len(xs), 1)
+    f64 = (x.double(), s.double(), t.double(), w.double() * _window64(wavelet, 1))
+    y64 = reference_forward(*f64, wavelet)
+    grads64 = reference_backward(g.double(), *f64, wavelet)
+    assert torch.equal(torch.isnan(y64.flatten()), torch.tensor([False] * 5 + [True]))
+    for backend in ("reference", "triton"):
+        leaves = [a.clone().to(kernel_device).requires_grad_() for a in (x, s, t, w)]
+        y = wavkan_linear(*leaves, wavelet=wavelet, backend=backend)
+        y.backward(g.to(kernel_device))
+        for got, want in zip([y] + [a.grad for a in leaves], [y64] + list(grads64)):
+            got = got.detach().double().cpu()
+            assert torch.equal(torch.isnan(got), torch.isnan(want)), (backend, got, want)
+            finite = ~torch.isnan(want)
+            assert torch.allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6), (backend, got, want)
+
+
 def _window64(wavelet, n, device="cpu"):
     wav = get_wavelet(wavelet)
     return wav.window(n, torch.float64, device) if wav.window else 1.0

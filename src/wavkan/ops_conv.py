@@ -40,12 +40,11 @@ PADDING_MODES = ("same", "valid")
 def _as_int(value):
     """``value`` as a Python int if it is an integer (numpy's included, as nn.Conv2d takes
     them; never a bool), else None."""
-    if isinstance(value, bool):
+    # Asked of the type, not answered by catching operator.index's TypeError: torch.compile
+    # (Dynamo, torch 2.11) traces this per call and fails on the exception a tuple raises.
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+    return operator.index(value)
 
 
 def int_tuple(name: str, value, ndim: int, minimum: int) -> tuple:

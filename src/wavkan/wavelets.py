@@ -18,7 +18,8 @@ Overflow: where z is finite but z^2 overflows (a tiny scale), every Gaussian wav
 in float64, not inf * 0 = NaN: the polynomial factors are peeled off one z at a time
 (``z * (z * e)``, never ``(z * z) * e``), and shannon's derivative is (cos z - sin(z)/z) / z.
 An infinite z (an infinite input, or a zero scale) gives what IEEE arithmetic on the paper's
-formula gives: NaN for the paper's wavelets.
+formula gives: NaN for the paper's wavelets. A sine or cosine's argument never overflows where z
+is finite (morlet's omega0 z, meyer's pi v): psi is 0 out there, as in float64.
 """
 
 from __future__ import annotations
@@ -59,13 +60,22 @@ def _mexican_hat(z: Tensor, need_dpsi: bool):
     return z2ce - ce, (3.0 * zce - z * z2ce if need_dpsi else None)
 
 
+# Past this |z| the Gaussian is 0 in every float dtype (float64's underflows from |z| = 39):
+# morlet's angle is taken at most this far out, so that omega0 z cannot overflow (fp32 from
+# |z| = 6.8e37, where the overflowed cosine made psi NaN instead of 0). Small enough for
+# float16 too (omega0 1e4 < 65504).
+_MORLET_ANGLE_BOUND = 1e4
+
+
 def _morlet(z: Tensor, need_dpsi: bool):
     e = _gauss(z * z)
-    c = torch.cos(MORLET_OMEGA0 * z)
+    # + (z - z): NaN where z is infinite, as cos(omega0 inf) makes it in the paper's formula.
+    angle = MORLET_OMEGA0 * (z.clamp(-_MORLET_ANGLE_BOUND, _MORLET_ANGLE_BOUND) + (z - z))
+    c = torch.cos(angle)
     psi = c * e
     if not need_dpsi:
         return psi, None
-    return psi, -(MORLET_OMEGA0 * torch.sin(MORLET_OMEGA0 * z) + z * c) * e
+    return psi, -(MORLET_OMEGA0 * torch.sin(angle) + z * c) * e
 
 
 def _dog(z: Tensor, need_dpsi: bool):

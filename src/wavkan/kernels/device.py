@@ -52,12 +52,22 @@ INV_TWO_PI = tl.constexpr(1.0 / (2.0 * math.pi))
 # 2 pi split in two floats (Cody-Waite) so that x - n 2pi stays exact for moderate n.
 TWO_PI_HI = tl.constexpr(6.28125)
 TWO_PI_LO = tl.constexpr(2.0 * math.pi - 6.28125)
+# morlet's angle omega0 z = (omega0 / k) zs is reduced on zs, whose period is P = 2 pi / (omega0 / k),
+# split the same way (12 significant bits in P_HI: n P_HI is exact for the n where psi is not 0).
+_MORLET_PERIOD = 2.0 * math.pi / MORLET_OMEGA0_FOLDED.value
+MORLET_INV_PERIOD = tl.constexpr(1.0 / _MORLET_PERIOD)
+MORLET_PERIOD_HI = tl.constexpr(1.0673828125)
+MORLET_PERIOD_LO = tl.constexpr(_MORLET_PERIOD - 1.0673828125)
 
 
 @triton.jit
-def _reduce_2pi(x):
-    n = tl.floor(x * INV_TWO_PI + 0.5)
-    return (x - n * TWO_PI_HI) - n * TWO_PI_LO
+def _reduce_period(x, INV_PERIOD: tl.constexpr, PERIOD_HI: tl.constexpr, PERIOD_LO: tl.constexpr):
+    """x - n P with n = round(x / P), in [-P/2, P/2] (P = PERIOD_HI + PERIOD_LO, Cody-Waite, so
+    that x - n PERIOD_HI is exact for moderate n). Every P here is above 1, so no product
+    exceeds |x|: a finite x never overflows (far out the result is inexact, but finite); an
+    infinite x gives NaN."""
+    n = tl.floor(x * INV_PERIOD + 0.5)
+    return (x - n * PERIOD_HI) - n * PERIOD_LO
 
 
 _SIN_APPROX = tl.constexpr("sin.approx.ftz.f32 $0, $1;")
@@ -65,15 +75,33 @@ _COS_APPROX = tl.constexpr("cos.approx.ftz.f32 $0, $1;")
 
 
 @triton.jit
-def _sfu_approx(x, PTX: tl.constexpr):
-    # The special-function unit's sine or cosine (PTX names which) of x reduced to [-pi, pi].
-    return tl.inline_asm_elementwise(PTX, "=r,r", [_reduce_2pi(x)], dtype=tl.float32, is_pure=True, pack=1)
+def _sfu_approx(a, PTX: tl.constexpr):
+    # The special-function unit's sine or cosine (PTX names which) of a in [-pi, pi].
+    return tl.inline_asm_elementwise(PTX, "=r,r", [a], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def sin_reduced(a, FAST: tl.constexpr):
+    """sin(a) for a in [-pi, pi]."""
+    if FAST:
+        return _sfu_approx(a, _SIN_APPROX)
+    else:
+        return tl.sin(a)
+
+
+@triton.jit
+def cos_reduced(a, FAST: tl.constexpr):
+    """cos(a) for a in [-pi, pi]."""
+    if FAST:
+        return _sfu_approx(a, _COS_APPROX)
+    else:
+        return tl.cos(a)
 
 
 @triton.jit
 def fsin(x, FAST: tl.constexpr):
     if FAST:
-        return _sfu_approx(x, _SIN_APPROX)
+        return sin_reduced(_reduce_period(x, INV_TWO_PI, TWO_PI_HI, TWO_PI_LO), FAST)
     else:
         return tl.sin(x)
 
@@ -81,9 +109,25 @@ def fsin(x, FAST: tl.constexpr):
 @triton.jit
 def fcos(x, FAST: tl.constexpr):
     if FAST:
-        return _sfu_approx(x, _COS_APPROX)
+        return cos_reduced(_reduce_period(x, INV_TWO_PI, TWO_PI_HI, TWO_PI_LO), FAST)
     else:
         return tl.cos(x)
+
+
+@triton.jit
+def _morlet_angle(zs):
+    """omega0 z for zs = k z, in [-pi, pi]: zs is reduced by the angle's period before the
+    multiply. Multiplied first, omega0 z overflows fp32 for |z| > 6.8e37, where psi is 0 (the
+    Gaussian is) and the overflowed cosine made it NaN."""
+    return _reduce_period(zs, MORLET_INV_PERIOD, MORLET_PERIOD_HI, MORLET_PERIOD_LO) * MORLET_OMEGA0_FOLDED
+
+
+@triton.jit
+def _meyer_angle(v):
+    """pi v in [-pi, pi] for v = |z|: v reduced by sin(pi v)'s period 2 (exactly: 2 n is)
+    before the multiply. Multiplied first, pi v overflows fp32 for v > 1.08e38, where psi is 0
+    (aux is) and the overflowed sine made it NaN; below v = 1 it is pi v itself."""
+    return _reduce_period(v, 0.5, 2.0, 0.0) * PI
 
 
 @triton.jit
@@ -119,15 +163,15 @@ def wavelet_psi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
     """psi(z) / fold[1] for fp32 zs = z * fold[0] (``Wavelet.fold``)."""
     if WAVELET == MEXICAN_HAT:
         e = tl.exp2(zs * -zs)
-        return (zs * TWO_LN2) * (zs * e) - e  # z^2 e - e
+        return (zs * (zs * e)) * TWO_LN2 - e  # z^2 e - e, peeled: zs * TWO_LN2 would overflow from |zs| = 2.4e38
     elif WAVELET == MORLET:
-        return fcos(zs * MORLET_OMEGA0_FOLDED, FAST) * tl.exp2(zs * -zs)
+        return cos_reduced(_morlet_angle(zs), FAST) * tl.exp2(zs * -zs)
     elif WAVELET == DOG:
         return zs * tl.exp2(zs * -zs)
     elif WAVELET == MEYER:
         v = tl.abs(zs)
         half_pi_nu = _meyer_nu(2.0 * v - 1.0) * HALF_PI
-        return fsin(v * PI, FAST) * _meyer_aux(v, half_pi_nu, FAST)
+        return sin_reduced(_meyer_angle(v), FAST) * _meyer_aux(v, half_pi_nu, FAST)
     elif WAVELET == SHANNON:
         return _sinc(zs, FAST)
     else:
@@ -145,23 +189,25 @@ def wavelet_psi_dpsi_folded(zs, WAVELET: tl.constexpr, FAST: tl.constexpr):
         return z2e * TWO_LN2 - e, ze - (zs * TWO_LN2_THIRD) * z2e
     elif WAVELET == MORLET:
         e = tl.exp2(zs * -zs)
-        c = fcos(zs * MORLET_OMEGA0_FOLDED, FAST)
-        s = fsin(zs * MORLET_OMEGA0_FOLDED, FAST)
+        angle = _morlet_angle(zs)
+        c = cos_reduced(angle, FAST)
+        s = sin_reduced(angle, FAST)
         return c * e, (s * MORLET_OMEGA0_K + zs * c) * e
     elif WAVELET == DOG:
         e = tl.exp2(zs * -zs)
         ze = zs * e
-        return ze, (zs * TWO_LN2) * ze - e
+        return ze, (zs * ze) * TWO_LN2 - e  # peeled as mexican_hat's psi: no zs * TWO_LN2
     elif WAVELET == MEYER:
         v = tl.abs(zs)
         u = 2.0 * v - 1.0
         half_pi_nu = _meyer_nu(u) * HALF_PI
         aux = _meyer_aux(v, half_pi_nu, FAST)
-        sin_piv = fsin(v * PI, FAST)
+        angle = _meyer_angle(v)
+        sin_piv = sin_reduced(angle, FAST)
         mid = (v > 0.5) & (v < 1.0)
         uu = u * (1.0 - u)
         daux = tl.where(mid, fsin(half_pi_nu, FAST) * uu * uu * uu * MEYER_DAUX_C, 0.0)
-        dpsi_dv = fcos(v * PI, FAST) * aux * PI + sin_piv * daux
+        dpsi_dv = cos_reduced(angle, FAST) * aux * PI + sin_piv * daux
         sign = tl.where(zs > 0.0, 1.0, tl.where(zs < 0.0, -1.0, 0.0))
         return sin_piv * aux, sign * dpsi_dv
     elif WAVELET == SHANNON:
