@@ -265,14 +265,52 @@ print("fell back")
 """
 
 
-def test_auto_falls_back_where_the_compiler_cannot_build(tmp_path):
-    """A C++ compiler on PATH that cannot build Inductor's code (here one that always fails, as
-    one without Python's headers does): backend="auto" computes the call on the reference with
-    one warning, and the process's later calls resolve to the reference; backend="compiled"
-    is refused naming why. In a subprocess: the compiler is looked up at import."""
+# A compiler that answers --version (so Inductor takes it) and fails every build as one without
+# Python's headers does; and one that fails even --version (Inductor finds no usable compiler).
+_FAILING_BUILDS = ('#!/bin/sh\nfor a in "$@"; do case "$a" in --version|-v|-dumpversion) '
+                   'echo "g++ (GCC) 12.2.0"; exit 0;; esac; done\n'
+                   'echo "fatal error: Python.h: No such file or directory" >&2\nexit 1\n')
+_FAILING_ALWAYS = '#!/bin/sh\necho "fatal error: Python.h: No such file or directory" >&2\nexit 1\n'
+
+
+@pytest.mark.parametrize("compiler, reason", [(_FAILING_BUILDS, "Python.h: No such file or directory"),
+                                              (_FAILING_ALWAYS, "No working C++ compiler")],
+                         ids=["builds-fail", "no-working-compiler"])
+def test_auto_falls_back_where_the_compiler_cannot_build(tmp_path, compiler, reason):
+    """A C++ compiler on PATH that cannot build Inductor's code: backend="auto" computes the call
+    on the reference with one warning naming why (the compiler's error line), and the process's
+    later calls resolve to the reference; backend="compiled" is refused naming why. In a
+    subprocess: the compiler is looked up at import."""
     cxx = tmp_path / "broken-c++"
-    cxx.write_text('#!/bin/sh\necho "fatal error: Python.h: No such file or directory" >&2\nexit 1\n')
+    cxx.write_text(compiler)
     cxx.chmod(0o755)
-    result = run_python(_BROKEN_TOOLCHAIN, {"CXX": str(cxx), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")},
-                        timeout=300)
+    code = _BROKEN_TOOLCHAIN + f"assert {reason!r} in messages[0], messages[0]\n"
+    result = run_python(code, {"CXX": str(cxx), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}, timeout=300)
     assert result.returncode == 0 and "fell back" in result.stdout, result.stdout + result.stderr
+
+
+def test_only_toolchain_failures_mark_the_compiler_unusable(monkeypatch):
+    """A compile that fails for another reason (a full disk, memory, a bug) propagates as it is
+    and leaves the compiler usable; a toolchain failure becomes CompiledBuildError, flagged as
+    the first in one call only, and marks the compiler unusable."""
+    import wavkan.cpu as cpu
+
+    monkeypatch.setattr(cpu, "_BUILD_FAILED", [])
+    CppCompileError = type("CppCompileError", (RuntimeError,), {"__module__": "torch._inductor.exc"})
+
+    def disk_full():
+        raise RuntimeError("InductorError: OSError: [Errno 28] No space left on device") from OSError(28, "full")
+
+    def toolchain():
+        raise RuntimeError("InductorError") from CppCompileError("C++ compile error\n\nOutput:\nx.cpp:1: fatal error: Python.h: No such file")
+
+    with pytest.raises(RuntimeError, match="No space left"):
+        cpu._run(disk_full)
+    assert cpu.build_failure() == "" and cpu.compiler_available() == cpu._COMPILER_FOUND
+    firsts = []
+    for _ in range(2):
+        with pytest.raises(cpu.CompiledBuildError, match="x.cpp:1: fatal error: Python.h") as raised:
+            cpu._run(toolchain)
+        firsts.append(raised.value.first)
+    assert firsts == [True, False]
+    assert cpu.build_failure() == "x.cpp:1: fatal error: Python.h: No such file" and not cpu.compiler_available()

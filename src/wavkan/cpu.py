@@ -28,6 +28,7 @@ import functools
 import os
 import shutil
 import sys
+import threading
 import types
 
 import torch
@@ -71,36 +72,46 @@ def build_failure() -> str:
     return _BUILD_FAILED[0] if _BUILD_FAILED else ""
 
 
-# The exceptions torch.compile raises when Inductor cannot build (compile time, not run time).
-_BUILD_ERRORS = ("InductorError", "CppCompileError", "InvalidCxxCompiler", "BackendCompilerFailed")
+# What Inductor raises when the C++ toolchain fails: the compiler found is not usable at all,
+# or a build with it fails (say, without Python's headers). Nothing else (a full disk, memory,
+# a bug) marks the compiler unusable: those propagate as they are.
+_TOOLCHAIN_ERRORS = ("CppCompileError", "InvalidCxxCompiler")
+_BUILD_LOCK = threading.Lock()
 
 
 def _why_build_failed(error: BaseException) -> str:
-    """The first line of ``error`` if it (or an exception it chains) is a build failure, else ''."""
+    """A line saying why, if ``error`` is (or chains) a failure of the C++ toolchain, else '':
+    the compiler's first line that names an error where it printed one, else the first line."""
     seen = 0
     while error is not None and seen < 16:
         kind = type(error)
-        if kind.__name__ in _BUILD_ERRORS and kind.__module__.startswith(("torch._inductor", "torch._dynamo")):
-            lines = [line for line in str(error).strip().splitlines() if line.strip()]
-            return lines[0] if lines else kind.__name__
+        if kind.__name__ in _TOOLCHAIN_ERRORS and kind.__module__.startswith("torch._inductor"):
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            named = [line for line in lines[1:] if "error" in line.lower()]
+            return (named or lines or [kind.__name__])[0][:300]
         error, seen = error.__cause__ or error.__context__, seen + 1
     return ""
 
 
 def _run(fn, *args):
-    """``fn(*args)`` for a compiled pass; a build failure becomes ``CompiledBuildError`` and marks
-    the compiler unavailable for the rest of the process."""
+    """``fn(*args)`` for a compiled pass; a toolchain failure becomes ``CompiledBuildError`` and
+    marks the compiler unavailable for the rest of the process. The error's ``first`` is True
+    in the one call that found it (several threads may fail at once)."""
     try:
         return fn(*args)
     except Exception as e:
         why = _why_build_failed(e)
         if not why:
             raise
-        if not _BUILD_FAILED:
-            _BUILD_FAILED.append(why)
-        raise CompiledBuildError(
+        with _BUILD_LOCK:
+            first = not _BUILD_FAILED
+            if first:
+                _BUILD_FAILED.append(why)
+        error = CompiledBuildError(
             f"the compiled CPU backend (torch.compile) could not build with the C++ compiler {_cxx_name()!r}: {why}; "
-            "use backend='reference' (backend='auto' falls back to it by itself)") from e
+            "use backend='reference' (backend='auto' takes it by itself from the next call on)")
+        error.first = first
+        raise error from e
 
 
 # --- the passes, as plain PyTorch for torch.compile to fuse ----------------------------------

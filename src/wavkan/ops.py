@@ -37,7 +37,8 @@ and gradient. Each dispatches to a backend:
   ``COMPILED_MIN_EDGES`` rows x out x in edges; else reference. A compiler found on PATH that
   cannot build Inductor's code shows only when a pass builds: that eager call runs on the
   reference with a warning, and the process's later "auto" calls resolve to the reference
-  (``_compiled_or_reference``; under torch.compile of a whole model the build error is raised).
+  (``_compiled_or_reference``). A backward whose build fails after its forward built, and a
+  build under torch.compile of a whole model, raise the build error.
 
 Dtypes: x and the parameters may mix fp32, bf16 and fp16 (autocast gives bf16 x with fp32
 parameters); that computes in fp32 and returns y in x's dtype and each gradient in its
@@ -528,6 +529,7 @@ def _compiled_or_reference(op, x, scale, translation, weights, wavelet: str) -> 
     try:
         return op(x, scale, translation, weights, wavelet, "compiled")
     except CompiledBuildError as e:
-        warnings.warn(f"wavkan: backend='auto' runs the CPU layers on the reference backend (pure PyTorch): {e}",
-                      RuntimeWarning, stacklevel=3)
+        if getattr(e, "first", True):  # once per process, whichever thread found it
+            warnings.warn(f"wavkan: backend='auto' runs the CPU layers on the reference backend (pure PyTorch): {e}",
+                          RuntimeWarning, stacklevel=3)
         return op(x, scale, translation, weights, wavelet, "reference")

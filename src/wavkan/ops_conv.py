@@ -40,11 +40,16 @@ PADDING_MODES = ("same", "valid")
 def _as_int(value):
     """``value`` as a Python int if it is an integer (numpy's included, as nn.Conv2d takes
     them; never a bool), else None."""
-    # Asked of the type, not answered by catching operator.index's TypeError: torch.compile
-    # (Dynamo, torch 2.11) traces this per call and fails on the exception a tuple raises.
+    # A plain int or a tuple (what torch.compile traces here on every call) is told apart
+    # without an exception: Dynamo (torch 2.11) fails on the TypeError operator.index raises.
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return None
-    return operator.index(value)
+    try:  # numpy and torch integers; arrays and non-integer tensors refuse
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def int_tuple(name: str, value, ndim: int, minimum: int) -> tuple:

@@ -69,8 +69,9 @@ _MORLET_ANGLE_BOUND = 1e4
 
 def _morlet(z: Tensor, need_dpsi: bool):
     e = _gauss(z * z)
-    # + (z - z): NaN where z is infinite, as cos(omega0 inf) makes it in the paper's formula.
-    angle = MORLET_OMEGA0 * (z.clamp(-_MORLET_ANGLE_BOUND, _MORLET_ANGLE_BOUND) + (z - z))
+    # z itself (and its gradient) up to the bound, the bound past it, NaN where z is infinite
+    # (inf - inf), as cos(omega0 inf) makes it in the paper's formula.
+    angle = MORLET_OMEGA0 * (z + (z.clamp(-_MORLET_ANGLE_BOUND, _MORLET_ANGLE_BOUND) - z).detach())
     c = torch.cos(angle)
     psi = c * e
     if not need_dpsi:

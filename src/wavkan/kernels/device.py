@@ -53,19 +53,20 @@ INV_TWO_PI = tl.constexpr(1.0 / (2.0 * math.pi))
 TWO_PI_HI = tl.constexpr(6.28125)
 TWO_PI_LO = tl.constexpr(2.0 * math.pi - 6.28125)
 # morlet's angle omega0 z = (omega0 / k) zs is reduced on zs, whose period is P = 2 pi / (omega0 / k),
-# split the same way (12 significant bits in P_HI: n P_HI is exact for the n where psi is not 0).
+# split the same way: P_HI = 1092 / 1024 has 9 significant bits (n P_HI is exact for n < 2^15,
+# far past where psi is not 0) and lies below P, so n P_HI never exceeds |zs| (no overflow).
 _MORLET_PERIOD = 2.0 * math.pi / MORLET_OMEGA0_FOLDED.value
 MORLET_INV_PERIOD = tl.constexpr(1.0 / _MORLET_PERIOD)
-MORLET_PERIOD_HI = tl.constexpr(1.0673828125)
-MORLET_PERIOD_LO = tl.constexpr(_MORLET_PERIOD - 1.0673828125)
+MORLET_PERIOD_HI = tl.constexpr(1092.0 / 1024.0)
+MORLET_PERIOD_LO = tl.constexpr(_MORLET_PERIOD - 1092.0 / 1024.0)
 
 
 @triton.jit
 def _reduce_period(x, INV_PERIOD: tl.constexpr, PERIOD_HI: tl.constexpr, PERIOD_LO: tl.constexpr):
     """x - n P with n = round(x / P), in [-P/2, P/2] (P = PERIOD_HI + PERIOD_LO, Cody-Waite, so
-    that x - n PERIOD_HI is exact for moderate n). Every P here is above 1, so no product
-    exceeds |x|: a finite x never overflows (far out the result is inexact, but finite); an
-    infinite x gives NaN."""
+    that x - n PERIOD_HI is exact for moderate n). Every P here is above 1 and every PERIOD_HI
+    at most P, so no product exceeds |x|: a finite x never overflows (far out the result is
+    inexact, but finite); an infinite x gives NaN."""
     n = tl.floor(x * INV_PERIOD + 0.5)
     return (x - n * PERIOD_HI) - n * PERIOD_LO
 
