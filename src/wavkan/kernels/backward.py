@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 from .device import wavelet_grad_terms, wavelet_psi_dpsi_folded
-from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
+from .launch import (ColumnPassPlan, DirectLauncher, PlannedLaunch, balanced_plan, cdiv, column_pass_layout, planned,
+                     split_buffers, stream_key)
 from .partials import split_arrive, split_sum, store_tile
 from .staging import cached_edge_pack, stage_transposed
 from .tuning import KernelConfig, default_config, kernel_meta
@@ -196,34 +197,20 @@ _LAUNCH_DPARAMS = DirectLauncher(
     _wavkan_bwd_dparams_kernel, own=("part_ptr", "counter_ptr"))
 
 
-class _GradXPlan(NamedTuple):
-    launch: PlannedLaunch
-    pad: int  # in padded to whole tiles: the grad_x pack's width
-    stage: bool  # grad_y staged transposed (``KernelConfig.stage``) ...
-    rows_pad: int  # ... to this many rows
-    split: int
-    tiles: int
-    partials: int  # fp32 elements per split partial
-
-
 @functools.lru_cache(maxsize=4096)
 def _grad_x_plan(B: int, IN: int, OUT: int, x_strides: tuple, g_strides: tuple, device: torch.device, wav,
-                 config: KernelConfig | None) -> _GradXPlan:  # fmt: skip
+                 config: KernelConfig | None) -> ColumnPassPlan:  # fmt: skip
     """What ``wavkan_bwd_dx`` launches with that follows from the shapes, the operands'
     strides, the device, the wavelet and the config (dx is a new contiguous tensor, the pack a
     contiguous (3, out, pad) one)."""
     cfg = config or default_config("bwd_dx", device, B, wav)
-    in_pad = cdiv(IN, cfg.block_n) * cfg.block_n
-    tiles = (cdiv(B, cfg.block_m), in_pad // cfg.block_n)
-    rows_pad = tiles[0] * cfg.block_m
-    stride_gb, stride_go = (1, rows_pad) if cfg.stage else g_strides
-    split, per_split = balanced_plan(tiles[0] * tiles[1], OUT, device, cfg)
-    plane = OUT * in_pad
-    scalars = (B, IN, OUT, in_pad, plane, 2 * plane, *x_strides, stride_gb, stride_go, IN, 1, split, per_split, B * IN)
+    pad, grid, rows_pad, (stride_gb, stride_go), per_split = column_pass_layout(cfg, B, IN, OUT, g_strides, device)
+    plane = OUT * pad
+    scalars = (B, IN, OUT, pad, plane, 2 * plane, *x_strides, stride_gb, stride_go, IN, 1, grid[2], per_split, B * IN)
     meta = dict(kernel_meta(cfg, wav, device, ("BLOCK_B", "BLOCK_IN")), G_ROWS_32=B * stride_gb < 2**31,
-                SPLIT_SUM=split > 1)
-    launch = _LAUNCH_DX.plan(device, (tiles[0], tiles[1], split), scalars, meta)
-    return _GradXPlan(launch, in_pad, cfg.stage, rows_pad, split, tiles[0] * tiles[1], B * IN)
+                SPLIT_SUM=grid[2] > 1)
+    launch = _LAUNCH_DX.plan(device, grid, scalars, meta)
+    return ColumnPassPlan(launch, pad, cfg.stage, rows_pad, grid[2], grid[0] * grid[1], B * IN)
 
 
 def wavkan_bwd_dx(grad, x, scale, translation, weights, wavelet, config: KernelConfig | None = None):

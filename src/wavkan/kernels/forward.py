@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from .device import MEXICAN_HAT, wavelet_psi_folded
-from .launch import DirectLauncher, PlannedLaunch, balanced_plan, cdiv, planned, split_buffers, stream_key
+from .launch import ColumnPassPlan, DirectLauncher, column_pass_layout, planned, split_buffers, stream_key
 from .partials import store_tile
 from .staging import cached_edge_pack, stage_transposed
 from .tuning import KernelConfig, default_config, kernel_meta
@@ -190,34 +189,20 @@ def _wavkan_fwd_kernel(
 _LAUNCH = DirectLauncher(_wavkan_fwd_kernel, own=("pack_ptr", "part_ptr", "counter_ptr"))
 
 
-class _ForwardPlan(NamedTuple):
-    launch: PlannedLaunch
-    pad: int  # out padded to whole tiles: the pack's width
-    stage: bool  # x staged transposed (``KernelConfig.stage``) ...
-    rows_pad: int  # ... to this many rows
-    split: int
-    tiles: int
-    partials: int  # fp32 elements per split partial
-
-
 @functools.lru_cache(maxsize=4096)
 def _forward_plan(B: int, IN: int, OUT: int, x_strides: tuple, device: torch.device, wav,
-                  config: KernelConfig | None) -> _ForwardPlan:  # fmt: skip
+                  config: KernelConfig | None) -> ColumnPassPlan:  # fmt: skip
     """Everything ``wavkan_fwd`` launches with that follows from the shapes, x's strides, the
     device, the wavelet and the config (y is a new contiguous tensor and the pack a contiguous
     (3, in, pad) one, so their strides follow from the shapes too)."""
     cfg = config or default_config("fwd", device, B, wav)
-    out_pad = cdiv(OUT, cfg.block_n) * cfg.block_n
-    tiles = (cdiv(B, cfg.block_m), out_pad // cfg.block_n)
-    rows_pad = tiles[0] * cfg.block_m
-    stride_xb, stride_xi = (1, rows_pad) if cfg.stage else x_strides
-    split, per_split = balanced_plan(tiles[0] * tiles[1], IN, device, cfg)
-    plane = IN * out_pad
-    scalars = (B, IN, OUT, out_pad, plane, 2 * plane, stride_xb, stride_xi, OUT, 1, split, per_split, B * OUT)
+    pad, grid, rows_pad, (stride_xb, stride_xi), per_split = column_pass_layout(cfg, B, OUT, IN, x_strides, device)
+    plane = IN * pad
+    scalars = (B, IN, OUT, pad, plane, 2 * plane, stride_xb, stride_xi, OUT, 1, grid[2], per_split, B * OUT)
     meta = dict(kernel_meta(cfg, wav, device, ("BLOCK_B", "BLOCK_OUT")), X_STAGED=cfg.stage,
-                X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=split > 1)
-    launch = _LAUNCH.plan(device, (tiles[0], tiles[1], split), scalars, meta)
-    return _ForwardPlan(launch, out_pad, cfg.stage, rows_pad, split, tiles[0] * tiles[1], B * OUT)
+                X_ROWS_32=B * stride_xb < 2**31, SPLIT_SUM=grid[2] > 1)
+    launch = _LAUNCH.plan(device, grid, scalars, meta)
+    return ColumnPassPlan(launch, pad, cfg.stage, rows_pad, grid[2], grid[0] * grid[1], B * OUT)
 
 
 def wavkan_fwd(x, scale, translation, weights, wavelet, config: KernelConfig | None = None) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from typing import NamedTuple
 
 import torch
 
@@ -197,6 +198,33 @@ class PlannedLaunch:
 
     def __init__(self, device: torch.device, grid: tuple, scalars: tuple, meta: dict, key: tuple):
         self.device, self.grid, self.scalars, self.meta, self.key = device, grid, scalars, meta, key
+
+
+class ColumnPassPlan(NamedTuple):
+    """A planned pass whose loop walks an operand one column per step, read in place or staged
+    transposed (the forward's x, grad_x's grad_y), over (rows, width) tiles of its output."""
+
+    launch: "PlannedLaunch"
+    pad: int  # width padded to whole tiles: the packed edge constants' width
+    stage: bool  # the column operand staged transposed (``KernelConfig.stage``) ...
+    rows_pad: int  # ... to this many rows
+    split: int
+    tiles: int
+    partials: int  # fp32 elements per split partial (rows x width)
+
+
+def column_pass_layout(cfg: KernelConfig, rows: int, width: int, loop_len: int, strides: tuple,
+                       device: torch.device) -> tuple:  # fmt: skip
+    """(pad, grid, rows_pad, operand strides, steps per split) of a column pass (``ColumnPassPlan``):
+    ``width`` padded to whole tiles, the (row tiles, column tiles, split) grid under the "balance"
+    rule over ``loop_len`` steps, the rows the staged operand is padded to, and the column
+    operand's (along rows, along columns) strides as the kernel reads it: ``strides``, its own,
+    or the staged copy's."""
+    pad = cdiv(width, cfg.block_n) * cfg.block_n
+    tiles = (cdiv(rows, cfg.block_m), pad // cfg.block_n)
+    rows_pad = tiles[0] * cfg.block_m
+    split, per_split = balanced_plan(tiles[0] * tiles[1], loop_len, device, cfg)
+    return pad, (*tiles, split), rows_pad, (1, rows_pad) if cfg.stage else strides, per_split
 
 
 def planned(plan, *key) -> "PlannedLaunch":

@@ -107,10 +107,10 @@ _STAGE = DirectLauncher(_wavkan_stage_kernel)
 
 
 @functools.lru_cache(maxsize=1024)
-def _stage_plan(R: int, C: int, strides: tuple, r_dst: int, c_dst: int, dst_strides: tuple,
-                device: torch.device) -> PlannedLaunch:  # fmt: skip
-    grid = (cdiv(r_dst, _BLOCK), cdiv(c_dst, _BLOCK), 1)
-    return _STAGE.plan(device, grid, (R, C, r_dst, c_dst, *strides, *dst_strides), dict(BLOCK_R=_BLOCK, BLOCK_C=_BLOCK))
+def _stage_plan(R: int, C: int, strides: tuple, r_pad: int, rows_pad: int, device: torch.device) -> PlannedLaunch:
+    # dst is (rows_pad, r_pad) contiguous: t's element (r, c) lands at c * r_pad + r.
+    grid = (cdiv(r_pad, _BLOCK), cdiv(rows_pad, _BLOCK), 1)
+    return _STAGE.plan(device, grid, (R, C, r_pad, rows_pad, *strides, 1, r_pad), dict(BLOCK_R=_BLOCK, BLOCK_C=_BLOCK))
 
 
 def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None) -> torch.Tensor:
@@ -119,7 +119,7 @@ def stage_transposed(t: torch.Tensor, r_pad: int, rows_pad=None) -> torch.Tensor
     R, C = t.shape
     rows_pad = C if rows_pad is None else rows_pad
     dst = torch.empty((rows_pad, r_pad), dtype=torch.float32, device=t.device)
-    plan = planned(_stage_plan, R, C, t.stride(), r_pad, rows_pad, (1, r_pad), t.device)
+    plan = planned(_stage_plan, R, C, t.stride(), r_pad, rows_pad, t.device)
     _STAGE.launch(plan, stream_key(t.device), (t, dst))
     return dst
 
