@@ -222,7 +222,13 @@ def test_huge_finite_z_gives_float64_not_nan(wavelet, rows, kernel_device):
     cosine's argument (morlet's omega0 z, meyer's pi v) must not overflow into inf, nor a
     Gaussian's zs times a constant, whose products with 0 are NaN. The finite rows alone (so
     the parameter gradients, summed over rows, are compared too), and an infinite x beside an
-    ordinary one (NaN where float64 has it)."""
+    ordinary one (NaN where float64 has it).
+
+    Shannon's psi (sin z / z) is not 0 there but about 1/z, and its scale gradient's term,
+    z dpsi(z) = cos z - sin z / z, stays of order 1: its value is the phase of z, which fp32
+    does not carry this far out (the accuracy contract allows the error of rounding z to fp32,
+    |z| 2^-24 radians; the kernels' fast sine and cosine reduce the angle exactly up to about
+    2e5). Where the huge rows' float64 terms are not 0, the gradient must be finite, not equal."""
     xs = [7e37, -1e38, 2e38, -3.3e38, 0.4] if rows == "finite" else [float("inf"), 0.4]
     x = torch.tensor(xs).reshape(-1, 1)
     s, t, w = torch.ones(1, 1), torch.zeros(1, 1), torch.ones(1, 1)
@@ -230,17 +236,24 @@ def test_huge_finite_z_gives_float64_not_nan(wavelet, rows, kernel_device):
     f64 = (x.double(), s.double(), t.double(), w.double() * _window64(wavelet, 1))
     y64 = reference_forward(*f64, wavelet)
     grads64 = reference_backward(g.double(), *f64, wavelet)
+    phase_bound = [False] * 5
     if rows == "finite":  # float64 is finite wherever z is
         assert not any(torch.isnan(a).any() for a in (y64, *grads64))
+        huge64 = reference_backward(g[:-1].double(), f64[0][:-1], *f64[1:], wavelet)
+        phase_bound = [False, False] + [bool(a.abs().max() > 1e-6) for a in huge64[1:]]
+        assert any(phase_bound) == (wavelet == "shannon")  # the one wavelet not 0 far out
     for backend in ("reference", "triton"):
         leaves = [a.clone().to(kernel_device).requires_grad_() for a in (x, s, t, w)]
         y = wavkan_linear(*leaves, wavelet=wavelet, backend=backend)
         y.backward(g.to(kernel_device))
-        for got, want in zip([y] + [a.grad for a in leaves], [y64] + list(grads64)):
+        for got, want, phase in zip([y] + [a.grad for a in leaves], [y64] + list(grads64), phase_bound):
             got = got.detach().double().cpu()
             assert torch.equal(torch.isnan(got), torch.isnan(want)), (backend, got, want)
             finite = ~torch.isnan(want)
-            assert torch.allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6), (backend, got, want)
+            if phase:
+                assert torch.isfinite(got).all(), (backend, got, want)
+            else:
+                assert torch.allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6), (backend, got, want)
 
 
 def _window64(wavelet, n, device="cpu"):
