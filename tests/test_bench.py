@@ -398,7 +398,7 @@ def test_dry_run_cuda_port_network_rows(tmp_path):
     # 3 parameters an edge, BN's weight and bias per output; nn.Linear's weight and bias, BN
     edges, outputs = 4 * 1024 * 1024 + 1024 * 128, 4 * 1024 + 128
     assert params["wavkan"] == params["wavkan-graphed"] == params["paper-compiled"] == 3 * edges + 2 * outputs
-    assert params["mlp"] == params["mlp-graphed"] == edges + 3 * outputs
+    assert params["mlp"] == params["mlp-compiled"] == params["mlp-graphed"] == edges + 3 * outputs
     shapes = {r["shape"] for r in net}
     assert shapes == {"B256:1024-1024-1024-1024-1024-128"}
     # the recorded network rows are of this protocol
@@ -423,7 +423,7 @@ def test_dry_run_kan_benchmarking_protocol(tmp_path):
         assert float(r["mean_ms"]) < 1000  # no first step inside
     params = {r["provider"]: int(r["params"]) for r in net}
     # KAN-benchmarking's own table lists its MLP at 10020001 parameters
-    assert params["mlp"] == params["mlp-graphed"] == 10020001
+    assert params["mlp"] == params["mlp-compiled"] == params["mlp-graphed"] == 10020001
     # the paper's code adds an unused (out, in) weight per layer (8012002 there); not here
     assert params["wavkan"] == params["paper-eager"] == 3 * (1000 * 2000 + 2000) + 2 * (2000 + 1) == 6010002
 

@@ -44,7 +44,9 @@ mode), ``wavkan-reduce-overhead`` (``torch.compile(model, mode="reduce-overhead"
 ``wavkan-graphed`` (the forward, the loss and the backward each replayed from a CUDA graph,
 captured as the training app captures its step: ``network_step.CapturedNetwork``),
 ``paper-eager`` (the same network computing each layer with the paper's formula),
-``paper-compiled``, ``mlp`` (the protocol's MLP) and ``mlp-graphed``. The untimed first steps
+``paper-compiled``, ``mlp`` (the protocol's MLP), ``mlp-compiled`` (``torch.compile`` of it, the
+default mode: what compiling costs or saves a network with no wavelet in it, beside
+``wavkan-compiled``) and ``mlp-graphed``. The untimed first steps
 (1; 3 for compiled providers: the compile, the CUDA-graph warm-up and recording) are reported
 as ``first_call_s`` and never enter a statistic. ``params`` = sum(p.numel()) of the model.
 

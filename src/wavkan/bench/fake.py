@@ -32,7 +32,8 @@ class FakeRunner:
     source = "dry-run"
     RATES = {"wavkan": 2.5e12, "wavkan-graphed": 2.5e12, "wavkan-compiled": 2e12,
              "wavkan-reduce-overhead": 2.4e12, "reference-eager": 4e10, "reference-compiled": 6e11,
-             "paper-eager": 4e10, "paper-compiled": 5e11, "linear": 2e13, "mlp": 1e13, "mlp-graphed": 1e13}  # fmt: skip
+             "paper-eager": 4e10, "paper-compiled": 5e11, "linear": 2e13, "mlp": 1e13, "mlp-compiled": 1e13,
+             "mlp-graphed": 1e13}  # fmt: skip
     # made-up host ms per call; a graph replay costs the host little
     HOST_MS = {"linear": 0.03, "mlp": 0.2, "wavkan-graphed": 0.02, "mlp-graphed": 0.02, "wavkan-reduce-overhead": 0.05}
     FIRST_STEP_MS = 5000.0  # made-up time of a first (compiling) step: must never reach a statistic

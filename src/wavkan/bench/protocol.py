@@ -22,8 +22,8 @@ OP_PROVIDERS = ("wavkan", "linear", "reference-eager", "reference-compiled")
 # It computes no exp: its rows count B*in*out edges a second but no fraction of the exp2 ceiling.
 NO_EXP_PROVIDERS = ("linear",)
 NET_PROVIDERS = ("wavkan", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "paper-eager",
-                 "paper-compiled", "mlp", "mlp-graphed")  # fmt: skip
-COMPILED = ("reference-compiled", "paper-compiled", "wavkan-compiled", "wavkan-reduce-overhead")
+                 "paper-compiled", "mlp", "mlp-compiled", "mlp-graphed")  # fmt: skip
+COMPILED = ("reference-compiled", "paper-compiled", "wavkan-compiled", "wavkan-reduce-overhead", "mlp-compiled")
 NET_WIDTHS = (1024, 1024, 1024, 1024, 1024, 128)
 NET_BATCH = 256
 NET_INPUT_SETS = 3

@@ -92,7 +92,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 _PROVIDER_ORDER = ("wavkan", "wavkan-compiled", "wavkan-reduce-overhead", "wavkan-graphed", "linear",
-                   "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp", "mlp-graphed")  # fmt: skip
+                   "reference-compiled", "paper-compiled", "reference-eager", "paper-eager", "mlp", "mlp-compiled",
+                   "mlp-graphed")  # fmt: skip
 
 
 def _table_order(r: dict) -> tuple:

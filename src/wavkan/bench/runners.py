@@ -325,9 +325,9 @@ class CudaRunner:
             x = torch.zeros(protocol.batch, widths[0], device=dev, dtype=dtype)
             target = torch.zeros(protocol.batch, widths[-1], device=dev, dtype=dtype)
             return CapturedNetwork(model, x, target)
-        if provider in ("wavkan-compiled", "wavkan-reduce-overhead", "paper-compiled"):
+        if provider in ("wavkan-compiled", "wavkan-reduce-overhead", "paper-compiled", "mlp-compiled"):
             torch.compiler.reset()  # each compiled provider from a clean cache
-            if provider == "wavkan-compiled":
+            if provider in ("wavkan-compiled", "mlp-compiled"):
                 model = torch.compile(model)  # as a user writes it: the default mode
             elif provider == "wavkan-reduce-overhead":
                 model = torch.compile(model, mode="reduce-overhead")
