@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from wavkan import get_wavelet
 from wavkan.kernels import launch, tuning
 
 
@@ -34,6 +37,27 @@ def test_balanced_split(fake_gpu):
     assert launch.balanced_plan(32, 1024, fake_gpu, cfg) == (8, 128)
     assert launch.balanced_plan(4, 100, fake_gpu, cfg) == (6, 17)
     assert launch.balanced_plan(32, 10, fake_gpu, cfg.with_split(6)) == (5, 2)
+    # a config whose SM holds 3 programs: the small regime fills 3 per SM, the large one is unchanged
+    assert launch.balanced_split(32, 1024, fake_gpu, resident=3) == 12  # 384 programs of 396
+    assert launch.balanced_split(128, 1024, fake_gpu, resident=3) == 3
+    assert launch.balanced_split(4, 1024, fake_gpu, resident=3) == 64  # still >= 16 steps each
+    assert launch.balanced_split(512, 1024, fake_gpu, resident=3) == 4
+    assert launch.balanced_plan(32, 1024, fake_gpu, replace(cfg, resident=3)) == (12, 86)
+
+
+def test_forward_fills_the_programs_an_sm_holds(fake_gpu):
+    """The forward's 128-row tiles (at most 155 registers, 4 warps: 3 programs per SM) split to 3
+    programs per SM on a 132-SM GPU at 256 and 1024 rows (384 programs, against 256 at 2);
+    the other passes keep 2 (grad_x's tiles take up to 188 registers: 2 fit)."""
+    wav = get_wavelet("mexican_hat")
+    for rows, tiles in ((256, 2 * 16), (1024, 8 * 16)):
+        cfg = tuning.default_config("fwd", fake_gpu, rows, wav)
+        assert (cfg.block_m, cfg.block_n, cfg.resident) == (128, 64, 3)
+        split = launch.balanced_plan(tiles, 1024, fake_gpu, cfg)[0]
+        assert split * tiles == 384
+    for kind in ("bwd_dx", "bwd_dparams"):
+        for rows in (64, 256, 1024, 4096):
+            assert tuning.default_config(kind, fake_gpu, rows, wav).resident == 2
 
 
 def test_parameter_pass_splits_only_long_loops(fake_gpu):

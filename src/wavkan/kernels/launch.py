@@ -50,26 +50,29 @@ def _specialization(args) -> tuple:
 # The split rule, "balance" (chosen from split sweeps on an H200, see benchmarks/HISTORY.md).
 # The SMs take programs in turn, so a launch lasts as long as its busiest SM: 288 programs on
 # 132 SMs run 3 deep where 256 run 2, so a split that leaves the last wave barely filled is
-# slower than one fewer. While the tiles are fewer than the SMs: as many programs as fit 2 per
-# SM, of at least 16 steps (fewer, longer programs beat one full wave of resident ones). From
+# slower than one fewer. While the tiles are fewer than the SMs: as many programs as the SMs
+# hold at once (``KernelConfig.resident`` per SM: 2, or 3 where the config's registers leave
+# room for 3 and 3 measured faster), of at least 16 steps (fewer, longer programs beat one full
+# wave of resident ones). From
 # one tile per SM on: about 16 programs per SM of at least 128 steps, in at most 4 splits,
 # whose partials stay within 4 outputs' worth of memory; several waves balance the SMs.
-_BALANCE_SMALL = (2, 16)  # (programs per SM, least steps per program)
+_BALANCE_SMALL = (2, 16)  # (programs per SM unless the config says otherwise, least steps per program)
 _BALANCE_LARGE = (16, 128)
 BALANCE_LARGE_MAX_SPLIT = 4
 
 
 def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
-                   large_min_steps: int = _BALANCE_LARGE[1]) -> int:
+                   large_min_steps: int = _BALANCE_LARGE[1], resident: int = _BALANCE_SMALL[0]) -> int:
     """Programs per tile under the "balance" rule (see above) for a loop of ``loop_len`` steps;
     ``split`` overrides it. ``large_min_steps`` replaces the large regime's least steps
-    (``KernelConfig.balance_min_steps``)."""
+    (``KernelConfig.balance_min_steps``), ``resident`` the small regime's programs per SM
+    (``KernelConfig.resident``)."""
     if split is not None:
         return max(1, min(split, loop_len))
     sms = sm_count(device)
     if tiles < sms:
-        per_sm, min_steps = _BALANCE_SMALL
-        return max(1, min(per_sm * sms // tiles, loop_len // min_steps))
+        min_steps = _BALANCE_SMALL[1]
+        return max(1, min(resident * sms // tiles, loop_len // min_steps))
     per_sm, min_steps = _BALANCE_LARGE[0], large_min_steps
     return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps, BALANCE_LARGE_MAX_SPLIT))
 
@@ -77,7 +80,7 @@ def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
 def balanced_plan(tiles: int, loop_len: int, device: torch.device, cfg: KernelConfig) -> tuple:
     """(split, per_split) under the "balance" rule (``balanced_split``), for the kernels that
     sum their split in-kernel (``partials.store_tile``): pure arithmetic, nothing compiled."""
-    split = balanced_split(tiles, loop_len, device, cfg.split, cfg.balance_min_steps)
+    split = balanced_split(tiles, loop_len, device, cfg.split, cfg.balance_min_steps, cfg.resident)
     per_split = cdiv(loop_len, split)
     return cdiv(loop_len, per_split), per_split
 

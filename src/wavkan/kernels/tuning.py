@@ -27,7 +27,9 @@ class KernelConfig:
     unroll factor (more independent evaluations in flight per thread).
     ``balance_min_steps`` is the least loop share of a split program once the tiles fill the
     SMs (the parameter pass takes more than the others: each of its splits writes three
-    partial planes).
+    partial planes). ``resident``: the programs of this config an SM runs at once, which the
+    split fills while the tiles are fewer than the SMs (a split past it runs a second, partly
+    filled wave); at most what the registers allow (``benchmarks/compile_check.py`` prints them).
     ``stage``: the forward and grad_x walk x (grad_y) a column per step; False reads it in
     place (no extra launch: the host cost of a small call), True stages it transposed first
     (one more launch, unit-stride loads: the GPU cost of a large call).
@@ -42,6 +44,7 @@ class KernelConfig:
     unroll: int = 1
     maxnreg: Optional[int] = None
     balance_min_steps: int = 128
+    resident: int = 2
     stage: bool = False
 
     def launch_options(self) -> dict:
@@ -62,17 +65,19 @@ class KernelConfig:
 # Unrolling the main loop (more independent evaluations in flight; the Gaussian wavelets' loops
 # only, ``loop_unroll``) paid everywhere but where it made the loop spill: the kernels are
 # latency-bound at 2-4 programs per SM (ncu: about one eligible warp per scheduler), not
-# issue-bound. The 128-row forward tile needs B >= 128. The forward stages x from 1024 rows
-# (unit-stride loads beat the in-place column reads there; below, the staging launch costs more
-# than it saves); grad_x reads grad_y in place at every size. grad_x (morlet's table): 8 warps
+# issue-bound. The 128-row forward tile needs B >= 128; it takes at most 155 registers for every
+# wavelet, so an SM holds 3 of its programs (``resident``): a split that fills all 3 (v17: 384
+# programs at 256 and 1024 rows, against 256) measured mexican_hat 1.03-1.10x, dog 0.98-1.01x.
+# The forward stages x from 1024 rows (unit-stride loads beat the in-place column reads there;
+# below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size. grad_x (morlet's table): 8 warps
 # over twice the tile, capped at 128 registers, in the middle rows. The parameter pass: 32 x 64
 # tiles of 8 warps capped at 128 registers (v15: 1.03-1.10x the 64 x 64 tile for the
 # trigonometric wavelets); it splits only from 1024 rows (below, a split's three partial planes
 # cost more than it gains).
 _GPU = {
     "fwd": (
-        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, stage=True)),
-        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
+        (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, stage=True, resident=3)),
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, resident=3)),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
     "bwd_dx": (
