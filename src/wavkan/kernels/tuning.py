@@ -66,8 +66,9 @@ class KernelConfig:
 # only, ``loop_unroll``) paid everywhere but where it made the loop spill: the kernels are
 # latency-bound at 2-4 programs per SM (ncu: about one eligible warp per scheduler), not
 # issue-bound. The 128-row forward tile needs B >= 128; it takes at most 155 registers for every
-# wavelet, so an SM holds 3 of its programs (``resident``): a split that fills all 3 (v17: 384
-# programs at 256 and 1024 rows, against 256) measured mexican_hat 1.03-1.10x, dog 0.98-1.01x.
+# wavelet, so an SM holds 3 of its programs (``resident``). From 1024 rows the split fills all 3
+# (v17: 384 programs against 256 at 1024 rows, mexican_hat 0.563 -> 0.506 ms, dog 0.425 ->
+# 0.411 in `wavkan bench`); at 256 rows filling 3 changed nothing (0.99x, 1.01x), so it keeps 2.
 # The forward stages x from 1024 rows (unit-stride loads beat the in-place column reads there;
 # below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size. grad_x (morlet's table): 8 warps
 # over twice the tile, capped at 128 registers, in the middle rows. The parameter pass: 32 x 64
@@ -77,7 +78,7 @@ class KernelConfig:
 _GPU = {
     "fwd": (
         (1024, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4, stage=True, resident=3)),
-        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2, resident=3)),
+        (128, KernelConfig(128, 64, num_warps=4, num_stages=1, prefetch=True, unroll=2)),
         (0, KernelConfig(64, 64, num_warps=4, num_stages=1, prefetch=True, unroll=4)),
     ),
     "bwd_dx": (
