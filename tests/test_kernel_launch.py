@@ -19,8 +19,9 @@ def fake_gpu(monkeypatch):
 
 
 def test_balanced_split(fake_gpu):
-    """The "balance" rule on a 132-SM GPU: at most 2 programs per SM, of >= 16 steps, while the
-    tiles are fewer than the SMs; about 16 per SM of >= 128 steps (at most 4 splits) after."""
+    """The "balance" rule on a 132-SM GPU: while the tiles are fewer than the SMs, as many
+    programs as the config's ``resident`` (2 by default) per SM, of >= 16 steps; about 16 per SM
+    of >= 128 steps (at most 4 splits) after."""
     assert launch.balanced_split(32, 1024, fake_gpu) == 8  # 256 programs (9 would run 3 deep on some SMs)
     assert launch.balanced_split(16, 1024, fake_gpu) == 16
     assert launch.balanced_split(4, 1024, fake_gpu) == 64  # 16 steps each, not 66

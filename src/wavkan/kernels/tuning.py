@@ -68,7 +68,8 @@ class KernelConfig:
 # issue-bound. The 128-row forward tile needs B >= 128; it takes at most 155 registers for every
 # wavelet, so an SM holds 3 of its programs (``resident``). From 1024 rows the split fills all 3
 # (v17: 384 programs against 256 at 1024 rows, mexican_hat 0.563 -> 0.506 ms, dog 0.425 ->
-# 0.411 in `wavkan bench`); at 256 rows filling 3 changed nothing (0.99x, 1.01x), so it keeps 2.
+# 0.411 in `wavkan bench`); at 256 rows filling 3 changed nothing (0.99x both), so it keeps 2.
+# (Register counts of the fp32 signatures; the bf16 and fp16 ones take no more.)
 # The forward stages x from 1024 rows (unit-stride loads beat the in-place column reads there;
 # below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size. grad_x (morlet's table): 8 warps
 # over twice the tile, capped at 128 registers, in the middle rows. The parameter pass: 32 x 64
