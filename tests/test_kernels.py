@@ -255,7 +255,8 @@ def test_huge_finite_z_gives_float64_not_nan(wavelet, rows, kernel_device):
             finite = ~torch.isnan(want)
             if phase:
                 assert torch.isfinite(got).all(), (backend, got, want)
-                assert (got - ordinary64).abs().max() <= huge_terms * (1 + 1e-5), (backend, got, ordinary64)
+                # (the fast sine and cosine err by 2^-21 absolute; fp32's sum by less than 1e-6)
+                assert (got - ordinary64).abs().max() <= huge_terms + 1e-4, (backend, got, ordinary64)
             else:
                 assert torch.allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6), (backend, got, want)
 
