@@ -53,28 +53,27 @@ def _specialization(args) -> tuple:
 # slower than one fewer. While the tiles are fewer than the SMs: as many programs as the SMs
 # hold at once (``KernelConfig.resident`` per SM: 2, or 3 where the config's registers leave
 # room for 3 and 3 measured faster), of at least 16 steps (fewer, longer programs beat one full
-# wave of resident ones). From
-# one tile per SM on: about 16 programs per SM of at least 128 steps, in at most 4 splits,
-# whose partials stay within 4 outputs' worth of memory; several waves balance the SMs.
-_BALANCE_SMALL = (2, 16)  # (programs per SM unless the config says otherwise, least steps per program)
-_BALANCE_LARGE = (16, 128)
+# wave of resident ones). From one tile per SM on: about 16 programs per SM of at least
+# ``KernelConfig.balance_min_steps`` (128 unless the config says otherwise) steps, in at most 4
+# splits, whose partials stay within 4 outputs' worth of memory; several waves balance the SMs.
+_BALANCE_SMALL_MIN_STEPS = 16
+_BALANCE_LARGE_PER_SM = 16
 BALANCE_LARGE_MAX_SPLIT = 4
 
 
 def balanced_split(tiles: int, loop_len: int, device: torch.device, split=None,
-                   large_min_steps: int = _BALANCE_LARGE[1], resident: int = _BALANCE_SMALL[0]) -> int:
+                   large_min_steps: int = KernelConfig.balance_min_steps,
+                   resident: int = KernelConfig.resident) -> int:  # fmt: skip
     """Programs per tile under the "balance" rule (see above) for a loop of ``loop_len`` steps;
-    ``split`` overrides it. ``large_min_steps`` replaces the large regime's least steps
+    ``split`` overrides it. ``large_min_steps`` is the large regime's least steps
     (``KernelConfig.balance_min_steps``), ``resident`` the small regime's programs per SM
-    (``KernelConfig.resident``)."""
+    (``KernelConfig.resident``); both default to a config's defaults."""
     if split is not None:
         return max(1, min(split, loop_len))
     sms = sm_count(device)
     if tiles < sms:
-        min_steps = _BALANCE_SMALL[1]
-        return max(1, min(resident * sms // tiles, loop_len // min_steps))
-    per_sm, min_steps = _BALANCE_LARGE[0], large_min_steps
-    return max(1, min(cdiv(per_sm * sms, tiles), loop_len // min_steps, BALANCE_LARGE_MAX_SPLIT))
+        return max(1, min(resident * sms // tiles, loop_len // _BALANCE_SMALL_MIN_STEPS))
+    return max(1, min(cdiv(_BALANCE_LARGE_PER_SM * sms, tiles), loop_len // large_min_steps, BALANCE_LARGE_MAX_SPLIT))
 
 
 def balanced_plan(tiles: int, loop_len: int, device: torch.device, cfg: KernelConfig) -> tuple:
