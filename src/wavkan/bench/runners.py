@@ -20,7 +20,7 @@ from ..wavelets import get_wavelet
 from .models import LinearProvider, conv_kan_wavelet_branch, network_module, paper_linear, parameter_count
 from .network_step import CapturedNetwork, EagerNetwork
 from .protocol import (
-    CUDA_PORT, Budget, DTYPES, DTYPE_BYTES, KAN_DATASET_ROWS, NET_INPUT_SETS, NetworkProtocol, choose_reps,
+    COMPILED, CUDA_PORT, Budget, DTYPES, DTYPE_BYTES, KAN_DATASET_ROWS, NET_INPUT_SETS, NetworkProtocol, choose_reps,
     conv_io_bytes, first_steps, input_set_bytes, input_sets_needed, network_widths, percentile, spin_ms_for,
 )
 
@@ -325,7 +325,7 @@ class CudaRunner:
             x = torch.zeros(protocol.batch, widths[0], device=dev, dtype=dtype)
             target = torch.zeros(protocol.batch, widths[-1], device=dev, dtype=dtype)
             return CapturedNetwork(model, x, target)
-        if provider in ("wavkan-compiled", "wavkan-reduce-overhead", "paper-compiled", "mlp-compiled"):
+        if provider in COMPILED:  # the network providers among them
             torch.compiler.reset()  # each compiled provider from a clean cache
             if provider in ("wavkan-compiled", "mlp-compiled"):
                 model = torch.compile(model)  # as a user writes it: the default mode
