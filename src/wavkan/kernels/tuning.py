@@ -71,8 +71,9 @@ class KernelConfig:
 # 0.411 in `wavkan bench`); at 256 rows filling 3 changed nothing (0.99x both), so it keeps 2.
 # (Register counts of the fp32 signatures; the bf16 and fp16 ones take no more.)
 # The forward stages x from 1024 rows (unit-stride loads beat the in-place column reads there;
-# below, the staging launch costs more than it saves); grad_x reads grad_y in place at every size. grad_x (morlet's table): 8 warps
-# over twice the tile, capped at 128 registers, in the middle rows. The parameter pass: 32 x 64
+# below, the staging launch costs more than it saves); grad_x reads grad_y in place at every
+# size. grad_x (morlet's table): 8 warps over twice the tile, capped at 128 registers, in the
+# middle rows. The parameter pass: 32 x 64
 # tiles of 8 warps capped at 128 registers (v15: 1.03-1.10x the 64 x 64 tile for the
 # trigonometric wavelets); it splits only from 1024 rows (below, a split's three partial planes
 # cost more than it gains).
